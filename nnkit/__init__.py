@@ -1,0 +1,30 @@
+"""nnkit: reusable parts of the Keras 3 training loop.
+
+Subpackages are imported lazily, so ``import nnkit`` neither imports
+TensorFlow nor touches any global Keras state (float type, mixed-precision
+policy, random seed).
+
+>>> import nnkit
+>>> isinstance(nnkit.__version__, str)
+True
+"""
+
+import importlib
+
+from nnkit._version import __version__
+
+SUBPACKAGES = ("callbacks", "schedules")
+
+__all__ = ["__version__", *SUBPACKAGES]
+
+
+def __getattr__(name):
+    if name in SUBPACKAGES:
+        module = importlib.import_module(f"nnkit.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'nnkit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(SUBPACKAGES))

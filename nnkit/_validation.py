@@ -1,0 +1,193 @@
+"""Argument checks shared by every nnkit component.
+
+Each helper returns the (possibly normalised) value or raises a
+``TypeError``/``ValueError`` that names the argument, echoes what was
+received and says what was expected, in the Keras style::
+
+    `total_steps` must be > 0. Received: total_steps=0
+"""
+
+import math
+import numbers
+
+_PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def _received(name, value):
+    return f"Received: {name}={value!r}"
+
+
+def _is_real(value):
+    # bool is an int subclass; a flag is never a number here.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_number(
+    name, value, *, minimum=None, maximum=None, min_inclusive=True, max_inclusive=True
+):
+    """Return ``value`` as a finite Python float within the given bounds."""
+    if not _is_real(value):
+        raise TypeError(
+            f"`{name}` must be a real number (int or float), not "
+            f"{type(value).__name__}. {_received(name, value)}"
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number. {_received(name, value)}")
+    if minimum is not None:
+        if min_inclusive and value < minimum:
+            raise ValueError(f"`{name}` must be >= {minimum}. {_received(name, value)}")
+        if not min_inclusive and value <= minimum:
+            raise ValueError(f"`{name}` must be > {minimum}. {_received(name, value)}")
+    if maximum is not None:
+        if max_inclusive and value > maximum:
+            raise ValueError(f"`{name}` must be <= {maximum}. {_received(name, value)}")
+        if not max_inclusive and value >= maximum:
+            raise ValueError(f"`{name}` must be < {maximum}. {_received(name, value)}")
+    return value
+
+
+def check_positive_number(name, value):
+    """A finite float > 0."""
+    return check_number(name, value, minimum=0.0, min_inclusive=False)
+
+
+def check_non_negative_number(name, value):
+    """A finite float >= 0."""
+    return check_number(name, value, minimum=0.0)
+
+
+def check_optional_number(name, value, **bounds):
+    """``None`` or a number accepted by :func:`check_number`."""
+    return None if value is None else check_number(name, value, **bounds)
+
+
+def check_int(name, value, *, minimum=None, maximum=None):
+    """Return ``value`` as a Python int within the given (inclusive) bounds.
+
+    Integral floats such as ``1000.0`` are accepted (configs written by JSON
+    tools often contain them); ``1.5``, bools, NaN and inf are not.
+    """
+    if isinstance(value, bool) or not _is_real(value):
+        raise TypeError(
+            f"`{name}` must be an integer, not {type(value).__name__}. "
+            f"{_received(name, value)}"
+        )
+    if not isinstance(value, numbers.Integral):
+        if not math.isfinite(value) or float(value) != int(value):
+            raise ValueError(f"`{name}` must be a whole number. {_received(name, value)}")
+    result = int(value)
+    if minimum is not None and result < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}. {_received(name, value)}")
+    if maximum is not None and result > maximum:
+        raise ValueError(f"`{name}` must be <= {maximum}. {_received(name, value)}")
+    return result
+
+
+def check_positive_int(name, value):
+    """An int >= 1."""
+    return check_int(name, value, minimum=1)
+
+
+def check_non_negative_int(name, value):
+    """An int >= 0."""
+    return check_int(name, value, minimum=0)
+
+
+def check_optional_int(name, value, **bounds):
+    """``None`` or an int accepted by :func:`check_int`."""
+    return None if value is None else check_int(name, value, **bounds)
+
+
+def check_bool(name, value):
+    """A real ``bool`` (not 0/1, not a string)."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"`{name}` must be True or False, not {type(value).__name__}. "
+            f"{_received(name, value)}"
+        )
+    return value
+
+
+def check_one_of(name, value, choices):
+    """One of a fixed set of string options."""
+    if not isinstance(value, str) or value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"`{name}` must be one of {options}. {_received(name, value)}")
+    return value
+
+
+def check_str(name, value, *, allow_empty=False):
+    """A string (non-empty unless ``allow_empty``)."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"`{name}` must be a string, not {type(value).__name__}. {_received(name, value)}"
+        )
+    if not allow_empty and not value:
+        raise ValueError(f"`{name}` must be a non-empty string. {_received(name, value)}")
+    return value
+
+
+def check_increasing_ints(name, values, *, minimum=0):
+    """A non-empty list of strictly increasing ints >= ``minimum``."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(
+            f"`{name}` must be a list of integers, not {type(values).__name__}. "
+            f"{_received(name, values)}"
+        )
+    values = list(values)
+    if not values:
+        raise ValueError(f"`{name}` must not be empty. {_received(name, values)}")
+    result = [check_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(values)]
+    for previous, current in zip(result, result[1:], strict=False):
+        if current <= previous:
+            raise ValueError(
+                f"`{name}` must be strictly increasing. {_received(name, values)}"
+            )
+    return result
+
+
+def check_increasing_numbers(name, values, *, minimum=None):
+    """A non-empty list of strictly increasing finite floats."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(
+            f"`{name}` must be a list of numbers, not {type(values).__name__}. "
+            f"{_received(name, values)}"
+        )
+    values = list(values)
+    if not values:
+        raise ValueError(f"`{name}` must not be empty. {_received(name, values)}")
+    result = [check_number(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(values)]
+    for previous, current in zip(result, result[1:], strict=False):
+        if current <= previous:
+            raise ValueError(
+                f"`{name}` must be strictly increasing. {_received(name, values)}"
+            )
+    return result
+
+
+def check_instance(name, value, cls, expected):
+    """``isinstance(value, cls)``; ``expected`` describes ``cls`` for the message."""
+    if not isinstance(value, cls):
+        raise TypeError(
+            f"`{name}` must be {expected}, not {type(value).__name__}. {_received(name, value)}"
+        )
+    return value
+
+
+def check_json_plain(name, value):
+    """A value made only of JSON types (used for configs and callback state)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"`{name}` keys must be strings. {_received(name, value)}")
+            check_json_plain(f"{name}[{k!r}]", v)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_json_plain(f"{name}[{i}]", v)
+    elif not isinstance(value, _PLAIN_TYPES):
+        raise TypeError(
+            f"`{name}` must hold only JSON types, found {type(value).__name__}. "
+            f"{_received(name, value)}"
+        )
+    return value

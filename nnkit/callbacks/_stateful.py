@@ -1,0 +1,109 @@
+"""Resumable state for nnkit callbacks.
+
+Keras's ``BackupAndRestore`` saves weights and the epoch, but no callback
+state, so after a resume ``EarlyStopping`` forgets its best value and restarts
+its patience (keras-team/keras#14862). nnkit's stateful callbacks derive from
+:class:`StatefulCallback`:
+
+* ``get_state()`` returns everything needed to continue: a dict whose values
+  are JSON types, except values that are lists of numpy arrays (weights);
+* ``set_state(state)`` restores it;
+* ``_reset_state()`` clears per-run state; it runs in ``on_train_begin``.
+
+During a ``fit`` every stateful callback and nnkit's ``BackupAndRestore`` meet
+in a :class:`_Session` kept per model. ``fit`` hands the same ``params`` dict to
+every callback of one run, so a new dict marks a new run and the session is
+started afresh (this also drops callbacks left over from a run that crashed).
+Keys are ``ClassName`` plus an ordinal among callbacks of that class, in list
+order, so the same callback list maps to the same keys after a restart.
+"""
+
+import weakref
+
+import keras
+
+_SESSIONS = weakref.WeakKeyDictionary()
+
+
+class _Session:
+    """The stateful callbacks and the backup of one ``fit`` run."""
+
+    def __init__(self, params):
+        self.params = params
+        self.callbacks = {}  # key -> callback, in attach order
+        self.restored = {}  # key -> state read from a backup, not yet applied
+        self.backup = None  # nnkit BackupAndRestore attached to this run
+
+    def key_for(self, callback):
+        for key, cb in self.callbacks.items():
+            if cb is callback:
+                return key
+        name = type(callback).__name__
+        ordinal = sum(1 for cb in self.callbacks.values() if type(cb).__name__ == name)
+        return f"{name}:{ordinal}"
+
+    def attach(self, callback):
+        key = self.key_for(callback)
+        self.callbacks[key] = callback
+        if key in self.restored:
+            callback.set_state(self.restored.pop(key))
+        return key
+
+    def restore(self, states):
+        """Apply states from a backup now or when their callback attaches."""
+        for key, state in states.items():
+            if key in self.callbacks:
+                self.callbacks[key].set_state(state)
+            else:
+                self.restored[key] = state
+
+    def states(self):
+        return {key: cb.get_state() for key, cb in self.callbacks.items()}
+
+
+def session_for(callback, *, create=True):
+    """The session of the run ``callback`` belongs to (``None`` without a model)."""
+    model = getattr(callback, "_model", None)
+    if model is None:
+        return None
+    try:
+        session = _SESSIONS.get(model)
+    except TypeError:  # an unhashable stand-in model in a unit test
+        return None
+    if session is None or session.params is not callback.params:
+        if not create:
+            return None
+        session = _Session(callback.params)
+        _SESSIONS[model] = session
+    return session
+
+
+class StatefulCallback(keras.callbacks.Callback):
+    """Base class of nnkit callbacks whose state can be saved and restored.
+
+    Subclasses implement ``_reset_state``, ``get_state`` and ``set_state``, and
+    call ``self._state_changed()`` at the end of any hook that changes state.
+    A subclass that overrides ``on_train_begin`` must call ``super()`` first.
+    """
+
+    def _reset_state(self):
+        raise NotImplementedError
+
+    def get_state(self):
+        """Return the state needed to resume (JSON values or lists of arrays)."""
+        raise NotImplementedError
+
+    def set_state(self, state):
+        """Restore a state returned by :meth:`get_state`."""
+        raise NotImplementedError
+
+    def on_train_begin(self, logs=None):
+        self._reset_state()
+        session = session_for(self)
+        if session is not None:
+            session.attach(self)
+
+    def _state_changed(self):
+        session = session_for(self, create=False)
+        if session is not None and session.backup is not None:
+            session.backup._write_callback_state()
