@@ -5,6 +5,7 @@ public class has no row here, so every new component is covered by the shared
 tests (config round trip, conventions, ...) as soon as it is exported.
 """
 
+import nnkit.callbacks as C
 import nnkit.schedules as S
 
 EXAMPLES = {
@@ -24,10 +25,25 @@ EXAMPLES = {
     ),
     "schedules.Scaled": lambda: S.Scaled(S.StepDecay(0.1, 5), scale=0.5),
     # callbacks
+    "callbacks.EarlyStopping": lambda: C.EarlyStopping(
+        "val_loss", 0.001, 3, mode="min", baseline=100.0, restore_best_weights=True,
+        start_from_epoch=1, divergence_threshold=1e6, smoothing=0.5,
+    ),  # fmt: skip
+    "callbacks.ReduceLROnPlateau": lambda: C.ReduceLROnPlateau(
+        "val_loss", 0.5, 3, mode="min", min_delta=0.001, cooldown=1, min_lr=1e-5
+    ),
+    "callbacks.LearningRateMonitor": lambda: C.LearningRateMonitor(
+        "lr", every_n_steps=10, log_dir="logs"
+    ),
+    "callbacks.BackupAndRestore": lambda: C.BackupAndRestore(
+        "backup", save_freq=10, double_checkpoint=True, delete_checkpoint=False
+    ),
 }
 
 # Base classes that are public for subclassing but never instantiated directly.
 ABSTRACT = {"schedules.Schedule", "callbacks.StatefulCallback"}
+# Value types (enums) that are public but are not components.
+ABSTRACT |= {"callbacks.StopReason"}
 
 
 def examples_in(subpackage):

@@ -22,6 +22,8 @@ import weakref
 
 import keras
 
+from nnkit.callbacks._base import CallbackMixin
+
 _SESSIONS = weakref.WeakKeyDictionary()
 
 
@@ -78,7 +80,7 @@ def session_for(callback, *, create=True):
     return session
 
 
-class StatefulCallback(keras.callbacks.Callback):
+class StatefulCallback(CallbackMixin, keras.callbacks.Callback):
     """Base class of nnkit callbacks whose state can be saved and restored.
 
     Subclasses implement ``_reset_state``, ``get_state`` and ``set_state``, and
@@ -106,4 +108,4 @@ class StatefulCallback(keras.callbacks.Callback):
     def _state_changed(self):
         session = session_for(self, create=False)
         if session is not None and session.backup is not None:
-            session.backup._write_callback_state()
+            session.backup._write_callback_state(self)

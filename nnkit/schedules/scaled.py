@@ -69,7 +69,7 @@ class Scaled(Schedule):
 
     def get_scale(self):
         """The current factor as a Python float."""
-        return float(ops.convert_to_numpy(self.scale))
+        return float(self.scale.numpy())
 
     def value(self, step):
         return ops.cast(self.scale, "float32") * evaluate(self.schedule, step)
