@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
+export NO_MKDOCS_2_WARNING ?= 1
 
 .PHONY: demo test lint docs bench venv clean
 
@@ -20,9 +21,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) recipes/digits_mlp.py --out runs/digits
 
+# The docs build runs first so that pytest's summary line closes the output.
 test: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .site
 	$(PY) -m pytest
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir $(or $(SITE_DIR),.site)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nnkit tests recipes bench

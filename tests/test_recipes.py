@@ -14,8 +14,17 @@ import nnkit.schedules  # noqa: F401  (registers nnkit's classes for load_model)
 RECIPE = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "digits_mlp.py"
 OUTPUTS = ("metrics.json", "model.keras", "history.csv", "curves.png", "learning_rate.png")
 METRIC_KEYS = {
-    "test_accuracy", "test_loss", "epochs_run", "best_epoch", "stop_reason",
-    "stop_message", "steps_per_epoch", "total_steps", "steps_run", "wall_seconds", "args",
+    "test_accuracy",
+    "test_loss",
+    "epochs_run",
+    "best_epoch",
+    "stop_reason",
+    "stop_message",
+    "steps_per_epoch",
+    "total_steps",
+    "steps_run",
+    "wall_seconds",
+    "args",
 }
 
 
@@ -31,11 +40,28 @@ def recipe():
 def test_short_run_writes_every_output(recipe, tmp_path, capsys, schedule):
     out = tmp_path / "run"
     epochs, batch_size = 3, 64
-    metrics = recipe.main([
-        "--epochs", str(epochs), "--warmup-epochs", "1", "--batch-size", str(batch_size),
-        "--schedule", schedule, "--step-epochs", "1", "--hidden", "32",
-        "--seed", "1", "--verbose", "0", "--out", str(out),
-    ])
+    metrics = recipe.main(
+        [
+            "--epochs",
+            str(epochs),
+            "--warmup-epochs",
+            "1",
+            "--batch-size",
+            str(batch_size),
+            "--schedule",
+            schedule,
+            "--step-epochs",
+            "1",
+            "--hidden",
+            "32",
+            "--seed",
+            "1",
+            "--verbose",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
 
     for name in OUTPUTS:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name

@@ -1,0 +1,363 @@
+"""Train an MLP on scikit-learn's digits with nnkit's schedule and callbacks.
+
+The recipe shows the parts of nnkit that a plain Keras training script needs:
+
+* ``CosineAnnealing`` with a linear warmup (``--schedule cosine``, the default),
+  or ``StepDecay`` counted in epochs through ``EpochSchedule``
+  (``--schedule step``), with the schedule's length in steps computed as
+  ``epochs × steps_per_epoch``;
+* ``EarlyStopping(restore_best_weights=True)``, whose stop reason is recorded;
+* ``LearningRateMonitor``, which puts ``learning_rate`` in the epoch logs, so
+  ``history.csv`` has the rate of every epoch.
+
+It writes a run directory (``--out``, default ``runs/digits``)::
+
+    metrics.json        test accuracy/loss, epochs run, best epoch, stop reason,
+                        wall time, the arguments
+    model.keras         the trained model (reload with safe_mode=True, after
+                        ``import nnkit.schedules`` so nnkit's classes are registered)
+    history.csv         one row per epoch: loss, accuracy, val_*, learning_rate
+    curves.png          loss and accuracy per epoch
+    learning_rate.png   the learning rate at every step
+
+Run ``python recipes/digits_mlp.py --help`` for the options.
+"""
+
+import argparse
+import enum
+import json
+import math
+import numbers
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+
+from nnkit.callbacks import EarlyStopping, LearningRateMonitor  # noqa: E402
+from nnkit.schedules import CosineAnnealing, EpochSchedule, StepDecay, Warmup  # noqa: E402
+
+NUM_CLASSES = 10
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="digits_mlp.py",
+        description=(
+            "Train an MLP classifier on scikit-learn's digits data with an nnkit "
+            "learning-rate schedule, EarlyStopping and LearningRateMonitor, and "
+            "write metrics, the model, the history and plots to --out."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=60, help="maximum number of epochs (the schedule's length)"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per step")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=3e-3,
+        help="peak learning rate (reached after warmup)",
+    )
+    parser.add_argument(
+        "--min-learning-rate",
+        type=float,
+        default=0.0,
+        help="final learning rate of the cosine schedule",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=("cosine", "step"),
+        default="cosine",
+        help="cosine: CosineAnnealing over all epochs; "
+        "step: StepDecay counted in epochs (EpochSchedule)",
+    )
+    parser.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=3,
+        help="epochs of linear warmup from 0 to --learning-rate",
+    )
+    parser.add_argument(
+        "--step-epochs",
+        type=int,
+        default=20,
+        help="step schedule: multiply the rate by --step-factor every "
+        "this many epochs (counted after warmup)",
+    )
+    parser.add_argument(
+        "--step-factor",
+        type=float,
+        default=0.1,
+        help="step schedule: the factor applied every --step-epochs",
+    )
+    parser.add_argument(
+        "--hidden", type=int, nargs="+", default=[256, 128], help="units of each hidden layer"
+    )
+    parser.add_argument(
+        "--dropout", type=float, default=0.2, help="dropout after each hidden layer"
+    )
+    parser.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.1,
+        help="label smoothing of the cross-entropy loss (keeps val_loss "
+        "meaningful for EarlyStopping as the model grows confident)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=15,
+        help="EarlyStopping: epochs without val_loss improvement before stopping",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for weights, dropout and shuffling (keras.utils.set_random_seed)",
+    )
+    parser.add_argument(
+        "--split-seed", type=int, default=0, help="seed of the train/validation/test split"
+    )
+    parser.add_argument("--out", default="runs/digits", help="output (run) directory")
+    parser.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch",
+    )
+    args = parser.parse_args(argv)
+    for name in ("epochs", "batch_size", "step_epochs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.warmup_epochs < args.epochs:
+        parser.error(f"--warmup-epochs must be in [0, --epochs), got {args.warmup_epochs}")
+    for name in ("dropout", "label_smoothing"):
+        if not 0 <= getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
+    if args.patience < 0:
+        parser.error(f"--patience must be >= 0, got {args.patience}")
+    return args
+
+
+def load_data(split_seed, test_fraction=0.2, validation_fraction=0.15):
+    """Digits split into train/validation/test, standardized with train statistics.
+
+    ``validation_fraction`` is a fraction of what remains after the test split.
+    The splits are stratified, so every class appears in each in proportion.
+    Labels are one-hot (``CategoricalCrossentropy`` takes ``label_smoothing``).
+    """
+    x, y = load_digits(return_X_y=True)
+    x = x.astype("float32")
+    y = y.astype("int32")
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=test_fraction, stratify=y, random_state=split_seed
+    )
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=validation_fraction, stratify=y_rest, random_state=split_seed
+    )
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std[std == 0] = 1.0  # constant pixels (the digits' borders) stay at 0
+
+    def prepare(features, labels):
+        features = ((features - mean) / std).astype("float32")
+        return features, keras.utils.to_categorical(labels, NUM_CLASSES).astype("float32")
+
+    return {
+        "train": prepare(x_train, y_train),
+        "val": prepare(x_val, y_val),
+        "test": prepare(x_test, y_test),
+    }
+
+
+def build_model(num_features, hidden, dropout):
+    layers = [keras.Input((num_features,))]
+    for units in hidden:
+        layers.append(keras.layers.Dense(units, activation="relu"))
+        if dropout > 0:
+            layers.append(keras.layers.Dropout(dropout))
+    layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax"))
+    return keras.Sequential(layers, name="digits_mlp")
+
+
+def build_schedule(args, steps_per_epoch):
+    """The learning-rate schedule chosen by ``--schedule``, in optimizer steps."""
+    total_steps = args.epochs * steps_per_epoch
+    warmup_steps = args.warmup_epochs * steps_per_epoch
+    if args.schedule == "cosine":
+        # total_steps includes the warmup: the cosine part lasts the remaining steps.
+        return CosineAnnealing(
+            args.learning_rate,
+            total_steps,
+            args.min_learning_rate,
+            warmup_steps=warmup_steps,
+        )
+    # "×step_factor every step_epochs epochs": StepDecay counts epochs, EpochSchedule
+    # turns the optimizer step into an epoch; granularity="epoch" keeps the rate
+    # constant within an epoch.
+    schedule = EpochSchedule(
+        StepDecay(args.learning_rate, step_size=args.step_epochs, factor=args.step_factor),
+        steps_per_epoch,
+        granularity="epoch",
+    )
+    if warmup_steps:
+        schedule = Warmup(schedule, warmup_steps)
+    return schedule
+
+
+def schedule_values(schedule, total_steps):
+    """The learning rate at steps ``0 .. total_steps - 1``.
+
+    nnkit schedules are elementwise ``keras.ops`` functions of the step, so one
+    call on the vector of steps evaluates them all.
+    """
+    steps = np.arange(total_steps, dtype="float32")
+    values = keras.ops.convert_to_numpy(schedule(steps))
+    return np.broadcast_to(values, steps.shape).astype("float64")
+
+
+def _save(figure, path):
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=100)
+
+
+def plot_curves(history, best_epoch, path):
+    epochs = np.arange(len(history["loss"]))  # 0-based, as in history.csv
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    for axes, metric in zip(figure.subplots(1, 2), ("loss", "accuracy"), strict=True):
+        axes.plot(epochs, history[metric], label="train")
+        axes.plot(epochs, history[f"val_{metric}"], label="validation")
+        axes.axvline(best_epoch, color="tab:gray", linestyle=":", label="best epoch (restored)")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(metric)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    _save(figure, path)
+
+
+def plot_learning_rate(values, steps_run, steps_per_epoch, title, path):
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.subplots()
+    axes.plot(np.arange(len(values)), values, label="schedule")
+    if steps_run < len(values):
+        axes.axvline(
+            steps_run, color="tab:red", linestyle="--", label=f"early stop (step {steps_run})"
+        )
+        axes.legend()
+    axes.set_xlabel(f"step (optimizer iteration; {steps_per_epoch} steps per epoch)")
+    axes.set_ylabel("learning rate")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    _save(figure, path)
+
+
+def _plain(value):
+    """A JSON value: enums by their value, numpy numbers as Python numbers."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
+def main(argv=None):
+    """Run the recipe; returns the metrics written to ``metrics.json``."""
+    start = time.perf_counter()
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+
+    data = load_data(args.split_seed)
+    x_train, y_train = data["train"]
+    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
+    total_steps = args.epochs * steps_per_epoch
+
+    schedule = build_schedule(args, steps_per_epoch)
+    model = build_model(x_train.shape[1], args.hidden, args.dropout)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=schedule),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+        metrics=["accuracy"],
+    )
+    early_stopping = EarlyStopping(
+        monitor="val_loss",
+        patience=args.patience,
+        restore_best_weights=True,
+        verbose=min(args.verbose, 1),
+    )
+    callbacks = [
+        early_stopping,
+        LearningRateMonitor(),  # before CSVLogger, so the row has learning_rate
+        keras.callbacks.CSVLogger(os.path.join(args.out, "history.csv")),
+    ]
+    train_start = time.perf_counter()
+    history = model.fit(
+        x_train,
+        y_train,
+        validation_data=data["val"],
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        callbacks=callbacks,
+        verbose=args.verbose,
+    )
+    train_seconds = time.perf_counter() - train_start
+
+    test_loss, test_accuracy = model.evaluate(*data["test"], verbose=0)
+    model_path = os.path.join(args.out, "model.keras")
+    model.save(model_path)
+
+    epochs_run = len(history.epoch)
+    steps_run = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    plot_curves(history.history, early_stopping.best_epoch, os.path.join(args.out, "curves.png"))
+    plot_learning_rate(
+        schedule_values(schedule, total_steps),
+        steps_run,
+        steps_per_epoch,
+        f"{type(schedule).__name__} ({args.schedule})",
+        os.path.join(args.out, "learning_rate.png"),
+    )
+
+    metrics = {
+        "test_accuracy": float(test_accuracy),
+        "test_loss": float(test_loss),
+        "epochs_run": epochs_run,
+        "best_epoch": _plain(early_stopping.best_epoch),  # 0-based, as in history.csv
+        "best_val_loss": _plain(early_stopping.best),
+        "stop_reason": _plain(early_stopping.stop_reason),
+        "stop_message": _plain(early_stopping.stop_message),
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "steps_run": steps_run,
+        "examples": {split: len(xy[1]) for split, xy in data.items()},
+        "train_seconds": round(train_seconds, 3),
+        "wall_seconds": round(time.perf_counter() - start, 3),
+        "versions": {"keras": keras.__version__, "backend": keras.backend.backend()},
+        "args": vars(args),
+    }
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+
+    print(
+        f"test accuracy: {test_accuracy:.4f}  (test loss {test_loss:.4f}; "
+        f"{epochs_run} epochs, best epoch {metrics['best_epoch'] + 1} of {epochs_run}, "
+        f"stop reason: {metrics['stop_reason']}; {metrics['wall_seconds']:.1f} s)"
+    )
+    print(f"wrote {', '.join(sorted(os.listdir(args.out)))} to {os.path.abspath(args.out)}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
