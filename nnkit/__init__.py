@@ -13,7 +13,7 @@ import importlib
 
 from nnkit._version import __version__
 
-SUBPACKAGES = ("callbacks", "schedules")
+SUBPACKAGES = ("callbacks", "initializers", "layers", "losses", "models", "regularizers", "schedules")
 
 __all__ = ["__version__", *SUBPACKAGES]
 

@@ -128,9 +128,9 @@ def check_str(name, value, *, allow_empty=False):
     return value
 
 
-def check_increasing_ints(name, values, *, minimum=0):
-    """A non-empty list of strictly increasing ints >= ``minimum``."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+def check_int_list(name, values, *, minimum=None):
+    """A non-empty list (any order) of ints >= ``minimum``, e.g. layer widths."""
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
         raise TypeError(
             f"`{name}` must be a list of integers, not {type(values).__name__}. "
             f"{_received(name, values)}"
@@ -138,30 +138,16 @@ def check_increasing_ints(name, values, *, minimum=0):
     values = list(values)
     if not values:
         raise ValueError(f"`{name}` must not be empty. {_received(name, values)}")
-    result = [check_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(values)]
+    return [check_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(values)]
+
+
+def check_increasing_ints(name, values, *, minimum=0):
+    """A non-empty list of strictly increasing ints >= ``minimum``."""
+    result = check_int_list(name, values, minimum=minimum)
     for previous, current in zip(result, result[1:], strict=False):
         if current <= previous:
             raise ValueError(
-                f"`{name}` must be strictly increasing. {_received(name, values)}"
-            )
-    return result
-
-
-def check_increasing_numbers(name, values, *, minimum=None):
-    """A non-empty list of strictly increasing finite floats."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise TypeError(
-            f"`{name}` must be a list of numbers, not {type(values).__name__}. "
-            f"{_received(name, values)}"
-        )
-    values = list(values)
-    if not values:
-        raise ValueError(f"`{name}` must not be empty. {_received(name, values)}")
-    result = [check_number(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(values)]
-    for previous, current in zip(result, result[1:], strict=False):
-        if current <= previous:
-            raise ValueError(
-                f"`{name}` must be strictly increasing. {_received(name, values)}"
+                f"`{name}` must be strictly increasing. {_received(name, list(values))}"
             )
     return result
 

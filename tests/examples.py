@@ -6,6 +6,9 @@ tests (config round trip, conventions, ...) as soon as it is exported.
 """
 
 import nnkit.callbacks as C
+import nnkit.layers as LY
+import nnkit.losses as L
+import nnkit.regularizers as R
 import nnkit.schedules as S
 
 EXAMPLES = {
@@ -38,12 +41,33 @@ EXAMPLES = {
     "callbacks.BackupAndRestore": lambda: C.BackupAndRestore(
         "backup", save_freq=10, double_checkpoint=True, delete_checkpoint=False
     ),
+    # losses
+    "losses.SmoothL1": lambda: L.SmoothL1(0.5, reduction="sum", name="box_loss"),
+    "losses.ContrastiveLoss": lambda: L.ContrastiveLoss(2.0, reduction="mean_with_sample_weight"),
+    "losses.TripletLoss": lambda: L.TripletLoss(
+        0.2, mining="hard", distance="cosine", soft=True, reduction="none", dtype="float64"
+    ),
+    # layers
+    "layers.DenseBlock": lambda: LY.DenseBlock(
+        16, activation="selu", normalization="layer", dropout=0.1,
+        kernel_initializer="lecun_uniform", kernel_regularizer="l2", name="hidden",
+    ),  # fmt: skip
+    "layers.ResidualBlock": lambda: LY.ResidualBlock(
+        16, activation="gelu", normalization="batch", dropout=0.1, pre_activation=True,
+        zero_init_residual=True, kernel_initializer=None, kernel_regularizer="l1",
+    ),  # fmt: skip
+    "layers.MCDropout": lambda: LY.MCDropout(0.25, noise_shape=(None, 16), seed=3),
+    # regularizers
+    "regularizers.L1": lambda: R.L1(0.001),
+    "regularizers.L2": lambda: R.L2(0.0005),
+    "regularizers.WeightDecay": lambda: R.WeightDecay(0.0005),
 }
 
 # Base classes that are public for subclassing but never instantiated directly.
 ABSTRACT = {"schedules.Schedule", "callbacks.StatefulCallback"}
 # Value types (enums) that are public but are not components.
 ABSTRACT |= {"callbacks.StopReason"}
+ABSTRACT |= {"initializers.LSUVReport", "initializers.LSUVLayerResult"}
 
 
 def examples_in(subpackage):

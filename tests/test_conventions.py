@@ -101,6 +101,28 @@ def test_docstring_shape(key, cls):
         assert section in doc, f"{key} docstring lacks {section!r}"
 
 
+def _public_functions():
+    found = []
+    for sub in nnkit.SUBPACKAGES:
+        module = importlib.import_module(f"nnkit.{sub}")
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isfunction(obj):
+                found.append((f"{sub}.{name}", obj))
+    return found
+
+
+FUNCTIONS = _public_functions()
+
+
+@pytest.mark.parametrize("key, fn", FUNCTIONS, ids=[k for k, _ in FUNCTIONS])
+def test_function_docstring_shape(key, fn):
+    doc = inspect.getdoc(fn) or ""
+    assert doc.strip() and doc.splitlines()[0].endswith("."), f"{key} needs a one-line summary"
+    for section in ("Args:", "Returns:", "Example:", ">>>"):
+        assert section in doc, f"{key} docstring lacks {section!r}"
+
+
 def _library_files():
     return sorted(ROOT.rglob("*.py"))
 

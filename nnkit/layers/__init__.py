@@ -1,0 +1,8 @@
+"""Layers for the forward pass: dense and residual blocks, Monte-Carlo dropout."""
+
+# -- public layers (one import line per module) --
+from nnkit.layers.dense_block import DenseBlock
+from nnkit.layers.mc_dropout import MCDropout, mc_predict
+from nnkit.layers.residual_block import ResidualBlock
+
+__all__ = ["DenseBlock", "MCDropout", "ResidualBlock", "mc_predict"]

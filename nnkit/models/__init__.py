@@ -1,0 +1,6 @@
+"""Model builders used by the recipes and the tuning sweeps."""
+
+# -- public builders (one import line per module) --
+from nnkit.models.mlp import mlp
+
+__all__ = ["mlp"]
