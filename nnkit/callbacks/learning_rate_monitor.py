@@ -43,7 +43,11 @@ class LearningRateMonitor(CallbackMixin, keras.callbacks.Callback):
     Args:
         log_name: Key of the value in the epoch logs. Keras's and nnkit's
             ``ReduceLROnPlateau`` write the same value under
-            ``"learning_rate"``. Defaults to ``"learning_rate"``.
+            ``"learning_rate"``. ``keras.callbacks.TensorBoard`` overwrites
+            ``"learning_rate"`` in its own copy of the logs with the rate of
+            the *next* step, so pick another name (e.g.
+            ``"used_learning_rate"``) to see this value in TensorBoard.
+            Defaults to ``"learning_rate"``.
         every_n_steps: Record the rate of every ``N``-th optimizer update,
             an int ``>= 1``, or ``None`` for the epoch value only. Defaults
             to ``None``.

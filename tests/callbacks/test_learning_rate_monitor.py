@@ -406,3 +406,22 @@ def test_validation_errors(kwargs, error, message):
 def test_every_n_steps_is_keyword_only():
     with pytest.raises(TypeError):
         LearningRateMonitor("learning_rate", 5)
+
+
+def test_keras_tensorboard_shows_the_used_rate(tmp_path):
+    """The epoch value reaches keras.callbacks.TensorBoard through the logs.
+
+    Keras's TensorBoard writes its own ``learning_rate`` (the rate of the *next*
+    step, ``schedule(iterations)``) over that key in its copy of the logs, so
+    the used rate shows in TensorBoard under another ``log_name``.
+    """
+    x = np.ones((8, 1), "float32")
+    model = _model(keras.optimizers.SGD(CosineAnnealing(0.1, total_steps=8)))
+    board = keras.callbacks.TensorBoard(log_dir=str(tmp_path / "tb"))
+    monitor = LearningRateMonitor("used_learning_rate")
+    model.fit(x, x, batch_size=2, epochs=2, callbacks=[monitor, board], verbose=0)
+    used = _read_scalars(str(tmp_path / "tb" / "train"), "epoch_used_learning_rate")
+    assert [step for step, _ in used] == [0, 1]
+    np.testing.assert_allclose([r for _, r in used], _cosine([3, 7], total=8), rtol=1e-5, atol=1e-8)
+    keras_own = _read_scalars(str(tmp_path / "tb" / "train"), "epoch_learning_rate")
+    np.testing.assert_allclose([r for _, r in keras_own], _cosine([4, 8], total=8), atol=1e-7)
