@@ -13,7 +13,16 @@ import importlib
 
 from nnkit._version import __version__
 
-SUBPACKAGES = ("callbacks", "initializers", "layers", "losses", "models", "regularizers", "schedules")
+SUBPACKAGES = (
+    "callbacks",
+    "diagnostics",
+    "initializers",
+    "layers",
+    "losses",
+    "models",
+    "regularizers",
+    "schedules",
+)
 
 __all__ = ["__version__", *SUBPACKAGES]
 

@@ -6,6 +6,7 @@ tests (config round trip, conventions, ...) as soon as it is exported.
 """
 
 import nnkit.callbacks as C
+import nnkit.diagnostics as D
 import nnkit.layers as LY
 import nnkit.losses as L
 import nnkit.regularizers as R
@@ -61,6 +62,10 @@ EXAMPLES = {
     "regularizers.L1": lambda: R.L1(0.001),
     "regularizers.L2": lambda: R.L2(0.0005),
     "regularizers.WeightDecay": lambda: R.WeightDecay(0.0005),
+    # diagnostics
+    "diagnostics.DiagnosisRules": lambda: D.DiagnosisRules(
+        1e-7, 1e-4, 3, exploding_threshold=500.0, jump_factor=20.0, update_ratio_band=30.0
+    ),
 }
 
 # Base classes that are public for subclassing but never instantiated directly.
@@ -68,6 +73,8 @@ ABSTRACT = {"schedules.Schedule", "callbacks.StatefulCallback"}
 # Value types (enums) that are public but are not components.
 ABSTRACT |= {"callbacks.StopReason"}
 ABSTRACT |= {"initializers.LSUVReport", "initializers.LSUVLayerResult"}
+ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
+ABSTRACT |= {"diagnostics.VariableGroups"}
 
 
 def examples_in(subpackage):
