@@ -39,6 +39,9 @@ EXAMPLES = {
     "callbacks.LearningRateMonitor": lambda: C.LearningRateMonitor(
         "lr", every_n_steps=10, log_dir="logs"
     ),
+    "callbacks.GradientNormMonitor": lambda: C.GradientNormMonitor(
+        2, by="variable", on_nonfinite="stop", rules=D.DiagnosisRules(window=3), log_dir="logs"
+    ),
     "callbacks.BackupAndRestore": lambda: C.BackupAndRestore(
         "backup", save_freq=10, double_checkpoint=True, delete_checkpoint=False
     ),

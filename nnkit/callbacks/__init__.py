@@ -5,12 +5,14 @@ from nnkit.callbacks._stateful import StatefulCallback
 # -- public callbacks (one import line per module) --
 from nnkit.callbacks.backup_and_restore import BackupAndRestore
 from nnkit.callbacks.early_stopping import EarlyStopping, StopReason
+from nnkit.callbacks.gradient_norm_monitor import GradientNormMonitor
 from nnkit.callbacks.learning_rate_monitor import LearningRateMonitor
 from nnkit.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
 
 __all__ = [
     "BackupAndRestore",
     "EarlyStopping",
+    "GradientNormMonitor",
     "LearningRateMonitor",
     "ReduceLROnPlateau",
     "StatefulCallback",

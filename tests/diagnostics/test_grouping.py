@@ -28,8 +28,12 @@ def test_unusual_paths_still_group(path, expected):
 
 
 def test_groups_a_real_model_by_layer_and_sublayer():
-    model = keras.Sequential(
-        [keras.Input((3,)), LY.DenseBlock(4, normalization="batch"), keras.layers.Dense(2)],
+    model = keras.Sequential(  # explicit names: Keras numbers unnamed layers globally
+        [
+            keras.Input((3,)),
+            LY.DenseBlock(4, normalization="batch", name="dense_block"),
+            keras.layers.Dense(2, name="dense"),
+        ],
         name="net",
     )
     groups = group_variables(model.trainable_variables)
