@@ -41,7 +41,6 @@ of every ``bench/`` script).
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -68,6 +67,11 @@ from nnkit.schedules import (  # noqa: E402
     StepDecay,
     Warmup,
 )
+
+try:  # imported from the repository root (the smoke tests)
+    from bench._timing import environment, load_average, set_threads  # noqa: E402
+except ModuleNotFoundError:  # run as a script: bench/ is on sys.path
+    from _timing import environment, load_average, set_threads  # noqa: E402
 
 FEATURES, CLASSES = 64, 10
 PEAK = 1e-3
@@ -238,14 +242,6 @@ def schedule_cost(schedule, evaluations, repeats=5):
     return best / evaluations
 
 
-def set_threads(threads):
-    if threads and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-
-
 def main(argv=None):
     args = parse_args(argv)
     set_threads(args.threads)
@@ -286,7 +282,7 @@ def main(argv=None):
             cpu[name].append(time.process_time() - start_cpu)
             return wall[name][-1], cpu[name][-1]
 
-        load_before = _load_average()
+        load_before = load_average()
         for round_index in range(args.repeats):
             shift = round_index % len(names)
             before = timed_fit("baseline")
@@ -302,7 +298,7 @@ def main(argv=None):
                 + ", ".join(f"{n} {ratios[n][-1]:.3f}" for n in names),
                 file=sys.stderr,
             )
-        load_after = _load_average()
+        load_after = load_average()
 
     # In-graph cost of each schedule per evaluation, over a float rate (TensorFlow only).
     evaluations, repeats = (200, 2) if args.quick else (20000, 5)
@@ -409,35 +405,10 @@ def main(argv=None):
             "threads": args.threads,
             "jit_compile": bool(models["baseline"].jit_compile),
         },
-        "environment": {
-            "keras": keras.__version__,
-            "backend": keras.backend.backend(),
-            "tensorflow": _tensorflow_version(),
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-            "load_average_before": load_before,
-            "load_average_after": load_after,
-        },
+        "environment": environment(load_before, load_after),
     }
     print(json.dumps(figures, sort_keys=True))
     return figures
-
-
-def _load_average():
-    """The 1-minute load average (other processes make timings noisy), or None."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def _tensorflow_version():
-    if keras.backend.backend() != "tensorflow":
-        return None
-    import tensorflow as tf
-
-    return tf.__version__
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""Train an MLP on scikit-learn's digits with nnkit's schedule and callbacks.
+"""Train an MLP on scikit-learn's digits with nnkit's model builder, schedule and callbacks.
 
 The recipe shows the parts of nnkit that a plain Keras training script needs:
 
+* the model from ``nnkit.models.mlp``: ``--widths`` hidden blocks (dense, or
+  residual with ``--residual``), each with optional ``--normalization``,
+  ``--activation`` and ``--dropout``, and an optional ``--weight-decay``
+  (``nnkit.regularizers.WeightDecay`` on every kernel);
 * ``CosineAnnealing`` with a linear warmup (``--schedule cosine``, the default),
   or ``StepDecay`` counted in epochs through ``EpochSchedule``
   (``--schedule step``), with the schedule's length in steps computed as
@@ -15,7 +19,8 @@ It writes a run directory (``--out``, default ``runs/digits``)::
     metrics.json        test accuracy/loss, epochs run, best epoch, stop reason,
                         wall time, the arguments
     model.keras         the trained model (reload with safe_mode=True, after
-                        ``import nnkit.schedules`` so nnkit's classes are registered)
+                        ``import nnkit.layers, nnkit.regularizers, nnkit.schedules``
+                        so nnkit's classes are registered)
     history.csv         one row per epoch: loss, accuracy, val_*, learning_rate
     curves.png          loss and accuracy per epoch
     learning_rate.png   the learning rate at every step
@@ -42,9 +47,26 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 from nnkit.callbacks import EarlyStopping, LearningRateMonitor  # noqa: E402
+from nnkit.initializers import for_activation  # noqa: E402
+from nnkit.models import mlp  # noqa: E402
+from nnkit.regularizers import WeightDecay  # noqa: E402
 from nnkit.schedules import CosineAnnealing, EpochSchedule, StepDecay, Warmup  # noqa: E402
 
 NUM_CLASSES = 10
+NORMALIZATIONS = {"none": None, "batch": "batch", "layer": "layer"}
+
+
+def _widths(text):
+    """``"256,128"`` -> ``[256, 128]`` (an argparse ``type``)."""
+    try:
+        widths = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 256,128, got {text!r}"
+        ) from None
+    if any(width < 1 for width in widths):
+        raise argparse.ArgumentTypeError(f"every width must be >= 1, got {text!r}")
+    return widths
 
 
 def parse_args(argv=None):
@@ -100,10 +122,38 @@ def parse_args(argv=None):
         help="step schedule: the factor applied every --step-epochs",
     )
     parser.add_argument(
-        "--hidden", type=int, nargs="+", default=[256, 128], help="units of each hidden layer"
+        "--widths",
+        type=_widths,
+        default=[256, 128],
+        help="hidden widths, comma-separated (e.g. 256,128): one block each",
     )
     parser.add_argument(
-        "--dropout", type=float, default=0.2, help="dropout after each hidden layer"
+        "--activation",
+        default="relu",
+        help="hidden activation, a Keras name with a standard initializer (relu, gelu, tanh, "
+        "selu, ...): kernels are initialized for it",
+    )
+    parser.add_argument(
+        "--normalization",
+        choices=tuple(NORMALIZATIONS),
+        default="none",
+        help="normalization inside every block: BatchNormalization or LayerNormalization",
+    )
+    parser.add_argument(
+        "--dropout", type=float, default=0.2, help="dropout rate inside every block"
+    )
+    parser.add_argument(
+        "--residual",
+        action="store_true",
+        help="residual blocks (x + F(x), projection shortcut where widths change) "
+        "instead of dense blocks",
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.0,
+        help="λ of nnkit.regularizers.WeightDecay on every kernel: adds λ/2·ΣW² to the "
+        "loss (gradient λ·W); 0 turns it off",
     )
     parser.add_argument(
         "--label-smoothing",
@@ -144,6 +194,12 @@ def parse_args(argv=None):
     for name in ("dropout", "label_smoothing"):
         if not 0 <= getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        parser.error(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
+    try:  # the mlp initializes kernels for the activation: it must have a rule
+        for_activation(args.activation)
+    except ValueError as error:
+        parser.error(f"--activation: {error}")
     if args.patience < 0:
         parser.error(f"--patience must be >= 0, got {args.patience}")
     return args
@@ -180,14 +236,29 @@ def load_data(split_seed, test_fraction=0.2, validation_fraction=0.15):
     }
 
 
-def build_model(num_features, hidden, dropout):
-    layers = [keras.Input((num_features,))]
-    for units in hidden:
-        layers.append(keras.layers.Dense(units, activation="relu"))
-        if dropout > 0:
-            layers.append(keras.layers.Dropout(dropout))
-    layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax"))
-    return keras.Sequential(layers, name="digits_mlp")
+def build_model(num_features, args):
+    """``nnkit.models.mlp`` with the flags' blocks and a softmax output.
+
+    The weight decay is passed as the builder's ``kernel_regularizer``: the
+    model is built here, so this is the direct way, and every kernel (the
+    output layer's too) carries it in its config, so it is saved with the
+    model. ``nnkit.regularizers.apply_regularization`` does the same for a
+    model whose building code you cannot change. The penalty is coupled (in
+    the loss), so Adam rescales its gradient; ``keras.optimizers.AdamW`` is
+    the decoupled alternative (docs/regularization.md).
+    """
+    return mlp(
+        num_features,
+        args.widths,
+        activation=args.activation,
+        normalization=NORMALIZATIONS[args.normalization],
+        dropout=args.dropout,
+        residual=args.residual,
+        output_units=NUM_CLASSES,
+        output_activation="softmax",
+        kernel_regularizer=WeightDecay(args.weight_decay) if args.weight_decay > 0 else None,
+        name="digits_mlp",
+    )
 
 
 def build_schedule(args, steps_per_epoch):
@@ -285,7 +356,7 @@ def main(argv=None):
     total_steps = args.epochs * steps_per_epoch
 
     schedule = build_schedule(args, steps_per_epoch)
-    model = build_model(x_train.shape[1], args.hidden, args.dropout)
+    model = build_model(x_train.shape[1], args)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=schedule),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),

@@ -1,17 +1,27 @@
-"""End-to-end check of recipes/digits_mlp.py: a short run writes every output."""
+"""End-to-end checks of the recipes: a short run of each writes every output.
+
+recipes/digits_mlp.py and recipes/diabetes_regression.py are run in-process
+with a few epochs into ``tmp_path``; their saved models are reloaded with
+``safe_mode=True`` (nnkit's classes registered by the imports below).
+"""
 
 import csv
 import importlib.util
 import json
+import math
 import pathlib
 
 import keras
 import numpy as np
 import pytest
 
-import nnkit.schedules  # noqa: F401  (registers nnkit's classes for load_model)
+# Register nnkit's classes for load_model (import nnkit alone is lazy).
+import nnkit.layers
+import nnkit.losses
+import nnkit.regularizers
+import nnkit.schedules  # noqa: F401
 
-RECIPE = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "digits_mlp.py"
+RECIPES = pathlib.Path(__file__).resolve().parents[1] / "recipes"
 OUTPUTS = ("metrics.json", "model.keras", "history.csv", "curves.png", "learning_rate.png")
 METRIC_KEYS = {
     "test_accuracy",
@@ -28,12 +38,21 @@ METRIC_KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def recipe():
-    spec = importlib.util.spec_from_file_location("digits_mlp", RECIPE)
+def _load_recipe(name):
+    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return _load_recipe("digits_mlp")
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    return _load_recipe("diabetes_regression")
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "step"])
@@ -52,7 +71,7 @@ def test_short_run_writes_every_output(recipe, tmp_path, capsys, schedule):
             schedule,
             "--step-epochs",
             "1",
-            "--hidden",
+            "--widths",
             "32",
             "--seed",
             "1",
@@ -115,3 +134,199 @@ def test_help_and_bad_arguments(recipe, capsys):
         recipe.parse_args(["--warmup-epochs", "5", "--epochs", "5"])
     assert exit_info.value.code == 2
     assert "--warmup-epochs" in capsys.readouterr().err
+
+
+# -- digits: the model flags ---------------------------------------------------------
+
+
+def test_model_flags_end_to_end(recipe, tmp_path):
+    """Residual blocks, batch norm, dropout and weight decay reach the saved model."""
+    keras.utils.set_random_seed(0)
+    out = tmp_path / "run"
+    weight_decay = 1e-4
+    metrics = recipe.main(
+        ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "128", "--widths", "32,16",
+         "--residual", "--normalization", "batch", "--dropout", "0.1",
+         "--weight-decay", str(weight_decay), "--seed", "2", "--verbose", "0", "--out", str(out)]
+    )  # fmt: skip
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["args"]["widths"] == [32, 16]
+    assert written["args"]["residual"] is True
+    assert written["args"]["normalization"] == "batch"
+    assert written["args"]["dropout"] == 0.1
+    assert written["args"]["weight_decay"] == weight_decay
+    assert written["args"]["activation"] == "relu"
+
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "InputLayer", "ResidualBlock", "ResidualBlock", "Dense"
+    ]  # fmt: skip
+    for layer in model.layers[1:]:
+        config = layer.get_config()
+        regularizer = config["kernel_regularizer"]
+        assert regularizer["registered_name"] == "nnkit>WeightDecay"
+        assert regularizer["config"] == {"weight_decay": weight_decay}
+        if layer is not model.layers[-1]:
+            assert config["normalization"] == "batch" and config["dropout"] == 0.1
+
+    # The test loss is the label-smoothed cross-entropy plus λ/2 · Σ‖W‖² over
+    # every kernel, computed here from the reloaded model with numpy.
+    x_test, y_test = recipe.load_data(written["args"]["split_seed"])["test"]
+    probabilities = model.predict(x_test, verbose=0).astype("float64")
+    smoothing = written["args"]["label_smoothing"]
+    targets = y_test * (1 - smoothing) + smoothing / 10
+    cross_entropy = np.mean(-np.sum(targets * np.log(probabilities), axis=1))
+    kernels = [w.numpy() for w in model.weights if w.path.endswith("kernel")]
+    # W1 and W2 per block, a projection per block (64 → 32 → 16 all change width), the output.
+    assert len(kernels) == 2 * 2 + 2 + 1
+    penalty = sum(0.5 * weight_decay * np.sum(np.square(k, dtype="float64")) for k in kernels)
+    assert metrics["test_loss"] == pytest.approx(cross_entropy + penalty, rel=1e-4)
+
+
+def test_model_flag_parsing(recipe, capsys):
+    args = recipe.parse_args([])
+    assert args.widths == [256, 128] and args.activation == "relu"
+    assert args.normalization == "none" and args.residual is False
+    assert args.dropout == 0.2 and args.weight_decay == 0.0
+    model = recipe.build_model(64, args)
+    assert [type(layer).__name__ for layer in model.layers[1:]] == [
+        "DenseBlock", "DenseBlock", "Dense"
+    ]  # fmt: skip
+    assert model.losses == []  # weight decay 0 is off: no regularizer at all
+    args = recipe.parse_args(["--widths", "64", "--activation", "gelu", "--normalization", "layer"])
+    assert args.widths == [64]
+    model = recipe.build_model(64, args)
+    assert model.layers[1].get_config()["normalization"] == "layer"
+    assert model.layers[1].get_config()["activation"] == "gelu"
+
+    for bad, flag in [
+        (["--widths", "256,x"], "--widths"),
+        (["--widths", "256,0"], "--widths"),
+        (["--weight-decay", "-1e-4"], "--weight-decay"),
+        (["--weight-decay", "nan"], "--weight-decay"),
+        (["--activation", "no_such_activation"], "--activation"),
+        (["--activation", "softplus"], "--activation"),  # no standard initializer
+        (["--normalization", "group"], "--normalization"),
+        (["--dropout", "1.0"], "--dropout"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            recipe.parse_args(bad)
+        assert exit_info.value.code == 2
+        assert flag in capsys.readouterr().err
+
+
+# -- diabetes: MSE versus SmoothL1 ---------------------------------------------------
+
+DIABETES_OUTPUTS = (
+    "metrics.json",
+    "model_mse.keras",
+    "model_smooth_l1.keras",
+    "history_mse.csv",
+    "history_smooth_l1.csv",
+    "validation.png",
+)
+
+
+def _mae_rmse(target, prediction):
+    error = np.ravel(prediction).astype("float64") - np.ravel(target).astype("float64")
+    return np.mean(np.abs(error)), math.sqrt(np.mean(error**2))
+
+
+def test_diabetes_short_run_writes_every_output(diabetes, tmp_path, capsys):
+    out = tmp_path / "diabetes"
+    epochs, beta = 3, 0.5
+    metrics = diabetes.main(
+        ["--epochs", str(epochs), "--batch-size", "64", "--beta", str(beta), "--seed", "1",
+         "--verbose", "0", "--out", str(out)]
+    )  # fmt: skip
+    for name in DIABETES_OUTPUTS:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    printed = capsys.readouterr().out
+    assert "original units" in printed and "LinearRegression" in printed
+    assert "MSE" in printed and "SmoothL1(beta=0.5)" in printed
+
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    assert written["args"]["beta"] == beta and written["args"]["epochs"] == epochs
+    assert written["examples"] == {"train": 282, "val": 71, "test": 89}
+    for run in ("mse", "smooth_l1", "linear_regression"):
+        for key in ("test_mae", "test_rmse"):
+            assert np.isfinite(written[run][key]) and written[run][key] > 0, (run, key)
+        assert written[run]["test_mae"] <= written[run]["test_rmse"]
+    for run in ("mse", "smooth_l1"):
+        assert 1 <= written[run]["epochs_run"] <= epochs
+        assert 0 <= written[run]["best_epoch"] < written[run]["epochs_run"]
+        with open(out / f"history_{run}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == written[run]["epochs_run"]
+        assert {"loss", "val_loss", "val_mae", "val_rmse", "learning_rate"} <= set(rows[0])
+        assert all(np.isfinite(float(row["learning_rate"])) for row in rows)
+
+    # Reloaded models reproduce the reported errors, converted to original units.
+    data, _, _ = diabetes.load_data()
+    x_test, _, y_test = data["test"]
+    mean, std = written["target_mean"], written["target_std"]
+    losses = {"mse": "MeanSquaredError", "smooth_l1": "SmoothL1"}
+    for run, loss_class in losses.items():
+        model = keras.saving.load_model(out / f"model_{run}.keras", safe_mode=True)
+        assert type(model.loss).__name__ == loss_class
+        prediction = model.predict(x_test, verbose=0) * std + mean
+        mae, rmse = _mae_rmse(y_test, prediction)
+        assert written[run]["test_mae"] == pytest.approx(mae, rel=1e-5)
+        assert written[run]["test_rmse"] == pytest.approx(rmse, rel=1e-5)
+    assert model.loss.beta == beta
+
+    # The baseline: ordinary least squares with an intercept, solved by numpy.
+    x_train, _, y_train = data["train"]
+    design = np.hstack([x_train, np.ones((len(x_train), 1))]).astype("float64")
+    coefficients = np.linalg.lstsq(design, y_train.astype("float64"), rcond=None)[0]
+    prediction = np.hstack([x_test, np.ones((len(x_test), 1))]) @ coefficients
+    mae, rmse = _mae_rmse(y_test, prediction)
+    assert written["linear_regression"]["test_mae"] == pytest.approx(mae, rel=1e-4)
+    assert written["linear_regression"]["test_rmse"] == pytest.approx(rmse, rel=1e-4)
+
+
+def test_diabetes_runs_start_from_the_same_weights(diabetes, tmp_path):
+    """With a negligible learning rate both models stay at the shared initial weights."""
+    metrics = diabetes.main(
+        ["--epochs", "1", "--learning-rate", "1e-12", "--verbose", "0", "--out", str(tmp_path)]
+    )
+    assert metrics["mse"]["test_mae"] == pytest.approx(metrics["smooth_l1"]["test_mae"], rel=1e-6)
+    assert metrics["mse"]["test_rmse"] == pytest.approx(metrics["smooth_l1"]["test_rmse"], rel=1e-6)
+
+
+def test_diabetes_split_and_standardization(diabetes):
+    data, mean, std = diabetes.load_data()
+    assert {split: len(arrays[0]) for split, arrays in data.items()} == {
+        "train": 282, "val": 71, "test": 89
+    }  # fmt: skip
+    x_train, z_train, y_train = data["train"]
+    assert x_train.shape == (282, 10) and z_train.shape == y_train.shape == (282, 1)
+    np.testing.assert_allclose(x_train.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(x_train.std(axis=0), 1.0, rtol=1e-5)
+    assert mean == pytest.approx(float(np.mean(y_train)), rel=1e-6)
+    assert std == pytest.approx(float(np.std(y_train)), rel=1e-6)
+    for _, z, y in data.values():
+        np.testing.assert_allclose(z, (y - mean) / std, rtol=1e-5, atol=1e-6)
+        assert 25 <= y.min() and y.max() <= 346  # the target's original range
+    again, _, _ = diabetes.load_data()  # the split is fixed
+    np.testing.assert_array_equal(again["test"][2], data["test"][2])
+
+
+def test_diabetes_help_and_bad_arguments(diabetes, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        diabetes.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    assert "--beta" in capsys.readouterr().out
+    args = diabetes.parse_args([])
+    assert args.beta == 1.0 and args.out == "runs/diabetes"
+    for bad, flag in [
+        (["--beta", "-1"], "--beta"),
+        (["--beta", "inf"], "--beta"),
+        (["--epochs", "0"], "--epochs"),
+        (["--learning-rate", "0"], "--learning-rate"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            diabetes.parse_args(bad)
+        assert exit_info.value.code == 2
+        assert flag in capsys.readouterr().err

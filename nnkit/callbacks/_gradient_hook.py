@@ -15,12 +15,14 @@ from keras import ops
 
 from nnkit.callbacks._optimizer import to_numpy
 from nnkit.diagnostics import (
+    GradientNorms,
     VariableGroups,
     first_nonfinite_group,
     gradient_norms,
     update_ratios,
     weight_norms,
 )
+from nnkit.diagnostics.norms import _square_sum
 
 #: The per-sample rows kept in ring buffers: name -> (per group?, dtype).
 ROWS = {
@@ -65,6 +67,16 @@ class GradientHook:
         self.buffers = {
             name: self._variable(name, (capacity, groups.size) if grouped else (capacity,), dtype)
             for name, (grouped, dtype) in rows.items()
+        }
+        # One copy of each weight, taken at sample steps, for the update ratio.
+        self.snapshots = {
+            id(w): keras.Variable(
+                np.zeros(w.shape, keras.backend.standardize_dtype(w.dtype)),
+                trainable=False,
+                aggregation="only_first_replica",
+                name="gradient_norm_monitor_snapshot",
+            )
+            for w in variables
         }
         self.count = self._variable("count", (), "int64")
         self.step = self._variable("step", (), "int64", start["step"])
@@ -124,30 +136,52 @@ class GradientHook:
         measured = grads
         if opt.loss_scale_factor is not None:  # apply() unscales by this factor
             measured = [None if g is None else g / opt.loss_scale_factor for g in grads]
-        norms = gradient_norms(measured, variables, groups=groups)
-        bad = ops.greater(ops.sum(norms.nonfinite), 0)
         step = ops.convert_to_tensor(self.step.value)
-        self._count_nonfinite(bad, step, norms.nonfinite)
+        is_sample = ops.equal(step % self.every_n_steps, 0)
+        snapshots = [self.snapshots[id(w)] for w in variables]
+        # The common step pays one fused reduction and two empty branches:
+        # Σ‖g‖² is finite iff every element is (or, rarely, it overflows).
+        # Per-group figures and exact non-finite counts are computed only on
+        # sample steps and on suspicious ones. The optimizer's own update stays
+        # outside any branch (a branch would serialize it) unless "skip" asks
+        # for it to be conditional.
+        squares = [_square_sum(g) for g in measured if g is not None]
+        suspicious = ops.logical_not(ops.isfinite(ops.sum(ops.stack(squares))))
+        size = self.groups.size
 
+        def measure():
+            def take_snapshot():
+                for snapshot, w in zip(snapshots, variables, strict=True):
+                    snapshot.assign(w)
+
+            ops.cond(is_sample, take_snapshot, lambda: None)
+            norms = gradient_norms(measured, variables, groups=groups)
+            self._count_nonfinite(ops.greater(ops.sum(norms.nonfinite), 0), step, norms.nonfinite)
+            return tuple(norms)
+
+        def no_measure():
+            zeros = ops.zeros((size,), "float32")
+            return ops.zeros((), "float32"), zeros, ops.zeros((size,), "int32")
+
+        norms = GradientNorms._make(
+            ops.cond(ops.logical_or(is_sample, suspicious), measure, no_measure)
+        )
         def update():
             self.original(grads, trainable_variables)
 
-        def update_unless_bad():
-            if self.skip:
-                ops.cond(bad, lambda: None, update)
-            else:
-                update()
+        if self.skip:
+            ops.cond(ops.greater(ops.sum(norms.nonfinite), 0), lambda: None, update)
+        else:
+            update()
 
-        def sample():
-            before = [ops.copy(w) for w in variables]
-            update_unless_bad()
-            after = [ops.copy(w) for w in variables]
+        def write_sample():
+            before = [snapshot.value for snapshot in snapshots]
             row = {
                 "steps": step,
                 "global_norm": norms.global_norm,
                 "grad_norms": norms.group_norms,
                 "weight_norms": weight_norms(before, groups=groups),
-                "update_ratios": update_ratios(before, after, groups=groups),
+                "update_ratios": update_ratios(before, [w.value for w in variables], groups=groups),
                 "nonfinite": norms.nonfinite,
             }
             if self.clipped:
@@ -156,7 +190,7 @@ class GradientHook:
                 )
             self._write(row)
 
-        ops.cond(ops.equal(step % self.every_n_steps, 0), sample, update_unless_bad)
+        ops.cond(is_sample, write_sample, lambda: None)
         self.step.assign_add(1)
 
     def _clipped(self, grads, variables, groups):

@@ -291,3 +291,16 @@ def test_config_round_trip():
 def test_invalid_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         GradientNormMonitor(**kwargs)
+
+
+def test_skip_catches_a_bad_step_between_samples():
+    """Step 2 is not a sample step at every_n_steps=3: the cheap per-step check still sees it."""
+    x, y = _bad_data()
+    model = _model()
+    monitor = GradientNormMonitor(every_n_steps=3, on_nonfinite="skip")
+    _fit(model, monitor, x, y, optimizer=keras.optimizers.Adam(0.01), batch_size=8, epochs=1)
+    assert all(np.all(np.isfinite(np.asarray(w.value))) for w in model.trainable_variables)
+    assert int(model.optimizer.iterations.numpy()) == 3
+    assert (monitor.nonfinite_steps, monitor.first_nonfinite_step) == (1, 2)
+    assert monitor.first_nonfinite_layer == "seq/hidden"
+    assert monitor.history["steps"] == [0, 3]
