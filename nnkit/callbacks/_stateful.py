@@ -89,15 +89,21 @@ class StatefulCallback(CallbackMixin, keras.callbacks.Callback):
     """
 
     def _reset_state(self):
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `_reset_state()` (abstract in StatefulCallback)."
+        )
 
     def get_state(self):
         """Return the state needed to resume (JSON values or lists of arrays)."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `get_state()` (abstract in StatefulCallback)."
+        )
 
     def set_state(self, state):
         """Restore a state returned by :meth:`get_state`."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `set_state()` (abstract in StatefulCallback)."
+        )
 
     def on_train_begin(self, logs=None):
         self._reset_state()
