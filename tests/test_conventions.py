@@ -161,3 +161,22 @@ def test_import_nnkit_has_no_side_effects():
     )
     assert lazy.stdout.strip() == "False", "import nnkit must not import TensorFlow"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_base_classes_refuse_incomplete_subclasses():
+    """Abstract methods fail when the subclass is created, not in the middle of a fit."""
+    from nnkit.callbacks import StatefulCallback
+    from nnkit.schedules import Schedule
+
+    class NoValue(Schedule):
+        def get_config(self):
+            return {}
+
+    class NoState(StatefulCallback):
+        def _reset_state(self):
+            pass
+
+    with pytest.raises(TypeError, match="value"):
+        NoValue()
+    with pytest.raises(TypeError, match="get_state"):
+        NoState()

@@ -18,6 +18,7 @@ Keys are ``ClassName`` plus an ordinal among callbacks of that class, in list
 order, so the same callback list maps to the same keys after a restart.
 """
 
+import abc
 import weakref
 
 import keras
@@ -80,7 +81,7 @@ def session_for(callback, *, create=True):
     return session
 
 
-class StatefulCallback(CallbackMixin, keras.callbacks.Callback):
+class StatefulCallback(CallbackMixin, keras.callbacks.Callback, metaclass=abc.ABCMeta):
     """Base class of nnkit callbacks whose state can be saved and restored.
 
     Subclasses implement ``_reset_state``, ``get_state`` and ``set_state``, and
@@ -88,22 +89,17 @@ class StatefulCallback(CallbackMixin, keras.callbacks.Callback):
     A subclass that overrides ``on_train_begin`` must call ``super()`` first.
     """
 
+    @abc.abstractmethod
     def _reset_state(self):
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement `_reset_state()` (abstract in StatefulCallback)."
-        )
+        """Clear per-run state; called by ``on_train_begin``."""
 
+    @abc.abstractmethod
     def get_state(self):
         """Return the state needed to resume (JSON values or lists of arrays)."""
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement `get_state()` (abstract in StatefulCallback)."
-        )
 
+    @abc.abstractmethod
     def set_state(self, state):
         """Restore a state returned by :meth:`get_state`."""
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement `set_state()` (abstract in StatefulCallback)."
-        )
 
     def on_train_begin(self, logs=None):
         self._reset_state()

@@ -1,10 +1,12 @@
 """The base class shared by every nnkit learning-rate schedule."""
 
+import abc
+
 import keras
 from keras import ops
 
 
-class Schedule(keras.optimizers.schedules.LearningRateSchedule):
+class Schedule(keras.optimizers.schedules.LearningRateSchedule, metaclass=abc.ABCMeta):
     """Base class: a learning rate that is a pure function of the step.
 
     Subclasses implement ``value(step)`` with ``keras.ops`` on a float32
@@ -17,11 +19,9 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step):
         return self.value(ops.cast(step, "float32"))
 
+    @abc.abstractmethod
     def value(self, step):
         """The learning rate at ``step`` (a float32 tensor)."""
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement `value(step)`."
-        )
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
