@@ -16,6 +16,7 @@ from nnkit._version import __version__
 SUBPACKAGES = (
     "callbacks",
     "diagnostics",
+    "distribute",
     "initializers",
     "layers",
     "losses",
