@@ -2,12 +2,34 @@
 
 ``GradientHook`` patches one optimizer *instance* (``optimizer.apply`` as an
 instance attribute shadowing the class method) and keeps its measurements in
-non-trainable ``keras.Variable`` objects that belong to nobody (neither the
-model nor the optimizer tracks them, so nothing extra is saved). ``remove()``
-deletes the instance attribute, which restores the class method. All the
-measuring is ``keras.ops`` inside the compiled train step; the host reads the
-ring buffers with :meth:`GradientHook.read`.
+non-trainable ``keras.Variable`` objects. ``remove()`` deletes the instance
+attributes, which restores the class methods. All the measuring is
+``keras.ops`` inside the compiled train step; the host reads the ring buffers
+with :meth:`GradientHook.read`.
+
+Two ways to run the same measurement, chosen in ``__init__``:
+
+- ``"branch"`` (TensorFlow, no strategy): per-group figures and the weight
+  snapshot live inside ``ops.cond`` branches taken only on sample steps, so a
+  common step pays one fused reduction (Σ‖g‖², whose finiteness flags a
+  suspicious step) and two empty branches. Cheapest for large models.
+- ``"pure"`` (the JAX backend, and TensorFlow under a ``tf.distribute``
+  strategy): every branch is a pure function returning values, and every
+  variable write is unconditional (a ring-buffer slot that only a sample
+  step keeps; counters through ``ops.where``). JAX needs this because its
+  train step is stateless (a write inside ``lax.cond`` would leak a tracer);
+  ``tf.distribute`` needs it because a write to a mirrored variable in replica
+  context is a ``merge_call``, which ``tf.cond`` cannot hold. On JAX the
+  hook's variables are appended to the optimizer's own variables for the
+  duration of ``fit``, the only state the stateless step carries out of
+  ``optimizer.stateless_apply``; the optimizer's ``save_own_variables`` is
+  patched so that a checkpoint written mid-``fit`` holds only the
+  optimizer's own state. Under a strategy the gradients are measured after
+  the cross-replica all-reduce (``nnkit.distribute._aggregated``), so the
+  norms are those of the global batch's gradient, as on one device.
 """
+
+import threading
 
 import keras
 import numpy as np
@@ -47,48 +69,101 @@ class GradientHook:
 
     ``variables`` are the variables the groups were computed for (the model's
     trainable variables); ``start`` holds the initial values of ``step``,
-    ``nonfinite_steps``, ``first_step`` and ``first_group``.
+    ``nonfinite_steps``, ``first_step`` and ``first_group``. ``outer`` is the
+    optimizer the model holds (a ``LossScaleOptimizer`` around ``optimizer``,
+    or ``optimizer`` itself); ``strategy`` the model's ``tf.distribute``
+    strategy or ``None``.
     """
 
-    def __init__(self, optimizer, variables, groups, *, capacity, every_n_steps, skip, start):
+    def __init__(
+        self,
+        optimizer,
+        variables,
+        groups,
+        *,
+        capacity,
+        every_n_steps,
+        skip,
+        start,
+        outer=None,
+        strategy=None,
+    ):
         if "apply" in vars(optimizer):
             raise ValueError(
                 "The optimizer's `apply` is already patched (is another GradientNormMonitor "
                 f"attached to this model?). Received: optimizer={optimizer.name!r}"
             )
         self.optimizer = optimizer
+        self.outer = optimizer if outer is None else outer
+        self.backend = keras.backend.backend()
+        self.strategy = strategy
+        self.mode = "branch" if self.backend == "tensorflow" and strategy is None else "pure"
+        if skip and strategy is not None:
+            raise ValueError(
+                "GradientNormMonitor(on_nonfinite='skip') is not supported under a "
+                "tf.distribute strategy (the update runs in a cross-replica merge that a "
+                "callback cannot make conditional); use on_nonfinite='stop' or 'warn'. "
+                f"Received: strategy={type(strategy).__name__}"
+            )
         self.groups = groups
         self._group_of = {id(w): k for w, k in zip(variables, groups.index, strict=True)}
         self.capacity = capacity
         self.every_n_steps = every_n_steps
         self.skip = skip
         self.clipped = clips(optimizer)
+        # Counters are int32 on JAX (int64 needs jax_enable_x64).
+        self.int_dtype = "int64" if self.backend == "tensorflow" else "int32"
         rows = {k: spec for k, spec in ROWS.items() if self.clipped or not k.startswith("clipped")}
+        # One row more than ``capacity``: the "pure" mode writes every step
+        # into the next free slot, which only a sample step keeps.
         self.buffers = {
-            name: self._variable(name, (capacity, groups.size) if grouped else (capacity,), dtype)
+            name: self._variable(
+                name, (capacity + 1, groups.size) if grouped else (capacity + 1,), dtype
+            )
             for name, (grouped, dtype) in rows.items()
         }
-        # One copy of each weight, taken at sample steps, for the update ratio.
-        self.snapshots = {
-            id(w): keras.Variable(
-                np.zeros(w.shape, keras.backend.standardize_dtype(w.dtype)),
-                trainable=False,
-                aggregation="only_first_replica",
-                name="gradient_norm_monitor_snapshot",
-            )
-            for w in variables
-        }
+        # One copy of each weight, taken at sample steps, for the update ratio
+        # ("branch" mode; "pure" mode reads the values before the update).
+        self.snapshots = {}
+        if self.mode == "branch":
+            self.snapshots = {
+                id(w): keras.Variable(
+                    np.zeros(w.shape, keras.backend.standardize_dtype(w.dtype)),
+                    trainable=False,
+                    aggregation="only_first_replica",
+                    name="gradient_norm_monitor_snapshot",
+                )
+                for w in variables
+            }
         self.count = self._variable("count", (), "int64")
         self.step = self._variable("step", (), "int64", start["step"])
         self.nonfinite_steps = self._variable("nonfinite_steps", (), "int64")
         self.first_step = self._variable("first_step", (), "int64", -1)
         self.first_group = self._variable("first_group", (), "int32", -1)
         self.set_counters(start)
-        self.original = optimizer.apply  # the bound class method
-        optimizer.apply = self.apply
+        self.own = [
+            *self.buffers.values(),
+            self.count,
+            self.step,
+            self.nonfinite_steps,
+            self.first_step,
+            self.first_group,
+        ]
+        self._local = threading.local()  # per replica thread: the all-reduced gradients
+        self._transform = None
+        if strategy is not None:
+            from nnkit.distribute import _aggregated
 
-    @staticmethod
-    def _variable(name, shape, dtype, value=0):
+            self._transform = _aggregated.add_transform(optimizer, self._capture, first=True)
+        if self.backend == "jax":
+            optimizer._variables.extend(self.own)
+            self.outer.save_own_variables = self._save_own_variables
+        self.original = optimizer.apply  # the bound class method
+        optimizer.apply = self._apply_branch if self.mode == "branch" else self._apply_pure
+
+    def _variable(self, name, shape, dtype, value=0):
+        if dtype == "int64":
+            dtype = self.int_dtype
         return keras.Variable(
             np.full(shape, value, dtype),
             dtype=dtype,
@@ -105,9 +180,31 @@ class GradientHook:
         self.first_group.assign(start["first_group"])
 
     def remove(self):
-        """Restore the optimizer's class ``apply``."""
-        if vars(self.optimizer).get("apply") == self.apply:
-            del self.optimizer.apply
+        """Restore the optimizer as it was: class ``apply``, its own variables only."""
+        optimizer = self.optimizer
+        if vars(optimizer).get("apply") in (self._apply_branch, self._apply_pure):
+            del optimizer.apply
+        if self._transform is not None:
+            from nnkit.distribute import _aggregated
+
+            _aggregated.remove_transform(optimizer, self._transform)
+            self._transform = None
+        if self.backend == "jax":
+            own = {id(w) for w in self.own}
+            optimizer._variables[:] = [w for w in optimizer._variables if id(w) not in own]
+            if vars(self.outer).get("save_own_variables") == self._save_own_variables:
+                del self.outer.save_own_variables
+
+    def _save_own_variables(self, store):
+        # JAX: the hook's variables ride along in optimizer._variables during
+        # fit; a checkpoint holds only the optimizer's own state.
+        optimizer, saved = self.optimizer, list(self.optimizer._variables)
+        own = {id(w) for w in self.own}
+        optimizer._variables[:] = [w for w in saved if id(w) not in own]
+        try:
+            type(self.outer).save_own_variables(self.outer, store)
+        finally:
+            optimizer._variables[:] = saved
 
     def _groups_for(self, variables):
         try:
@@ -121,12 +218,9 @@ class GradientHook:
             ) from None
         return VariableGroups(self.groups.names, index)
 
-    def apply(self, grads, trainable_variables=None):
-        """Measure ``grads``, then call the original ``apply`` (or skip it); in-graph."""
-        grads = list(grads)
+    def _received(self, grads, trainable_variables):
+        """``(variables, groups, measured)``: what ``apply`` received, unscaled."""
         opt = self.optimizer
-        if not grads:
-            return self.original(grads, trainable_variables)
         variables = (
             list(opt._trainable_variables)
             if trainable_variables is None
@@ -136,6 +230,16 @@ class GradientHook:
         measured = grads
         if opt.loss_scale_factor is not None:  # apply() unscales by this factor
             measured = [None if g is None else g / opt.loss_scale_factor for g in grads]
+        return variables, groups, measured
+
+    # -- "branch" mode (TensorFlow, no strategy) -------------------------------
+
+    def _apply_branch(self, grads, trainable_variables=None):
+        """Measure ``grads``, then call the original ``apply`` (or skip it); in-graph."""
+        grads = list(grads)
+        if not grads:
+            return self.original(grads, trainable_variables)
+        variables, groups, measured = self._received(grads, trainable_variables)
         step = ops.convert_to_tensor(self.step.value)
         is_sample = ops.equal(step % self.every_n_steps, 0)
         snapshots = [self.snapshots[id(w)] for w in variables]
@@ -166,6 +270,7 @@ class GradientHook:
         norms = GradientNorms._make(
             ops.cond(ops.logical_or(is_sample, suspicious), measure, no_measure)
         )
+
         def update():
             self.original(grads, trainable_variables)
 
@@ -189,9 +294,115 @@ class GradientHook:
                     measured, variables, groups
                 )
             self._write(row)
+            self.count.assign_add(1)
 
         ops.cond(is_sample, write_sample, lambda: None)
         self.step.assign_add(1)
+
+    # -- "pure" mode (JAX; TensorFlow under a strategy) ------------------------
+
+    def _capture(self, grads_and_vars):
+        """Keep the all-reduced gradients and the weights before the update, per replica.
+
+        The update runs in a cross-replica merge that TensorFlow does not
+        order after reads made in replica context, so the weights are read
+        here and the gradients handed on are made to wait for those reads.
+        """
+        import tensorflow as tf  # only ever called under a tf.distribute strategy
+
+        pairs = list(grads_and_vars)
+        before = [tf.identity(var) for _, var in pairs]
+        with tf.control_dependencies(before):
+            handed = [(None if g is None else tf.identity(g), var) for g, var in pairs]
+        self._local.reduced = {id(var): (g, b) for (g, var), b in zip(pairs, before, strict=True)}
+        return handed
+
+    def _reduced(self, variables):
+        """``(grads, before)``: the all-reduced gradient and prior value of each variable."""
+        reduced = getattr(self._local, "reduced", None)
+        self._local.reduced = None
+        if reduced is None:
+            raise RuntimeError(
+                "GradientNormMonitor: the optimizer step did not all-reduce the gradients "
+                "through `_all_reduce_sum_gradients` (a Keras change?); the aggregated "
+                "gradients cannot be measured."
+            )
+        grads, before = [], []
+        for w in variables:
+            grad, value = reduced.get(id(w.value), (None, None))
+            grads.append(grad)
+            before.append(ops.convert_to_tensor(w.value) if value is None else value)
+        return grads, before
+
+    def _apply_pure(self, grads, trainable_variables=None):
+        """Measure ``grads`` with pure branches and unconditional writes; in-graph."""
+        grads = list(grads)
+        if not grads:
+            return self.original(grads, trainable_variables)
+        variables, groups, measured = self._received(grads, trainable_variables)
+        step = ops.convert_to_tensor(self.step.value)
+        is_sample = ops.equal(step % self.every_n_steps, 0)
+        if self.strategy is not None:
+            self.original(grads, trainable_variables)  # _capture sees the all-reduced grads
+            measured, before = self._reduced(variables)
+            norms = gradient_norms(measured, variables, groups=groups)
+        else:
+            before = [ops.convert_to_tensor(w.value) for w in variables]
+            norms = gradient_norms(measured, variables, groups=groups)
+            self._update_unless(
+                ops.greater(ops.sum(norms.nonfinite), 0), grads, trainable_variables
+            )
+        after = [ops.convert_to_tensor(w.value) for w in variables]
+        bad = ops.greater(ops.sum(norms.nonfinite), 0)
+        self._count_nonfinite(bad, step, norms.nonfinite)
+        size = self.groups.size
+
+        def sample():
+            values = [
+                weight_norms(before, groups=groups),
+                update_ratios(before, after, groups=groups),
+            ]
+            if self.clipped:
+                values.extend(self._clipped(measured, variables, groups))
+            return tuple(values)
+
+        def no_sample():
+            zeros = ops.zeros((size,), "float32")
+            values = [zeros, zeros]
+            if self.clipped:
+                values.extend([ops.zeros((), "float32"), zeros])
+            return tuple(values)
+
+        values = ops.cond(is_sample, sample, no_sample)
+        row = {
+            "steps": step,
+            "global_norm": norms.global_norm,
+            "grad_norms": norms.group_norms,
+            "weight_norms": values[0],
+            "update_ratios": values[1],
+            "nonfinite": norms.nonfinite,
+        }
+        if self.clipped:
+            row["clipped_global_norm"], row["clipped_grad_norms"] = values[2], values[3]
+        self._write(row)
+        self.count.assign_add(ops.cast(is_sample, self.count.dtype))
+        self.step.assign_add(1)
+
+    def _update_unless(self, bad, grads, trainable_variables):
+        """Call the original ``apply``; with "skip", keep every old value where ``bad``."""
+        if not self.skip:
+            self.original(grads, trainable_variables)
+            return
+        own = {id(w) for w in self.own}
+        state = list(self.optimizer._trainable_variables) + [
+            w for w in self.optimizer.variables if id(w) not in own
+        ]
+        old = [ops.convert_to_tensor(w.value) for w in state]
+        self.original(grads, trainable_variables)
+        for w, value in zip(state, old, strict=True):
+            w.assign(ops.where(bad, value, w.value))
+
+    # -- shared ------------------------------------------------------------------
 
     def _clipped(self, grads, variables, groups):
         kept = [k for k, g in enumerate(grads) if g is not None]
@@ -206,22 +417,24 @@ class GradientHook:
         first = ops.logical_and(bad, ops.less(self.first_step.value, 0))
         group = first_nonfinite_group(nonfinite)
         self.first_group.assign(ops.where(first, group, self.first_group.value))
-        self.first_step.assign(ops.where(first, step, self.first_step.value))
-        self.nonfinite_steps.assign_add(ops.cast(bad, "int64"))
+        self.first_step.assign(
+            ops.where(first, ops.cast(step, self.first_step.dtype), self.first_step.value)
+        )
+        self.nonfinite_steps.assign_add(ops.cast(bad, self.nonfinite_steps.dtype))
 
     def _write(self, row):
-        index = ops.mod(self.count.value, self.capacity)
+        """Write ``row`` into slot ``count mod (capacity + 1)``; the caller advances ``count``."""
+        index = ops.mod(self.count.value, self.capacity + 1)
         for name, value in row.items():
             buffer = self.buffers[name]
             value = ops.expand_dims(ops.cast(value, buffer.dtype), 0)
             start = [index] if len(buffer.shape) == 1 else [index, ops.zeros_like(index)]
             buffer.assign(ops.slice_update(buffer.value, start, value))
-        self.count.assign_add(1)
 
     def read(self, since):
         """``(count, rows)``: rows ``[since, count)`` (at most the last ``capacity``) as numpy."""
         count = int(to_numpy(self.count))
-        index = np.arange(max(since, count - self.capacity), count) % self.capacity
+        index = np.arange(max(since, count - self.capacity), count) % (self.capacity + 1)
         return count, {name: to_numpy(buffer)[index] for name, buffer in self.buffers.items()}
 
     def counters(self):

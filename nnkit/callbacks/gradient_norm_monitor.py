@@ -1,5 +1,6 @@
 """Watch the gradients the optimizer receives, layer by layer, without a per-batch host sync."""
 
+import contextlib
 import math
 import os
 import warnings
@@ -33,8 +34,10 @@ class GradientNormMonitor(StatefulCallback):
     functional or subclassed, with or without ``jit_compile``, any Keras
     optimizer (a ``LossScaleOptimizer`` is unwrapped, so norms are unscaled)
     and ``gradient_accumulation_steps`` (the micro-batch gradients that
-    ``apply`` receives are measured). TensorFlow backend, no
-    ``tf.distribute`` strategy.
+    ``apply`` receives are measured). TensorFlow and JAX backends; under a
+    ``tf.distribute`` strategy (e.g. ``MirroredStrategy``) the norms are those
+    of the aggregated gradient, measured after the cross-replica all-reduce,
+    so they equal a one-device run on the same global batch.
 
     At ``on_train_begin`` it patches the optimizer instance's ``apply`` and
     retraces the train function; ``on_train_end`` restores both. Every step
@@ -73,8 +76,8 @@ class GradientNormMonitor(StatefulCallback):
     Raises:
         TypeError: If an argument has the wrong type.
         ValueError: If ``every_n_steps < 1`` or a string option is unknown;
-            at ``fit``, on a backend other than TensorFlow or under a
-            ``tf.distribute`` strategy.
+            at ``fit``, for ``on_nonfinite="skip"`` under a ``tf.distribute``
+            strategy, or when another monitor is attached to the optimizer.
 
     Example:
     >>> import keras, numpy as np
@@ -181,17 +184,7 @@ class GradientNormMonitor(StatefulCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         model = self.model
-        if keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                "GradientNormMonitor patches the optimizer's stateful `apply` and needs the "
-                f"TensorFlow backend. Received: backend={keras.backend.backend()!r}"
-            )
-        if getattr(model, "_distribute_strategy", None) is not None:
-            raise ValueError(
-                "GradientNormMonitor does not support tf.distribute strategies yet (the "
-                "norms would be per replica). Received: "
-                f"strategy={type(model._distribute_strategy).__name__}"
-            )
+        strategy = getattr(model, "_distribute_strategy", None)  # TensorFlow only
         outer = model.optimizer
         if not outer.built:
             outer.build(model.trainable_variables)
@@ -206,15 +199,18 @@ class GradientNormMonitor(StatefulCallback):
         self.layers = list(groups.names)
         steps = (self.params or {}).get("steps")
         capacity = math.ceil(steps / self.every_n_steps) + 1 if steps else _UNKNOWN_CAPACITY
-        self._hook = GradientHook(
-            optimizer,
-            variables,
-            groups,
-            capacity=capacity,
-            every_n_steps=self.every_n_steps,
-            skip=self.on_nonfinite == "skip",
-            start={"step": 0, "nonfinite_steps": 0, "first_step": -1, "first_group": -1},
-        )
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            self._hook = GradientHook(
+                optimizer,
+                variables,
+                groups,
+                capacity=capacity,
+                every_n_steps=self.every_n_steps,
+                skip=self.on_nonfinite == "skip",
+                start={"step": 0, "nonfinite_steps": 0, "first_step": -1, "first_group": -1},
+                outer=outer,
+                strategy=strategy,
+            )
         self._hook.set_counters(self._start())
         self._read, self._at_begin = 0, self.nonfinite_steps
         model.make_train_function(force=True)
@@ -222,6 +218,8 @@ class GradientNormMonitor(StatefulCallback):
     def on_train_batch_end(self, batch, logs=None):
         if self.on_nonfinite != "stop" or self._hook is None or (batch + 1) % self.every_n_steps:
             return
+        if keras.backend.backend() == "jax":
+            self.model.jax_state_sync()  # the counter rides in the stateless step's state
         if self._hook.counters()[0] > self._at_begin:
             self.model.stop_training = True
 
