@@ -21,3 +21,21 @@ def pytest_configure(config):
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * LOGICAL_CPUS
     )
+
+
+def pytest_runtest_setup(item):
+    """Give every test's ``MirroredStrategy`` objects collective keys no earlier test used.
+
+    Each new ``MirroredStrategy`` numbers its collectives from the same keys,
+    so strategies made by different tests in one process can collide
+    ("Shape mismatch in the collective instance ..."); see
+    ``tests/distribute/_mirrored.py``, which does the same for several
+    strategies within one test.
+    """
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        from tests.distribute._mirrored import KEY_RANGE
+
+        tf.distribute.MirroredStrategy._collective_key_base += KEY_RANGE

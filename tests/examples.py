@@ -78,6 +78,7 @@ ABSTRACT |= {"callbacks.StopReason"}
 ABSTRACT |= {"initializers.LSUVReport", "initializers.LSUVLayerResult"}
 ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
 ABSTRACT |= {"diagnostics.VariableGroups"}
+ABSTRACT |= {"distribute.ReadinessReport"}
 
 
 def examples_in(subpackage):

@@ -406,7 +406,10 @@ class GradientHook:
 
     def _clipped(self, grads, variables, groups):
         kept = [k for k, g in enumerate(grads) if g is not None]
-        clipped = self.optimizer._clip_gradients([grads[k] for k in kept])
+        # The class method: nnkit.distribute.clip_after_aggregation turns the
+        # instance's _clip_gradients into the identity and clips later.
+        optimizer = self.optimizer
+        clipped = type(optimizer)._clip_gradients(optimizer, [grads[k] for k in kept])
         full = [None] * len(grads)
         for k, g in zip(kept, clipped, strict=True):
             full[k] = g

@@ -109,7 +109,9 @@ def add_transform(optimizer, fn, *, first=False):
     if current is None:
         # object.__setattr__: plain Python state, kept out of Keras/TF tracking.
         object.__setattr__(optimizer, _PREVIOUS, vars(optimizer).get(_METHOD))
-        object.__setattr__(optimizer, _METHOD, types.MethodType(_all_reduce_then_transform, optimizer))
+        object.__setattr__(
+            optimizer, _METHOD, types.MethodType(_all_reduce_then_transform, optimizer)
+        )
         current = ()
     object.__setattr__(optimizer, _TRANSFORMS, (handle, *current) if first else (*current, handle))
     return handle

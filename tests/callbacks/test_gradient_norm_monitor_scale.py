@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from nnkit.callbacks import BackupAndRestore, GradientNormMonitor
+from tests.distribute._mirrored import mirrored_strategy
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -62,7 +63,7 @@ def _run(strategy, *, every_n_steps=1, optimizer="sgd", epochs=2):
 
 
 def _mirrored():
-    return tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    return mirrored_strategy(("CPU:0", "CPU:1"))
 
 
 @pytest.mark.parametrize(("optimizer", "every_n_steps"), [("sgd", 1), ("adam", 3)])
