@@ -12,7 +12,11 @@ The recipe shows the parts of nnkit that a plain Keras training script needs:
   ``epochs × steps_per_epoch``;
 * ``EarlyStopping(restore_best_weights=True)``, whose stop reason is recorded;
 * ``LearningRateMonitor``, which puts ``learning_rate`` in the epoch logs, so
-  ``history.csv`` has the rate of every epoch.
+  ``history.csv`` has the rate of every epoch;
+* with ``--monitor-gradients``, ``GradientNormMonitor``, which measures every
+  layer's gradient norm inside the compiled train step (every
+  ``--monitor-every`` steps) and diagnoses vanishing/exploding gradients at
+  the end of training.
 
 It writes a run directory (``--out``, default ``runs/digits``)::
 
@@ -24,6 +28,13 @@ It writes a run directory (``--out``, default ``runs/digits``)::
     history.csv         one row per epoch: loss, accuracy, val_*, learning_rate
     curves.png          loss and accuracy per epoch
     learning_rate.png   the learning rate at every step
+
+and, with ``--monitor-gradients`` (``metrics.json`` then also lists the flags
+raised, and ``history.csv`` has ``grad_norm*``/``update_ratio/*`` columns)::
+
+    gradient_report.txt   the per-layer table, flags and suggestions (str of the report)
+    gradient_report.json  the same as JSON (``GradientReport.to_dict()``)
+    gradient_heatmap.png  log10 gradient norm per layer (rows) over the steps (columns)
 
 Run ``python recipes/digits_mlp.py --help`` for the options.
 """
@@ -46,7 +57,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
-from nnkit.callbacks import EarlyStopping, LearningRateMonitor  # noqa: E402
+from nnkit.callbacks import EarlyStopping, GradientNormMonitor, LearningRateMonitor  # noqa: E402
 from nnkit.initializers import for_activation  # noqa: E402
 from nnkit.models import mlp  # noqa: E402
 from nnkit.regularizers import WeightDecay  # noqa: E402
@@ -177,6 +188,19 @@ def parse_args(argv=None):
     parser.add_argument(
         "--split-seed", type=int, default=0, help="seed of the train/validation/test split"
     )
+    parser.add_argument(
+        "--monitor-gradients",
+        action="store_true",
+        help="attach nnkit.callbacks.GradientNormMonitor and write gradient_report.txt/.json "
+        "and gradient_heatmap.png to --out",
+    )
+    parser.add_argument(
+        "--monitor-every",
+        type=int,
+        default=None,
+        help="with --monitor-gradients: sample the norms every this many steps "
+        "(default: the monitor's own default)",
+    )
     parser.add_argument("--out", default="runs/digits", help="output (run) directory")
     parser.add_argument(
         "--verbose",
@@ -202,6 +226,11 @@ def parse_args(argv=None):
         parser.error(f"--activation: {error}")
     if args.patience < 0:
         parser.error(f"--patience must be >= 0, got {args.patience}")
+    if args.monitor_every is not None:
+        if not args.monitor_gradients:
+            parser.error("--monitor-every needs --monitor-gradients")
+        if args.monitor_every < 1:
+            parser.error(f"--monitor-every must be >= 1, got {args.monitor_every}")
     return args
 
 
@@ -332,6 +361,27 @@ def plot_learning_rate(values, steps_run, steps_per_epoch, title, path):
     _save(figure, path)
 
 
+def gradient_monitor(args):
+    """The ``GradientNormMonitor`` of ``--monitor-gradients``, or ``None``."""
+    if not args.monitor_gradients:
+        return None
+    if args.monitor_every is None:
+        return GradientNormMonitor()
+    return GradientNormMonitor(every_n_steps=args.monitor_every)
+
+
+def write_gradient_report(report, out):
+    """Write the report as text, JSON and a PNG heatmap into ``out``; return its dict."""
+    data = report.to_dict()
+    with open(os.path.join(out, "gradient_report.txt"), "w") as f:
+        f.write(f"{report}\n")
+    with open(os.path.join(out, "gradient_report.json"), "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    report.plot(os.path.join(out, "gradient_heatmap.png"))
+    return data
+
+
 def _plain(value):
     """A JSON value: enums by their value, numpy numbers as Python numbers."""
     if isinstance(value, enum.Enum):
@@ -373,6 +423,9 @@ def main(argv=None):
         LearningRateMonitor(),  # before CSVLogger, so the row has learning_rate
         keras.callbacks.CSVLogger(os.path.join(args.out, "history.csv")),
     ]
+    monitor = gradient_monitor(args)
+    if monitor is not None:  # before CSVLogger, so the row has its grad_norm columns
+        callbacks.insert(1, monitor)
     train_start = time.perf_counter()
     history = model.fit(
         x_train,
@@ -417,6 +470,13 @@ def main(argv=None):
         "versions": {"keras": keras.__version__, "backend": keras.backend.backend()},
         "args": vars(args),
     }
+    if monitor is not None:
+        report = monitor.last_report  # diagnosed at the end of fit, over every sample
+        gradients = write_gradient_report(report, args.out)
+        metrics["gradient_flags"] = [
+            {key: flag[key] for key in ("layer", "kind", "first_step")}
+            for flag in gradients["flags"]
+        ]
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
         f.write("\n")
@@ -426,6 +486,11 @@ def main(argv=None):
         f"{epochs_run} epochs, best epoch {metrics['best_epoch'] + 1} of {epochs_run}, "
         f"stop reason: {metrics['stop_reason']}; {metrics['wall_seconds']:.1f} s)"
     )
+    if monitor is not None:
+        print(
+            f"gradient report ({len(report.steps)} samples, every {monitor.every_n_steps} steps):"
+        )
+        print(report)
     print(f"wrote {', '.join(sorted(os.listdir(args.out)))} to {os.path.abspath(args.out)}")
     return metrics
 

@@ -1,8 +1,9 @@
 """End-to-end checks of the recipes: a short run of each writes every output.
 
-recipes/digits_mlp.py and recipes/diabetes_regression.py are run in-process
-with a few epochs into ``tmp_path``; their saved models are reloaded with
-``safe_mode=True`` (nnkit's classes registered by the imports below).
+recipes/digits_mlp.py, recipes/diabetes_regression.py and
+recipes/vanishing_gradients.py are run in-process with a few epochs into
+``tmp_path``; their saved models are reloaded with ``safe_mode=True``
+(nnkit's classes registered by the imports below).
 """
 
 import csv
@@ -12,6 +13,7 @@ import math
 import pathlib
 
 import keras
+import matplotlib.image
 import numpy as np
 import pytest
 
@@ -20,6 +22,7 @@ import nnkit.layers
 import nnkit.losses
 import nnkit.regularizers
 import nnkit.schedules  # noqa: F401
+from nnkit.callbacks import GradientNormMonitor
 
 RECIPES = pathlib.Path(__file__).resolve().parents[1] / "recipes"
 OUTPUTS = ("metrics.json", "model.keras", "history.csv", "curves.png", "learning_rate.png")
@@ -328,5 +331,213 @@ def test_diabetes_help_and_bad_arguments(diabetes, capsys):
     ]:
         with pytest.raises(SystemExit) as exit_info:
             diabetes.parse_args(bad)
+        assert exit_info.value.code == 2
+        assert flag in capsys.readouterr().err
+
+
+# -- digits: --monitor-gradients -----------------------------------------------------
+
+GRADIENT_OUTPUTS = ("gradient_report.txt", "gradient_report.json", "gradient_heatmap.png")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _dense_layers(model):
+    """Every ``Dense`` layer of a model built by ``mlp``, the blocks' own included."""
+    for layer in model.layers:
+        if isinstance(layer, nnkit.layers.DenseBlock):
+            yield layer.dense_layer
+        elif isinstance(layer, keras.layers.Dense):
+            yield layer
+
+
+def _assert_png(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and min(image.shape[:2]) > 100, image.shape
+
+
+def test_monitor_gradients_writes_the_report(recipe, tmp_path, capsys):
+    out = tmp_path / "run"
+    every, batch_size = 4, 128
+    metrics = recipe.main(
+        ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", str(batch_size),
+         "--widths", "32,16", "--monitor-gradients", "--monitor-every", str(every),
+         "--seed", "1", "--verbose", "0", "--out", str(out)]
+    )  # fmt: skip
+    for name in (*OUTPUTS, *GRADIENT_OUTPUTS):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    _assert_png(out / "gradient_heatmap.png")
+
+    report = json.loads((out / "gradient_report.json").read_text())
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    # A layer's group is its kernel's path minus the variable name.
+    dense = [layer.kernel.path.rpartition("/")[0] for layer in _dense_layers(model)]
+    assert dense == ["dense_block_0/dense", "dense_block_1/dense", "output"]
+    assert [row["layer"] for row in report["layers"]] == dense
+    for row in report["layers"]:
+        assert 0 < row["median_grad_norm"] <= row["max_grad_norm"], row
+        assert row["nonfinite"] == 0
+    # Sampled at steps 0, N, 2N, ... below the number of steps run.
+    steps_run = metrics["steps_run"]
+    assert steps_run == 2 * math.ceil(metrics["examples"]["train"] / batch_size)
+    assert report["samples"] == math.ceil(steps_run / every)
+    assert report["first_step"] == 0
+    assert report["last_step"] == (steps_run - 1) // every * every
+
+    text = (out / "gradient_report.txt").read_text()
+    assert text.splitlines()[0].split()[:2] == ["layer", "median"]
+    assert all(name in text for name in dense)
+    assert "flags:" in text and text in capsys.readouterr().out
+
+    written = json.loads((out / "metrics.json").read_text())
+    raised = [{k: flag[k] for k in ("layer", "kind", "first_step")} for flag in report["flags"]]
+    assert written["gradient_flags"] == raised
+    assert written["args"]["monitor_gradients"] is True
+    assert written["args"]["monitor_every"] == every
+
+    with open(out / "history.csv", newline="") as f:
+        columns = set(next(csv.DictReader(f)))
+    assert {"grad_norm", "nonfinite_grads"} <= columns
+    assert {f"grad_norm/{name}" for name in dense} <= columns
+
+
+def test_monitor_gradients_is_off_by_default(recipe, tmp_path):
+    out = tmp_path / "run"
+    metrics = recipe.main(
+        ["--epochs", "1", "--warmup-epochs", "0", "--batch-size", "256", "--widths", "8",
+         "--verbose", "0", "--out", str(out)]
+    )  # fmt: skip
+    assert sorted(path.name for path in out.iterdir()) == sorted(OUTPUTS)
+    assert "gradient_flags" not in metrics
+    with open(out / "history.csv", newline="") as f:
+        assert not any(column.startswith("grad_norm") for column in next(csv.DictReader(f)))
+
+
+def test_monitor_flags(recipe, capsys):
+    args = recipe.parse_args(["--monitor-gradients"])
+    assert recipe.gradient_monitor(args).every_n_steps == GradientNormMonitor().every_n_steps
+    args = recipe.parse_args(["--monitor-gradients", "--monitor-every", "3"])
+    assert recipe.gradient_monitor(args).every_n_steps == 3
+    assert recipe.gradient_monitor(recipe.parse_args([])) is None
+    for bad in (["--monitor-every", "3"], ["--monitor-gradients", "--monitor-every", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            recipe.parse_args(bad)
+        assert exit_info.value.code == 2
+        assert "--monitor-every" in capsys.readouterr().err
+
+
+# -- vanishing gradients: deep sigmoid versus ReLU + He + BN -------------------------
+
+VANISHING_MODELS = ("sigmoid", "relu_he_bn")
+
+
+@pytest.fixture(scope="module")
+def vanishing():
+    return _load_recipe("vanishing_gradients")
+
+
+@pytest.mark.slow
+def test_vanishing_short_run_flags_only_the_sigmoid_model(vanishing, tmp_path, capsys):
+    out = tmp_path / "vanishing"
+    depth, width, epochs = 10, 32, 3
+    summary = vanishing.main(
+        ["--depth", str(depth), "--width", str(width), "--epochs", str(epochs), "--seed", "0",
+         "--out", str(out)]
+    )  # fmt: skip
+    written = json.loads((out / "summary.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    for model in VANISHING_MODELS:
+        for name in (f"gradient_report_{model}.txt", f"gradient_report_{model}.json"):
+            assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+        _assert_png(out / f"gradient_heatmap_{model}.png")
+        assert 0.0 <= written[model]["test_accuracy"] <= 1.0
+        assert written[model]["train_seconds"] > 0
+    assert written["wall_seconds"] > 0
+    assert written["args"]["depth"] == depth and written["args"]["epochs"] == epochs
+
+    hidden = [f"dense_block_{i}/dense" for i in range(depth)]
+    sigmoid = json.loads((out / "gradient_report_sigmoid.json").read_text())
+    assert [row["layer"] for row in sigmoid["layers"]] == [*hidden, "output"]
+    vanishing_layers = [f["layer"] for f in sigmoid["flags"] if f["kind"] == "vanishing"]
+    assert hidden[: depth // 2] == vanishing_layers[: depth // 2]  # the early layers
+    assert "output" not in vanishing_layers
+    assert written["sigmoid"]["vanishing_layers"] == vanishing_layers
+    assert written["sigmoid"]["healthy"] is False
+    # Each layer's median gradient norm is smaller than the next one's: it shrinks
+    # on the way back to the input.
+    medians = [row["median_grad_norm"] for row in sigmoid["layers"]]
+    assert all(a < b for a, b in zip(medians, medians[1:], strict=False)), medians
+    advice = sigmoid["suggestions"][0]
+    for phrase in ("sigmoid", "He initialization", "batch normalization", "residual"):
+        assert phrase in advice
+
+    relu = json.loads((out / "gradient_report_relu_he_bn.json").read_text())
+    assert relu["flags"] == [] and relu["suggestions"] == []
+    assert written["relu_he_bn"]["healthy"] is True and written["relu_he_bn"]["flags"] == []
+    assert [row["layer"] for row in relu["layers"]] == [
+        *(f"dense_block_{i}/{part}" for i in range(depth) for part in ("dense", "norm")),
+        "output",
+    ]
+
+    # A network whose early layers do not learn predicts about one class: chance
+    # level is at most the largest class's share of the (stratified) test set.
+    _, y_test = vanishing.load_data()["test"]
+    chance = np.bincount(np.argmax(y_test, axis=1)).max() / len(y_test)
+    assert written["sigmoid"]["test_accuracy"] <= chance + 0.05
+    assert written["relu_he_bn"]["test_accuracy"] > 3 * chance  # it learns
+
+    printed = capsys.readouterr().out
+    assert printed.count("== ") == 2 and "[vanishing] dense_block_0/dense" in printed
+    assert "flags: none" in printed and str(out) in printed.splitlines()[-1]
+
+
+def test_vanishing_models_and_data(vanishing):
+    data = vanishing.load_data()
+    assert {split: xy[0].shape for split, xy in data.items()} == {
+        "train": (1437, 64), "test": (360, 64)
+    }  # fmt: skip
+    x_train, y_train = data["train"]
+    np.testing.assert_allclose(y_train.sum(axis=1), 1.0)
+    varying = x_train.std(axis=0) > 0
+    np.testing.assert_allclose(x_train.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(x_train.std(axis=0)[varying], 1.0, rtol=1e-4)
+
+    depth, width = 10, 64
+    keras.utils.set_random_seed(0)
+    sigmoid = vanishing.build_model("sigmoid", 64, depth, width)
+    relu = vanishing.build_model("relu_he_bn", 64, depth, width)
+    for model in (sigmoid, relu):
+        assert model.output_shape == (None, 10)
+        blocks = model.layers[1:-1]
+        assert len(blocks) == depth
+        assert all(isinstance(block, nnkit.layers.DenseBlock) for block in blocks)
+    assert {(b.activation, b.normalization) for b in sigmoid.layers[1:-1]} == {("sigmoid", None)}
+    assert {(b.activation, b.normalization) for b in relu.layers[1:-1]} == {("relu", "batch")}
+    # Kernels: N(0, 0.05²) for the sigmoid stack, He normal for ReLU: standard
+    # deviation √(2 / fan_in) (Keras rescales its truncated normal to keep it).
+    kernels = np.concatenate([b.dense_layer.kernel.numpy().ravel() for b in sigmoid.layers[2:-1]])
+    assert np.std(kernels) == pytest.approx(0.05, rel=0.03)
+    kernels = np.concatenate([b.dense_layer.kernel.numpy().ravel() for b in relu.layers[2:-1]])
+    assert np.std(kernels) == pytest.approx(math.sqrt(2 / width), rel=0.03)
+    # Each sigmoid layer draws its own weights.
+    first, second = (sigmoid.layers[k].dense_layer.kernel.numpy() for k in (2, 3))
+    assert not np.allclose(first, second)
+
+
+def test_vanishing_help_and_bad_arguments(vanishing, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        vanishing.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    assert "--depth" in capsys.readouterr().out
+    args = vanishing.parse_args([])
+    assert (args.depth, args.width, args.epochs, args.seed) == (10, 64, 20, 0)
+    assert args.out == "runs/vanishing"
+    for bad, flag in [
+        (["--depth", "0"], "--depth"),
+        (["--width", "0"], "--width"),
+        (["--epochs", "0"], "--epochs"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            vanishing.parse_args(bad)
         assert exit_info.value.code == 2
         assert flag in capsys.readouterr().err
