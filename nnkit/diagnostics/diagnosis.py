@@ -173,15 +173,20 @@ def _exploding_flags(steps, names, g, total, rules):
     spikes = np.zeros(steps.size, dtype=bool)
     if rules.exploding_threshold is not None:
         spikes |= ok & (total > rules.exploding_threshold)
-    if rules.jump_factor is not None and steps.size > 1:
-        previous = total[:-1]
-        usable = np.isfinite(previous) & ok[1:] & (previous > 0)
-        spikes[1:] |= usable & (total[1:] > rules.jump_factor * np.where(usable, previous, 1.0))
+    reference = np.full(steps.size, np.nan)
+    if rules.jump_factor is not None:
+        for t in range(1, steps.size):
+            recent = total[max(0, t - rules.window) : t]
+            recent = recent[np.isfinite(recent) & (recent > 0)]
+            if recent.size:
+                reference[t] = np.median(recent)
+        usable = ok & np.isfinite(reference)
+        spikes |= usable & (total > rules.jump_factor * np.where(usable, reference, np.inf))
     if not spikes.any():
         return []
     t = int(np.flatnonzero(spikes)[0])
     top = names[int(np.argmax(np.where(np.isfinite(g[t]), g[t], -1.0)))] if names else "-"
-    before = f" from {total[t - 1]:.3g}" if t > 0 else ""
+    before = f" from a recent median of {reference[t]:.3g}" if np.isfinite(reference[t]) else ""
     message = (
         f"global norm {total[t]:.3g}{before} (largest in {top}); "
         f"{int(spikes.sum())} of {steps.size} samples break the rules"

@@ -49,6 +49,40 @@ def _square_sum(tensor):
     return ops.sum(ops.square(ops.cast(_dense_values(tensor), "float32")))
 
 
+def _norm(tensor):
+    """``‖x‖₂`` in float32 without underflow: ``m · ‖x / m‖`` with ``m = max|x|``.
+
+    Squaring in float32 flushes elements below ``~1e-19`` to zero, so a deep
+    network's vanishing gradient would read as no gradient at all. A NaN or
+    inf element (``m`` not finite) gives the plain, non-finite, norm.
+    """
+    x = ops.cast(_dense_values(tensor), "float32")
+    if x.shape is not None and 0 in tuple(x.shape):
+        return ops.zeros((), "float32")
+    m = ops.max(ops.abs(x))
+    scalable = ops.logical_and(ops.isfinite(m), ops.greater(m, 0.0))
+    scale = ops.where(scalable, m, 1.0)
+    return scale * ops.sqrt(ops.sum(ops.square(x / scale)))
+
+
+def _combine(norms):
+    """``sqrt(Σ nᵢ²)`` of float32 scalars, scaled by the largest as in ``_norm``."""
+    if not norms:
+        return ops.zeros((), "float32")
+    return _norm(ops.stack(norms))
+
+
+def _per_group_norm(norms, groups):
+    """``[G]`` group norms from per-variable norms (``None`` skipped), without underflow."""
+    buckets = [[] for _ in groups.names]
+    for k, value in zip(groups.index, norms, strict=True):
+        if value is not None:
+            buckets[k].append(value)
+    if not buckets:
+        return ops.zeros((0,), "float32")
+    return ops.stack([_combine(b) for b in buckets])
+
+
 def _per_group(values, groups, dtype):
     """Sum scalar ``values`` (``None`` skipped) into a ``[G]`` tensor."""
     buckets = [[] for _ in groups.names]
@@ -81,6 +115,9 @@ def gradient_norms(grads, variables, *, groups=None):
     variable the loss does not reach) counts as zero. A ``tf.IndexedSlices``
     gradient contributes the norm of its values, as in ``tf.clip_by_global_norm``.
     A NaN or inf element makes the norms NaN or inf; the counts stay exact.
+    Each norm is computed as ``m · ‖x / m‖`` with ``m = max|x|``, so a
+    vanishing gradient of ``1e-25`` per element reads as that, not as ``0``
+    (plain float32 squares flush below ``~1e-19``).
 
     Args:
         grads: List of gradient tensors (or ``None``), one per variable.
@@ -118,16 +155,16 @@ def gradient_norms(grads, variables, *, groups=None):
             f"Received: len(grads)={len(grads)}, len(variables)={len(variables)}"
         )
     groups = _resolve(groups, variables, len(grads), "`grads`")
-    squares = [None if g is None else _square_sum(g) for g in grads]
+    norms = [None if g is None else _norm(g) for g in grads]
     counts = [
         None
         if g is None
         else ops.sum(ops.cast(ops.logical_not(ops.isfinite(_dense_values(g))), "int32"))
         for g in grads
     ]
-    group_squares = _per_group(squares, groups, "float32")
-    global_norm = ops.sqrt(ops.sum(group_squares))
-    return GradientNorms(global_norm, ops.sqrt(group_squares), _per_group(counts, groups, "int32"))
+    group_norms = _per_group_norm(norms, groups)
+    global_norm = _norm(group_norms) if groups.size else ops.zeros((), "float32")
+    return GradientNorms(global_norm, group_norms, _per_group(counts, groups, "int32"))
 
 
 def weight_norms(variables, *, groups=None):

@@ -30,9 +30,13 @@ class DiagnosisRules:
       1000× below the largest one learns 1000× more slowly under SGD.
       ``window=5`` ignores the odd quiet batch.
     - *exploding*: flagged at the first sample with ``G[t] > exploding_threshold``
-      or ``G[t] > jump_factor · G[t−1]`` (both finite). Healthy networks
-      train with global norms of ``1e-2`` to ``1e2``; ``1e3`` is beyond
-      that, and a 10× jump between samples is a spike, not drift.
+      or ``G[t] > jump_factor · median(G[t−window:t])`` (the median of the
+      finite, positive norms of up to ``window`` previous samples). Healthy
+      networks train with global norms of ``1e-2`` to ``1e2``; ``1e3`` is
+      beyond that, and a 10× jump over the recent typical norm is a spike,
+      not drift. The median, not the previous sample, is the reference: a
+      nearly converged model sees the odd batch with a tiny gradient, and a
+      normal batch after it is not an explosion.
     - *non-finite*: any NaN/inf gradient is always flagged.
     - *update ratio*: the median of ``‖Δw‖/‖w‖`` per layer is flagged high
       above ``1e-3 · update_ratio_band`` and low below
@@ -52,9 +56,9 @@ class DiagnosisRules:
         exploding_threshold: Global norm above which gradients explode, a
             float ``> 0``, or ``None`` for no absolute rule.
             Defaults to ``1e3``.
-        jump_factor: Growth of the global norm between consecutive samples
-            that counts as exploding, a float ``> 1``, or ``None`` for no
-            jump rule. Defaults to ``10.0``.
+        jump_factor: Growth of the global norm over the median of the
+            previous ``window`` samples that counts as exploding, a float
+            ``> 1``, or ``None`` for no jump rule. Defaults to ``10.0``.
         update_ratio_band: Factor around ``1e-3`` outside which the median
             update ratio is flagged, a float ``>= 1``, or ``None`` to not
             judge update ratios. Defaults to ``100.0``.

@@ -28,6 +28,12 @@ def _jump():
     return g
 
 
+def _quiet_batch():
+    g = np.ones((T, 3))
+    g[5] = 0.01  # one batch with a tiny gradient, then the usual level again
+    return g
+
+
 def _nan():
     g = _healthy()
     g[3:, 2] = np.nan
@@ -47,6 +53,9 @@ CASES = [
     ("decaying", _decaying, None, [("l0", "vanishing", 40), ("l1", "vanishing", 0)]),
     ("jump", _jump, None, [(None, "exploding", 60)]),
     ("jump_below_factor", _jump, DiagnosisRules(jump_factor=25.0), []),
+    # The reference is the median of the window, not the previous sample (100x below).
+    ("quiet_batch_is_not_a_jump", _quiet_batch, None, []),
+    ("quiet_batch_window_1", _quiet_batch, DiagnosisRules(window=1), [(None, "exploding", 60)]),
     ("nan", _nan, None, [("l2", "nonfinite", 30)]),
     ("short_low_run", _short_low_run, None, []),
     ("short_low_run_window_4", _short_low_run, DiagnosisRules(window=4), [("l0", "vanishing", 20)]),

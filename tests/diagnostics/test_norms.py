@@ -200,3 +200,15 @@ def test_indexed_slices_use_their_values():
 def test_rejects_bad_arguments(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_tiny_gradients_do_not_underflow_to_zero(run):
+    # 1e-25 squared is 1e-50, far below float32's smallest number: a plain
+    # sum of squares reads 0. The exact norms follow from sqrt(n) * 1e-25.
+    grads = [np.full((4, 5), 1e-25, "float32"), np.full((5,), 3e-30, "float32")]
+    names = ["deep/kernel", "deep/bias"]
+    norms = run(lambda: gradient_norms(grads, names))
+    layer = math.sqrt(20 * 1e-50 + 5 * 9e-60)
+    np.testing.assert_allclose(np.asarray(norms.group_norms), [layer], rtol=1e-5)
+    assert float(norms.global_norm) == pytest.approx(layer, rel=1e-5)
+    assert float(norms.global_norm) > 0
