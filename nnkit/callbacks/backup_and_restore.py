@@ -1,5 +1,6 @@
 """Back up and restore a run: weights, epoch, and the state of nnkit's stateful callbacks."""
 
+import contextlib
 import hashlib
 import io
 import json
@@ -17,6 +18,9 @@ from nnkit.callbacks._stateful import session_for
 
 STATE_FILE = "callback_state.json"
 ARRAYS_FILE = "callback_state.npz"
+# Keras's file names (keras.callbacks.BackupAndRestore).
+WEIGHTS_FILE = "latest.weights.h5"
+METADATA_FILE = "training_metadata.json"
 FORMAT_VERSION = 1
 
 # In the JSON, {"__ndarrays__": ["a0", "a1"]} stands for a list of arrays and
@@ -59,6 +63,21 @@ def _copy(src, dst):
         file_utils.copy(src, dst)
     else:
         _write_bytes(dst, _read_bytes(src))
+
+
+def _file_paths(directory, suffix=""):
+    """The attributes naming the backup files, for the files in ``directory`` (+ ``suffix``)."""
+    weights = file_utils.join(directory, WEIGHTS_FILE) + suffix
+    metadata = file_utils.join(directory, METADATA_FILE) + suffix
+    return {
+        "backup_dir": directory,
+        "_weights_path": weights,
+        "_prev_weights_path": f"{weights}.bkp",
+        "_training_metadata_path": metadata,
+        "_prev_training_metadata_path": f"{metadata}.bkp",
+        "_state_path": file_utils.join(directory, STATE_FILE) + suffix,
+        "_arrays_path": file_utils.join(directory, ARRAYS_FILE) + suffix,
+    }
 
 
 def _is_array_list(value):
@@ -144,7 +163,19 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.BackupAndRestore):
     atomically (temp file + ``os.replace``) on local disks. With
     ``double_checkpoint`` every file also has a ``.bkp`` copy of the previous
     save, and a missing, unreadable or mismatched state falls back to the
-    whole previous save, as Keras does for unreadable weights.
+    whole previous save, as Keras does for unreadable weights. Restoring
+    never writes to ``backup_dir``, not even then (the ``.bkp`` files are
+    read where they are, and the next save keeps them as its ``.bkp``).
+
+    Under several workers (``MultiWorkerMirroredStrategy``, the TensorFlow
+    backend; on JAX, several processes), ``backup_dir`` must be a directory
+    every worker can read, e.g. on a shared file system. Every worker
+    restores from it; only the chief writes to it; every other worker runs
+    the same saves into a temporary directory of its own
+    (``nnkit.distribute.worker_directory``), deleted at the end of training,
+    and never deletes ``backup_dir`` (the chief does, with
+    ``delete_checkpoint``). As in Keras 2, all workers run the same code and
+    none of them races the chief for the files.
 
     Args:
         backup_dir: Directory for the backup files (``str`` or path-like),
@@ -232,6 +263,31 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.BackupAndRestore):
         self._before = frozenset()  # session keys of stateful callbacks listed before this one
         self._position = None  # (epoch, batch) of the last save in this run
         self._accepting = False  # whether state changes belong to the last save
+        self._write_dir = self.backup_dir  # where this process saves (see _worker_directory)
+        self._fell_back = False  # restored from the .bkp files; the latest ones are unreadable
+
+    @contextlib.contextmanager
+    def _files_in(self, directory, suffix=""):
+        """Point ``backup_dir`` and the file paths at ``directory`` (and ``suffix``) for a while.
+
+        Keras's methods read and write the files through these attributes.
+        """
+        paths = _file_paths(directory, suffix)
+        saved = {name: getattr(self, name) for name in paths}
+        for name, path in paths.items():
+            setattr(self, name, path)
+        try:
+            yield
+        finally:
+            for name, path in saved.items():
+                setattr(self, name, path)
+
+    def _worker_directory(self):
+        """``backup_dir`` on the chief; a temporary directory of its own on any other worker."""
+        from nnkit.distribute import workers  # lazily: TensorFlow only on its backend
+
+        strategy = getattr(self.model, "distribute_strategy", None)  # TensorFlow backend
+        return workers.worker_directory(self.backup_dir, strategy)
 
     # -- hooks ------------------------------------------------------------------
 
@@ -241,7 +297,8 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.BackupAndRestore):
         if session is not None:
             self._before = frozenset(session.callbacks)
             session.backup = self
-        states = self._load_all()
+        states = self._load_all()  # every worker reads the shared directory
+        self._write_dir = self._worker_directory()
         if states and session is not None:
             session.restore(states)
 
@@ -271,7 +328,10 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.BackupAndRestore):
         session = session_for(self, create=False)
         if session is not None and session.backup is self:
             session.backup = None
-        super().on_train_end(logs)
+        if self._write_dir == self.backup_dir:
+            super().on_train_end(logs)  # deletes backup_dir with delete_checkpoint
+        elif file_utils.exists(self._write_dir):
+            file_utils.rmtree(self._write_dir)  # not the chief: backup_dir is the chief's
 
     def _warn_unclaimed_states(self):
         """Every callback has had its ``on_train_begin`` now: say which states found no owner."""
@@ -290,16 +350,25 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.BackupAndRestore):
     # -- saving -----------------------------------------------------------------
 
     def _save_model(self):
-        if not file_utils.exists(self.backup_dir):
-            file_utils.makedirs(self.backup_dir)
-        if self.double_checkpoint:
-            for path in (self._state_path, self._arrays_path):
-                if file_utils.exists(path):
-                    _copy(path, f"{path}.bkp")
-        super()._save_model()
-        self._position = (self._current_epoch, self._last_batch_seen)
-        self._accepting = True
-        self._write_state_files()
+        with self._files_in(self._write_dir):
+            if not file_utils.exists(self.backup_dir):
+                file_utils.makedirs(self.backup_dir)
+            # After a restore from the .bkp files the latest files are the unreadable
+            # ones: keep the .bkp files (the save restored) instead of copying them over.
+            copy_previous = self.double_checkpoint and not self._fell_back
+            if copy_previous:
+                for path in (self._state_path, self._arrays_path):
+                    if file_utils.exists(path):
+                        _copy(path, f"{path}.bkp")
+            double_checkpoint, self.double_checkpoint = self.double_checkpoint, copy_previous
+            try:
+                super()._save_model()  # copies weights and metadata to .bkp when told
+            finally:
+                self.double_checkpoint = double_checkpoint
+            self._fell_back = False
+            self._position = (self._current_epoch, self._last_batch_seen)
+            self._accepting = True
+            self._write_state_files()
 
     def _write_callback_state(self, callback=None):
         """Rewrite the state file after ``callback`` changed its state.
@@ -314,7 +383,8 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.BackupAndRestore):
             session = session_for(self, create=False)
             if session is None or session.key_for(callback) in self._before:
                 return
-        self._write_state_files()
+        with self._files_in(self._write_dir):
+            self._write_state_files()
 
     def _write_state_files(self):
         session = session_for(self, create=False)
@@ -340,10 +410,12 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.BackupAndRestore):
     # -- loading ----------------------------------------------------------------
 
     def _load_all(self):
-        """Load weights and epoch (Keras) and read the callback states; fall back to ``.bkp``."""
+        """Load weights and epoch (Keras) and read the callback states; fall back to ``.bkp``.
+
+        Writes nothing to ``backup_dir``: several workers may be reading it at once.
+        """
         try:
-            self._load_model()
-            return self._read_states(self._state_path, self._arrays_path)
+            return self._load_files()
         except (OSError, _StateFileError) as error:
             previous = [
                 f"{path}.bkp"
@@ -358,27 +430,32 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.BackupAndRestore):
                         "double_checkpoint=True to keep a fallback)."
                     ) from None
                 raise
-            for path in (
-                self._weights_path,
-                self._training_metadata_path,
-                self._state_path,
-                self._arrays_path,
-            ):
-                if file_utils.exists(f"{path}.bkp"):
-                    _copy(f"{path}.bkp", path)
-                elif file_utils.exists(path):
-                    file_utils.remove(path)
-            self._load_model()
             try:
-                return self._read_states(self._state_path, self._arrays_path)
+                states = self._load_files(".bkp")
             except _StateFileError as second:
                 raise ValueError(
                     f"Cannot resume from the backup in {self.backup_dir!r}: the latest save "
                     f"was unreadable ({error}) and so is the previous one ({second}). "
                     "Delete the directory to start over."
                 ) from None
+            self._fell_back = True
+            return states
 
-    def _read_states(self, state_path, arrays_path):
+    def _load_files(self, suffix=""):
+        """Load the weights and epoch and read the states of the files ending in ``suffix``."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self._files_in(self.backup_dir, suffix))
+            if suffix and file_utils.exists(self._weights_path):
+                # Keras loads weights only from a file named *.weights.h5: load a local copy.
+                local = stack.enter_context(tempfile.TemporaryDirectory(prefix="nnkit-"))
+                copy = os.path.join(local, WEIGHTS_FILE)
+                _copy(self._weights_path, copy)
+                self._weights_path = copy  # until _files_in ends
+            self._load_model()
+            return self._read_states()
+
+    def _read_states(self):
+        state_path, arrays_path = self._state_path, self._arrays_path
         if not file_utils.exists(self._training_metadata_path):
             return {}  # nothing was saved: a fresh start
         with file_utils.File(self._training_metadata_path, "r") as f:

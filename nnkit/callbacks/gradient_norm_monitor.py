@@ -104,7 +104,7 @@ class GradientNormMonitor(StatefulCallback):
 
     async_safe = True  # the batch hook only reads one variable, for "stop"
 
-    _not_copied = ("_model", "_hook", "_writer", "last_report")
+    _not_copied = ("_model", "_hook", "_writer", "last_report", "_functions")
 
     def __init__(
         self,
@@ -133,6 +133,8 @@ class GradientNormMonitor(StatefulCallback):
         self.log_dir = log_dir
         self.verbose = v.check_int("verbose", verbose, minimum=0, maximum=1)
         self._hook = None
+        self._functions = None
+        self._next_step = 0
         self._writer = None
         self.last_report = None
         self._reset_state()
@@ -166,7 +168,9 @@ class GradientNormMonitor(StatefulCallback):
         self.first_nonfinite_layer = state["first_nonfinite_layer"]
         self._warned = self.nonfinite_steps
         if self._hook is not None:  # restored after the hook was installed
-            self._hook.set_counters(self._start())
+            start = self._start()
+            self._hook.set_counters(start)
+            self._next_step = start["step"]
 
     def _start(self):
         raw = _optimizer.raw_iterations(self._hook.optimizer) if self._hook else 0
@@ -210,10 +214,53 @@ class GradientNormMonitor(StatefulCallback):
                 start={"step": 0, "nonfinite_steps": 0, "first_step": -1, "first_group": -1},
                 outer=outer,
                 strategy=strategy,
+                scheduled=int(getattr(model, "steps_per_execution", 1) or 1) == 1,
             )
-        self._hook.set_counters(self._start())
+        start = self._start()
+        self._hook.set_counters(start)
         self._read, self._at_begin = 0, self.nonfinite_steps
-        model.make_train_function(force=True)
+        self._next_step = start["step"]
+        self._make_functions()
+
+    def _make_functions(self):
+        """``{samples?: train function}`` from the patched ``apply``, or ``None``.
+
+        Each function wraps its own ``train_step``, which sets
+        ``hook.sampling`` when it traces (JAX's ``jit`` would otherwise share
+        one trace between two functions of the same bound method); with
+        ``steps_per_execution > 1`` there is one function, which decides
+        in-graph.
+        """
+        model, hook = self.model, self._hook
+        if hook.mode != "scheduled":
+            model.make_train_function(force=True)
+            self._functions = None
+            return
+        train_step = type(model).train_step
+        functions = {}
+        for sampling in (True, False):
+
+            def step(*args, _sampling=sampling):
+                hook.sampling = _sampling  # read by the patched apply as it traces
+                return train_step(model, *args)
+
+            model.train_step = step
+            try:
+                model.make_train_function(force=True)
+            finally:
+                del model.train_step
+            functions[sampling] = model.train_function
+        self._functions = functions
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._hook is None or self._functions is None:
+            return
+        model = self.model
+        if model.train_function not in self._functions.values():
+            self._make_functions()  # another callback rebuilt it (e.g. to retrace)
+        sample = self._next_step % self.every_n_steps == 0
+        self._next_step += 1
+        model.train_function = self._functions[sample]
 
     def on_train_batch_end(self, batch, logs=None):
         if self.on_nonfinite != "stop" or self._hook is None or (batch + 1) % self.every_n_steps:
@@ -241,6 +288,7 @@ class GradientNormMonitor(StatefulCallback):
         self._handle_nonfinite()
         self._hook.remove()
         self._hook = None
+        self._functions = None
         self.model.train_function = None  # the next fit traces one without the patch
         if self._writer is not None:
             self._writer.close()

@@ -283,3 +283,23 @@ def test_jax_backend(tmp_path):
 
     assert out["skip"] == {"finite": True, "iterations": 6, "nonfinite_steps": 2, "first_step": 1}
     assert out["stop_epochs"] == 1
+
+
+def test_steps_per_execution_decides_the_cadence_in_graph():
+    """One call runs several steps: the in-graph cadence gives the same samples."""
+    x, y = _data()
+    runs = {}
+    for steps_per_execution in (1, 3):
+        model = _build("adam")
+        model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse",
+                      steps_per_execution=steps_per_execution)  # fmt: skip
+        monitor = GradientNormMonitor(every_n_steps=3)
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
+        runs[steps_per_execution] = monitor
+    scheduled, in_graph = runs[1], runs[3]
+    assert scheduled._hook is None and in_graph._hook is None
+    assert scheduled.history["steps"] == in_graph.history["steps"] == list(range(0, 16, 3))
+    for name in ("global_norm", "grad_norms", "update_ratios", "weight_norms"):
+        np.testing.assert_allclose(
+            in_graph.history[name], scheduled.history[name], rtol=1e-5, err_msg=name
+        )
