@@ -40,14 +40,17 @@ class GradientNormMonitor(StatefulCallback):
     so they equal a one-device run on the same global batch.
 
     At ``on_train_begin`` it patches the optimizer instance's ``apply`` and
-    retraces the train function; ``on_train_end`` restores both. Every step
-    the patched ``apply`` measures, in-graph, with ``gradient_norms``: the
-    global norm ``‖g‖ = √(Σ_i ‖g_i‖²)``, the group norms ``‖g_k‖`` and the
-    NaN/inf counts. Every ``every_n_steps``-th step (``step % N == 0``,
-    ``step`` counting the ``apply`` calls from the optimizer's raw iteration
-    at the start) it also writes a sample: the weight norm ``‖w_k‖`` before
+    traces two train functions from it; ``on_train_end`` restores both. On a
+    common step the plain function checks, in-graph, whether each group's
+    ``Σ‖g_i‖²`` is finite (NaN/inf counters). Every ``every_n_steps``-th batch
+    (``step % N == 0``, ``step`` counting the batches from the optimizer's
+    raw iteration at the start) ``on_train_batch_begin`` picks the sampling
+    function instead, which writes a sample measured with
+    ``gradient_norms``: the global norm ``‖g‖ = √(Σ_i ‖g_i‖²)``, the group
+    norms ``‖g_k‖``, the NaN/inf counts, the weight norm ``‖w_k‖`` before
     the update, the update ratio ``‖Δw_k‖ / ‖w_k‖`` and, when the optimizer
-    clips, the norms after ``optimizer._clip_gradients``. The host reads the
+    clips, the norms after clipping. Neither function holds a branch. With
+    ``steps_per_execution > 1`` one function decides in-graph. The host reads the
     samples once per epoch. Epoch logs get ``grad_norm`` and
     ``grad_norm/<group>`` (last sample of the epoch), ``update_ratio/<group>``
     (median over the epoch's samples; NaN when an epoch had none),
@@ -253,14 +256,21 @@ class GradientNormMonitor(StatefulCallback):
         self._functions = functions
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self._hook is None or self._functions is None:
+        functions = self._functions
+        if functions is None:
             return
         model = self.model
-        if model.train_function not in self._functions.values():
+        current = model.train_function
+        if current is not functions[True] and current is not functions[False]:
             self._make_functions()  # another callback rebuilt it (e.g. to retrace)
+            functions = self._functions
         sample = self._next_step % self.every_n_steps == 0
         self._next_step += 1
-        model.train_function = self._functions[sample]
+        chosen = functions[sample]
+        if current is not chosen:  # twice per sampling period, not every batch
+            # object.__setattr__: a plain attribute; Layer.__setattr__ would
+            # run Keras's tracking logic on every swap.
+            object.__setattr__(model, "train_function", chosen)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.on_nonfinite != "stop" or self._hook is None or (batch + 1) % self.every_n_steps:
