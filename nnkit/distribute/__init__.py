@@ -28,20 +28,35 @@ from nnkit.distribute.model_parallelism import (
     verify_layout,
 )
 
+# -- multi-worker --
+# isort: split
+from nnkit.distribute.multi_worker import (
+    fix_multi_worker_fit,
+    multi_worker_fit_is_broken,
+    remove_multi_worker_fit_fix,
+)
+from nnkit.distribute.workers import is_chief, remove_worker_directory, worker_directory
+
 __all__ = [
     "ReadinessReport",
     "check",
     "choose_strategy",
     "clip_after_aggregation",
     "device_mesh",
+    "fix_multi_worker_fit",
     "global_batch_size",
     "input_pipeline",
+    "is_chief",
     "mlp_layout_map",
     "model_parallel",
+    "multi_worker_fit_is_broken",
     "per_replica_batch_size",
     "remove_clip_after_aggregation",
+    "remove_multi_worker_fit_fix",
+    "remove_worker_directory",
     "scale_learning_rate",
     "strategy",
     "synchronize_batch_norm",
     "verify_layout",
+    "worker_directory",
 ]

@@ -14,6 +14,7 @@ import os
 import keras
 
 from nnkit import _validation as v
+from nnkit.distribute.multi_worker import fix_multi_worker_fit
 
 logger = logging.getLogger("nnkit.distribute")
 
@@ -299,7 +300,10 @@ def strategy(kind="auto", *, devices=None, tpu=None):
     ``tpu`` argument, ``TPU_NAME``, ``KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS``,
     ``TPU_CONFIG`` or a locally attached TPU). GPUs are counted without
     initializing TensorFlow's runtime, so a ``MultiWorkerMirroredStrategy``
-    can still be created (it must be, at program start-up).
+    can still be created (it must be, at program start-up). With a
+    ``MultiWorkerMirroredStrategy`` it also applies
+    ``nnkit.distribute.fix_multi_worker_fit`` (``fit`` fails in real
+    multi-worker mode on Keras 3.15 otherwise).
 
     Under every strategy, Keras's ``fit(batch_size=...)`` is the global batch,
     split across the replicas (see ``global_batch_size``).
@@ -378,6 +382,7 @@ def strategy(kind="auto", *, devices=None, tpu=None):
         result = tf.distribute.TPUStrategy(resolver)
     elif chosen == "multiworker":
         result = tf.distribute.MultiWorkerMirroredStrategy()
+        fix_multi_worker_fit()  # keras-team/keras#20585, only where this Keras shows it
     elif chosen == "mirrored":
         result = tf.distribute.MirroredStrategy(devices=devices)
     elif chosen == "one_device":

@@ -3,7 +3,9 @@
 import copy
 import json
 import os
+import pathlib
 import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from nnkit.callbacks import BackupAndRestore, EarlyStopping, ReduceLROnPlateau, StatefulCallback
 from nnkit.callbacks import backup_and_restore as bar
 from nnkit.callbacks._stateful import session_for
+from nnkit.distribute import workers
 from nnkit.schedules import CosineAnnealing
 from nnkit.testing import assert_round_trip
 
@@ -336,6 +339,27 @@ def test_corrupt_state_falls_back_to_the_previous_save(backup_dir):
     assert_same_run(resumed, uninterrupted(True), INTERRUPT_AT)  # redoes the last epoch
 
 
+def _snapshot(directory):
+    return {name: pathlib.Path(directory, name).read_bytes() for name in os.listdir(directory)}
+
+
+def test_falling_back_writes_nothing_and_the_next_save_keeps_the_fallback(backup_dir):
+    """Several workers may restore at once: restoring never writes, even from the .bkp files."""
+    with open(os.path.join(backup_dir, bar.STATE_FILE), "w") as f:
+        f.write("{}")
+    before = _snapshot(backup_dir)
+    model = _begin(backup_dir, BackupAndRestore(backup_dir, double_checkpoint=True), *_callbacks())
+    assert model._initial_epoch == INTERRUPT_AT  # the previous save
+    assert _snapshot(backup_dir) == before
+    # The next save keeps that previous save as its .bkp (not the unreadable latest one).
+    backup = BackupAndRestore(backup_dir, double_checkpoint=True, delete_checkpoint=False)
+    history = _fit(_model(True), [backup, *_callbacks()], epochs=INTERRUPT_AT + 1)
+    assert history.epoch == [INTERRUPT_AT]
+    assert _read_json(os.path.join(backup_dir, bar.STATE_FILE))["epoch"] == INTERRUPT_AT + 1
+    for name in (bar.STATE_FILE, bar.WEIGHTS_FILE, bar.METADATA_FILE):
+        assert _snapshot(backup_dir)[name + ".bkp"] == before[name + ".bkp"], name
+
+
 def _begin(backup_dir, *callbacks):
     """Run the callbacks' on_train_begin as fit would, without training."""
     model = _model(True)
@@ -452,6 +476,44 @@ def test_batch_saves_write_the_state_of_the_save(tmp_path):
     history = _fit(model, [BackupAndRestore(backup_dir, save_freq=3), stop, reduce, tally])
     assert history.epoch[0] == 4 and tally.epochs[:5] == [0, 1, 2, 3, 4]
     assert stop.stop_reason.value == "no_improvement"
+
+
+# -- several workers --------------------------------------------------------------
+
+
+class OwnDirectory(keras.callbacks.Callback):
+    """The files in this worker's own directory at each epoch end (after the backup)."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory = directory
+        self.seen = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen[epoch] = sorted(os.listdir(self.directory))
+
+
+def test_a_worker_other_than_the_chief_reads_the_shared_backup_and_writes_its_own(
+    backup_dir, tmp_path, monkeypatch
+):
+    """As worker 1 of two: restore from ``backup_dir``, save elsewhere, leave it to the chief."""
+    monkeypatch.setattr(workers, "_task", lambda strategy: (False, "worker", 1))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    own = workers.worker_directory(backup_dir)
+    assert own != backup_dir and os.path.dirname(own) == str(tmp_path)
+    before = _snapshot(backup_dir)
+
+    model = _model(True)
+    stop, reduce, tally = _callbacks()
+    seen, recorder = OwnDirectory(own), Recorder()
+    backup = BackupAndRestore(backup_dir, double_checkpoint=True)  # delete_checkpoint=True
+    history = _fit(model, [backup, stop, reduce, tally, seen, recorder])
+    resumed = _outcome(model, history, stop, tally, recorder)
+    assert_same_run(resumed, uninterrupted(True), INTERRUPT_AT + 1)  # restored from backup_dir
+    assert seen.seen[INTERRUPT_AT + 2] == sorted(before)  # its saves, .bkp files included
+    assert _snapshot(backup_dir) == before  # untouched, and not deleted: the chief's
+    assert not os.path.exists(own)  # its own, deleted at the end
+    assert backup.get_config()["backup_dir"] == backup_dir
 
 
 # -- the callback itself --------------------------------------------------------
