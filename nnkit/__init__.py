@@ -23,6 +23,7 @@ SUBPACKAGES = (
     "models",
     "regularizers",
     "schedules",
+    "tuning",
 )
 
 __all__ = ["__version__", *SUBPACKAGES]

@@ -11,6 +11,7 @@ import nnkit.layers as LY
 import nnkit.losses as L
 import nnkit.regularizers as R
 import nnkit.schedules as S
+import nnkit.tuning as T
 
 EXAMPLES = {
     # schedules
@@ -69,6 +70,18 @@ EXAMPLES = {
     "diagnostics.DiagnosisRules": lambda: D.DiagnosisRules(
         1e-7, 1e-4, 3, exploding_threshold=500.0, jump_factor=20.0, update_ratio_band=30.0
     ),
+    # tuning
+    "tuning.SearchSpace": lambda: T.SearchSpace(
+        T.SearchSpace().restrict(learning_rate=(1e-3, 1e-2)).fixed(depth=2).knobs
+    ),
+    "tuning.MLPHyperModel": lambda: T.MLPHyperModel(
+        8, 3, space=T.SearchSpace().drop("residual"), output_activation="softmax",
+        loss="categorical_crossentropy", metrics=["accuracy"], epochs=10, train_size=100,
+        patience=3,
+    ),  # fmt: skip
+    "tuning.MedianStopping": lambda: T.MedianStopping(
+        "val_loss", 3, 1, mode="min", directory="median", verbose=1
+    ),
 }
 
 # Base classes that are public for subclassing but never instantiated directly.
@@ -79,6 +92,7 @@ ABSTRACT |= {"initializers.LSUVReport", "initializers.LSUVLayerResult"}
 ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
 ABSTRACT |= {"diagnostics.VariableGroups"}
 ABSTRACT |= {"distribute.ReadinessReport"}
+ABSTRACT |= {"tuning.SensitivityReport"}
 
 
 def examples_in(subpackage):

@@ -1,0 +1,312 @@
+"""Stop a trial whose validation curve is worse than the median of finished trials."""
+
+import json
+import math
+import os
+import pathlib
+import tempfile
+import typing
+import uuid
+
+import keras
+import numpy as np
+from keras.src.utils import io_utils
+
+from nnkit import _validation as v
+from nnkit.callbacks import StatefulCallback
+from nnkit.callbacks._base import monitor_direction
+
+_MODES = ("auto", "min", "max")
+
+
+class MedianDecision(typing.NamedTuple):
+    """What :meth:`MedianStopping.decide` concluded for one epoch.
+
+    ``median`` is the median of the reference runs' best-so-far values at
+    this epoch and ``count`` how many reference runs reached it (``median`` is
+    ``None`` when the guards skipped the epoch).
+    """
+
+    should_stop: bool
+    median: float | None
+    count: int
+
+
+def _best_so_far(values, direction):
+    """Running best of a curve; NaN entries keep the previous best (NaN until one is finite)."""
+    best, result = math.nan, []
+    for value in values:
+        if math.isfinite(value) and (
+            math.isnan(best) or (value < best if direction == "min" else value > best)
+        ):
+            best = value
+        result.append(best)
+    return result
+
+
+def _write_json(path, payload):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(payload, f)
+    os.replace(tmp, path)
+
+
+@keras.saving.register_keras_serializable(package="nnkit")
+class MedianStopping(StatefulCallback):
+    """Stop a trial whose validation curve is worse than the median of finished trials.
+
+    Use it in a hyperparameter sweep (``tune(..., median_stopping=True)``
+    adds one) to spend less time on configurations that are clearly behind:
+    a trial whose best value so far is worse than what half of the finished
+    trials had reached by the same epoch is stopped, while a trial at or
+    above that median goes on. It works with any keras-tuner tuner (pass it
+    in ``search(callbacks=[...])``): the runs share their curves through
+    files in ``directory``, so the rule also holds across the workers of a
+    distributed sweep (shared file system) and across a resumed one. The
+    finished trials that set the median are the better ones, so the bar
+    rises during a sweep and most trials end up stopped soon after
+    ``warmup_epochs``: good for finding the best configuration cheaply,
+    a bias for a sensitivity analysis (a stopped trial's objective is its
+    early value).
+
+    Rule (``mode="min"``; ``"max"`` flips the comparison): let ``b_t(e)`` be
+    the best ``monitor`` value of this run up to epoch ``e`` (non-finite
+    values skipped) and ``b_i(e)`` the same for every *reference* run ``i``,
+    i.e. every earlier run that finished without being stopped by this rule
+    and without a non-finite value, and that reached epoch ``e``. At the end
+    of epoch ``e``, stop when
+
+        e >= warmup_epochs,  n_e = #{i : run i reached e} >= min_trials,
+        and  b_t(e) > median_i b_i(e).
+
+    Epochs are Keras's (absolute, so a Hyperband continuation that starts
+    at ``initial_epoch`` is compared at the right epochs). Each run's curve
+    is written to ``directory/<run_key>.json`` at the end of training; the
+    references are read at the start of training. A run stopped by the rule
+    still counts as a trial with an objective (its best value so far);
+    ``tune`` records it with status ``stopped``.
+
+    Args:
+        monitor: The logged quantity to compare. Defaults to ``"val_loss"``.
+        min_trials: Reference runs that must have reached an epoch before
+            anything is stopped there, an int ``>= 1``. Defaults to ``5``.
+        warmup_epochs: Epochs at the start of every run that are never
+            stopped, an int ``>= 0``. Defaults to ``2``.
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (losses are minimized,
+            compiled metrics take their own direction). Defaults to ``"auto"``.
+        directory: Folder that holds the runs' curves, shared by every run
+            of the sweep, or ``None`` to let ``tune`` choose
+            (``<study>/tuner/median_stopping``); training with ``None`` raises.
+            Keyword-only. Defaults to ``None``.
+        verbose: ``1`` prints a message when a run is stopped. Keyword-only.
+            Defaults to ``0``.
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If ``min_trials < 1``, ``warmup_epochs < 0``, ``mode`` is
+            unknown, or (at the start of training) ``directory`` is ``None``.
+
+    Example:
+    >>> from nnkit.tuning import MedianStopping
+    >>> rule = MedianStopping("val_loss", min_trials=3, warmup_epochs=1, mode="min")
+    >>> references = [[0.9, 0.5, 0.4], [0.8, 0.6, 0.5], [1.0, 0.7, 0.3]]
+    >>> rule.decide(1, best=0.65, references=references)  # median of 0.5, 0.6, 0.7
+    MedianDecision(should_stop=True, median=0.6, count=3)
+    >>> rule.decide(0, best=5.0, references=references).should_stop  # warm-up epoch
+    False
+
+    References:
+        Golovin et al., "Google Vizier: A Service for Black-Box
+        Optimization", KDD 2017 (median stopping rule); Optuna
+        ``MedianPruner``.
+    """
+
+    def __init__(
+        self,
+        monitor="val_loss",
+        min_trials=5,
+        warmup_epochs=2,
+        mode="auto",
+        *,
+        directory=None,
+        verbose=0,
+    ):
+        super().__init__()
+        self.monitor = v.check_str("monitor", monitor)
+        self.min_trials = v.check_positive_int("min_trials", min_trials)
+        self.warmup_epochs = v.check_non_negative_int("warmup_epochs", warmup_epochs)
+        self.mode = v.check_one_of("mode", mode, _MODES)
+        self.directory = None if directory is None else os.fspath(directory)
+        if self.directory is not None:
+            v.check_str("directory", self.directory)
+        self.verbose = v.check_non_negative_int("verbose", verbose)
+        #: Name of this run's curve file; ``tune`` sets it to ``<trial>-<execution>``
+        #: so a retried run replaces its file. ``None``: a fresh id per run.
+        self.run_key = None
+        self._reset_state()
+
+    # -- state ------------------------------------------------------------------
+
+    def _reset_state(self):
+        self.epochs = []  # epochs seen in this run (absolute)
+        self.values = []  # monitored value at each of them
+        self.stopped = False
+        self.stopped_epoch = None
+        self.stop_message = ""
+        self._references = []  # best-so-far curves {epoch: value} of finished runs
+        self._direction = None
+        self._key = None
+
+    def get_state(self):
+        return {
+            "epochs": list(self.epochs),
+            "values": list(self.values),
+            "stopped": self.stopped,
+            "stopped_epoch": self.stopped_epoch,
+            "stop_message": self.stop_message,
+        }
+
+    def set_state(self, state):
+        v.check_instance("state", state, dict, "a dict returned by get_state()")
+        try:
+            self.epochs = [int(e) for e in state["epochs"]]
+            self.values = [float(x) for x in state["values"]]
+            self.stopped = v.check_bool("state['stopped']", state["stopped"])
+            self.stopped_epoch = v.check_optional_int(
+                "state['stopped_epoch']", state["stopped_epoch"]
+            )
+            self.stop_message = v.check_str(
+                "state['stop_message']", state["stop_message"], allow_empty=True
+            )
+        except KeyError as error:
+            raise ValueError(
+                f"MedianStopping state lacks {error}; pass a dict returned by get_state(). "
+                f"Received: state={state!r}"
+            ) from None
+
+    # -- decision ---------------------------------------------------------------
+
+    def decide(self, epoch, best, references, direction=None):
+        """Decide whether to stop after ``epoch``; no side effects.
+
+        Args:
+            epoch: The epoch that just ended.
+            best: This run's best monitored value up to ``epoch`` (NaN or
+                ``None`` when it has none yet: never stopped then).
+            references: Best-so-far curves of the reference runs, each a
+                ``{epoch: value}`` dict or a list indexed by epoch.
+            direction: ``"min"`` or ``"max"``; ``None`` uses ``mode`` (which
+                must not be ``"auto"`` then).
+
+        Returns:
+            A :class:`MedianDecision` ``(should_stop, median, count)``.
+        """
+        direction = direction or self.mode
+        if direction not in ("min", "max"):
+            raise ValueError(
+                f"decide() needs direction='min' or 'max' when mode='auto'. "
+                f"Received: direction={direction!r}"
+            )
+        if epoch < self.warmup_epochs:
+            return MedianDecision(False, None, 0)
+        at_epoch = []
+        for curve in references:
+            if isinstance(curve, dict):
+                value = curve.get(epoch)
+            else:
+                value = curve[epoch] if epoch < len(curve) else None
+            if value is not None and math.isfinite(value):
+                at_epoch.append(float(value))
+        if len(at_epoch) < self.min_trials:
+            return MedianDecision(False, None, len(at_epoch))
+        median = float(np.median(at_epoch))
+        if best is None or not math.isfinite(best):
+            return MedianDecision(False, median, len(at_epoch))
+        worse = best > median if direction == "min" else best < median
+        return MedianDecision(bool(worse), median, len(at_epoch))
+
+    # -- reference curves ---------------------------------------------------------
+
+    def _folder(self):
+        if self.directory is None:
+            raise ValueError(
+                "MedianStopping needs a `directory` shared by every run of the sweep to "
+                "compare curves (nnkit.tuning.tune sets one). Received: directory=None"
+            )
+        return pathlib.Path(self.directory)
+
+    def _load_references(self, direction):
+        references = []
+        folder = self._folder()
+        if not folder.is_dir():
+            return references
+        for path in sorted(folder.glob("*.json")):
+            if path.stem == self._key:
+                continue
+            try:
+                run = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # a file being replaced by another worker: skip it this time
+            if run.get("monitor") != self.monitor:
+                continue
+            best = _best_so_far([float(x) for x in run["values"]], direction)
+            references.append(dict(zip((int(e) for e in run["epochs"]), best, strict=True)))
+        return references
+
+    # -- hooks ------------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._folder()
+        self._key = self.run_key or uuid.uuid4().hex
+        self._direction = None
+        if self.mode != "auto":
+            self._direction = self.mode
+            self._references = self._load_references(self.mode)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._direction is None:
+            # Like Keras: at the first epoch end, once the metrics are built.
+            self._direction = monitor_direction(
+                self.model, self.monitor, self.mode, "MedianStopping"
+            )
+            self._references = self._load_references(self._direction)
+        value = (logs or {}).get(self.monitor)
+        if value is None or self.stopped:
+            return
+        self.epochs.append(int(epoch))
+        self.values.append(float(value))
+        best = _best_so_far(self.values, self._direction)[-1]
+        decision = self.decide(epoch, best, self._references, self._direction)
+        if decision.should_stop:
+            self.stopped = True
+            self.stopped_epoch = int(epoch)
+            self.stop_message = (
+                f"Epoch {epoch + 1}: median stopping: best `{self.monitor}` so far "
+                f"{best:.6g} is worse than the median {decision.median:.6g} of "
+                f"{decision.count} finished runs at this epoch."
+            )
+            self.model.stop_training = True
+        self._state_changed()
+
+    def on_train_end(self, logs=None):
+        if self.stopped and self.verbose > 0:
+            io_utils.print_msg(self.stop_message)
+        finite = all(math.isfinite(x) for x in self.values)
+        if self.stopped or not self.values or not finite:
+            return  # only runs that finished normally are references
+        payload = {"monitor": self.monitor, "epochs": self.epochs, "values": self.values}
+        _write_json(self._folder() / f"{self._key}.json", payload)
+
+    # -- config -----------------------------------------------------------------
+
+    def get_config(self):
+        return {
+            "monitor": self.monitor,
+            "min_trials": self.min_trials,
+            "warmup_epochs": self.warmup_epochs,
+            "mode": self.mode,
+            "directory": self.directory,
+            "verbose": self.verbose,
+        }
