@@ -50,7 +50,7 @@ from nnkit.diagnostics import (
     update_ratios,
     weight_norms,
 )
-from nnkit.diagnostics.norms import _per_group, _square_sum
+from nnkit.diagnostics.norms import _square_sum
 
 #: The per-sample rows kept in ring buffers: name -> (per group?, dtype).
 ROWS = {
@@ -317,13 +317,24 @@ class GradientHook:
         return before, grads
 
     def _check(self, measured, grads, trainable_variables, groups, step):
-        """A plain step: NaN/inf per group from ``Σ‖g‖²`` (finite iff every element is)."""
-        squares = [None if g is None else _square_sum(g) for g in measured]
-        group_bad = ops.logical_not(ops.isfinite(_per_group(squares, groups, "float32")))
-        bad = ops.any(group_bad)
+        """A plain step: NaN/inf per group from ``Σ‖g‖²`` (finite iff every element is).
+
+        Few ops on purpose (this runs on every step): one sum of squares per
+        variable, one ``segment_sum`` into groups (a NaN stays in its own
+        group, unlike a one-hot matmul), and an ``argmax`` for the first
+        bad group.
+        """
+        kept = [k for k, g in enumerate(measured) if g is not None]
+        if not kept:
+            return self._update_unless(ops.zeros((), "bool"), grads, trainable_variables)
+        squares = ops.stack([_square_sum(measured[k]) for k in kept])
+        segments = np.asarray([groups.index[k] for k in kept], "int32")
+        sums = ops.segment_sum(squares, segments, num_segments=groups.size)
+        group_bad = ops.cast(ops.logical_not(ops.isfinite(sums)), "int32")
+        bad = ops.greater(ops.max(group_bad), 0)
         if self.strategy is None:
             self._update_unless(bad, grads, trainable_variables)
-        self._count_nonfinite(bad, step, ops.cast(group_bad, "int32"))
+        self._count_nonfinite(bad, step, group_bad, first_group=ops.argmax(group_bad))
 
     def _sample(
         self, measured, grads, trainable_variables, variables, groups, step, before, sample
@@ -407,9 +418,10 @@ class GradientHook:
         norms = gradient_norms(full, variables, groups=groups)
         return norms.global_norm, norms.group_norms
 
-    def _count_nonfinite(self, bad, step, nonfinite):
+    def _count_nonfinite(self, bad, step, nonfinite, first_group=None):
         first = ops.logical_and(bad, ops.less(self.first_step.value, 0))
-        group = first_nonfinite_group(nonfinite)
+        group = first_nonfinite_group(nonfinite) if first_group is None else first_group
+        group = ops.cast(group, self.first_group.dtype)
         self.first_group.assign(ops.where(first, group, self.first_group.value))
         self.first_step.assign(
             ops.where(first, ops.cast(step, self.first_step.dtype), self.first_step.value)
