@@ -65,7 +65,8 @@ class GradientNormMonitor(StatefulCallback):
             ``"layer"``.
         on_nonfinite: ``"warn"`` (a warning at the epoch end naming the first
             step and group), ``"stop"`` (stop training; adds a read of one
-            counter every ``N`` batches, dispatched asynchronously) or
+            counter every ``N`` batches, dispatched asynchronously; on JAX a state
+            sync in the main thread) or
             ``"skip"`` (do not apply an update whose gradients are not
             finite: weights, optimizer slots and iterations stay as they
             were). Defaults to ``"warn"``.
@@ -256,6 +257,8 @@ class GradientNormMonitor(StatefulCallback):
         self._functions = functions
 
     def on_train_batch_begin(self, batch, logs=None):
+        if keras.backend.backend() == "jax":
+            self._stop_check_jax(batch)
         functions = self._functions
         if functions is None:
             return
@@ -273,10 +276,28 @@ class GradientNormMonitor(StatefulCallback):
             object.__setattr__(model, "train_function", chosen)
 
     def on_train_batch_end(self, batch, logs=None):
+        # TensorFlow: may run in Keras's callback thread (async_safe); reading
+        # a variable there is safe. JAX: see _stop_check_jax.
+        if keras.backend.backend() == "jax":
+            return
         if self.on_nonfinite != "stop" or self._hook is None or (batch + 1) % self.every_n_steps:
             return
-        if keras.backend.backend() == "jax":
-            self.model.jax_state_sync()  # the counter rides in the stateless step's state
+        if self._hook.counters()[0] > self._at_begin:
+            self.model.stop_training = True
+
+    def _stop_check_jax(self, batch):
+        """JAX "stop": sync the state and read the counter, in the main thread.
+
+        The counter lives in the stateless step's state, which the next step
+        donates (deletes); syncing it from Keras's callback thread raced with
+        that step. ``on_train_batch_begin`` runs synchronously before the
+        step, and the fit loop re-reads the state after a sync.
+        """
+        if self.on_nonfinite != "stop" or self._hook is None or batch == 0:
+            return
+        if batch % self.every_n_steps:
+            return
+        self.model.jax_state_sync()
         if self._hook.counters()[0] > self._at_begin:
             self.model.stop_training = True
 
