@@ -9,6 +9,7 @@ received and says what was expected, in the Keras style::
 
 import math
 import numbers
+import os
 
 _PLAIN_TYPES = (str, int, float, bool, type(None))
 
@@ -70,8 +71,7 @@ def check_int(name, value, *, minimum=None, maximum=None):
     """
     if isinstance(value, bool) or not _is_real(value):
         raise TypeError(
-            f"`{name}` must be an integer, not {type(value).__name__}. "
-            f"{_received(name, value)}"
+            f"`{name}` must be an integer, not {type(value).__name__}. {_received(name, value)}"
         )
     if not isinstance(value, numbers.Integral):
         if not math.isfinite(value) or float(value) != int(value):
@@ -103,8 +103,7 @@ def check_bool(name, value):
     """A real ``bool`` (not 0/1, not a string)."""
     if not isinstance(value, bool):
         raise TypeError(
-            f"`{name}` must be True or False, not {type(value).__name__}. "
-            f"{_received(name, value)}"
+            f"`{name}` must be True or False, not {type(value).__name__}. {_received(name, value)}"
         )
     return value
 
@@ -126,6 +125,18 @@ def check_str(name, value, *, allow_empty=False):
     if not allow_empty and not value:
         raise ValueError(f"`{name}` must be a non-empty string. {_received(name, value)}")
     return value
+
+
+def check_optional_path(name, value):
+    """``None``, or a path (``str`` or ``os.PathLike``) returned as a non-empty ``str``."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"`{name}` must be a path (str or os.PathLike) or None, not "
+            f"{type(value).__name__}. {_received(name, value)}"
+        )
+    return check_str(name, os.fspath(value))
 
 
 def check_int_list(name, values, *, minimum=None):

@@ -196,18 +196,6 @@ def _is_worker():
     return "KERASTUNER_ORACLE_IP" in os.environ and "chief" not in tuner_id
 
 
-def _typed(text):
-    """A trials.csv cell as bool, int, float or the string itself."""
-    if text in ("True", "False"):
-        return text == "True"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _trials(out):
     text = (pathlib.Path(out) / "trials.csv").read_text(encoding="utf-8")
     return list(csv.DictReader(text.splitlines()))
@@ -285,9 +273,9 @@ def main(argv=None):
         "best_trial": best["trial_id"],
         "best_val_loss": float(best["objective"]),
         "best_val_accuracy": float(best["metric:val_accuracy"]),
-        "best_hyperparameters": {
-            k[3:]: _typed(v) for k, v in best.items() if k.startswith("hp:") and v != ""
-        },
+        "best_hyperparameters": dict(
+            tuner.oracle.get_trial(best["trial_id"]).hyperparameters.values
+        ),
         "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss),
         "noise": report.noise,

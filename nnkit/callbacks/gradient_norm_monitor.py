@@ -2,7 +2,6 @@
 
 import contextlib
 import math
-import os
 import warnings
 
 import keras
@@ -127,14 +126,7 @@ class GradientNormMonitor(StatefulCallback):
         if rules is not None:
             v.check_instance("rules", rules, DiagnosisRules, "a DiagnosisRules or None")
         self.rules = rules
-        if log_dir is not None:
-            if not isinstance(log_dir, (str, os.PathLike)):
-                raise TypeError(
-                    f"`log_dir` must be a path (str or os.PathLike) or None, not "
-                    f"{type(log_dir).__name__}. Received: log_dir={log_dir!r}"
-                )
-            log_dir = v.check_str("log_dir", os.fspath(log_dir))
-        self.log_dir = log_dir
+        self.log_dir = v.check_optional_path("log_dir", log_dir)
         self.verbose = v.check_int("verbose", verbose, minimum=0, maximum=1)
         self._hook = None
         self._functions = None

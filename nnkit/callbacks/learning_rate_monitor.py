@@ -1,6 +1,5 @@
 """Log the learning rate the optimizer actually used, without a per-batch hook."""
 
-import os
 
 import keras
 
@@ -90,12 +89,7 @@ class LearningRateMonitor(CallbackMixin, keras.callbacks.Callback):
         self.log_name = v.check_str("log_name", log_name)
         self.every_n_steps = v.check_optional_int("every_n_steps", every_n_steps, minimum=1)
         if log_dir is not None:
-            if not isinstance(log_dir, (str, os.PathLike)):
-                raise TypeError(
-                    f"`log_dir` must be a path (str or os.PathLike) or None, not "
-                    f"{type(log_dir).__name__}. Received: log_dir={log_dir!r}"
-                )
-            log_dir = v.check_str("log_dir", os.fspath(log_dir))
+            log_dir = v.check_optional_path("log_dir", log_dir)
             if self.every_n_steps is None:
                 raise ValueError(
                     "`log_dir` needs `every_n_steps` (the epoch value already reaches "
