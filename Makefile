@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: demo test lint docs bench venv clean
+.PHONY: demo test test-keras-next lint docs bench venv clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,20 @@ test: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .site
 	$(PY) -m pytest
 
+# The probes of nnkit/_keras and the fast suite against Keras's newest
+# pre-release, in a virtual environment of its own (not part of CI: it
+# downloads keras-nightly). See docs/keras-internals.md.
+NEXT_VENV ?= .venv-keras-next
+test-keras-next:
+	test -x $(NEXT_VENV)/bin/python || $(PYTHON) -m venv $(NEXT_VENV)
+	$(NEXT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(NEXT_VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	$(NEXT_VENV)/bin/python -m pip uninstall --quiet -y keras
+	$(NEXT_VENV)/bin/python -m pip install --quiet --upgrade --pre keras-nightly
+	$(NEXT_VENV)/bin/python -c "import keras; print('keras', keras.__version__)"
+	$(NEXT_VENV)/bin/python -m pytest tests/_keras -p no:cacheprovider
+	$(NEXT_VENV)/bin/python -m pytest -m "not slow" -p no:cacheprovider
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nnkit tests recipes bench
 
@@ -36,4 +50,4 @@ bench: $(STAMP)
 	$(PY) bench/schedule_overhead.py
 
 clean:
-	rm -rf $(VENV) .site runs .pytest_cache
+	rm -rf $(VENV) $(NEXT_VENV) .site runs .pytest_cache

@@ -18,6 +18,8 @@ import tempfile
 import keras
 import numpy as np
 
+from nnkit._keras import optimizer as keras_optimizer
+
 
 def _fail(message):
     raise AssertionError(message)
@@ -86,8 +88,8 @@ def assert_saved_in_model(schedule, steps=(0, 1, 10, 100, 1000)):
         path = os.path.join(tmp, "model.keras")
         model.save(path)
         loaded = keras.saving.load_model(path, safe_mode=True)
-    original = model.optimizer._learning_rate
-    reloaded = loaded.optimizer._learning_rate
+    original = keras_optimizer.learning_rate_object(model.optimizer)
+    reloaded = keras_optimizer.learning_rate_object(loaded.optimizer)
     if type(reloaded) is not type(original):
         _fail(f"Reloaded learning rate is {type(reloaded).__name__}, not {type(original).__name__}")
     if reloaded.get_config() != original.get_config():

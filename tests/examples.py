@@ -85,9 +85,9 @@ EXAMPLES = {
 }
 
 # Base classes that are public for subclassing but never instantiated directly.
-ABSTRACT = {"schedules.Schedule", "callbacks.StatefulCallback"}
-# Value types (enums) that are public but are not components.
-ABSTRACT |= {"callbacks.StopReason"}
+ABSTRACT = {"schedules.Schedule", "callbacks.StatefulCallback", "callbacks.MonitorCallback"}
+# Value types (enums, decisions) that are public but are not components.
+ABSTRACT |= {"callbacks.StopReason", "callbacks.Reason", "callbacks.Decision"}
 ABSTRACT |= {"initializers.LSUVReport", "initializers.LSUVLayerResult"}
 ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
 ABSTRACT |= {"diagnostics.VariableGroups"}

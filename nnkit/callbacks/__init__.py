@@ -7,13 +7,17 @@ from nnkit.callbacks.backup_and_restore import BackupAndRestore
 from nnkit.callbacks.early_stopping import EarlyStopping, StopReason
 from nnkit.callbacks.gradient_norm_monitor import GradientNormMonitor
 from nnkit.callbacks.learning_rate_monitor import LearningRateMonitor
+from nnkit.callbacks.monitor import Decision, MonitorCallback, Reason
 from nnkit.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
 
 __all__ = [
     "BackupAndRestore",
+    "Decision",
     "EarlyStopping",
     "GradientNormMonitor",
     "LearningRateMonitor",
+    "MonitorCallback",
+    "Reason",
     "ReduceLROnPlateau",
     "StatefulCallback",
     "StopReason",

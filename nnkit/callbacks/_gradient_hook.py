@@ -1,9 +1,9 @@
 """The in-graph half of ``GradientNormMonitor``: its variables and the patched ``apply``.
 
-``GradientHook`` patches one optimizer *instance* (``optimizer.apply`` as an
-instance attribute shadowing the class method) and keeps its measurements in
-non-trainable ``keras.Variable`` objects. ``remove()`` deletes the instance
-attributes, which restores the class methods. All the measuring is
+``GradientHook`` wraps one optimizer *instance*'s ``apply`` (a patch through
+``nnkit._keras.shadow``, owner ``"gradient_monitor"``) and keeps its
+measurements in non-trainable ``keras.Variable`` objects. ``remove()`` takes
+every patch off again, which restores the optimizer exactly. All the measuring is
 ``keras.ops`` inside the compiled train step; the host reads the ring buffers
 with :meth:`GradientHook.read`.
 
@@ -27,21 +27,25 @@ Both are branch-free in the sense that matters: no variable is written inside
 a branch. JAX needs that because its train step is stateless (a write inside
 ``lax.cond`` would leak a tracer); ``tf.distribute`` needs it because a write
 to a mirrored variable in replica context is a ``merge_call``, which a
-``tf.cond`` cannot hold. On JAX the hook's variables are appended to the
-optimizer's own variables for the duration of ``fit``, the only state the
-stateless step carries out of ``optimizer.stateless_apply``; the optimizer's
-``save_own_variables`` is patched so that a checkpoint written mid-``fit``
-holds only the optimizer's own state. Under a strategy the gradients are
-measured after the cross-replica all-reduce (``nnkit.distribute._aggregated``),
-so the norms are those of the global batch's gradient, as on one device.
+``tf.cond`` cannot hold. On JAX the hook's variables ride along in ``optimizer.variables`` for the
+duration of ``fit`` (``nnkit._keras.optimizer.carry_variables``), the only
+state the stateless step carries out of ``optimizer.stateless_apply``; the
+optimizer's ``save_own_variables`` is wrapped so that a checkpoint written
+mid-``fit`` holds only the optimizer's own state. Under a strategy the
+gradients are measured after the cross-replica all-reduce
+(``nnkit._keras.all_reduce``), so the norms are those of the global batch's
+gradient, as on one device.
 """
 
+import functools
 import threading
 
 import keras
 import numpy as np
 from keras import ops
 
+from nnkit._keras import all_reduce, shadow
+from nnkit._keras import optimizer as keras_optimizer
 from nnkit.callbacks._optimizer import to_numpy
 from nnkit.diagnostics import (
     VariableGroups,
@@ -51,6 +55,9 @@ from nnkit.diagnostics import (
     weight_norms,
 )
 from nnkit.diagnostics.norms import _square_sum
+
+#: The owner of every patch the hook installs (``nnkit._keras.shadow.ORDER``).
+_OWNER = "gradient_monitor"
 
 #: The per-sample rows kept in ring buffers: name -> (per group?, dtype).
 ROWS = {
@@ -104,7 +111,7 @@ class GradientHook:
         strategy=None,
         scheduled=True,
     ):
-        if "apply" in vars(optimizer):
+        if shadow.is_shadowed(optimizer, "apply", _OWNER):
             raise ValueError(
                 "The optimizer's `apply` is already patched (is another GradientNormMonitor "
                 f"attached to this model?). Received: optimizer={optimizer.name!r}"
@@ -155,16 +162,17 @@ class GradientHook:
             self.first_group,
         ]
         self._local = threading.local()  # per replica thread: the all-reduced gradients
-        self._transform = None
+        self._patches = []
         if strategy is not None:
-            from nnkit.distribute import _aggregated
-
-            self._transform = _aggregated.add_transform(optimizer, self._capture, first=True)
+            self._patches.append(all_reduce.add_transform(optimizer, self._capture, owner=_OWNER))
         if self.backend == "jax":
-            optimizer._variables.extend(self.own)
-            self.outer.save_own_variables = self._save_own_variables
-        self.original = optimizer.apply  # the bound class method
-        optimizer.apply = self._apply
+            keras_optimizer.carry_variables(optimizer, self.own)
+            self._patches.append(
+                shadow.shadow(
+                    self.outer, "save_own_variables", self._save_own_variables, owner=_OWNER
+                )
+            )
+        self._patches.append(shadow.shadow(optimizer, "apply", self._apply, owner=_OWNER))
 
     def _variable(self, name, shape, dtype, value=0):
         if dtype == "int64":
@@ -186,30 +194,17 @@ class GradientHook:
 
     def remove(self):
         """Restore the optimizer as it was: class ``apply``, its own variables only."""
-        optimizer = self.optimizer
-        if vars(optimizer).get("apply") == self._apply:
-            del optimizer.apply
-        if self._transform is not None:
-            from nnkit.distribute import _aggregated
-
-            _aggregated.remove_transform(optimizer, self._transform)
-            self._transform = None
+        for patch in reversed(self._patches):
+            shadow.unshadow(patch)
+        self._patches = []
         if self.backend == "jax":
-            own = {id(w) for w in self.own}
-            optimizer._variables[:] = [w for w in optimizer._variables if id(w) not in own]
-            if vars(self.outer).get("save_own_variables") == self._save_own_variables:
-                del self.outer.save_own_variables
+            keras_optimizer.drop_variables(self.optimizer, self.own)
 
-    def _save_own_variables(self, store):
-        # JAX: the hook's variables ride along in optimizer._variables during
+    def _save_own_variables(self, call_next, store):
+        # JAX: the hook's variables ride along in optimizer.variables during
         # fit; a checkpoint holds only the optimizer's own state.
-        optimizer, saved = self.optimizer, list(self.optimizer._variables)
-        own = {id(w) for w in self.own}
-        optimizer._variables[:] = [w for w in saved if id(w) not in own]
-        try:
-            type(self.outer).save_own_variables(self.outer, store)
-        finally:
-            optimizer._variables[:] = saved
+        with keras_optimizer.without_variables(self.optimizer, self.own):
+            return call_next(store)
 
     def _groups_for(self, variables):
         try:
@@ -227,7 +222,7 @@ class GradientHook:
         """``(variables, groups, measured)``: what ``apply`` received, unscaled."""
         opt = self.optimizer
         variables = (
-            list(opt._trainable_variables)
+            keras_optimizer.trainable_variables(opt)
             if trainable_variables is None
             else list(trainable_variables)
         )
@@ -262,8 +257,8 @@ class GradientHook:
         if reduced is None:
             raise RuntimeError(
                 "GradientNormMonitor: the optimizer step did not all-reduce the gradients "
-                "through `_all_reduce_sum_gradients` (a Keras change?); the aggregated "
-                "gradients cannot be measured."
+                "where nnkit._keras.all_reduce taps them (a Keras change? see its probe "
+                "test); the aggregated gradients cannot be measured."
             )
         grads, before = [], []
         for w in variables:
@@ -272,11 +267,11 @@ class GradientHook:
             before.append(ops.convert_to_tensor(w.value) if value is None else value)
         return grads, before
 
-    def _apply(self, grads, trainable_variables=None):
-        """Measure ``grads`` and call the original ``apply`` (or skip it); in-graph."""
+    def _apply(self, original, grads, trainable_variables=None):
+        """Measure ``grads`` and call the ``original`` ``apply`` (or skip it); in-graph."""
         grads = list(grads)
         if not grads:
-            return self.original(grads, trainable_variables)
+            return original(grads, trainable_variables)
         if self.mode == "pure":
             sample = None
         else:
@@ -284,18 +279,17 @@ class GradientHook:
         variables, groups, measured = self._received(grads, trainable_variables)
         step = ops.convert_to_tensor(self.step.value)
         if self.strategy is not None:
-            self.original(grads, trainable_variables)  # _capture sees the all-reduced grads
+            original(grads, trainable_variables)  # _capture sees the all-reduced grads
             measured, before = self._reduced(variables)
         elif sample is not False:
             before, grads = self._snapshot(variables, grads)
         else:
             before = None
+        update = functools.partial(self._update_unless, original, grads, trainable_variables)
         if sample is False:
-            self._check(measured, grads, trainable_variables, groups, step)
+            self._check(measured, update, groups, step)
         else:
-            self._sample(
-                measured, grads, trainable_variables, variables, groups, step, before, sample
-            )
+            self._sample(measured, update, variables, groups, step, before, sample)
         self.step.assign_add(1)
 
     def _snapshot(self, variables, grads):
@@ -316,7 +310,7 @@ class GradientHook:
             grads = [_identity(tf, g) for g in grads]
         return before, grads
 
-    def _check(self, measured, grads, trainable_variables, groups, step):
+    def _check(self, measured, update, groups, step):
         """A plain step: NaN/inf per group from ``Σ‖g‖²`` (finite iff every element is).
 
         Few ops on purpose (this runs on every step): one sum of squares per
@@ -326,24 +320,22 @@ class GradientHook:
         """
         kept = [k for k, g in enumerate(measured) if g is not None]
         if not kept:
-            return self._update_unless(ops.zeros((), "bool"), grads, trainable_variables)
+            return update(ops.zeros((), "bool"))
         squares = ops.stack([_square_sum(measured[k]) for k in kept])
         segments = np.asarray([groups.index[k] for k in kept], "int32")
         sums = ops.segment_sum(squares, segments, num_segments=groups.size)
         group_bad = ops.cast(ops.logical_not(ops.isfinite(sums)), "int32")
         bad = ops.greater(ops.max(group_bad), 0)
         if self.strategy is None:
-            self._update_unless(bad, grads, trainable_variables)
+            update(bad)
         self._count_nonfinite(bad, step, group_bad, first_group=ops.argmax(group_bad))
 
-    def _sample(
-        self, measured, grads, trainable_variables, variables, groups, step, before, sample
-    ):
+    def _sample(self, measured, update, variables, groups, step, before, sample):
         """Measure everything; write a row (always when ``sample`` is True, else where it holds)."""
         norms = gradient_norms(measured, variables, groups=groups)
         bad = ops.greater(ops.sum(norms.nonfinite), 0)
         if self.strategy is None:
-            self._update_unless(bad, grads, trainable_variables)
+            update(bad)
         after = [ops.convert_to_tensor(w.value) for w in variables]
         self._count_nonfinite(bad, step, norms.nonfinite)
         size = self.groups.size
@@ -382,25 +374,25 @@ class GradientHook:
         self._write(row)
         self.count.assign_add(ops.cast(sample, self.count.dtype))
 
-    def _update_unless(self, bad, grads, trainable_variables):
-        """Call the original ``apply``; with "skip", not where ``bad``.
+    def _update_unless(self, original, grads, trainable_variables, bad):
+        """Call the ``original`` ``apply``; with "skip", not where ``bad``.
 
         TensorFlow: the update in a branch. JAX: a write in ``lax.cond`` would
         leak a tracer, so the update runs and every old value is kept where
         ``bad`` (``ops.where`` over the weights and the optimizer's state).
         """
         if not self.skip:
-            self.original(grads, trainable_variables)
+            original(grads, trainable_variables)
             return
         if self.backend == "tensorflow":  # no strategy here: a write in a branch is fine
-            ops.cond(bad, lambda: None, lambda: self.original(grads, trainable_variables))
+            ops.cond(bad, lambda: None, lambda: original(grads, trainable_variables))
             return
         own = {id(w) for w in self.own}
-        state = list(self.optimizer._trainable_variables) + [
+        state = keras_optimizer.trainable_variables(self.optimizer) + [
             w for w in self.optimizer.variables if id(w) not in own
         ]
         old = [ops.convert_to_tensor(w.value) for w in state]
-        self.original(grads, trainable_variables)
+        original(grads, trainable_variables)
         for w, value in zip(state, old, strict=True):
             w.assign(ops.where(bad, value, w.value))
 
@@ -408,10 +400,8 @@ class GradientHook:
 
     def _clipped(self, grads, variables, groups):
         kept = [k for k, g in enumerate(grads) if g is not None]
-        # The class method: nnkit.distribute.clip_after_aggregation turns the
-        # instance's _clip_gradients into the identity and clips later.
-        optimizer = self.optimizer
-        clipped = type(optimizer)._clip_gradients(optimizer, [grads[k] for k in kept])
+        # Keras's clipping even where clip_after_aggregation has suspended it.
+        clipped = keras_optimizer.clip_gradients(self.optimizer, [grads[k] for k in kept])
         full = [None] * len(grads)
         for k, g in zip(kept, clipped, strict=True):
             full[k] = g

@@ -19,19 +19,14 @@ import keras
 import numpy as np
 from keras import ops
 
+from nnkit._arrays import to_numpy
+from nnkit._keras import optimizer as keras_optimizer
 from nnkit.schedules import Scaled
 
 _LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 
 # optimizer -> (raw iteration count, value before the change); see record_change.
 _CHANGES = weakref.WeakKeyDictionary()
-
-
-def to_numpy(value):
-    """A tensor or ``keras.Variable`` as numpy (a Variable's ``__array__`` warns on numpy 2)."""
-    if isinstance(value, keras.Variable):
-        value = value.value
-    return ops.convert_to_numpy(value)
 
 
 def scale_of(scaled):
@@ -53,7 +48,7 @@ def accumulation_steps(optimizer):
 
 def raw_iterations(optimizer):
     """The raw step counter the schedule sees (one host read)."""
-    return int(to_numpy(optimizer._iterations))
+    return int(to_numpy(keras_optimizer.raw_iterations(optimizer)))
 
 
 def update_to_raw_step(update, accumulation):
@@ -97,7 +92,7 @@ def rate_state(optimizer):
 
     Returns ``None`` for a schedule that is not ``Scaled`` (nothing mutable).
     """
-    learning_rate = optimizer._learning_rate
+    learning_rate = keras_optimizer.learning_rate_object(optimizer)
     if isinstance(learning_rate, Scaled):
         return scale_of(learning_rate)
     if isinstance(learning_rate, _LearningRateSchedule) or callable(learning_rate):
@@ -128,7 +123,7 @@ def rates_at(optimizer, raw_steps, *, state=None):
     factor that was in effect before a callback changed it.
     """
     steps = np.asarray(raw_steps, dtype="int64")
-    learning_rate = optimizer._learning_rate
+    learning_rate = keras_optimizer.learning_rate_object(optimizer)
     if isinstance(learning_rate, Scaled):
         scale = np.float32(scale_of(learning_rate) if state is None else state)
         return scale * _evaluate(learning_rate.schedule, steps)

@@ -19,10 +19,12 @@ order, so the same callback list maps to the same keys after a restart.
 """
 
 import abc
+import functools
 import weakref
 
 import keras
 
+from nnkit._keras import fit as keras_fit
 from nnkit.callbacks._base import CallbackMixin
 
 _SESSIONS = weakref.WeakKeyDictionary()
@@ -66,7 +68,7 @@ class _Session:
 
 def session_for(callback, *, create=True):
     """The session of the run ``callback`` belongs to (``None`` without a model)."""
-    model = getattr(callback, "_model", None)
+    model = keras_fit.attached_model(callback)
     if model is None:
         return None
     try:
@@ -81,13 +83,41 @@ def session_for(callback, *, create=True):
     return session
 
 
+#: Hooks that may change a callback's state: a backup that is due is written
+#: before the first of them to run (see ``BackupAndRestore``).
+STATE_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_end")
+
+
+def _writes_due_backup_first(name, hook):
+    @functools.wraps(hook)
+    def wrapper(self, *args, **kwargs):
+        session = session_for(self, create=False)
+        if session is not None and session.backup is not None:
+            session.backup.write_due(name)
+        return hook(self, *args, **kwargs)
+
+    wrapper._nnkit_writes_due_backup = True
+    return wrapper
+
+
 class StatefulCallback(CallbackMixin, keras.callbacks.Callback, metaclass=abc.ABCMeta):
     """Base class of nnkit callbacks whose state can be saved and restored.
 
-    Subclasses implement ``_reset_state``, ``get_state`` and ``set_state``, and
-    call ``self._state_changed()`` at the end of any hook that changes state.
-    A subclass that overrides ``on_train_begin`` must call ``super()`` first.
+    Subclasses implement ``_reset_state``, ``get_state`` and ``set_state``. A
+    subclass that overrides ``on_train_begin`` must call ``super()`` first.
+    ``BackupAndRestore`` collects every state when it saves, after every
+    callback of the epoch (or batch) has run, whatever the callback order:
+    each of the hooks in ``STATE_HOOKS`` a subclass defines first writes a
+    backup that is due (so a state change in the next epoch's first hook
+    never reaches the previous epoch's backup).
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in STATE_HOOKS:
+            hook = cls.__dict__.get(name)
+            if hook is not None and not getattr(hook, "_nnkit_writes_due_backup", False):
+                setattr(cls, name, _writes_due_backup_first(name, hook))
 
     @abc.abstractmethod
     def _reset_state(self):
@@ -106,8 +136,3 @@ class StatefulCallback(CallbackMixin, keras.callbacks.Callback, metaclass=abc.AB
         session = session_for(self)
         if session is not None:
             session.attach(self)
-
-    def _state_changed(self):
-        session = session_for(self, create=False)
-        if session is not None and session.backup is not None:
-            session.backup._write_callback_state(self)

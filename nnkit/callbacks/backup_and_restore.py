@@ -1,192 +1,94 @@
-"""Back up and restore a run: weights, epoch, and the state of nnkit's stateful callbacks."""
+"""Back up and restore a run: weights, optimizer, epoch, random state and every nnkit callback's state."""
 
-import contextlib
-import hashlib
-import io
-import json
 import os
-import tempfile
+import shutil
 import warnings
 
 import keras
-import numpy as np
-from keras.src.utils import file_utils
 
+from nnkit import _io
 from nnkit import _validation as v
+from nnkit._arrays import quiet_keras_numpy2
+from nnkit._keras import fit as keras_fit
+from nnkit.callbacks import _backup_files as files
 from nnkit.callbacks._base import CallbackMixin
 from nnkit.callbacks._stateful import session_for
 
-STATE_FILE = "callback_state.json"
-ARRAYS_FILE = "callback_state.npz"
-# Keras's file names (keras.callbacks.BackupAndRestore).
-WEIGHTS_FILE = "latest.weights.h5"
-METADATA_FILE = "training_metadata.json"
-FORMAT_VERSION = 1
-
-# In the JSON, {"__ndarrays__": ["a0", "a1"]} stands for a list of arrays and
-# {"__ndarray__": "a2"} for one array, stored under those names in the .npz.
-_LIST_TAG = "__ndarrays__"
-_ARRAY_TAG = "__ndarray__"
+#: The hooks that may write a save due after an epoch's end (the epoch's end
+#: hooks of other callbacks may still change state) or after a batch's end.
+_AFTER_EPOCH = frozenset({"on_epoch_begin", "on_train_batch_begin", "on_train_end"})
+_AFTER_BATCH = frozenset({"on_train_batch_begin", "on_epoch_end", "on_epoch_begin", "on_train_end"})
 
 
-class _StateFileError(ValueError):
-    """The callback-state files are missing, unreadable or do not match the weights."""
-
-
-def _write_bytes(path, data):
-    """Write ``data`` to ``path`` atomically (temp file + ``os.replace``) on local disks."""
-    if file_utils.is_remote_path(path):  # gfile: no atomic rename to rely on
-        with file_utils.File(path, "wb") as f:
-            f.write(data)
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _read_bytes(path):
-    with file_utils.File(path, "rb") as f:
-        return f.read()
-
-
-def _copy(src, dst):
-    if file_utils.is_remote_path(src) or file_utils.is_remote_path(dst):
-        file_utils.copy(src, dst)
-    else:
-        _write_bytes(dst, _read_bytes(src))
-
-
-def _file_paths(directory, suffix=""):
-    """The attributes naming the backup files, for the files in ``directory`` (+ ``suffix``)."""
-    weights = file_utils.join(directory, WEIGHTS_FILE) + suffix
-    metadata = file_utils.join(directory, METADATA_FILE) + suffix
-    return {
-        "backup_dir": directory,
-        "_weights_path": weights,
-        "_prev_weights_path": f"{weights}.bkp",
-        "_training_metadata_path": metadata,
-        "_prev_training_metadata_path": f"{metadata}.bkp",
-        "_state_path": file_utils.join(directory, STATE_FILE) + suffix,
-        "_arrays_path": file_utils.join(directory, ARRAYS_FILE) + suffix,
-    }
-
-
-def _is_array_list(value):
-    return (
-        isinstance(value, (list, tuple))
-        and len(value) > 0
-        and all(isinstance(a, np.ndarray) for a in value)
-    )
-
-
-def _encode(states):
-    """Split ``{key: state}`` into a JSON-plain dict and ``{name: array}``."""
-    arrays = {}
-    plain = {}
-    for key, state in states.items():
-        v.check_instance(f"{key}.get_state()", state, dict, "a dict")
-        entry = {}
-        for field, value in state.items():
-            if isinstance(value, np.ndarray):
-                name = f"a{len(arrays)}"
-                arrays[name] = value
-                entry[field] = {_ARRAY_TAG: name}
-            elif _is_array_list(value):
-                names = []
-                for array in value:
-                    name = f"a{len(arrays)}"
-                    arrays[name] = array
-                    names.append(name)
-                entry[field] = {_LIST_TAG: names}
-            else:
-                entry[field] = v.check_json_plain(f"{key}.get_state()[{field!r}]", value)
-        plain[key] = entry
-    return plain, arrays
-
-
-def _decode(plain, arrays):
-    states = {}
-    for key, entry in plain.items():
-        state = {}
-        for field, value in entry.items():
-            if isinstance(value, dict) and set(value) == {_LIST_TAG}:
-                value = [arrays[name] for name in value[_LIST_TAG]]
-            elif isinstance(value, dict) and set(value) == {_ARRAY_TAG}:
-                value = arrays[value[_ARRAY_TAG]]
-            state[field] = value
-        states[key] = state
-    return states
+def _check_backup_dir(backup_dir):
+    if isinstance(backup_dir, os.PathLike):
+        backup_dir = os.fspath(backup_dir)
+    if backup_dir is None or backup_dir == "":
+        # Keras raises ValueError here; code that catches it keeps working.
+        raise ValueError(
+            "`backup_dir` must name a directory for the backup files. "
+            f"Received: backup_dir={backup_dir!r}"
+        )
+    return v.check_str("backup_dir", backup_dir)
 
 
 @keras.saving.register_keras_serializable(package="nnkit")
-class BackupAndRestore(CallbackMixin, keras.callbacks.BackupAndRestore):
-    """Back up weights, epoch and nnkit callback state; resume a run exactly where it stopped.
+class BackupAndRestore(CallbackMixin, keras.callbacks.Callback):
+    """Back up a run and resume it exactly where it stopped, callback state included.
 
-    Use it instead of ``keras.callbacks.BackupAndRestore`` (same arguments,
-    same weight files) when the run also uses nnkit's stateful callbacks
-    (``EarlyStopping``, ``ReduceLROnPlateau``, ...). Keras's version restores
-    the weights and the epoch but no callback state, so after a resume
-    ``EarlyStopping`` forgets its best value and restarts its patience
+    Use it instead of ``keras.callbacks.BackupAndRestore`` (same arguments)
+    when the run also uses nnkit's stateful callbacks (``EarlyStopping``,
+    ``ReduceLROnPlateau``, ``GradientNormMonitor``, ...). Keras's version
+    restores the weights and the epoch but no callback state, so after a
+    resume ``EarlyStopping`` forgets its best value and restarts its patience
     (keras-team/keras#14862); with this one, an interrupted and resumed run
-    makes the same decisions as one that was never interrupted, wherever the
-    callback sits in the list.
+    makes the same decisions as one that was never interrupted.
 
-    What it does: at each save (every epoch, or every ``save_freq`` batches)
-    it writes the weights and ``{"epoch", "batch"}`` as Keras does, then the
-    state of every stateful callback of the run (``get_state()``), tagged with
-    the same ``epoch``/``batch``. A stateful callback placed after this one
-    in the list changes its state after the save; it asks for a rewrite of the
-    state file (``_write_callback_state``), accepted until this callback's
-    next hook, so the file matches the weights beside it. (One gap is left:
-    a crash between the save and such a later callback, inside the same
-    hook, leaves that callback one epoch behind; listing this callback last
-    closes it.) At
-    ``on_train_begin`` it loads the weights and the epoch, reads the state file
-    and hands each state to its callback (keyed ``ClassName:ordinal`` in list
-    order, so use the same callback list when resuming).
+    What a backup holds: the model's weights and the optimizer's variables
+    (``model.save_weights``), the epoch and batch to resume at, the state of
+    every stateful callback of the run (``get_state()``), numpy's and
+    Python's random state and the model's ``keras.random.SeedGenerator``
+    states (dropout masks).
 
-    Files in ``backup_dir``: Keras's ``latest.weights.h5`` and
-    ``training_metadata.json``; ``callback_state.json`` (format version,
-    epoch, batch, SHA-256 of the array file, and each callback's state as
-    JSON) and ``callback_state.npz`` (arrays, e.g. best weights, referenced
-    from the JSON as ``{"__ndarrays__": ["a0", ...]}`` for a list of arrays
-    or ``{"__ndarray__": "a2"}`` for one), each written
-    atomically (temp file + ``os.replace``) on local disks. With
-    ``double_checkpoint`` every file also has a ``.bkp`` copy of the previous
-    save, and a missing, unreadable or mismatched state falls back to the
-    whole previous save, as Keras does for unreadable weights. Restoring
-    never writes to ``backup_dir``, not even then (the ``.bkp`` files are
-    read where they are, and the next save keeps them as its ``.bkp``).
+    A consistent cut, whatever the callback order: a save is due at an epoch
+    end (or every ``save_freq`` batches) but is written at this callback's
+    next hook (the next epoch's or batch's beginning, or the end of
+    training), when every callback of that epoch (batch) has run. All of it
+    is then as of the same moment. A process killed between the due moment
+    and the write resumes from the previous backup and repeats that epoch.
+
+    Atomic: the files of a backup are written under new names and committed
+    by renaming one manifest (see ``nnkit.callbacks._backup_files``), so a
+    kill at any moment, even during a save, leaves the previous backup
+    intact and readable. On a damaged backup (an empty, truncated or foreign
+    file, a file whose checksum differs, weights of another architecture)
+    ``fit`` stops at ``on_train_begin`` with a ``ValueError`` naming the
+    file and saying how to start afresh; nothing in ``backup_dir`` is
+    deleted or overwritten then. With ``double_checkpoint`` the previous
+    backup is kept too and used instead (with a warning); the unreadable
+    manifest is renamed ``callback_state.json.unreadable-<n>``, not deleted.
+
+    At ``on_train_begin`` it loads the weights, the random state and the
+    epoch, and hands each saved state to its callback (keyed
+    ``ClassName:ordinal`` in list order, so use the same callback list when
+    resuming). Backups written by nnkit 0.1 are read as well. With
+    ``save_freq=N`` Keras's rule applies: the interrupted epoch restarts
+    from its first batch with the weights of the last save.
 
     Under several workers (``MultiWorkerMirroredStrategy``, the TensorFlow
     backend; on JAX, several processes), ``backup_dir`` must be a directory
     every worker can read, e.g. on a shared file system. Every worker
     restores from it; only the chief writes to it; every other worker runs
     the same saves into a temporary directory of its own
-    (``nnkit.distribute.worker_directory``), deleted at the end of training,
-    and never deletes ``backup_dir`` (the chief does, with
-    ``delete_checkpoint``). As in Keras 2, all workers run the same code and
-    none of them races the chief for the files.
+    (``nnkit.distribute.worker_directory``), deleted at the end of training.
 
     Args:
         backup_dir: Directory for the backup files (``str`` or path-like),
             used by this run only. Required.
         save_freq: ``"epoch"`` to save at every epoch end, or an int ``>= 1``
-            to save every that many batches (Keras then restarts the
-            interrupted epoch from the saved weights). Defaults to
-            ``"epoch"``.
-        double_checkpoint: Keep the previous save too (``.bkp`` files) and
-            fall back to it when the latest one cannot be read. Defaults to
-            ``False``.
+            to save every that many batches. Defaults to ``"epoch"``.
+        double_checkpoint: Keep the previous backup too and fall back to it
+            when the latest one cannot be read. Defaults to ``False``.
         delete_checkpoint: Delete ``backup_dir`` when training ends normally.
             Defaults to ``True``.
 
@@ -195,18 +97,18 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.BackupAndRestore):
             refused: Keras would then save after every batch), or at a save
             if a callback's ``get_state()`` holds values that are neither JSON
             types nor numpy arrays (e.g. ``np.float32``).
-        ValueError: If ``backup_dir`` is empty or ``save_freq`` is neither
-            ``"epoch"`` nor an int ``>= 1``; at ``on_train_begin`` if the
-            callback-state file is missing, unreadable or does not match the
-            weights and there is no usable ``.bkp`` save.
+        ValueError: If ``backup_dir`` is ``None`` or empty, or ``save_freq``
+            is neither ``"epoch"`` nor an int ``>= 1``; at
+            ``on_train_begin`` if the backup is damaged or does not fit the
+            model and there is no usable previous backup.
 
     Example:
     >>> import tempfile, keras, numpy as np
     >>> from nnkit.callbacks import BackupAndRestore, EarlyStopping
     >>> backup_dir = tempfile.mkdtemp()
     >>> class Interrupt(keras.callbacks.Callback):
-    ...     def on_epoch_end(self, epoch, logs=None):
-    ...         if epoch == 1:
+    ...     def on_epoch_begin(self, epoch, logs=None):
+    ...         if epoch == 2:
     ...             raise RuntimeError("interrupted")
     >>> def run(*extra):
     ...     keras.utils.set_random_seed(0)
@@ -236,58 +138,28 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.BackupAndRestore):
         double_checkpoint=False,
         delete_checkpoint=True,
     ):
-        if isinstance(backup_dir, os.PathLike):
-            backup_dir = os.fspath(backup_dir)
-        backup_dir = v.check_str("backup_dir", backup_dir)
+        super().__init__()
+        self.backup_dir = _check_backup_dir(backup_dir)
         if save_freq != "epoch":
             if isinstance(save_freq, str):
                 raise ValueError(
                     f"`save_freq` must be 'epoch' or an int >= 1. Received: save_freq={save_freq!r}"
                 )
             save_freq = v.check_positive_int("save_freq", save_freq)
-        double_checkpoint = v.check_bool("double_checkpoint", double_checkpoint)
-        delete_checkpoint = v.check_bool("delete_checkpoint", delete_checkpoint)
-        super().__init__(
-            backup_dir,
-            save_freq=save_freq,
-            double_checkpoint=double_checkpoint,
-            delete_checkpoint=delete_checkpoint,
-        )
-        self._state_path = file_utils.join(backup_dir, STATE_FILE)
-        self._arrays_path = file_utils.join(backup_dir, ARRAYS_FILE)
+        self.save_freq = save_freq
+        self.double_checkpoint = v.check_bool("double_checkpoint", double_checkpoint)
+        self.delete_checkpoint = v.check_bool("delete_checkpoint", delete_checkpoint)
         # Batch-end hooks do nothing with epoch saves: safe to dispatch asynchronously.
         self.async_safe = save_freq == "epoch"
         self._reset_run()
 
     def _reset_run(self):
-        self._before = frozenset()  # session keys of stateful callbacks listed before this one
-        self._position = None  # (epoch, batch) of the last save in this run
-        self._accepting = False  # whether state changes belong to the last save
+        self._epoch = 0  # the epoch running now
+        self._batch = 0  # the last batch seen in it (Keras's numbering)
+        self._since_save = 0  # batches since the last batch save
+        self._due = None  # (epoch, batch, hooks that may write it) of a save not yet written
         self._write_dir = self.backup_dir  # where this process saves (see _worker_directory)
-        self._fell_back = False  # restored from the .bkp files; the latest ones are unreadable
-
-    @contextlib.contextmanager
-    def _files_in(self, directory, suffix=""):
-        """Point ``backup_dir`` and the file paths at ``directory`` (and ``suffix``) for a while.
-
-        Keras's methods read and write the files through these attributes.
-        """
-        paths = _file_paths(directory, suffix)
-        saved = {name: getattr(self, name) for name in paths}
-        for name, path in paths.items():
-            setattr(self, name, path)
-        try:
-            yield
-        finally:
-            for name, path in saved.items():
-                setattr(self, name, path)
-
-    def _worker_directory(self):
-        """``backup_dir`` on the chief; a temporary directory of its own on any other worker."""
-        from nnkit.distribute import workers  # lazily: TensorFlow only on its backend
-
-        strategy = getattr(self.model, "distribute_strategy", None)  # TensorFlow backend
-        return workers.worker_directory(self.backup_dir, strategy)
+        self._keep = set()  # generations never deleted: unreadable ones we fell back from
 
     # -- hooks ------------------------------------------------------------------
 
@@ -295,43 +167,50 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.BackupAndRestore):
         self._reset_run()
         session = session_for(self)
         if session is not None:
-            self._before = frozenset(session.callbacks)
             session.backup = self
-        states = self._load_all()  # every worker reads the shared directory
+        states = self._restore()  # every worker reads the shared directory
         self._write_dir = self._worker_directory()
         if states and session is not None:
             session.restore(states)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._accepting = False
+        self.write_due("on_epoch_begin")
         self._warn_unclaimed_states()
-        # Keras only sets this at epoch ends, so a batch save in the first epoch
-        # of a resumed run would record epoch 0.
-        self._current_epoch = epoch
+        self._epoch, self._batch = epoch, 0
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._accepting = False
+        if self._due is not None:
+            self.write_due("on_train_batch_begin")
 
     def on_train_batch_end(self, batch, logs=None):
-        self._accepting = False
-        super().on_train_batch_end(batch, logs)
-
-    def on_test_begin(self, logs=None):
-        self._accepting = False
+        if self.save_freq == "epoch":
+            return
+        # Keras's count, which works with steps_per_execution > 1 (batches jump).
+        self._since_save += batch + 1 if batch <= self._batch else batch - self._batch
+        self._batch = batch
+        if self._since_save >= self.save_freq:
+            self._since_save = 0
+            self._due = (self._epoch, batch, _AFTER_BATCH)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._accepting = False
-        super().on_epoch_end(epoch, logs)
+        self.write_due("on_epoch_end")  # a batch save of this epoch: every batch hook has run
+        self._batch = 0
+        if self.save_freq == "epoch":
+            self._due = (epoch + 1, 0, _AFTER_EPOCH)
 
     def on_train_end(self, logs=None):
-        self._accepting = False
         session = session_for(self, create=False)
         if session is not None and session.backup is self:
             session.backup = None
-        if self._write_dir == self.backup_dir:
-            super().on_train_end(logs)  # deletes backup_dir with delete_checkpoint
-        elif file_utils.exists(self._write_dir):
-            file_utils.rmtree(self._write_dir)  # not the chief: backup_dir is the chief's
+        chief = self._write_dir == self.backup_dir
+        if chief and self.delete_checkpoint:
+            self._due = None
+            _io.rmtree(self.backup_dir)
+        else:
+            self.write_due("on_train_end")
+        if not chief:
+            _io.rmtree(self._write_dir)  # backup_dir is the chief's
+        keras_fit.set_initial_epoch(self.model, None)  # a later fit starts where it is told
 
     def _warn_unclaimed_states(self):
         """Every callback has had its ``on_train_begin`` now: say which states found no owner."""
@@ -349,157 +228,101 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.BackupAndRestore):
 
     # -- saving -----------------------------------------------------------------
 
-    def _save_model(self):
-        with self._files_in(self._write_dir):
-            if not file_utils.exists(self.backup_dir):
-                file_utils.makedirs(self.backup_dir)
-            # After a restore from the .bkp files the latest files are the unreadable
-            # ones: keep the .bkp files (the save restored) instead of copying them over.
-            copy_previous = self.double_checkpoint and not self._fell_back
-            if copy_previous:
-                for path in (self._state_path, self._arrays_path):
-                    if file_utils.exists(path):
-                        _copy(path, f"{path}.bkp")
-            double_checkpoint, self.double_checkpoint = self.double_checkpoint, copy_previous
-            try:
-                super()._save_model()  # copies weights and metadata to .bkp when told
-            finally:
-                self.double_checkpoint = double_checkpoint
-            self._fell_back = False
-            self._position = (self._current_epoch, self._last_batch_seen)
-            self._accepting = True
-            self._write_state_files()
+    def write_due(self, hook):
+        """Write the backup that is due, if ``hook`` comes after every hook it waits for.
 
-    def _write_callback_state(self, callback=None):
-        """Rewrite the state file after ``callback`` changed its state.
-
-        Accepted only from callbacks after this one in the list, between a save
-        and this callback's next hook: a change made before the save is already
-        in it, and a later one belongs to the next save.
+        Called by this callback's hooks and, first thing, by the state-changing
+        hooks of every stateful callback of the run (``StatefulCallback``), so
+        the backup is written before the first of them runs, whatever the order.
         """
-        if not self._accepting:
+        if self._due is None or hook not in self._due[2]:
             return
-        if callback is not None:
-            session = session_for(self, create=False)
-            if session is None or session.key_for(callback) in self._before:
-                return
-        with self._files_in(self._write_dir):
-            self._write_state_files()
-
-    def _write_state_files(self):
+        epoch, batch, _ = self._due
+        self._due = None
         session = session_for(self, create=False)
-        states = session.states() if session is not None else {}
-        plain, arrays = _encode(states)
-        digest = None
-        if arrays:
-            buffer = io.BytesIO()
-            np.savez(buffer, **arrays)
-            data = buffer.getvalue()
-            digest = hashlib.sha256(data).hexdigest()
-            _write_bytes(self._arrays_path, data)
-        epoch, batch = self._position
-        document = {
-            "format_version": FORMAT_VERSION,
-            "epoch": epoch,
-            "batch": batch,
-            "arrays_sha256": digest,
-            "callbacks": plain,
-        }
-        _write_bytes(self._state_path, json.dumps(document, indent=1).encode("utf-8"))
+        files.write(
+            self._write_dir,
+            model=self.model,
+            epoch=epoch,
+            batch=batch,
+            states=session.states() if session is not None else {},
+            keep_previous=self.double_checkpoint,
+            keep_generations=self._keep,
+        )
 
-    # -- loading ----------------------------------------------------------------
+    def _worker_directory(self):
+        """``backup_dir`` on the chief; a temporary directory of its own on any other worker."""
+        from nnkit.distribute import workers  # lazily: TensorFlow only on its backend
 
-    def _load_all(self):
-        """Load weights and epoch (Keras) and read the callback states; fall back to ``.bkp``.
+        strategy = getattr(self.model, "distribute_strategy", None)  # TensorFlow backend
+        return workers.worker_directory(self.backup_dir, strategy)
 
-        Writes nothing to ``backup_dir``: several workers may be reading it at once.
-        """
+    # -- restoring --------------------------------------------------------------
+
+    def _restore(self):
+        """Load the backup in ``backup_dir`` (or its previous one); return the callback states."""
         try:
-            return self._load_files()
-        except (OSError, _StateFileError) as error:
-            previous = [
-                f"{path}.bkp"
-                for path in (self._weights_path, self._training_metadata_path, self._state_path)
-            ]
-            if not all(file_utils.exists(path) for path in previous):
-                if isinstance(error, _StateFileError):
-                    raise ValueError(
-                        f"Cannot resume from the backup in {self.backup_dir!r}: {error} "
-                        "The weights there cannot be resumed consistently without it. "
-                        "Delete the directory to start over (or use "
-                        "double_checkpoint=True to keep a fallback)."
-                    ) from None
-                raise
-            try:
-                states = self._load_files(".bkp")
-            except _StateFileError as second:
-                raise ValueError(
-                    f"Cannot resume from the backup in {self.backup_dir!r}: the latest save "
-                    f"was unreadable ({error}) and so is the previous one ({second}). "
-                    "Delete the directory to start over."
-                ) from None
-            self._fell_back = True
-            return states
-
-    def _load_files(self, suffix=""):
-        """Load the weights and epoch and read the states of the files ending in ``suffix``."""
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(self._files_in(self.backup_dir, suffix))
-            if suffix and file_utils.exists(self._weights_path):
-                # Keras loads weights only from a file named *.weights.h5: load a local copy.
-                local = stack.enter_context(tempfile.TemporaryDirectory(prefix="nnkit-"))
-                copy = os.path.join(local, WEIGHTS_FILE)
-                _copy(self._weights_path, copy)
-                self._weights_path = copy  # until _files_in ends
-            self._load_model()
-            return self._read_states()
-
-    def _read_states(self):
-        state_path, arrays_path = self._state_path, self._arrays_path
-        if not file_utils.exists(self._training_metadata_path):
-            return {}  # nothing was saved: a fresh start
-        with file_utils.File(self._training_metadata_path, "r") as f:
-            metadata = json.loads(f.read())
-        if not file_utils.exists(state_path):
-            raise _StateFileError(
-                f"{state_path!r} is missing (a backup written by keras.callbacks."
-                "BackupAndRestore, or an interrupted save)."
-            )
+            return self._load(files.read(self.backup_dir))
+        except files.BackupError as error:
+            latest = error
+        previous_exists = _io.exists(_io.join(self.backup_dir, files.PREVIOUS))
+        if not (self.double_checkpoint and previous_exists):
+            hint = "" if self.double_checkpoint else " (double_checkpoint=True keeps a fallback)"
+            raise ValueError(
+                f"Cannot resume from the backup in {self.backup_dir!r}: {latest} "
+                f"{files.START_AFRESH}{hint}"
+            ) from None
         try:
-            document = json.loads(_read_bytes(state_path).decode("utf-8"))
-            position = (document["epoch"], document["batch"])
-            version = document["format_version"]
-            plain = document["callbacks"]
-            digest = document["arrays_sha256"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-            raise _StateFileError(f"{state_path!r} is unreadable ({error!r}).") from None
-        if version != FORMAT_VERSION:
-            raise _StateFileError(
-                f"{state_path!r} has format_version={version!r}; this nnkit reads {FORMAT_VERSION}."
-            )
-        if position != (metadata["epoch"], metadata.get("batch", 0)):
-            raise _StateFileError(
-                f"{state_path!r} was written for epoch/batch {position}, but the weights are "
-                f"from {(metadata['epoch'], metadata.get('batch', 0))} (an interrupted save)."
-            )
-        arrays = {}
-        if digest is not None:
-            try:
-                data = _read_bytes(arrays_path)
-            except OSError as error:
-                raise _StateFileError(f"{arrays_path!r} is unreadable ({error!r}).") from None
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise _StateFileError(
-                    f"{arrays_path!r} does not match {state_path!r} (SHA-256 differs)."
+            backup = files.read(self.backup_dir, previous=True)
+            states = self._load(backup)
+        except files.BackupError as second:
+            raise ValueError(
+                f"Cannot resume from the backup in {self.backup_dir!r}: the latest backup is "
+                f"unreadable ({latest}) and so is the previous one ({second}). "
+                f"{files.START_AFRESH}"
+            ) from None
+        unreadable = files.set_aside(self.backup_dir, (backup.generation or 0) + 1)
+        self._keep = {g for g in files.generation_files(self.backup_dir) if g != backup.generation}
+        warnings.warn(
+            f"BackupAndRestore: the latest backup in {self.backup_dir!r} is unreadable "
+            f"({latest}); resumed from the previous one (epoch {backup.epoch}). The unreadable "
+            f"manifest was kept as {unreadable!r}.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return states
+
+    def _load(self, backup):
+        """Apply ``backup`` to the model (weights, random state, epoch); return its states."""
+        if backup is None:
+            return {}
+        model = self.model
+        try:
+            if not model.built:
+                raise files.BackupError(
+                    f"the model is not built, so {backup.weights!r} cannot be loaded into it; "
+                    "build it first (call it on a batch of data)."
                 )
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-        try:
-            return _decode(plain, arrays)
-        except (AttributeError, KeyError, TypeError) as error:
-            raise _StateFileError(f"{state_path!r} is malformed ({error!r}).") from None
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)  # its variables must exist
+            try:
+                with quiet_keras_numpy2(), warnings.catch_warnings():
+                    warnings.simplefilter("error", UserWarning)  # a skipped variable is an error
+                    model.load_weights(backup.weights)
+            except (ValueError, OSError, KeyError, UserWarning) as error:
+                raise files.BackupError(
+                    f"{backup.weights!r} does not load into this model ({type(error).__name__}: "
+                    f"{' '.join(str(error).split())[:300]}): a backup of another model or "
+                    "optimizer, or a damaged file."
+                ) from None
+        finally:
+            if backup.temporary is not None:
+                shutil.rmtree(backup.temporary, ignore_errors=True)
+        files.restore_rng(model, backup.rng, backup.arrays)
+        keras_fit.set_initial_epoch(model, backup.epoch)
+        return backup.states
 
-    # -- config and copies ------------------------------------------------------
+    # -- config -----------------------------------------------------------------
 
     def get_config(self):
         return {

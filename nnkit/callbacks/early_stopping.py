@@ -1,83 +1,21 @@
 """Stop training when a monitored quantity stops improving, diverges or is not finite."""
 
-import enum
 import math
-import typing
-import warnings
 
 import keras
 import numpy as np
-from keras.src.utils import io_utils
 
 from nnkit import _validation as v
-from nnkit.callbacks._base import monitor_direction
-from nnkit.callbacks._stateful import StatefulCallback
+from nnkit._messages import say
+from nnkit.callbacks.monitor import Decision, MonitorCallback, Reason
 
-_MODES = ("auto", "min", "max")
-
-#: Key of the numeric stop code (``StopReason.code``) written to the epoch logs.
-LOG_KEY = "early_stopping_reason"
-
-
-class StopReason(str, enum.Enum):
-    """Why :class:`EarlyStopping` stopped training (a string enum with a numeric code).
-
-    ``NOT_STOPPED`` (code 0): training was not stopped (yet).
-    ``NO_IMPROVEMENT`` (1): no improvement for ``patience`` epochs.
-    ``BASELINE_NOT_REACHED`` (2): as ``NO_IMPROVEMENT``, but no epoch ever
-    improved on ``baseline``.
-    ``NON_FINITE`` (3): the monitored value was NaN or infinite.
-    ``DIVERGED`` (4): the monitored value was worse than ``divergence_threshold``.
-
-    The values are the lower-case names, so ``StopReason("diverged")`` works
-    and a reason compares equal to its string. ``code`` is the number that
-    ``EarlyStopping`` writes to the epoch logs (logs must hold numbers).
-
-    Example:
-    >>> from nnkit.callbacks import StopReason
-    >>> StopReason("non_finite") is StopReason.NON_FINITE, StopReason.NON_FINITE.code
-    (True, 3)
-    """
-
-    NOT_STOPPED = "not_stopped"
-    NO_IMPROVEMENT = "no_improvement"
-    BASELINE_NOT_REACHED = "baseline_not_reached"
-    NON_FINITE = "non_finite"
-    DIVERGED = "diverged"
-
-    @property
-    def code(self):
-        """The reason as a small int (0 for ``NOT_STOPPED``), for the epoch logs."""
-        return list(StopReason).index(self)
-
-    def __str__(self):
-        return self.value
-
-
-class StopDecision(typing.NamedTuple):
-    """What :meth:`EarlyStopping.decide` concluded for one epoch.
-
-    ``wait``, ``best``, ``best_epoch`` and ``smoothed`` are the state after
-    this epoch; ``improved`` says whether ``best`` was updated (and so whether
-    the best weights should be taken).
-    """
-
-    should_stop: bool
-    reason: StopReason
-    wait: int
-    best: float | None
-    best_epoch: int
-    smoothed: float | None
-    improved: bool
-
-
-def _as_float32(value):
-    with np.errstate(over="ignore"):
-        return np.float32(value)
+#: ``EarlyStopping.stop_reason`` values: the name under which nnkit first
+#: published them (``StopReason.NON_FINITE`` is ``Reason.NON_FINITE``).
+StopReason = Reason
 
 
 @keras.saving.register_keras_serializable(package="nnkit")
-class EarlyStopping(StatefulCallback):
+class EarlyStopping(MonitorCallback):
     """Stop training when a monitored quantity stops improving, diverges or is not finite.
 
     Use it where you would use ``keras.callbacks.EarlyStopping``: the first
@@ -111,12 +49,17 @@ class EarlyStopping(StatefulCallback):
 
     At the end of training, with ``restore_best_weights``, the weights of
     ``best_epoch`` are restored whether or not training stopped early.
-    After a stop, ``stop_reason`` (a :class:`StopReason`), ``stop_message``
-    (a sentence), ``stopped_epoch``, ``best`` and ``best_epoch`` describe it
-    (epochs are 0-based; messages count from 1, as Keras's do). Every epoch
-    end also writes ``logs["early_stopping_reason"] = stop_reason.code`` (0
-    when not stopping), a number in every epoch, so ``History``,
-    ``CSVLogger`` and ``TensorBoard`` keep aligned columns.
+    After a stop, ``stop_reason`` (a :class:`Reason`), ``stop_message``
+    (a sentence), ``stopped_epoch``, ``best`` and ``best_epoch`` describe it.
+    The attributes count epochs from 0, as ``fit``'s ``epoch`` argument
+    does; messages count from 1, as Keras's progress bar does, and give the
+    attribute beside it: "epoch 6 (best_epoch=5)". Nothing is added to the
+    epoch logs. ``monitor_op``, ``wait``, ``best``, ``best_weights``,
+    ``best_epoch`` and ``stopped_epoch`` have Keras's meaning.
+
+    A ``monitor`` that is not in the logs raises a ``ValueError`` naming it
+    and the logged keys at the first epoch end (``on_missing="warn"`` gives
+    Keras's warning instead); see :class:`MonitorCallback`.
 
     Args:
         monitor: Name of the logged quantity to watch. Defaults to
@@ -143,13 +86,17 @@ class EarlyStopping(StatefulCallback):
             this, or ``None``. Keyword-only. Defaults to ``None``.
         smoothing: EMA factor ``α`` in ``[0, 1)`` applied before every
             decision, or ``None`` for none. Keyword-only. Defaults to ``None``.
+        on_missing: ``"raise"`` or ``"warn"`` (Keras's behaviour) when
+            ``monitor`` is not in the logs. Keyword-only. Defaults to
+            ``"raise"``.
 
     Raises:
         TypeError: If an argument has the wrong type (bools are not numbers,
             numbers are not bools).
         ValueError: If a number is out of range, NaN or inf, ``mode`` is not
-            one of ``"auto"``, ``"min"``, ``"max"``, or (at the first epoch
-            end) ``mode="auto"`` cannot infer the direction of ``monitor``.
+            one of ``"auto"``, ``"min"``, ``"max"``; at the first epoch end,
+            if ``monitor`` is not logged (``on_missing="raise"``) or
+            ``mode="auto"`` cannot infer its direction.
 
     Example:
     >>> import keras, numpy as np
@@ -161,7 +108,10 @@ class EarlyStopping(StatefulCallback):
     >>> stop = EarlyStopping("loss", min_delta=1.0, patience=1)
     >>> history = model.fit(x, y, batch_size=4, epochs=10, callbacks=[stop], verbose=0)
     >>> len(history.history["loss"]), stop.stop_reason, stop.stopped_epoch
-    (2, <StopReason.NO_IMPROVEMENT: 'no_improvement'>, 1)
+    (2, <Reason.NO_IMPROVEMENT: 'no_improvement'>, 1)
+    >>> stop.stop_message.split(":")[0]
+    'Epoch 2 (stopped_epoch=1)'
+
 
     References:
         Keras ``keras.callbacks.EarlyStopping``; PyTorch Lightning
@@ -184,13 +134,11 @@ class EarlyStopping(StatefulCallback):
         check_finite=True,
         divergence_threshold=None,
         smoothing=None,
+        on_missing="raise",
     ):
-        super().__init__()
-        self.monitor = v.check_str("monitor", monitor)
-        self.min_delta = v.check_non_negative_number("min_delta", min_delta)
+        super().__init__(monitor, mode, min_delta, on_missing=on_missing)
         self.patience = v.check_non_negative_int("patience", patience)
         self.verbose = v.check_non_negative_int("verbose", verbose)
-        self.mode = v.check_one_of("mode", mode, _MODES)
         self.baseline = v.check_optional_number("baseline", baseline)
         self.restore_best_weights = v.check_bool("restore_best_weights", restore_best_weights)
         self.start_from_epoch = v.check_non_negative_int("start_from_epoch", start_from_epoch)
@@ -212,9 +160,8 @@ class EarlyStopping(StatefulCallback):
         self.best_epoch = 0
         self.best_weights = None
         self.smoothed = None  # s_t of the last monitored epoch
-        self.stop_reason = StopReason.NOT_STOPPED
+        self.stop_reason = Reason.NOT_STOPPED
         self.stop_message = ""
-        self._direction = None  # "min"/"max", inferred at the first epoch end
 
     def get_state(self):
         state = {
@@ -241,7 +188,7 @@ class EarlyStopping(StatefulCallback):
             self.best_epoch = v.check_non_negative_int("state['best_epoch']", state["best_epoch"])
             self.best = None if state["best"] is None else float(state["best"])
             self.smoothed = None if state["smoothed"] is None else float(state["smoothed"])
-            self.stop_reason = StopReason(state["stop_reason"])
+            self.stop_reason = Reason(state["stop_reason"])
             self.stop_message = v.check_str(
                 "state['stop_message']", state["stop_message"], allow_empty=True
             )
@@ -255,19 +202,6 @@ class EarlyStopping(StatefulCallback):
 
     # -- decision ---------------------------------------------------------------
 
-    def _direction_now(self):
-        if self._direction is not None:
-            return self._direction
-        return monitor_direction(self._model, self.monitor, self.mode, "EarlyStopping")
-
-    def _improves(self, value, reference, direction):
-        """Keras's ``_is_improvement``: ``value ∓ min_delta`` beats ``reference`` in float32."""
-        if reference is None:
-            return True
-        if direction == "min":
-            return bool(_as_float32(value + self.min_delta) < _as_float32(reference))
-        return bool(_as_float32(value - self.min_delta) > _as_float32(reference))
-
     def decide(self, epoch, value):
         """Decide whether to stop after ``epoch`` given its monitored ``value``; no side effects.
 
@@ -277,22 +211,22 @@ class EarlyStopping(StatefulCallback):
                 logged.
 
         Returns:
-            A :class:`StopDecision` ``(should_stop, reason, wait, best,
-            best_epoch, smoothed, improved)``; the caller stores its state
-            fields and stops training when ``should_stop``.
+            A :class:`Decision`: ``act`` (stop), ``reason``, and the state
+            after this epoch in ``wait``, ``best``, ``best_epoch``, ``value``
+            (the smoothed value) and ``improved`` (take the best weights);
+            the caller stores it and stops training when ``act``.
         """
-        unchanged = StopDecision(
-            False, StopReason.NOT_STOPPED, self.wait, self.best, self.best_epoch,
-            self.smoothed, False,
-        )  # fmt: skip
+        def unchanged(reason, *, act=False, value=self.smoothed, wait=self.wait):
+            return Decision(act, reason, value, self.best, self.best_epoch, wait)
+
         if value is None:
-            return unchanged
+            return unchanged(Reason.MISSING)
         value = float(value)
         if self.check_finite and not math.isfinite(value):
-            return unchanged._replace(should_stop=True, reason=StopReason.NON_FINITE)
+            return unchanged(Reason.NON_FINITE, act=True)
         if epoch < self.start_from_epoch:
-            return unchanged
-        direction = self._direction_now()
+            return unchanged(Reason.WARMUP)
+        direction = self.resolve_direction()
         smoothed = value
         if self.smoothing is not None and self.smoothed is not None:
             smoothed = self.smoothing * self.smoothed + (1.0 - self.smoothing) * value
@@ -301,39 +235,34 @@ class EarlyStopping(StatefulCallback):
         if threshold is not None and (
             smoothed > threshold if direction == "min" else smoothed < threshold
         ):
-            return StopDecision(
-                True, StopReason.DIVERGED, wait, self.best, self.best_epoch, smoothed, False
-            )
-        if self._improves(smoothed, self.best, direction):
-            if self.baseline is None or self._improves(smoothed, self.baseline, direction):
+            return unchanged(Reason.DIVERGED, act=True, value=smoothed, wait=wait)
+        if self.is_improvement(smoothed, self.best):
+            if self.baseline is None or self.is_improvement(smoothed, self.baseline):
                 wait = 0
-            return StopDecision(
-                False, StopReason.NOT_STOPPED, wait, smoothed, epoch, smoothed, True
-            )
+            return Decision(False, Reason.IMPROVED, smoothed, smoothed, epoch, wait, True)
         if wait >= self.patience and epoch > 0:
-            reason = StopReason.NO_IMPROVEMENT
-            if self.baseline is not None and not self._improves(
-                self.best, self.baseline, direction
-            ):
-                reason = StopReason.BASELINE_NOT_REACHED
-            return StopDecision(True, reason, wait, self.best, self.best_epoch, smoothed, False)
-        return StopDecision(
-            False, StopReason.NOT_STOPPED, wait, self.best, self.best_epoch, smoothed, False
-        )
+            reason = Reason.NO_IMPROVEMENT
+            if self.baseline is not None and not self.is_improvement(self.best, self.baseline):
+                reason = Reason.BASELINE_NOT_REACHED
+            return unchanged(reason, act=True, value=smoothed, wait=wait)
+        return unchanged(Reason.WAITING, value=smoothed, wait=wait)
 
     def _message(self, epoch, value, decision):
         def best():
-            return f"best {decision.best:.6g} at epoch {decision.best_epoch + 1}"
+            return (
+                f"best {decision.best:.6g} at epoch {decision.best_epoch + 1} "
+                f"(best_epoch={decision.best_epoch})"
+            )
 
         name = f"`{self.monitor}`" + (" (smoothed)" if self.smoothing is not None else "")
-        if decision.reason is StopReason.NON_FINITE:
+        if decision.reason is Reason.NON_FINITE:
             detail = f"`{self.monitor}` is {value} (not finite)"
-        elif decision.reason is StopReason.DIVERGED:
+        elif decision.reason is Reason.DIVERGED:
             detail = (
-                f"{name} = {decision.smoothed:.6g} is worse than "
+                f"{name} = {decision.value:.6g} is worse than "
                 f"divergence_threshold={self.divergence_threshold}"
             )
-        elif decision.reason is StopReason.BASELINE_NOT_REACHED:
+        elif decision.reason is Reason.BASELINE_NOT_REACHED:
             detail = (
                 f"{name} did not improve on baseline={self.baseline} in {decision.wait} "
                 f"epoch(s) (patience={self.patience}); {best()}"
@@ -343,45 +272,39 @@ class EarlyStopping(StatefulCallback):
                 f"{name} did not improve by more than min_delta={self.min_delta} for "
                 f"{decision.wait} epoch(s) (patience={self.patience}); {best()}"
             )
-        return f"Epoch {epoch + 1}: early stopping ({decision.reason.value}): {detail}."
+        return (
+            f"Epoch {epoch + 1} (stopped_epoch={epoch}): early stopping "
+            f"({decision.reason.value}): {detail}."
+        )
 
     # -- hooks ------------------------------------------------------------------
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._direction is None:
-            # Like Keras: at the first epoch end, once the metrics are built.
-            self._direction = monitor_direction(self.model, self.monitor, self.mode, "EarlyStopping")
-        value = (logs or {}).get(self.monitor)
-        if value is None:
-            warnings.warn(
-                f"Early stopping conditioned on metric `{self.monitor}` which is not "
-                f"available. Available metrics are: {','.join(list((logs or {}).keys()))}",
-                stacklevel=2,
-            )
+        value = self.monitored_value(logs)
+        if value is not None:
+            self.resolve_direction()  # like Keras: at the first epoch end, metrics built
         decision = self.decide(epoch, value)
         self.wait = decision.wait
         self.best = decision.best
         self.best_epoch = decision.best_epoch
-        self.smoothed = decision.smoothed
+        self.smoothed = decision.value
         if decision.improved and self.restore_best_weights:
             self.best_weights = self.model.get_weights()
-        if decision.should_stop:
+        if decision.act:
             self.stopped_epoch = epoch
             self.stop_reason = decision.reason
             self.stop_message = self._message(epoch, value, decision)
             self.model.stop_training = True
-        if logs is not None and (decision.should_stop or LOG_KEY not in logs):
-            logs[LOG_KEY] = decision.reason.code
-        self._state_changed()
 
     def on_train_end(self, logs=None):
-        if self.stop_reason is not StopReason.NOT_STOPPED and self.verbose > 0:
-            io_utils.print_msg(self.stop_message)
+        self.check_monitor_was_logged()
+        if self.stop_reason is not Reason.NOT_STOPPED and self.verbose > 0:
+            say(self.stop_message)
         if self.restore_best_weights and self.best_weights is not None:
             if self.verbose > 0:
-                io_utils.print_msg(
+                say(
                     f"Restoring model weights from the end of the best epoch: "
-                    f"{self.best_epoch + 1}."
+                    f"{self.best_epoch + 1} (best_epoch={self.best_epoch})."
                 )
             self.model.set_weights(self.best_weights)
 
@@ -400,4 +323,5 @@ class EarlyStopping(StatefulCallback):
             "check_finite": self.check_finite,
             "divergence_threshold": self.divergence_threshold,
             "smoothing": self.smoothing,
+            "on_missing": self.on_missing,
         }

@@ -6,9 +6,11 @@ import warnings
 
 import keras
 import numpy as np
-from keras.src.utils import io_utils
 
 from nnkit import _validation as v
+from nnkit._keras import fit as keras_fit
+from nnkit._keras import train_function
+from nnkit._messages import say
 from nnkit.callbacks import _optimizer
 from nnkit.callbacks._gradient_hook import ROWS, GradientHook
 from nnkit.callbacks._stateful import StatefulCallback
@@ -107,7 +109,7 @@ class GradientNormMonitor(StatefulCallback):
 
     async_safe = True  # the batch hook only reads one variable, for "stop"
 
-    _not_copied = ("_model", "_hook", "_writer", "last_report", "_functions")
+    _not_copied = ("_hook", "_writer", "last_report", "_functions")
 
     def __init__(
         self,
@@ -164,11 +166,11 @@ class GradientNormMonitor(StatefulCallback):
         self.first_nonfinite_layer = state["first_nonfinite_layer"]
         self._warned = self.nonfinite_steps
         if self._hook is not None:  # restored after the hook was installed
-            start = self._start()
+            start = self._start_counters()
             self._hook.set_counters(start)
             self._next_step = start["step"]
 
-    def _start(self):
+    def _start_counters(self):
         raw = _optimizer.raw_iterations(self._hook.optimizer) if self._hook else 0
         steps = self.history["steps"]
         first = self.first_nonfinite_layer
@@ -184,7 +186,7 @@ class GradientNormMonitor(StatefulCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         model = self.model
-        strategy = getattr(model, "_distribute_strategy", None)  # TensorFlow only
+        strategy = keras_fit.explicit_strategy(model)  # TensorFlow only
         outer = model.optimizer
         if not outer.built:
             outer.build(model.trainable_variables)
@@ -212,7 +214,7 @@ class GradientNormMonitor(StatefulCallback):
                 strategy=strategy,
                 scheduled=int(getattr(model, "steps_per_execution", 1) or 1) == 1,
             )
-        start = self._start()
+        start = self._start_counters()
         self._hook.set_counters(start)
         self._read, self._at_begin = 0, self.nonfinite_steps
         self._next_step = start["step"]
@@ -229,24 +231,19 @@ class GradientNormMonitor(StatefulCallback):
         """
         model, hook = self.model, self._hook
         if hook.mode != "scheduled":
-            model.make_train_function(force=True)
+            train_function.retrace(model)
             self._functions = None
             return
-        train_step = type(model).train_step
-        functions = {}
-        for sampling in (True, False):
 
-            def step(*args, _sampling=sampling):
-                hook.sampling = _sampling  # read by the patched apply as it traces
-                return train_step(model, *args)
+        def variant(sampling):
+            def prepare():
+                hook.sampling = sampling  # read by the patched apply as it traces
 
-            model.train_step = step
-            try:
-                model.make_train_function(force=True)
-            finally:
-                del model.train_step
-            functions[sampling] = model.train_function
-        self._functions = functions
+            return prepare
+
+        self._functions = train_function.trace_variants(
+            model, {True: variant(True), False: variant(False)}
+        )
 
     def on_train_batch_begin(self, batch, logs=None):
         if keras.backend.backend() == "jax":
@@ -255,7 +252,7 @@ class GradientNormMonitor(StatefulCallback):
         if functions is None:
             return
         model = self.model
-        current = model.train_function
+        current = train_function.current(model)
         if current is not functions[True] and current is not functions[False]:
             self._make_functions()  # another callback rebuilt it (e.g. to retrace)
             functions = self._functions
@@ -263,9 +260,7 @@ class GradientNormMonitor(StatefulCallback):
         self._next_step += 1
         chosen = functions[sample]
         if current is not chosen:  # twice per sampling period, not every batch
-            # object.__setattr__: a plain attribute; Layer.__setattr__ would
-            # run Keras's tracking logic on every swap.
-            object.__setattr__(model, "train_function", chosen)
+            train_function.use(model, chosen)
 
     def on_train_batch_end(self, batch, logs=None):
         # TensorFlow: may run in Keras's callback thread (async_safe); reading
@@ -302,7 +297,6 @@ class GradientNormMonitor(StatefulCallback):
         self._handle_nonfinite()
         if self.log_dir is not None:
             self._write_summaries(rows)
-        self._state_changed()
 
     def on_train_end(self, logs=None):
         if self._hook is None:
@@ -312,14 +306,13 @@ class GradientNormMonitor(StatefulCallback):
         self._hook.remove()
         self._hook = None
         self._functions = None
-        self.model.train_function = None  # the next fit traces one without the patch
+        train_function.discard(self.model)  # the next fit traces one without the patch
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        self._state_changed()
         self.last_report = self.report()
         if self.verbose:
-            io_utils.print_msg(str(self.last_report))
+            say(str(self.last_report))
 
     # -- host side -----------------------------------------------------------
 
@@ -394,7 +387,7 @@ class GradientNormMonitor(StatefulCallback):
         """
         history = self.history
         nonfinite = np.asarray(history["nonfinite"], "int64").reshape(-1, len(self.layers))
-        model = self._model
+        model = self._attached_model()
         return diagnose(
             np.asarray(history["steps"], "int64"),
             self.layers,

@@ -82,7 +82,7 @@ class LearningRateMonitor(CallbackMixin, keras.callbacks.Callback):
     # No batch hooks: safe for Keras's asynchronous batch-callback dispatch.
     async_safe = True
 
-    _not_copied = ("_model", "_writer")
+    _not_copied = ("_writer",)
 
     def __init__(self, log_name="learning_rate", *, every_n_steps=None, log_dir=None):
         super().__init__()

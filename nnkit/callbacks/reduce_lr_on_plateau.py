@@ -1,43 +1,23 @@
 """Lower the learning rate when a metric stops improving, schedule or not."""
 
-import typing
-import warnings
-
 import keras
 import numpy as np
-from keras.src.utils import io_utils
 
 from nnkit import _validation as v
+from nnkit._keras import optimizer as keras_optimizer
+from nnkit._messages import say
 from nnkit.callbacks import _optimizer
-from nnkit.callbacks._base import monitor_direction
-from nnkit.callbacks._stateful import StatefulCallback
+from nnkit.callbacks.monitor import Decision, MonitorCallback, Reason
 from nnkit.schedules import Scaled
 
-_MODES = ("auto", "min", "max")
 
-
-class PlateauDecision(typing.NamedTuple):
-    """What :meth:`ReduceLROnPlateau.decide` concluded for one epoch.
-
-    ``reason`` is one of ``"improved"``, ``"cooldown"``, ``"waiting"``,
-    ``"reduce"`` (``should_reduce`` is true) or ``"at_min_lr"`` (patience ran
-    out but the rate is already at ``min_lr``). ``new_learning_rate`` and
-    ``multiplier`` (``new_learning_rate / learning_rate``) are set only when
-    ``should_reduce``. ``wait``, ``cooldown_counter`` and ``best`` are the
-    state after this epoch.
-    """
-
-    should_reduce: bool
-    reason: str
-    new_learning_rate: float | None
-    multiplier: float | None
-    wait: int
-    cooldown_counter: int
-    best: float | None
+def _figure(value):
+    """A rate or factor with 4 significant digits (``0.004943``, ``0.5``, ``1e-05``)."""
+    return f"{value:.4g}"
 
 
 @keras.saving.register_keras_serializable(package="nnkit")
-class ReduceLROnPlateau(StatefulCallback):
+class ReduceLROnPlateau(MonitorCallback):
     """Reduce the learning rate when a metric has stopped improving, also under a schedule.
 
     Use it where you would use ``keras.callbacks.ReduceLROnPlateau``: it takes
@@ -70,7 +50,10 @@ class ReduceLROnPlateau(StatefulCallback):
     ``fit`` starts, and ``logs["learning_rate"]`` is set to the rate used
     during the epoch (before any reduction), so ``History``, ``CSVLogger`` and
     ``TensorBoard`` later in the callback list record it. A
-    ``LossScaleOptimizer`` is unwrapped.
+    ``LossScaleOptimizer`` is unwrapped. ``monitor_op``, ``wait``, ``best``
+    and ``cooldown_counter`` have Keras's meaning. With ``verbose=1`` a
+    reduction prints old → new values, e.g. "reducing the schedule scale
+    1 → 0.5 (learning rate 0.009886 → 0.004943 at the last step)".
 
     Args:
         monitor: Name of the logged quantity to watch. Defaults to
@@ -89,14 +72,18 @@ class ReduceLROnPlateau(StatefulCallback):
             counted, an int ``>= 0``. Defaults to ``0``.
         min_lr: Lower bound of the rate this callback sets, ``>= 0``.
             Defaults to ``0.0``.
+        on_missing: ``"raise"`` or ``"warn"`` (Keras's behaviour) when
+            ``monitor`` is not in the logs. Keyword-only. Defaults to
+            ``"raise"``.
 
     Raises:
         TypeError: If an argument has the wrong type (bools are not numbers),
             or at ``on_train_begin`` if the optimizer's learning rate is a
             plain callable (neither a float nor a ``LearningRateSchedule``).
         ValueError: If ``factor`` is not in ``(0, 1)``, another argument is
-            out of range, NaN or inf, ``mode`` is unknown, or ``mode="auto"``
-            cannot infer the direction of ``monitor``.
+            out of range, NaN or inf, ``mode`` is unknown; at the first epoch
+            end, if ``monitor`` is not logged (``on_missing="raise"``) or
+            ``mode="auto"`` cannot infer its direction.
 
     Example:
     >>> import keras, numpy as np
@@ -116,7 +103,7 @@ class ReduceLROnPlateau(StatefulCallback):
         ``torch.optim.lr_scheduler.ReduceLROnPlateau``.
     """
 
-    _not_copied = ("_model", "_optimizer", "_scaled")
+    _not_copied = ("_watched", "_scaled")  # attached by fit, as the model is
 
     def __init__(
         self,
@@ -128,19 +115,18 @@ class ReduceLROnPlateau(StatefulCallback):
         min_delta=1e-4,
         cooldown=0,
         min_lr=0.0,
+        *,
+        on_missing="raise",
     ):
-        super().__init__()
-        self.monitor = v.check_str("monitor", monitor)
+        super().__init__(monitor, mode, min_delta, on_missing=on_missing)
         self.factor = v.check_number(
             "factor", factor, minimum=0.0, min_inclusive=False, maximum=1.0, max_inclusive=False
         )
         self.patience = v.check_non_negative_int("patience", patience)
         self.verbose = v.check_non_negative_int("verbose", verbose)
-        self.mode = v.check_one_of("mode", mode, _MODES)
-        self.min_delta = v.check_non_negative_number("min_delta", min_delta)
         self.cooldown = v.check_non_negative_int("cooldown", cooldown)
         self.min_lr = v.check_non_negative_number("min_lr", min_lr)
-        self._optimizer = None  # the (unwrapped) optimizer prepared at train begin
+        self._watched = None  # the (unwrapped) optimizer prepared at train begin
         self._scaled = None  # its Scaled learning rate, or None for a float rate
         self._pending = None  # {"scale": ..., "learning_rate": ...} from set_state
         self._reset_state()
@@ -151,15 +137,14 @@ class ReduceLROnPlateau(StatefulCallback):
         self.wait = 0
         self.cooldown_counter = 0
         self.best = None
-        self._direction = None  # "min"/"max", inferred at the first epoch end
 
     def get_state(self):
         scale = learning_rate = None
-        if self._optimizer is not None:
+        if self._watched is not None:
             if self._scaled is not None:
                 scale = _optimizer.scale_of(self._scaled)
             else:
-                learning_rate = _optimizer.rate_state(self._optimizer)
+                learning_rate = _optimizer.rate_state(self._watched)
         elif self._pending is not None:
             scale, learning_rate = self._pending["scale"], self._pending["learning_rate"]
         return {
@@ -183,7 +168,7 @@ class ReduceLROnPlateau(StatefulCallback):
                 "state['learning_rate']", state.get("learning_rate"), minimum=0.0
             ),
         }
-        if self._optimizer is not None:
+        if self._watched is not None:
             self._apply_pending()
 
     def _apply_pending(self):
@@ -194,7 +179,7 @@ class ReduceLROnPlateau(StatefulCallback):
         if self._scaled is not None and scale is not None:
             self._scaled.set_scale(scale)
         elif self._scaled is None and learning_rate is not None:
-            self._optimizer.learning_rate = learning_rate
+            self._watched.learning_rate = learning_rate
         elif scale is not None or learning_rate is not None:
             held = "a schedule" if self._scaled is not None else "a float learning rate"
             raise ValueError(
@@ -204,16 +189,6 @@ class ReduceLROnPlateau(StatefulCallback):
 
     # -- decision ---------------------------------------------------------------
 
-    def _is_improvement(self, current, best):
-        if best is None:
-            return True
-        direction = self._direction or monitor_direction(self._model, self.monitor, self.mode, "ReduceLROnPlateau")
-        # Keras compares `current -/+ min_delta` with `best` through keras.ops,
-        # i.e. in float32; do the same so the decisions match it exactly.
-        if direction == "min":
-            return bool(np.float32(current + self.min_delta) < np.float32(best))
-        return bool(np.float32(current - self.min_delta) > np.float32(best))
-
     def decide(self, current, learning_rate):
         """Decide what to do after an epoch; has no side effects.
 
@@ -222,26 +197,38 @@ class ReduceLROnPlateau(StatefulCallback):
             learning_rate: The rate used during the epoch (``η``).
 
         Returns:
-            A :class:`PlateauDecision`; the caller stores its state fields and
-            applies the reduction.
+            A :class:`Decision`: ``act`` (reduce the rate to
+            ``max(η · factor, min_lr)``), ``reason`` (``IMPROVED``,
+            ``COOLDOWN``, ``WAITING``, ``NO_IMPROVEMENT`` when reducing,
+            ``AT_MIN_LR`` when patience ran out at ``min_lr``), and the state
+            after this epoch in ``wait``, ``cooldown`` (the cooldown counter)
+            and ``best``; the caller stores it and applies the reduction.
         """
         wait, cooldown_counter, best = self.wait, self.cooldown_counter, self.best
         if cooldown_counter > 0:
             cooldown_counter -= 1
             wait = 0
-        if self._is_improvement(current, best):
-            return PlateauDecision(False, "improved", None, None, 0, cooldown_counter, current)
+
+        def decision(act, reason, wait, best=best, cooldown=cooldown_counter):
+            return Decision(act, reason, current, best, wait=wait, cooldown=cooldown)
+
+        if self.is_improvement(current, best):
+            return Decision(
+                False, Reason.IMPROVED, current, current, improved=True, cooldown=cooldown_counter
+            )
         if cooldown_counter > 0:
-            return PlateauDecision(False, "cooldown", None, None, wait, cooldown_counter, best)
+            return decision(False, Reason.COOLDOWN, wait)
         wait += 1
         if wait < self.patience:
-            return PlateauDecision(False, "waiting", None, None, wait, cooldown_counter, best)
+            return decision(False, Reason.WAITING, wait)
         if not learning_rate > np.float32(self.min_lr):
-            return PlateauDecision(False, "at_min_lr", None, None, wait, cooldown_counter, best)
-        new_learning_rate = max(learning_rate * self.factor, self.min_lr)
-        multiplier = max(self.factor, self.min_lr / learning_rate)
-        return PlateauDecision(
-            True, "reduce", new_learning_rate, multiplier, 0, self.cooldown, best
+            return decision(False, Reason.AT_MIN_LR, wait)
+        return decision(True, Reason.NO_IMPROVEMENT, 0, cooldown=self.cooldown)
+
+    def reduced_rate(self, learning_rate):
+        """``(new rate, multiplier)`` of a reduction from ``learning_rate``."""
+        return max(learning_rate * self.factor, self.min_lr), max(
+            self.factor, self.min_lr / learning_rate
         )
 
     # -- hooks ------------------------------------------------------------------
@@ -249,7 +236,7 @@ class ReduceLROnPlateau(StatefulCallback):
     def on_train_begin(self, logs=None):
         # Forget the optimizer of an earlier fit first: a state restored while
         # attaching (super()) must wait for this run's optimizer.
-        self._optimizer = self._scaled = None
+        self._watched = self._scaled = None
         super().on_train_begin(logs)
         self._prepare()
         self._apply_pending()
@@ -257,7 +244,7 @@ class ReduceLROnPlateau(StatefulCallback):
     def _prepare(self):
         """Find the optimizer and make its rate reducible (wrap a schedule in ``Scaled``)."""
         optimizer = _optimizer.unwrap(self.model.optimizer)
-        learning_rate = optimizer._learning_rate
+        learning_rate = keras_optimizer.learning_rate_object(optimizer)
         scaled = None
         if isinstance(learning_rate, Scaled):
             scaled = learning_rate
@@ -268,7 +255,7 @@ class ReduceLROnPlateau(StatefulCallback):
                     scaled = Scaled(learning_rate)
             else:
                 scaled = Scaled(learning_rate)
-            optimizer._learning_rate = scaled
+            optimizer.learning_rate = scaled
             # `fit` built (and may have traced, in an earlier `fit`) the train
             # function before `on_train_begin`; rebuild it so it reads `scaled`.
             self.model.make_train_function(force=True)
@@ -278,48 +265,46 @@ class ReduceLROnPlateau(StatefulCallback):
                 "keras.optimizers.schedules.LearningRateSchedule, not a plain callable. "
                 f"Received: learning_rate={learning_rate!r}"
             )
-        self._optimizer, self._scaled = optimizer, scaled
+        self._watched, self._scaled = optimizer, scaled
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             logs = {}
-        if self._optimizer is None:  # hooks driven without on_train_begin
+        if self._watched is None:  # hooks driven without on_train_begin
             self._prepare()
         # Its own reading, not undone by a change it recorded at this step count.
-        raw, learning_rate = _optimizer.last_used_rate(self._optimizer, before_change=False)
+        raw, learning_rate = _optimizer.last_used_rate(self._watched, before_change=False)
         logs["learning_rate"] = learning_rate
-        current = logs.get(self.monitor)
+        current = self.monitored_value(logs)
         if current is None:
-            warnings.warn(
-                f"Learning rate reduction is conditioned on metric `{self.monitor}` which is "
-                f"not available. Available metrics are: {','.join(list(logs.keys()))}.",
-                stacklevel=2,
-            )
             return
-        if self._direction is None:
-            self._direction = monitor_direction(self.model, self.monitor, self.mode, "ReduceLROnPlateau")
-        decision = self.decide(float(current), learning_rate)
+        self.resolve_direction()
+        decision = self.decide(current, learning_rate)
         self.wait = decision.wait
-        self.cooldown_counter = decision.cooldown_counter
+        self.cooldown_counter = decision.cooldown
         self.best = decision.best
-        if decision.should_reduce:
-            self._reduce(epoch, raw, decision)
-        self._state_changed()
+        if decision.act:
+            self._reduce(epoch, raw, learning_rate)
 
-    def _reduce(self, epoch, raw, decision):
-        _optimizer.record_change(self._optimizer, raw, _optimizer.rate_state(self._optimizer))
+    def on_train_end(self, logs=None):
+        self.check_monitor_was_logged()
+
+    def _reduce(self, epoch, raw, learning_rate):
+        new_rate, multiplier = self.reduced_rate(learning_rate)
+        _optimizer.record_change(self._watched, raw, _optimizer.rate_state(self._watched))
+        rate = f"learning rate {_figure(learning_rate)} → {_figure(new_rate)}"
         if self._scaled is None:
-            self._optimizer.learning_rate = decision.new_learning_rate
-            message = f"learning rate to {decision.new_learning_rate}"
+            self._watched.learning_rate = new_rate
+            message = rate
         else:
-            scale = _optimizer.scale_of(self._scaled) * decision.multiplier
-            self._scaled.set_scale(scale)
+            old = _optimizer.scale_of(self._scaled)
+            self._scaled.set_scale(old * multiplier)
             message = (
-                f"learning rate scale to {scale} (learning rate "
-                f"{decision.new_learning_rate} at the last step)"
+                f"schedule scale {_figure(old)} → {_figure(old * multiplier)} ({rate} "
+                "at the last step)"
             )
         if self.verbose > 0:
-            io_utils.print_msg(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing {message}.")
+            say(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing the {message}.")
 
     # -- config and copies ------------------------------------------------------
 
@@ -333,4 +318,5 @@ class ReduceLROnPlateau(StatefulCallback):
             "min_delta": self.min_delta,
             "cooldown": self.cooldown,
             "min_lr": self.min_lr,
+            "on_missing": self.on_missing,
         }

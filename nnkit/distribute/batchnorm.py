@@ -2,12 +2,14 @@
 
 import keras
 
+from nnkit._keras import layers as keras_layers
+
 
 def batch_norm_layers(model):
     """Every ``keras.layers.BatchNormalization`` in ``model`` (itself included), nested ones too."""
     return [
         layer
-        for layer in model._flatten_layers(include_self=True, recursive=True)
+        for layer in keras_layers.walk(model)
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
 

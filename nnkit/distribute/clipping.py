@@ -1,44 +1,37 @@
 """Gradient clipping applied after the cross-replica all-reduce, as on one device."""
 
-import types
-
 from nnkit import _validation as v
-from nnkit.distribute import _aggregated
+from nnkit._keras import all_reduce
+from nnkit._keras import optimizer as keras_optimizer
 
-#: Instance attribute: the ``_aggregated`` handle of the clipping transform.
-_HANDLE = "_nnkit_clip_handle"
-_CLIP = "_clip_gradients"
+#: The owner of both patches (``nnkit._keras.shadow.ORDER``).
+_OWNER = "clip_after_aggregation"
 _KINDS = ("clipnorm", "global_clipnorm", "clipvalue")
 
 
-def _no_clip(self, grads):
-    # Shadows the optimizer's per-replica `_clip_gradients`; clipping runs after the all-reduce.
-    return grads
-
-
-def _clip_after_all_reduce(self, grads_and_vars):
-    grads = keras_clip(self, [g for g, _ in grads_and_vars])
-    return [(g, var) for g, (_, var) in zip(grads, grads_and_vars, strict=True)]
-
-
 def keras_clip(optimizer, grads):
-    """Keras's own clipping of ``grads`` by ``optimizer``'s settings, even when it is moved.
+    """Keras's own clipping of ``grads`` by ``optimizer``'s settings, even when it is moved."""
+    return keras_optimizer.clip_gradients(optimizer, grads)
 
-    ``optimizer._clip_gradients`` is the identity once
-    :func:`clip_after_aggregation` is applied; this calls the class method.
-    """
-    return type(optimizer)._clip_gradients(optimizer, grads)
+
+def _clip_after_all_reduce(optimizer):
+    def transform(grads_and_vars):
+        grads = keras_clip(optimizer, [g for g, _ in grads_and_vars])
+        return [(g, var) for g, (_, var) in zip(grads, grads_and_vars, strict=True)]
+
+    return transform
 
 
 def clip_settings(optimizer):
     """``{kind: value}`` for the clipping attributes set on ``optimizer`` (empty when none)."""
-    optimizer = _aggregated.target_optimizer(optimizer)
+    optimizer = all_reduce.target_optimizer(optimizer)
     return {kind: getattr(optimizer, kind) for kind in _KINDS if getattr(optimizer, kind)}
 
 
 def clips_after_aggregation(optimizer):
     """Whether :func:`clip_after_aggregation` is applied to ``optimizer``."""
-    return _HANDLE in vars(_aggregated.target_optimizer(optimizer))
+    inner = all_reduce.target_optimizer(optimizer)
+    return keras_optimizer.clipping_suspended(inner, owner=_OWNER)
 
 
 def clip_after_aggregation(optimizer, global_clipnorm=None):
@@ -92,7 +85,7 @@ def clip_after_aggregation(optimizer, global_clipnorm=None):
     >>> remove_clip_after_aggregation(sgd) is sgd  # back to Keras's per-replica clipping
     True
     """
-    inner = _aggregated.target_optimizer(optimizer)
+    inner = all_reduce.target_optimizer(optimizer)
     if global_clipnorm is not None:
         global_clipnorm = v.check_positive_number("global_clipnorm", global_clipnorm)
         others = {k: val for k, val in clip_settings(inner).items() if k != "global_clipnorm"}
@@ -110,9 +103,8 @@ def clip_after_aggregation(optimizer, global_clipnorm=None):
             f"Received: optimizer={inner.name!r}, global_clipnorm={global_clipnorm}"
         )
     if not clips_after_aggregation(inner):
-        handle = _aggregated.add_transform(inner, types.MethodType(_clip_after_all_reduce, inner))
-        object.__setattr__(inner, _HANDLE, handle)
-        object.__setattr__(inner, _CLIP, types.MethodType(_no_clip, inner))
+        all_reduce.add_transform(inner, _clip_after_all_reduce(inner), owner=_OWNER)
+        keras_optimizer.suspend_clipping(inner, owner=_OWNER)
     return optimizer
 
 
@@ -140,9 +132,8 @@ def remove_clip_after_aggregation(optimizer):
     >>> remove_clip_after_aggregation(sgd).clipvalue
     0.5
     """
-    inner = _aggregated.target_optimizer(optimizer)
+    inner = all_reduce.target_optimizer(optimizer)
     if clips_after_aggregation(inner):
-        _aggregated.remove_transform(inner, vars(inner)[_HANDLE])
-        object.__delattr__(inner, _HANDLE)
-        object.__delattr__(inner, _CLIP)
+        all_reduce.remove_transform(all_reduce.find(inner, owner=_OWNER))
+        keras_optimizer.restore_clipping(inner, owner=_OWNER)
     return optimizer

@@ -13,6 +13,7 @@ import math
 import keras
 
 from nnkit import _validation as v
+from nnkit._arrays import to_numpy
 from nnkit.distribute.selection import _check_supported, _is_keras_distribution
 from nnkit.schedules import Constant, Scaled, Warmup
 
@@ -207,7 +208,7 @@ def scale_learning_rate(
     factor = k if rule == "linear" else math.sqrt(k)
     if isinstance(base_lr, keras.optimizers.schedules.LearningRateSchedule):
         scaled = Scaled(base_lr, scale=factor)
-        start = float(keras.ops.convert_to_numpy(base_lr(0)))
+        start = float(to_numpy(base_lr(0)))
     else:
         if isinstance(base_lr, bool) or not isinstance(base_lr, (int, float)):
             raise TypeError(

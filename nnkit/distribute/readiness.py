@@ -5,7 +5,10 @@ from typing import NamedTuple
 import keras
 
 from nnkit import _validation as v
-from nnkit.distribute import _aggregated, clipping
+from nnkit._keras import all_reduce
+from nnkit._keras import layers as keras_layers
+from nnkit._keras import model as keras_model
+from nnkit.distribute import clipping
 from nnkit.distribute.batchnorm import batch_norm_layers
 
 #: Severities, most severe first.
@@ -249,7 +252,7 @@ def _execution_findings(model, replicas):
                 "overhead, use a larger global batch_size instead.",
             )
         )
-    inner = _aggregated.target_optimizer(model.optimizer)
+    inner = all_reduce.target_optimizer(model.optimizer)
     accumulation = inner.gradient_accumulation_steps
     if accumulation:
         findings.append(
@@ -312,8 +315,8 @@ def _state_findings(model):
     if written is None:
         seeds = {
             id(gen.state)
-            for layer in model._flatten_layers(include_self=True, recursive=True)
-            for gen in getattr(layer, "_seed_generators", ())
+            for layer in keras_layers.walk(model)
+            for gen in keras_layers.seed_generators(layer)
         }
         paths = tuple(
             var.path
@@ -374,9 +377,9 @@ def _input_specs(model):
         except AttributeError:  # not built yet
             return None
         return spec(inputs[0]) if len(inputs) == 1 else None
-    if hasattr(model, "_inputs_struct"):  # functional
+    if keras_model.is_functional(model):
         return tf.nest.map_structure(spec, model.input)
-    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    shapes = keras_model.build_shapes(model)
     if len(shapes) == 1:
         (shape,) = shapes.values()
         if (

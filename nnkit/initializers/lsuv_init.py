@@ -8,6 +8,8 @@ import keras
 import numpy as np
 
 from nnkit import _validation as v
+from nnkit._arrays import to_numpy
+from nnkit._keras import layers as keras_layers
 from nnkit.initializers.lsuv_report import LSUVLayerResult, LSUVReport
 
 # The layers LSUV rescales: a single `kernel` that maps the input linearly,
@@ -131,7 +133,7 @@ def _forward(model, layers, batch):
 
 def _variance(layer, args, kwargs):
     outputs = layer.call(*args, **kwargs)
-    values = keras.ops.convert_to_numpy(outputs).astype(np.float64)
+    values = to_numpy(outputs).astype(np.float64)
     variance = float(np.var(values))
     if not math.isfinite(variance) or variance <= 0.0:
         raise ValueError(
@@ -236,7 +238,7 @@ def lsuv(model, batch, *, tolerance=0.1, max_iterations=10, orthogonal=True, see
 
     layers = [
         layer
-        for layer in model._flatten_layers(include_self=False)
+        for layer in keras_layers.walk(model, include_self=False)
         if isinstance(layer, _KERNEL_LAYERS)
     ]
     if not layers:

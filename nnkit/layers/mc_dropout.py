@@ -5,6 +5,8 @@ import numpy as np
 from keras import ops
 
 from nnkit import _validation as v
+from nnkit._arrays import to_numpy
+from nnkit._keras import layers as keras_layers
 from nnkit.layers import _common as c
 
 
@@ -94,9 +96,7 @@ class _MonteCarloPasses(keras.Model):
 
 
 def _mc_dropout_layers(model):
-    # Keras has no public recursive layer walk; `_flatten_layers` is what
-    # `Layer.variables` itself uses.
-    return [layer for layer in model._flatten_layers() if isinstance(layer, MCDropout)]
+    return [layer for layer in keras_layers.walk(model) if isinstance(layer, MCDropout)]
 
 
 def mc_predict(model, x, *, passes=30, batch_size=None, seed=None):
@@ -170,7 +170,7 @@ def mc_predict(model, x, *, passes=30, batch_size=None, seed=None):
             )
     generators = [layer.seed_generator for layer in layers if layer.rate > 0]
     if seed is not None:
-        saved = [ops.convert_to_numpy(g.state.value) for g in generators]
+        saved = [to_numpy(g.state) for g in generators]
         seeds = np.random.SeedSequence(seed).generate_state(len(generators))
         for generator, layer_seed in zip(generators, seeds, strict=True):
             generator.state.assign(np.array([layer_seed, 0], dtype=generator.state.dtype))

@@ -5,6 +5,7 @@ import fnmatch
 import keras
 
 from nnkit import _validation as v
+from nnkit._keras import layers as keras_layers
 
 # Layer attribute -> names of the weights it regularizes. Biases, the
 # gamma/beta of normalization layers and activity regularizers are never
@@ -55,7 +56,7 @@ def _holders(layer, attribute):
     their cell's; setting the cell's is what their config then saves.
     """
     own = not isinstance(getattr(type(layer), attribute, None), property)
-    subs = [sub for sub in layer._flatten_layers(include_self=False) if attribute in vars(sub)]
+    subs = [sub for sub in keras_layers.walk(layer, include_self=False) if attribute in vars(sub)]
     return ([layer] if own else []) + subs
 
 

@@ -12,9 +12,9 @@ through ``nnkit.tuning._study``:
   objective (mean over executions of the best-epoch value, keras-tuner's
   convention), wall time; then ``trials.csv`` is rebuilt.
 
-It hooks only ``on_search_begin``, ``on_trial_begin``, ``_build_and_fit_model``
-(called once per execution by ``Tuner.run_trial``, after Hyperband has set
-the epochs), ``_build_hypermodel`` and ``on_trial_end``, so it works with
+It hooks only ``on_search_begin``, ``on_trial_begin``, ``on_trial_end`` and
+the per-execution hooks of ``nnkit._keras.tuner.TunerHooks`` (which keras-tuner
+calls once per execution, after Hyperband has set the epochs), so it works with
 every keras-tuner ``Tuner`` subclass, on one machine or as a worker of a
 distributed sweep (workers write their trials, the chief writes
 ``study.json`` and the final ``trials.csv``).
@@ -32,7 +32,8 @@ import numpy as np
 from keras_tuner import errors
 from keras_tuner.engine import trial as trial_module
 
-from nnkit.callbacks import EarlyStopping, StopReason
+from nnkit._keras.tuner import TunerHooks, failure_limit
+from nnkit.callbacks import EarlyStopping, Reason
 from nnkit.tuning import _study
 from nnkit.tuning.median_stopping import MedianStopping
 
@@ -132,8 +133,8 @@ class _Run:
         """A message if the run diverged (a non-finite loss/objective, or EarlyStopping said so)."""
         for callback in callbacks:
             if isinstance(callback, EarlyStopping) and callback.stop_reason in (
-                StopReason.NON_FINITE,
-                StopReason.DIVERGED,
+                Reason.NON_FINITE,
+                Reason.DIVERGED,
             ):
                 return f"Diverged: {callback.stop_message}"
         for key in dict.fromkeys([objective.name, "loss"]):
@@ -161,7 +162,7 @@ def _summary(error, limit=500):
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class RecordingMixin:
+class RecordingMixin(TunerHooks):
     """Tuner mixin that writes the nnkit study directory (see the module docstring).
 
     Args (keyword-only; the rest go to the keras-tuner tuner):
@@ -201,7 +202,7 @@ class RecordingMixin:
 
     def finish_study(self):
         """Rewrite ``study.json`` and ``trials.csv`` (the chief does it when the sweep ends)."""
-        if not self._is_worker():
+        if not self.is_worker():
             self.write_study_json()
             _study.write_trials_csv(self.study_dir)
 
@@ -209,7 +210,7 @@ class RecordingMixin:
 
     def on_search_begin(self):
         super().on_search_begin()
-        if not self._is_worker():
+        if not self.is_worker():
             self.write_study_json()
 
     def on_trial_begin(self, trial):
@@ -218,19 +219,18 @@ class RecordingMixin:
         self._nnkit_failure = None
         self._nnkit_start = time.perf_counter()
 
-    def _build_hypermodel(self, hp):
+    def around_build(self, hp, build):
         with warnings.catch_warnings():
             # Hyperband continues a trial from the best epoch of an earlier one by
             # loading its weights into a freshly compiled model: the optimizer's
             # slots are not restored (keras-tuner's behaviour), which Keras warns about.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            return super()._build_hypermodel(hp)
+            return build()
 
-    def _build_and_fit_model(self, trial, *args, **kwargs):
+    def around_execution(self, trial, callbacks, fit):
         execution = len(self._nnkit_runs)
         run = _Run(execution_seed(self.sweep_seed, trial.trial_id, execution))
         self._nnkit_runs.append(run)
-        callbacks = kwargs["callbacks"]
         for callback in callbacks:
             if isinstance(callback, MedianStopping):
                 callback.run_key = f"{trial.trial_id}-{execution}"
@@ -239,7 +239,7 @@ class RecordingMixin:
             keras.utils.set_random_seed(run.seed)
         start = time.perf_counter()
         try:
-            results = super()._build_and_fit_model(trial, *args, **kwargs)
+            results = fit()
         except Exception as error:
             self._nnkit_failure = _summary(error)
             raise
@@ -259,9 +259,9 @@ class RecordingMixin:
         try:
             super().on_trial_end(trial)
         except Exception as error:  # RuntimeError; a gRPC error carrying it on a worker
-            if "consecutive failures exceeded the limit of" not in str(error):
+            limit = failure_limit(error)
+            if limit is None:
                 raise
-            limit = str(error).split("the limit of", 1)[1].split(".", 1)[0].strip()
             raise RuntimeError(
                 f"{limit} trials in a row failed (max_consecutive_failed_trials={limit}), so the "
                 f"sweep stopped. The last one, trial {trial.trial_id}: "
@@ -315,7 +315,7 @@ class RecordingMixin:
             "wall_seconds": round(time.perf_counter() - self._nnkit_start, 6),
         }
         has_header = (pathlib.Path(self.study_dir) / "study.json").exists()
-        if not self._is_worker() and has_header:
+        if not self.is_worker() and has_header:
             self.write_study_json()  # the space may have grown during the trial
         curves = [run.recorder.history for run in runs if run.recorder.epochs]
         _study.write_trial(self.study_dir, record, curves, update_csv=has_header)

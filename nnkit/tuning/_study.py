@@ -1,18 +1,4 @@
-"""Reading and writing a study directory: the one format ``tune`` writes and the report reads.
-
-Layout (format 1)::
-
-    DIR/study.json                    objective, tuner, seed, hyperparameter specs
-    DIR/trials.csv                    one row per trial (rebuilt from the trial.json files)
-    DIR/trials/<trial_id>/trial.json  status, message, active hyperparameters, executions
-    DIR/trials/<trial_id>/curves.csv  per-epoch curves: execution,epoch,<metrics...>
-    DIR/seeds.csv                     optional: the best configuration re-run with several seeds
-    DIR/report/                       written by the sensitivity report
-
-``trials.csv`` is a pure function of ``study.json`` and the ``trials/`` folder, so
-a sweep that is killed and resumed can always rebuild it (``write_trials_csv``).
-Every file is written to a temporary name and moved into place, so a killed
-process never leaves half a file behind.
+"""Writing a study directory, trial by trial; the format is in ``nnkit.tuning._study_format``.
 
 Writing (what ``tune`` does, trial by trial)::
 
@@ -26,15 +12,7 @@ Writing (what ``tune`` does, trial by trial)::
                     "objective": 0.3, "wall_seconds": 1.5},
                 curves=[history.history])     # one {metric: [per-epoch values]} per execution
 
-Reading::
-
-    study = read_study(d)
-    study.hyperparameters          # list of spec dicts, study.json order
-    study.trials                   # list of row dicts, trial order
-    study.objective_values()       # float array, NaN where a trial has none
-    study.hp_values("learning_rate")  # list, None where inactive
-    study.curves("00")             # {"execution": array, "epoch": array, "loss": array, ...}
-    study.seeds                    # None or {"seed": array, "objective": array, ...}
+``nnkit.tuning._study_read.read_study`` reads it back.
 """
 
 import csv
@@ -42,32 +20,13 @@ import datetime
 import io
 import json
 import math
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 
+from nnkit import _io
 from nnkit._validation import check_one_of, check_str
-
-FORMAT = 1
-HP_TYPES = ("float", "int", "choice", "boolean", "fixed")
-SAMPLINGS = ("linear", "log", "reverse_log")
-STATUSES = ("completed", "failed", "stopped", "invalid")
-DIRECTIONS = ("min", "max")
-TUNERS = ("random", "bayesian", "hyperband", "custom")
-FIXED_COLUMNS = (
-    "trial_id",
-    "status",
-    "message",
-    "wall_seconds",
-    "best_epoch",
-    "epochs_run",
-    "executions",
-)
-HP_PREFIX = "hp:"
-METRIC_PREFIX = "metric:"
-
+from nnkit.tuning import _study_format as fmt
 
 # -- specs and header -------------------------------------------------------------
 
@@ -89,7 +48,7 @@ def hyperparameter_spec(
     hyperparameter is active only when every parent takes one of its values.
     """
     check_str("name", name)
-    check_one_of("type", type, HP_TYPES)
+    check_one_of("type", type, fmt.HP_TYPES)
     if type in ("float", "int"):
         if min is None or max is None or not min <= max:
             raise ValueError(
@@ -97,7 +56,7 @@ def hyperparameter_spec(
                 f"min={min!r}, max={max!r}"
             )
         sampling = "linear" if sampling is None else sampling
-        check_one_of("sampling", sampling, SAMPLINGS)
+        check_one_of("sampling", sampling, fmt.SAMPLINGS)
         if sampling != "linear" and min <= 0:
             raise ValueError(
                 f"{sampling!r} sampling needs min > 0. Received: name={name!r}, min={min!r}"
@@ -154,8 +113,8 @@ def study_header(
     from nnkit._version import __version__
 
     check_str("objective", objective)
-    check_one_of("direction", direction, DIRECTIONS)
-    check_one_of("tuner", tuner, TUNERS)
+    check_one_of("direction", direction, fmt.DIRECTIONS)
+    check_one_of("tuner", tuner, fmt.TUNERS)
     specs = [hyperparameter_spec(**spec) for spec in hyperparameters]
     names = [spec["name"] for spec in specs]
     if len(set(names)) != len(names):
@@ -163,7 +122,7 @@ def study_header(
     if created is None:
         created = datetime.datetime.now(datetime.timezone.utc).isoformat()
     return {
-        "format": FORMAT,
+        "format": fmt.FORMAT,
         "objective": {"name": objective, "direction": direction},
         "tuner": tuner,
         "seed": seed,
@@ -179,15 +138,7 @@ def study_header(
 def _atomic_write(path, text):
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    _io.atomic_write(path, text)
 
 
 def _json_value(value):
@@ -207,34 +158,19 @@ def _json_tree(value):
     return _json_value(value)
 
 
-def _cell(value):
-    """How one value is written in a CSV cell: empty for None, ``nan``/``inf`` kept."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 def _csv_text(header, rows):
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
-        writer.writerow([_cell(v) for v in row])
+        writer.writerow([fmt.cell(v) for v in row])
     return buffer.getvalue()
 
 
 def write_study_json(directory, study):
     """Write ``DIR/study.json`` (``study`` as returned by ``study_header``)."""
-    check_one_of("study['tuner']", study.get("tuner"), TUNERS)
+    check_one_of("study['tuner']", study.get("tuner"), fmt.TUNERS)
     _atomic_write(pathlib.Path(directory) / "study.json", json.dumps(_json_tree(study), indent=2))
-
-
-def _trial_dir(directory, trial_id):
-    return pathlib.Path(directory) / "trials" / str(trial_id)
 
 
 def write_trial(directory, trial, curves=None, *, update_csv=True):
@@ -247,7 +183,7 @@ def write_trial(directory, trial, curves=None, *, update_csv=True):
     one ``{metric: [value per epoch]}`` per execution (Keras ``History.history``).
     """
     trial_id = check_str("trial_id", str(trial.get("trial_id", "")))
-    status = check_one_of("status", trial.get("status"), STATUSES)
+    status = check_one_of("status", trial.get("status"), fmt.STATUSES)
     record = {
         "trial_id": trial_id,
         "status": status,
@@ -257,7 +193,7 @@ def write_trial(directory, trial, curves=None, *, update_csv=True):
         "objective": trial.get("objective"),
         "wall_seconds": trial.get("wall_seconds"),
     }
-    folder = _trial_dir(directory, trial_id)
+    folder = fmt.trial_dir(directory, trial_id)
     if curves is not None:
         write_curves(directory, trial_id, curves)
     _atomic_write(folder / "trial.json", json.dumps(_json_tree(record), indent=2))
@@ -279,7 +215,7 @@ def write_curves(directory, trial_id, curves):
             values = [history.get(m, []) for m in metrics]
             rows.append([execution, epoch] + [v[epoch] if epoch < len(v) else None for v in values])
     _atomic_write(
-        _trial_dir(directory, trial_id) / "curves.csv",
+        fmt.trial_dir(directory, trial_id) / "curves.csv",
         _csv_text(["execution", "epoch", *metrics], rows),
     )
 
@@ -299,7 +235,7 @@ def _trial_records(directory):
 
 
 def _epochs_run(directory, trial_id):
-    curves = _load_curves(_trial_dir(directory, trial_id) / "curves.csv")
+    curves = fmt.load_curves(fmt.trial_dir(directory, trial_id) / "curves.csv")
     if curves is None or not len(curves["epoch"]):
         return None
     return int(max(np.sum(curves["execution"] == e) for e in np.unique(curves["execution"])))
@@ -329,9 +265,9 @@ def write_trials_csv(directory):
     metrics = {r["trial_id"]: _mean_best(r.get("executions") or []) for r in records}
     metric_names = sorted({name for m in metrics.values() for name in m})
     header = [
-        *FIXED_COLUMNS,
-        *(HP_PREFIX + n for n in hp_names),
-        *(METRIC_PREFIX + n for n in metric_names),
+        *fmt.FIXED_COLUMNS,
+        *(fmt.HP_PREFIX + n for n in hp_names),
+        *(fmt.METRIC_PREFIX + n for n in metric_names),
         "objective",
     ]
     rows = []
@@ -384,39 +320,3 @@ def write_study(directory, study, trials, curves=None, seeds=None):
     if seeds is not None:
         write_seeds(directory, seeds)
 
-
-# -- loading ----------------------------------------------------------------------
-
-
-def _load_csv_columns(path):
-    path = pathlib.Path(path)
-    if not path.exists():
-        return None
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return None
-    header, body = rows[0], rows[1:]
-    return header, body
-
-
-def _load_curves(path):
-    loaded = _load_csv_columns(path)
-    if loaded is None:
-        return None
-    header, body = loaded
-    columns = {}
-    for i, name in enumerate(header):
-        cells = [row[i] for row in body]
-        if name in ("execution", "epoch"):
-            columns[name] = np.array([int(c) for c in cells], dtype=int)
-        else:
-            columns[name] = np.array([np.nan if c == "" else float(c) for c in cells])
-    return columns
-
-
-def read_study(directory):
-    """Read a study directory into a ``Study`` (see ``nnkit.tuning._study_read``)."""
-    from nnkit.tuning._study_read import read_study as read
-
-    return read(directory)

@@ -1,6 +1,6 @@
 """Reading a study directory back: ``read_study(DIR)`` returns a ``Study``.
 
-The format is described in ``nnkit.tuning._study``, which writes it.
+The format is described in ``nnkit.tuning._study_format``; ``nnkit.tuning._study`` writes it.
 """
 
 import json
@@ -9,15 +9,7 @@ import pathlib
 
 import numpy as np
 
-from nnkit.tuning._study import (
-    FORMAT,
-    HP_PREFIX,
-    METRIC_PREFIX,
-    _cell,
-    _load_csv_columns,
-    _load_curves,
-    _trial_dir,
-)
+from nnkit.tuning import _study_format as fmt
 
 
 def _number(text, kind=float):
@@ -53,7 +45,7 @@ def _parse_hp(spec, text):
     if kind == "fixed":
         candidates.append(spec.get("default"))
     for candidate in candidates:
-        if _cell(candidate) == text:
+        if fmt.cell(candidate) == text:
             return candidate
     return _parse_any(text)
 
@@ -131,14 +123,14 @@ class Study:
         """``{"execution": int array, "epoch": int array, <metric>: float array}`` or None."""
         trial_id = str(trial_id)
         if trial_id not in self._curves:
-            self._curves[trial_id] = _load_curves(
-                _trial_dir(self.directory, trial_id) / "curves.csv"
+            self._curves[trial_id] = fmt.load_curves(
+                fmt.trial_dir(self.directory, trial_id) / "curves.csv"
             )
         return self._curves[trial_id]
 
     def trial_record(self, trial_id):
         """The parsed ``trials/<id>/trial.json`` (per-execution seeds and values)."""
-        path = _trial_dir(self.directory, trial_id) / "trial.json"
+        path = fmt.trial_dir(self.directory, trial_id) / "trial.json"
         return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -152,23 +144,23 @@ def read_study(directory):
             f"nnkit.tuning.tune. Received: directory={str(directory)!r}"
         )
     header = json.loads(study_path.read_text(encoding="utf-8"))
-    if header.get("format") != FORMAT:
+    if header.get("format") != fmt.FORMAT:
         raise ValueError(
-            f"Unsupported study format; this nnkit reads format {FORMAT}. "
+            f"Unsupported study format; this nnkit reads format {fmt.FORMAT}. "
             f"Received: format={header.get('format')!r}"
         )
     specs = {spec["name"]: spec for spec in header["hyperparameters"]}
-    loaded = _load_csv_columns(directory / "trials.csv")
+    loaded = fmt.load_csv_columns(directory / "trials.csv")
     trials, metric_names = [], []
     if loaded is not None:
         columns, body = loaded
-        metric_names = [c[len(METRIC_PREFIX) :] for c in columns if c.startswith(METRIC_PREFIX)]
+        metric_names = [c[len(fmt.METRIC_PREFIX) :] for c in columns if c.startswith(fmt.METRIC_PREFIX)]
         for cells in body:
             row = dict(zip(columns, cells, strict=True))
             hps = {}
             for column, text in row.items():
-                if column.startswith(HP_PREFIX) and text != "":
-                    name = column[len(HP_PREFIX) :]
+                if column.startswith(fmt.HP_PREFIX) and text != "":
+                    name = column[len(fmt.HP_PREFIX) :]
                     spec = specs.get(name, {"type": "fixed", "values": None, "default": None})
                     hps[name] = _parse_hp(spec, text)
             trials.append(
@@ -181,11 +173,11 @@ def read_study(directory):
                     "epochs_run": _number(row["epochs_run"], int),
                     "executions": _number(row["executions"], int),
                     "hyperparameters": hps,
-                    "metrics": {m: _number(row[METRIC_PREFIX + m]) for m in metric_names},
+                    "metrics": {m: _number(row[fmt.METRIC_PREFIX + m]) for m in metric_names},
                     "objective": _number(row["objective"]),
                 }
             )
-    seeds = _load_curves(directory / "seeds.csv")
+    seeds = fmt.load_curves(directory / "seeds.csv")
     if seeds is not None and "seed" in seeds:
         seeds["seed"] = seeds["seed"].astype(int)
     return Study(directory, header, trials, metric_names, seeds)

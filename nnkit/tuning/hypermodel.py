@@ -103,7 +103,7 @@ class MLPHyperModel(keras_tuner.HyperModel):
             examples.
 
     Example:
-    >>> import keras_tuner
+    >>> import keras, keras_tuner
     >>> from nnkit.tuning import MLPHyperModel, SearchSpace
     >>> space = SearchSpace().fixed(depth=2, width=32, optimizer="sgd", schedule="step")
     >>> hypermodel = MLPHyperModel(8, 3, space=space, output_activation="softmax",
@@ -113,8 +113,9 @@ class MLPHyperModel(keras_tuner.HyperModel):
     ['InputLayer', 'DenseBlock', 'DenseBlock', 'Dense']
     >>> type(model.optimizer).__name__, model.optimizer.momentum
     ('SGD', 0.9)
-    >>> schedule = model.optimizer._learning_rate  # 4 steps/epoch, ×0.1 every 6 epochs
-    >>> [round(float(schedule(t)), 6) for t in (0, 23, 24)]
+    >>> config = model.optimizer.get_config()["learning_rate"]  # the schedule, serialized
+    >>> schedule = keras.optimizers.schedules.deserialize(config)
+    >>> [round(float(schedule(t)), 6) for t in (0, 23, 24)]  # 4 steps/epoch, ×0.1 every 6 epochs
     [0.001, 0.001, 0.0001]
 
     References:

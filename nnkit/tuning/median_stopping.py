@@ -4,32 +4,15 @@ import json
 import math
 import os
 import pathlib
-import tempfile
-import typing
 import uuid
 
 import keras
 import numpy as np
-from keras.src.utils import io_utils
 
+from nnkit import _io
 from nnkit import _validation as v
-from nnkit.callbacks import StatefulCallback
-from nnkit.callbacks._base import monitor_direction
-
-_MODES = ("auto", "min", "max")
-
-
-class MedianDecision(typing.NamedTuple):
-    """What :meth:`MedianStopping.decide` concluded for one epoch.
-
-    ``median`` is the median of the reference runs' best-so-far values at
-    this epoch and ``count`` how many reference runs reached it (``median`` is
-    ``None`` when the guards skipped the epoch).
-    """
-
-    should_stop: bool
-    median: float | None
-    count: int
+from nnkit._messages import say
+from nnkit.callbacks import Decision, MonitorCallback, Reason
 
 
 def _best_so_far(values, direction):
@@ -44,16 +27,8 @@ def _best_so_far(values, direction):
     return result
 
 
-def _write_json(path, payload):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(payload, f)
-    os.replace(tmp, path)
-
-
 @keras.saving.register_keras_serializable(package="nnkit")
-class MedianStopping(StatefulCallback):
+class MedianStopping(MonitorCallback):
     """Stop a trial whose validation curve is worse than the median of finished trials.
 
     Use it in a hyperparameter sweep (``tune(..., median_stopping=True)``
@@ -101,6 +76,9 @@ class MedianStopping(StatefulCallback):
             Keyword-only. Defaults to ``None``.
         verbose: ``1`` prints a message when a run is stopped. Keyword-only.
             Defaults to ``0``.
+        on_missing: ``"raise"`` or ``"warn"`` when ``monitor`` is not in
+            the logs (see ``nnkit.callbacks.MonitorCallback``). Keyword-only.
+            Defaults to ``"raise"``.
 
     Raises:
         TypeError: If an argument has the wrong type.
@@ -111,10 +89,11 @@ class MedianStopping(StatefulCallback):
     >>> from nnkit.tuning import MedianStopping
     >>> rule = MedianStopping("val_loss", min_trials=3, warmup_epochs=1, mode="min")
     >>> references = [[0.9, 0.5, 0.4], [0.8, 0.6, 0.5], [1.0, 0.7, 0.3]]
-    >>> rule.decide(1, best=0.65, references=references)  # median of 0.5, 0.6, 0.7
-    MedianDecision(should_stop=True, median=0.6, count=3)
-    >>> rule.decide(0, best=5.0, references=references).should_stop  # warm-up epoch
-    False
+    >>> decision = rule.decide(1, best=0.65, references=references)  # median of 0.5, 0.6, 0.7
+    >>> decision.act, decision.reason, decision.reference, decision.count
+    (True, <Reason.WORSE_THAN_MEDIAN: 'worse_than_median'>, 0.6, 3)
+    >>> rule.decide(0, best=5.0, references=references).reason  # warm-up epoch
+    <Reason.WARMUP: 'warmup'>
 
     References:
         Golovin et al., "Google Vizier: A Service for Black-Box
@@ -131,12 +110,11 @@ class MedianStopping(StatefulCallback):
         *,
         directory=None,
         verbose=0,
+        on_missing="raise",
     ):
-        super().__init__()
-        self.monitor = v.check_str("monitor", monitor)
+        super().__init__(monitor, mode, on_missing=on_missing)
         self.min_trials = v.check_positive_int("min_trials", min_trials)
         self.warmup_epochs = v.check_non_negative_int("warmup_epochs", warmup_epochs)
-        self.mode = v.check_one_of("mode", mode, _MODES)
         self.directory = None if directory is None else os.fspath(directory)
         if self.directory is not None:
             v.check_str("directory", self.directory)
@@ -154,8 +132,7 @@ class MedianStopping(StatefulCallback):
         self.stopped = False
         self.stopped_epoch = None
         self.stop_message = ""
-        self._references = []  # best-so-far curves {epoch: value} of finished runs
-        self._direction = None
+        self._references = None  # best-so-far curves {epoch: value} of finished runs
         self._key = None
 
     def get_state(self):
@@ -196,20 +173,25 @@ class MedianStopping(StatefulCallback):
                 ``None`` when it has none yet: never stopped then).
             references: Best-so-far curves of the reference runs, each a
                 ``{epoch: value}`` dict or a list indexed by epoch.
-            direction: ``"min"`` or ``"max"``; ``None`` uses ``mode`` (which
-                must not be ``"auto"`` then).
+            direction: ``"min"`` or ``"max"``; ``None`` uses the callback's
+                direction (``mode``, or the one inferred at the first epoch
+                end).
 
         Returns:
-            A :class:`MedianDecision` ``(should_stop, median, count)``.
+            A ``nnkit.callbacks.Decision``: ``act`` (stop), ``reason``
+            (``WORSE_THAN_MEDIAN``, ``WARMUP``, ``NOT_ENOUGH_REFERENCES``,
+            ``MISSING`` without a finite ``best``, else ``WAITING``),
+            ``value`` (``best``), ``reference`` (the median) and ``count``
+            (the reference runs that reached ``epoch``).
         """
-        direction = direction or self.mode
+        direction = direction or self.direction
         if direction not in ("min", "max"):
             raise ValueError(
-                f"decide() needs direction='min' or 'max' when mode='auto'. "
-                f"Received: direction={direction!r}"
+                f"decide() needs direction='min' or 'max' when mode='auto' and no epoch has "
+                f"ended yet. Received: direction={direction!r}"
             )
         if epoch < self.warmup_epochs:
-            return MedianDecision(False, None, 0)
+            return Decision(False, Reason.WARMUP, best)
         at_epoch = []
         for curve in references:
             if isinstance(curve, dict):
@@ -218,13 +200,15 @@ class MedianStopping(StatefulCallback):
                 value = curve[epoch] if epoch < len(curve) else None
             if value is not None and math.isfinite(value):
                 at_epoch.append(float(value))
-        if len(at_epoch) < self.min_trials:
-            return MedianDecision(False, None, len(at_epoch))
+        count = len(at_epoch)
+        if count < self.min_trials:
+            return Decision(False, Reason.NOT_ENOUGH_REFERENCES, best, count=count)
         median = float(np.median(at_epoch))
         if best is None or not math.isfinite(best):
-            return MedianDecision(False, median, len(at_epoch))
+            return Decision(False, Reason.MISSING, best, reference=median, count=count)
         worse = best > median if direction == "min" else best < median
-        return MedianDecision(bool(worse), median, len(at_epoch))
+        reason = Reason.WORSE_THAN_MEDIAN if worse else Reason.WAITING
+        return Decision(bool(worse), reason, best, reference=median, count=count)
 
     # -- reference curves ---------------------------------------------------------
 
@@ -260,44 +244,39 @@ class MedianStopping(StatefulCallback):
         super().on_train_begin(logs)
         self._folder()
         self._key = self.run_key or uuid.uuid4().hex
-        self._direction = None
-        if self.mode != "auto":
-            self._direction = self.mode
-            self._references = self._load_references(self.mode)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._direction is None:
-            # Like Keras: at the first epoch end, once the metrics are built.
-            self._direction = monitor_direction(
-                self.model, self.monitor, self.mode, "MedianStopping"
-            )
-            self._references = self._load_references(self._direction)
-        value = (logs or {}).get(self.monitor)
+        value = self.monitored_value(logs)
         if value is None or self.stopped:
             return
+        direction = self.resolve_direction()  # like Keras: at the first epoch end
+        if self._references is None:
+            self._references = self._load_references(direction)
         self.epochs.append(int(epoch))
-        self.values.append(float(value))
-        best = _best_so_far(self.values, self._direction)[-1]
-        decision = self.decide(epoch, best, self._references, self._direction)
-        if decision.should_stop:
+        self.values.append(value)
+        best = _best_so_far(self.values, direction)[-1]
+        decision = self.decide(epoch, best, self._references, direction)
+        if decision.act:
             self.stopped = True
             self.stopped_epoch = int(epoch)
             self.stop_message = (
-                f"Epoch {epoch + 1}: median stopping: best `{self.monitor}` so far "
-                f"{best:.6g} is worse than the median {decision.median:.6g} of "
-                f"{decision.count} finished runs at this epoch."
+                f"Epoch {epoch + 1} (stopped_epoch={epoch}): median stopping: best "
+                f"`{self.monitor}` so far {best:.6g} is worse than the median "
+                f"{decision.reference:.6g} of {decision.count} finished runs at this epoch."
             )
             self.model.stop_training = True
-        self._state_changed()
 
     def on_train_end(self, logs=None):
+        self.check_monitor_was_logged()
         if self.stopped and self.verbose > 0:
-            io_utils.print_msg(self.stop_message)
+            say(self.stop_message)
         finite = all(math.isfinite(x) for x in self.values)
         if self.stopped or not self.values or not finite:
             return  # only runs that finished normally are references
         payload = {"monitor": self.monitor, "epochs": self.epochs, "values": self.values}
-        _write_json(self._folder() / f"{self._key}.json", payload)
+        folder = self._folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        _io.atomic_write(folder / f"{self._key}.json", json.dumps(payload))
 
     # -- config -----------------------------------------------------------------
 
@@ -309,4 +288,5 @@ class MedianStopping(StatefulCallback):
             "mode": self.mode,
             "directory": self.directory,
             "verbose": self.verbose,
+            "on_missing": self.on_missing,
         }

@@ -5,7 +5,8 @@ import math
 import numpy as np
 
 from nnkit._validation import check_int
-from nnkit.tuning._study import read_study, write_seeds
+from nnkit.tuning._study import write_seeds
+from nnkit.tuning._study_read import read_study
 from nnkit.tuning.importance import usable_trials
 
 

@@ -11,7 +11,7 @@ from nnkit._validation import check_int, check_one_of
 from nnkit.tuning import analysis
 from nnkit.tuning import importance as importance_lib
 from nnkit.tuning import plots as draw
-from nnkit.tuning._study import read_study
+from nnkit.tuning._study_read import read_study
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,8 +11,10 @@ import keras
 import numpy as np
 import pytest
 
+from nnkit import _io
+from nnkit._keras import fit as keras_fit
 from nnkit.callbacks import BackupAndRestore, EarlyStopping, ReduceLROnPlateau, StatefulCallback
-from nnkit.callbacks import backup_and_restore as bar
+from nnkit.callbacks import _backup_files as files
 from nnkit.callbacks._stateful import session_for
 from nnkit.distribute import workers
 from nnkit.schedules import CosineAnnealing
@@ -21,7 +23,7 @@ from nnkit.testing import assert_round_trip
 EPOCHS = 20
 ES_ARGS = dict(monitor="loss", patience=3, min_delta=0.05)
 RL_ARGS = dict(monitor="loss", factor=0.5, patience=1, min_delta=0.05)
-INTERRUPT_AT = 6  # the end of this epoch raises
+INTERRUPT_AT = 6  # the end of this epoch raises (or the begin of the next one)
 STOP_EPOCH, BEST_EPOCH = 8, 5  # of the uninterrupted run (checked below)
 
 
@@ -68,7 +70,6 @@ class Tally(StatefulCallback):
     def on_epoch_end(self, epoch, logs=None):
         self.epochs.append(epoch)
         self.total = self.total + np.float32(logs["loss"])
-        self._state_changed()
 
 
 class BeginTally(Tally):
@@ -76,7 +77,6 @@ class BeginTally(Tally):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epochs.append(epoch)
-        self._state_changed()
 
     def on_epoch_end(self, epoch, logs=None):
         pass
@@ -228,15 +228,31 @@ def test_reference_run_exercises_every_callback():
 @pytest.mark.parametrize("order", ["first", "last", "between"])
 def test_resumed_run_equals_uninterrupted_with_a_schedule(tmp_path, order):
     resumed = interrupted_then_resumed(str(tmp_path / "backup"), True, order)
-    # "between": the backup never saved the interrupted epoch, which runs again.
-    first = INTERRUPT_AT if order == "between" else INTERRUPT_AT + 1
-    assert_same_run(resumed, uninterrupted(True), first)
+    # Whatever the order, the crash in an epoch end comes before that epoch's
+    # backup is written (once every callback of the epoch has run): the
+    # resumed run repeats the epoch, from a consistent backup of the one before.
+    assert_same_run(resumed, uninterrupted(True), INTERRUPT_AT)
     assert not (tmp_path / "backup").exists()  # delete_checkpoint
 
 
 def test_resumed_run_equals_uninterrupted_with_a_float_rate(tmp_path):
     resumed = interrupted_then_resumed(str(tmp_path / "backup"), False, "first")
-    assert_same_run(resumed, uninterrupted(False), INTERRUPT_AT + 1)
+    assert_same_run(resumed, uninterrupted(False), INTERRUPT_AT)
+
+
+@pytest.mark.parametrize("order", ["first", "last"])
+def test_a_crash_at_the_next_epoch_begin_resumes_after_the_saved_epoch(tmp_path, order):
+    backup_dir = str(tmp_path / "backup")
+    model = _model(True)
+    with pytest.raises(Interrupted):
+        _fit(
+            model,
+            _arrange(
+                order, BackupAndRestore(backup_dir), _callbacks(),
+                [Interrupt(INTERRUPT_AT + 1, begin=True)],
+            ),
+        )  # fmt: skip
+    assert_same_run(resume(backup_dir, True, order), uninterrupted(True), INTERRUPT_AT + 1)
 
 
 def test_keras_backup_and_restore_does_not_resume_early_stopping(tmp_path):
@@ -260,7 +276,7 @@ def test_keras_backup_and_restore_does_not_resume_early_stopping(tmp_path):
 
 
 @pytest.mark.parametrize("position", ["before", "after"])
-def test_state_changed_at_an_epoch_begin_waits_for_the_next_save(tmp_path, position):
+def test_state_changed_at_an_epoch_begin_belongs_to_the_next_backup(tmp_path, position):
     """A change after a save but outside its hook must not reach that save's state."""
     backup_dir = str(tmp_path / "backup")
 
@@ -280,7 +296,11 @@ def test_state_changed_at_an_epoch_begin_waits_for_the_next_save(tmp_path, posit
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """A backup directory left by a run interrupted at the end of INTERRUPT_AT."""
+    """A backup directory left by a run that crashed at the begin of INTERRUPT_AT + 1.
+
+    Its latest backup is of the end of INTERRUPT_AT (resumes at INTERRUPT_AT + 1),
+    the previous one of INTERRUPT_AT - 1 (``double_checkpoint``).
+    """
     backup_dir = str(tmp_path_factory.mktemp("saved") / "backup")
     model = _model(True)
     with pytest.raises(Interrupted):
@@ -289,7 +309,7 @@ def saved(tmp_path_factory):
             [
                 BackupAndRestore(backup_dir, double_checkpoint=True),
                 *_callbacks(),
-                Interrupt(INTERRUPT_AT),
+                Interrupt(INTERRUPT_AT + 1, begin=True),
             ],
         )
     return backup_dir
@@ -303,39 +323,74 @@ def backup_dir(saved, tmp_path):
     return target
 
 
+V1 = pathlib.Path(__file__).parent / "data" / "backup_v1"
+
+
+@pytest.fixture
+def v1_dir(tmp_path):
+    """A copy of a backup written by nnkit 0.1 (format 1), at the end of INTERRUPT_AT."""
+    target = str(tmp_path / "v1")
+    shutil.copytree(V1, target)
+    return target
+
+
 def _read_json(path):
     with open(path) as f:
         return json.load(f)
 
 
-def test_state_file_format(backup_dir):
-    names = sorted(os.listdir(backup_dir))
-    assert names == sorted(
-        f"{name}{suffix}"
-        for name in ("latest.weights.h5", "training_metadata.json", bar.STATE_FILE, bar.ARRAYS_FILE)
-        for suffix in ("", ".bkp")
-    )
-    document = _read_json(os.path.join(backup_dir, bar.STATE_FILE))
-    assert document["format_version"] == 1
-    assert (document["epoch"], document["batch"]) == (INTERRUPT_AT + 1, 0)
-    assert set(document["callbacks"]) == {"EarlyStopping:0", "ReduceLROnPlateau:0", "Tally:0"}
-    stop = document["callbacks"]["EarlyStopping:0"]
+def _manifest(directory, name=files.MANIFEST):
+    return _read_json(os.path.join(directory, name))
+
+
+def test_file_format(backup_dir):
+    latest, previous = _manifest(backup_dir), _manifest(backup_dir, files.PREVIOUS)
+    g, p = latest["generation"], previous["generation"]
+    assert g == p + 1
+    assert sorted(os.listdir(backup_dir)) == sorted(
+        [
+            files.MANIFEST, files.PREVIOUS, files.KERAS_WEIGHTS, files.KERAS_METADATA,
+            *(f"backup-{n:06d}.{kind}" for n in (g, p) for kind in ("weights.h5", "npz")),
+        ]
+    )  # fmt: skip
+    assert latest["format_version"] == 2
+    assert (latest["epoch"], latest["batch"]) == (INTERRUPT_AT + 1, 0)
+    assert set(latest["callbacks"]) == {"EarlyStopping:0", "ReduceLROnPlateau:0", "Tally:0"}
+    stop = latest["callbacks"]["EarlyStopping:0"]
     expected = uninterrupted(True)["states"][INTERRUPT_AT]
     assert {k: stop[k] for k in expected} == expected
     assert set(stop["best_weights"]) == {"__ndarrays__"}
-    assert document["callbacks"]["Tally:0"]["total"] == {"__ndarray__": "a2"}
-    assert document["callbacks"]["Tally:0"]["epochs"] == list(range(INTERRUPT_AT + 1))
-    with np.load(os.path.join(backup_dir, bar.ARRAYS_FILE)) as arrays:
-        assert sorted(arrays.files) == ["a0", "a1", "a2"]  # kernel, bias, Tally.total
-    previous = _read_json(os.path.join(backup_dir, bar.STATE_FILE + ".bkp"))
+    assert set(latest["callbacks"]["Tally:0"]["total"]) == {"__ndarray__"}
+    assert latest["callbacks"]["Tally:0"]["epochs"] == list(range(INTERRUPT_AT + 1))
+    assert set(latest["rng"]) == {"numpy", "python", "seed_generators"}
     assert previous["epoch"] == INTERRUPT_AT
     assert previous["callbacks"]["Tally:0"]["epochs"] == list(range(INTERRUPT_AT))
+    # Keras's names, for Keras's tools: the latest weights, and the position.
+    weights = os.path.join(backup_dir, latest["weights"])
+    keras_weights = os.path.join(backup_dir, files.KERAS_WEIGHTS)
+    assert pathlib.Path(weights).read_bytes() == pathlib.Path(keras_weights).read_bytes()
+    assert _manifest(backup_dir, files.KERAS_METADATA) == {"epoch": INTERRUPT_AT + 1, "batch": 0}
+    assert _io.leftovers(backup_dir) == []
 
 
-def test_corrupt_state_falls_back_to_the_previous_save(backup_dir):
-    with open(os.path.join(backup_dir, bar.STATE_FILE), "w") as f:
-        f.write('{"format_version": 1, "epo')
-    resumed = resume(backup_dir, True, double_checkpoint=True)
+def test_reads_a_backup_written_by_nnkit_0_1(v1_dir):
+    assert _manifest(v1_dir)["format_version"] == 1
+    resumed = resume(v1_dir, True, double_checkpoint=True)
+    assert_same_run(resumed, uninterrupted(True), INTERRUPT_AT + 1)
+
+
+def test_the_first_save_after_a_0_1_backup_replaces_its_files(v1_dir):
+    backup = BackupAndRestore(v1_dir, delete_checkpoint=False)
+    _fit(_model(True), [backup, *_callbacks()], epochs=INTERRUPT_AT + 2)
+    assert _manifest(v1_dir)["format_version"] == 2
+    assert not any(name.endswith((".bkp", ".npz")) and "backup-" not in name for name in os.listdir(v1_dir))
+
+
+def test_corrupt_manifest_falls_back_to_the_previous_backup(backup_dir):
+    with open(os.path.join(backup_dir, files.MANIFEST), "w") as f:
+        f.write('{"format_version": 2, "epo')
+    with pytest.warns(RuntimeWarning, match="resumed from the previous one"):
+        resumed = resume(backup_dir, True, double_checkpoint=True)
     assert_same_run(resumed, uninterrupted(True), INTERRUPT_AT)  # redoes the last epoch
 
 
@@ -343,21 +398,29 @@ def _snapshot(directory):
     return {name: pathlib.Path(directory, name).read_bytes() for name in os.listdir(directory)}
 
 
-def test_falling_back_writes_nothing_and_the_next_save_keeps_the_fallback(backup_dir):
-    """Several workers may restore at once: restoring never writes, even from the .bkp files."""
-    with open(os.path.join(backup_dir, bar.STATE_FILE), "w") as f:
-        f.write("{}")
+def test_falling_back_sets_the_unreadable_backup_aside_and_never_deletes_it(backup_dir):
+    latest = _manifest(backup_dir)
+    weights = os.path.join(backup_dir, latest["weights"])
+    with open(weights, "r+b") as f:  # damage the latest weights
+        f.seek(100)
+        f.write(b"garbage")
+    damaged = pathlib.Path(weights).read_bytes()
+    backup = BackupAndRestore(backup_dir, double_checkpoint=True, delete_checkpoint=False)
+    with pytest.warns(RuntimeWarning, match="SHA-256 differs"):
+        history = _fit(_model(True), [backup, *_callbacks()], epochs=INTERRUPT_AT + 2)
+    assert history.epoch == [INTERRUPT_AT, INTERRUPT_AT + 1]  # from the previous backup
+    aside = f"{files.MANIFEST}.unreadable-{latest['generation']}"
+    assert _manifest(backup_dir, aside) == latest  # kept, under another name
+    assert pathlib.Path(weights).read_bytes() == damaged  # never deleted nor overwritten
+    assert _manifest(backup_dir)["epoch"] == INTERRUPT_AT + 2
+
+
+def test_restoring_writes_nothing(backup_dir):
+    """Several workers may restore at once: restoring never writes to ``backup_dir``."""
     before = _snapshot(backup_dir)
     model = _begin(backup_dir, BackupAndRestore(backup_dir, double_checkpoint=True), *_callbacks())
-    assert model._initial_epoch == INTERRUPT_AT  # the previous save
+    assert keras_fit.initial_epoch(model) == INTERRUPT_AT + 1
     assert _snapshot(backup_dir) == before
-    # The next save keeps that previous save as its .bkp (not the unreadable latest one).
-    backup = BackupAndRestore(backup_dir, double_checkpoint=True, delete_checkpoint=False)
-    history = _fit(_model(True), [backup, *_callbacks()], epochs=INTERRUPT_AT + 1)
-    assert history.epoch == [INTERRUPT_AT]
-    assert _read_json(os.path.join(backup_dir, bar.STATE_FILE))["epoch"] == INTERRUPT_AT + 1
-    for name in (bar.STATE_FILE, bar.WEIGHTS_FILE, bar.METADATA_FILE):
-        assert _snapshot(backup_dir)[name + ".bkp"] == before[name + ".bkp"], name
 
 
 def _begin(backup_dir, *callbacks):
@@ -373,47 +436,81 @@ def _begin(backup_dir, *callbacks):
     return model
 
 
-def _remove_state(d):
-    os.remove(os.path.join(d, bar.STATE_FILE))
+def _latest_file(directory, key):
+    return os.path.join(directory, _manifest(directory)[key])
 
 
-def _empty_state(d):
-    with open(os.path.join(d, bar.STATE_FILE), "w"):
-        pass
+def _remove_manifest(d):
+    os.remove(os.path.join(d, files.MANIFEST))
+
+
+def _empty_manifest(d):
+    open(os.path.join(d, files.MANIFEST), "w").close()
+
+
+def _foreign_manifest(d):
+    with open(os.path.join(d, files.MANIFEST), "w") as f:
+        json.dump({"something": "else"}, f)
+
+
+def _future_manifest(d):
+    document = _manifest(d)
+    document["format_version"] = 99
+    with open(os.path.join(d, files.MANIFEST), "w") as f:
+        json.dump(document, f)
+
+
+def _truncate_weights(d):
+    path = _latest_file(d, "weights")
+    data = pathlib.Path(path).read_bytes()
+    pathlib.Path(path).write_bytes(data[: len(data) // 2])
+
+
+def _remove_arrays(d):
+    os.remove(_latest_file(d, "arrays"))
 
 
 def _change_arrays(d):
-    with open(os.path.join(d, bar.ARRAYS_FILE), "ab") as f:
+    with open(_latest_file(d, "arrays"), "ab") as f:
         f.write(b"x")
-
-
-def _other_epoch(d):
-    with open(os.path.join(d, "training_metadata.json"), "w") as f:
-        json.dump({"epoch": INTERRUPT_AT + 2, "batch": 0}, f)
 
 
 @pytest.mark.parametrize(
     "damage, match",
     [
-        (_remove_state, "is missing"),
-        (_empty_state, "is unreadable"),
-        (_change_arrays, "SHA-256 differs"),
-        (_other_epoch, r"written for epoch/batch \(7, 0\), but the weights are from \(8, 0\)"),
+        (_remove_manifest, "holds Keras's backup files but no 'callback_state.json'"),
+        (_empty_manifest, r"callback_state.json' is empty"),
+        (_foreign_manifest, r"callback_state.json' is not a backup manifest"),
+        (_future_manifest, "format_version=99"),
+        (_truncate_weights, r"backup-\d+.weights.h5' is damaged"),
+        (_remove_arrays, r"backup-\d+.npz'.*is missing"),
+        (_change_arrays, r"backup-\d+.npz' is damaged"),
     ],
-    ids=["missing", "empty", "arrays-changed", "other-epoch"],
+    ids=["missing", "empty", "foreign", "future", "truncated-weights", "no-arrays", "arrays"],
 )
-def test_damaged_state_without_fallback_raises_a_clear_error(backup_dir, damage, match):
-    for name in os.listdir(backup_dir):
-        if name.endswith(".bkp"):
-            os.remove(os.path.join(backup_dir, name))
+def test_damaged_backup_without_fallback_raises_a_clear_error_and_touches_nothing(
+    backup_dir, damage, match
+):
+    os.remove(os.path.join(backup_dir, files.PREVIOUS))
     damage(backup_dir)
+    before = _snapshot(backup_dir)
     with pytest.raises(ValueError, match=match) as error:
         _begin(backup_dir, BackupAndRestore(backup_dir), *_callbacks())
-    assert "Delete the directory to start over" in str(error.value)
+    assert backup_dir in str(error.value) and "To start afresh" in str(error.value)
+    assert _snapshot(backup_dir) == before
 
 
-def test_damaged_state_and_fallback_raises(backup_dir):
-    for name in (bar.STATE_FILE, bar.STATE_FILE + ".bkp"):
+def test_a_backup_of_another_architecture_is_refused_clearly(backup_dir):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.1), loss="mse")
+    backup = BackupAndRestore(backup_dir)
+    with pytest.raises(ValueError, match=r"does not load into this model.*another model"):
+        _fit(model, [backup])
+    assert os.path.exists(os.path.join(backup_dir, files.MANIFEST))
+
+
+def test_damaged_backup_and_fallback_raises(backup_dir):
+    for name in (files.MANIFEST, files.PREVIOUS):
         with open(os.path.join(backup_dir, name), "w") as f:
             f.write("{}")
     with pytest.raises(ValueError, match="and so is the previous one"):
@@ -438,8 +535,29 @@ def test_empty_directory_is_a_fresh_start(tmp_path):
     stop = EarlyStopping()
     backup = BackupAndRestore(str(tmp_path / "nothing"))
     model = _begin(str(tmp_path / "nothing"), backup, stop)
-    assert stop.best is None and model._initial_epoch is None
+    assert stop.best is None and keras_fit.initial_epoch(model) is None
     assert session_for(stop, create=False).backup is backup
+
+
+def test_a_kill_during_a_save_leaves_the_previous_backup_readable(backup_dir, monkeypatch):
+    """Every step of a save can fail (be killed): the committed backup stays usable."""
+    before = _manifest(backup_dir)
+    calls = []
+    real = _io.atomic_write
+
+    def dying(path, data, **kwargs):
+        calls.append(path)
+        if os.path.basename(path) == files.MANIFEST:
+            raise KeyboardInterrupt("killed while committing")
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(_io, "atomic_write", dying)
+    backup = BackupAndRestore(backup_dir, delete_checkpoint=False)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_model(True), [backup, *_callbacks()], epochs=EPOCHS)
+    monkeypatch.undo()
+    assert _manifest(backup_dir) == before and _io.leftovers(backup_dir) == []
+    assert_same_run(resume(backup_dir, True), uninterrupted(True), INTERRUPT_AT + 1)
 
 
 # -- batch saves ----------------------------------------------------------------
@@ -454,11 +572,12 @@ def test_batch_saves_write_the_state_of_the_save(tmp_path):
         backup = BackupAndRestore(backup_dir, save_freq=3)
         _fit(model, [backup, *_callbacks(), interrupt])
 
-    # 4 batches per epoch, a save every 3: the last save before batch 2 of
-    # epoch 4 is after its batch 1 (batches seen: 4·4 + 2 = 18).
+    # 4 batches per epoch, a save every 3: the last save due before batch 2 of
+    # epoch 4 is after its batch 1 (batches seen: 4·4 + 2 = 18), written at
+    # the begin of batch 2, before the crash at its end.
     with pytest.raises(Interrupted):
         run(Interrupt(4, batch=2))
-    document = _read_json(os.path.join(backup_dir, bar.STATE_FILE))
+    document = _manifest(backup_dir)
     assert (document["epoch"], document["batch"]) == (4, 1)
     stop = document["callbacks"]["EarlyStopping:0"]
     assert {k: stop[k] for k in reference[3]} == reference[3]  # nothing of epoch 4 yet
@@ -467,7 +586,7 @@ def test_batch_saves_write_the_state_of_the_save(tmp_path):
     # Interrupted again in the first (resumed) epoch: Keras alone would record epoch 0.
     with pytest.raises(Interrupted):
         run(Interrupt(4, batch=3))
-    document = _read_json(os.path.join(backup_dir, bar.STATE_FILE))
+    document = _manifest(backup_dir)
     assert (document["epoch"], document["batch"]) == (4, 2)
     assert document["callbacks"]["Tally:0"]["epochs"] == [0, 1, 2, 3]
 
@@ -482,15 +601,15 @@ def test_batch_saves_write_the_state_of_the_save(tmp_path):
 
 
 class OwnDirectory(keras.callbacks.Callback):
-    """The files in this worker's own directory at each epoch end (after the backup)."""
+    """The files in this worker's own directory at each epoch begin (after the backup)."""
 
     def __init__(self, directory):
         super().__init__()
         self.directory = directory
         self.seen = {}
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.seen[epoch] = sorted(os.listdir(self.directory))
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen[epoch] = sorted(os.listdir(self.directory)) if os.path.isdir(self.directory) else []
 
 
 def test_a_worker_other_than_the_chief_reads_the_shared_backup_and_writes_its_own(
@@ -510,7 +629,7 @@ def test_a_worker_other_than_the_chief_reads_the_shared_backup_and_writes_its_ow
     history = _fit(model, [backup, stop, reduce, tally, seen, recorder])
     resumed = _outcome(model, history, stop, tally, recorder)
     assert_same_run(resumed, uninterrupted(True), INTERRUPT_AT + 1)  # restored from backup_dir
-    assert seen.seen[INTERRUPT_AT + 2] == sorted(before)  # its saves, .bkp files included
+    assert files.MANIFEST in seen.seen[STOP_EPOCH]  # its own saves (of the epoch before)
     assert _snapshot(backup_dir) == before  # untouched, and not deleted: the chief's
     assert not os.path.exists(own)  # its own, deleted at the end
     assert backup.get_config()["backup_dir"] == backup_dir
@@ -525,22 +644,24 @@ def test_detaches_at_train_end_and_keeps_files_when_asked(tmp_path):
     model = _model(True)
     _fit(model, [backup, stop], epochs=2)
     assert session_for(stop, create=False).backup is None
-    document = _read_json(os.path.join(backup_dir, bar.STATE_FILE))
+    document = _manifest(backup_dir)
     assert document["epoch"] == 2 and document["callbacks"]["EarlyStopping:0"]["wait"] == stop.wait
     assert not any(name.endswith(".bkp") for name in os.listdir(backup_dir))
+    assert keras_fit.initial_epoch(model) is None  # a later fit starts where it is told
     copied = copy.deepcopy(backup)
-    assert copied._model is None and backup.model is model
+    assert keras_fit.attached_model(copied) is None and backup.model is model
     assert copied.get_config() == backup.get_config()
 
 
 def test_state_that_is_not_json_is_refused():
     with pytest.raises(TypeError, match=r"X:0.get_state\(\)\['rate'\].*float32"):
-        bar._encode({"X:0": {"rate": np.float32(0.5)}})
-    plain, arrays = bar._encode({"X:0": {"w": [np.ones(2)], "one": np.zeros(1), "empty": []}})
+        files.encode_states({"X:0": {"rate": np.float32(0.5)}}, {})
+    arrays = {}
+    plain = files.encode_states({"X:0": {"w": [np.ones(2)], "one": np.zeros(1), "empty": []}}, arrays)
     assert plain == {
         "X:0": {"w": {"__ndarrays__": ["a0"]}, "one": {"__ndarray__": "a1"}, "empty": []}
     }
-    decoded = bar._decode(plain, arrays)
+    decoded = files.decode_states(plain, arrays)
     np.testing.assert_array_equal(decoded["X:0"]["w"][0], np.ones(2))
     np.testing.assert_array_equal(decoded["X:0"]["one"], np.zeros(1))
 
@@ -561,7 +682,8 @@ def test_config_round_trip_and_path_like(tmp_path):
     "kwargs, error, received",
     [
         (dict(backup_dir=""), ValueError, "backup_dir=''"),
-        (dict(backup_dir=None), TypeError, "backup_dir=None"),
+        (dict(backup_dir=None), ValueError, "backup_dir=None"),  # Keras's class, too
+        (dict(backup_dir=3), TypeError, "backup_dir=3"),
         (dict(backup_dir="d", save_freq="batch"), ValueError, "save_freq='batch'"),
         (dict(backup_dir="d", save_freq=0), ValueError, "save_freq=0"),
         (dict(backup_dir="d", save_freq=False), TypeError, "save_freq=False"),

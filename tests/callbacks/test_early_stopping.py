@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from nnkit.callbacks import EarlyStopping, StopReason
-from nnkit.callbacks.early_stopping import LOG_KEY
 from nnkit.testing import assert_round_trip
 
 NAN, INF = math.nan, math.inf
@@ -95,7 +94,9 @@ def test_table(model, kwargs, values, stop, reason):
     assert ours.stop_reason is StopReason(reason)
     assert ours.stopped_epoch == (stop or 0)
     if stop is not None:
-        assert ours.stop_message.startswith(f"Epoch {stop + 1}: early stopping ({reason})")
+        assert ours.stop_message.startswith(
+            f"Epoch {stop + 1} (stopped_epoch={stop}): early stopping ({reason})"
+        )
     if _compare_with_keras(kwargs, values):
         keras_kwargs = {k: v for k, v in kwargs.items() if k not in NNKIT_ONLY}
         theirs = keras.callbacks.EarlyStopping(monitor, **keras_kwargs)
@@ -164,21 +165,24 @@ def test_divergence_uses_the_smoothed_value(model):
     assert drive(EarlyStopping(divergence_threshold=3.0, patience=9), model, [1.0, 5.0]) == 1
 
 
-def test_stop_code_in_logs_every_epoch(model):
+def test_no_reason_code_in_the_epoch_logs(model):
+    """Issue 15 #5: the stop reason is an attribute and a message, not a number in every line."""
     callback = EarlyStopping(patience=2)
     callback.set_model(model)
     callback.on_train_begin()
-    codes = []
     for epoch, value in enumerate([1.0, 0.9, 0.95, 0.99]):
         logs = {"val_loss": value}
         callback.on_epoch_end(epoch, logs)
-        codes.append(logs[LOG_KEY])
-    assert codes == [0, 0, 0, StopReason.NO_IMPROVEMENT.code]
-    assert all(isinstance(code, int) for code in codes)
+        assert set(logs) == {"val_loss"}
+    assert callback.stop_reason is StopReason.NO_IMPROVEMENT and callback.stopped_epoch == 3
 
 
 def test_stop_reason_enum():
-    assert [r.code for r in StopReason] == [0, 1, 2, 3, 4]
+    assert [r.code for r in StopReason][:5] == [0, 1, 2, 3, 4]
+    assert list(StopReason)[:5] == [
+        StopReason.NOT_STOPPED, StopReason.NO_IMPROVEMENT, StopReason.BASELINE_NOT_REACHED,
+        StopReason.NON_FINITE, StopReason.DIVERGED,
+    ]  # fmt: skip
     assert StopReason.DIVERGED == "diverged" and str(StopReason.DIVERGED) == "diverged"
     assert json.dumps(StopReason.NON_FINITE) == '"non_finite"'
 
@@ -195,13 +199,34 @@ def test_decide_has_no_side_effects(model):
     assert before == after and not model.stop_training
 
 
-def test_missing_monitor_warns_like_keras(model):
+def test_missing_monitor_warns_like_keras_on_request(model):
+    callback = EarlyStopping("val_los", patience=0, on_missing="warn")
+    callback.set_model(model)
+    callback.on_train_begin()
+    with pytest.warns(UserWarning, match="`val_los`, which is not in the epoch logs"):
+        callback.on_epoch_end(0, {"loss": 1.0, "val_loss": 1.0})
+    assert callback.wait == 0 and callback.best is None
+
+
+@pytest.mark.parametrize("monitor", ["val_acc", "val_los"])
+def test_a_monitor_that_is_not_logged_raises_naming_the_logged_keys(monitor):
+    """Issue 15 #3, as the user met it: a typo or a metric that is not compiled."""
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    net.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = np.ones((8, 4)), np.zeros((8,))
+    with pytest.raises(ValueError, match=rf"`{monitor}`.*Logged keys: .*val_accuracy.*val_loss"):
+        net.fit(x, y, validation_split=0.25, epochs=3, verbose=0,
+                callbacks=[EarlyStopping(monitor, mode="max")])  # fmt: skip
+
+
+def test_a_validation_key_is_skipped_in_epochs_without_validation(model):
     callback = EarlyStopping(patience=0)
     callback.set_model(model)
     callback.on_train_begin()
-    with pytest.warns(UserWarning, match="`val_loss` which is not available"):
-        callback.on_epoch_end(0, {"loss": 1.0})
-    assert callback.wait == 0 and callback.best is None
+    callback.on_epoch_end(0, {"loss": 1.0})  # validation_freq=2: no val_* keys this epoch
+    callback.on_epoch_end(1, {"loss": 0.9, "val_loss": 0.8})
+    assert callback.best == 0.8
 
 
 def test_auto_mode_without_a_known_direction_raises(model):
@@ -268,9 +293,10 @@ def test_verbose_messages(model, capsys):
     callback = EarlyStopping(patience=1, verbose=1, restore_best_weights=True)
     _drive_with_weights(callback, model, [1.0, 0.5, 0.7])
     out = capsys.readouterr().out
-    assert "Epoch 3: early stopping (no_improvement): `val_loss` did not improve" in out
-    assert "best 0.5 at epoch 2" in out
-    assert "Restoring model weights from the end of the best epoch: 2." in out
+    assert "Epoch 3 (stopped_epoch=2): early stopping (no_improvement): `val_loss` did not" in out
+    # Issue 15 #11: 1-based in the message, and the 0-based attribute beside it.
+    assert "best 0.5 at epoch 2 (best_epoch=1)" in out and callback.best_epoch == 1
+    assert "Restoring model weights from the end of the best epoch: 2 (best_epoch=1)." in out
 
 
 # -- state ----------------------------------------------------------------------
@@ -369,6 +395,7 @@ def test_config_round_trip():
         "monitor": "val_loss", "min_delta": 0.0, "patience": 0, "verbose": 0, "mode": "auto",
         "baseline": None, "restore_best_weights": False, "start_from_epoch": 0,
         "check_finite": True, "divergence_threshold": None, "smoothing": None,
+        "on_missing": "raise",
     }  # fmt: skip
 
 
@@ -443,7 +470,6 @@ def test_fit_integration(tmp_path):
     assert stop.stopped_epoch - stop.best_epoch == 2
     assert stop.best == min(history.history["val_loss"])
     assert {len(column) for column in history.history.values()} == {epochs}
-    assert history.history[LOG_KEY] == [0] * (epochs - 1) + [StopReason.NO_IMPROVEMENT.code]
     assert len(csv.read_text().strip().splitlines()) == epochs + 1
     best_val = net.evaluate(x_val, y_val, verbose=0)
     assert best_val == pytest.approx(stop.best, rel=1e-5)

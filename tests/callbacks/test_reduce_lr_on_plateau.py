@@ -15,7 +15,8 @@ import keras
 import numpy as np
 import pytest
 
-from nnkit.callbacks import ReduceLROnPlateau
+from nnkit._keras.optimizer import learning_rate_object
+from nnkit.callbacks import Reason, ReduceLROnPlateau
 from nnkit.schedules import Constant, CosineAnnealing, Scaled, StepDecay
 from nnkit.testing import assert_json_plain, assert_round_trip
 
@@ -109,19 +110,28 @@ def test_auto_mode_unknown_metric_raises():
         _drive(callback, _model(keras.optimizers.SGD(1.0)), [1.0], monitor="val_mystery")
 
 
-def test_missing_metric_warns_like_keras_and_still_logs_rate():
-    callback = ReduceLROnPlateau(monitor="val_loss")
+def test_missing_metric_raises_naming_the_logged_keys():
+    """Issue 15 #3: one behaviour for every monitoring callback (EarlyStopping raises too)."""
+    callback = ReduceLROnPlateau(monitor="val_los")
+    callback.set_model(_model(keras.optimizers.SGD(0.5)))
+    callback.on_train_begin()
+    with pytest.raises(ValueError, match=r"`val_los`.*Logged keys: learning_rate, loss, val_loss"):
+        callback.on_epoch_end(0, {"loss": 1.0, "val_loss": 1.0})
+
+
+def test_missing_metric_warns_like_keras_on_request_and_still_logs_rate():
+    callback = ReduceLROnPlateau(monitor="val_los", on_missing="warn")
     model = _model(keras.optimizers.SGD(0.5))
     callback.set_model(model)
     callback.on_train_begin()
-    logs = {"loss": 1.0}
+    logs = {"loss": 1.0, "val_loss": 1.0}
     # Not pytest.warns: it would re-raise the DeprecationWarning that Keras's
     # convert_to_numpy emits under numpy 2 (filtered in pyproject.toml).
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         callback.on_epoch_end(0, logs)
     messages = [str(w.message) for w in caught if w.category is UserWarning]
-    assert any("`val_loss` which is not available" in m for m in messages), messages
+    assert any("`val_los`, which is not in the epoch logs" in m for m in messages), messages
     assert logs["learning_rate"] == 0.5
 
 
@@ -131,16 +141,16 @@ def test_decide_is_pure_and_reports_reasons():
     first = callback.decide(1.0, 1.0)
     assert callback.decide(1.0, 1.0) == first
     assert (callback.wait, callback.best, callback.cooldown_counter) == (1, 1.0, 0)
-    assert first.should_reduce and first.reason == "reduce"
-    assert (first.new_learning_rate, first.multiplier) == (0.5, 0.5)
-    assert (first.wait, first.cooldown_counter, first.best) == (0, 1, 1.0)
-    assert callback.decide(0.5, 1.0).reason == "improved"
-    assert callback.decide(1.0, 0.3).multiplier == pytest.approx(0.2 / 0.3)
-    assert callback.decide(1.0, 0.2).reason == "at_min_lr"
+    assert first.act and first.reason is Reason.NO_IMPROVEMENT
+    assert callback.reduced_rate(1.0) == (0.5, 0.5)
+    assert (first.wait, first.cooldown, first.best) == (0, 1, 1.0)
+    assert callback.decide(0.5, 1.0).reason is Reason.IMPROVED
+    assert callback.reduced_rate(0.3)[1] == pytest.approx(0.2 / 0.3)
+    assert callback.decide(1.0, 0.2).reason is Reason.AT_MIN_LR
     callback.wait = 0
-    assert callback.decide(1.0, 1.0).reason == "waiting"
+    assert callback.decide(1.0, 1.0).reason is Reason.WAITING
     callback.cooldown_counter = 2
-    assert callback.decide(1.0, 1.0).reason == "cooldown"
+    assert callback.decide(1.0, 1.0).reason is Reason.COOLDOWN
 
 
 # -- with a schedule ------------------------------------------------------------
@@ -179,7 +189,7 @@ def test_schedule_is_scaled_by_closed_form(make, closed_form, min_lr):
     callback = ReduceLROnPlateau(factor=factor, patience=1, min_lr=min_lr)
     callback.set_model(model)
     callback.on_train_begin()
-    scaled = optimizer._learning_rate
+    scaled = learning_rate_object(optimizer)
     assert isinstance(scaled, Scaled) and scaled.get_scale() == 1.0
 
     scale = 1.0
@@ -211,14 +221,14 @@ def test_min_lr_applies_to_effective_rate_closed_form():
     callback.best = 0.0  # nothing improves: patience 0 reduces now
     callback.on_epoch_end(0, {"val_loss": 1.0})
     rate_10 = 0.5 * (1 + math.cos(math.pi * 10 / 100))
-    assert optimizer._learning_rate.get_scale() == pytest.approx(0.3 / rate_10, rel=1e-6)
+    assert learning_rate_object(optimizer).get_scale() == pytest.approx(0.3 / rate_10, rel=1e-6)
     # At min_lr now: a further plateau leaves the scale alone.
     callback.on_epoch_end(1, {"val_loss": 1.0})
-    assert optimizer._learning_rate.get_scale() == pytest.approx(0.3 / rate_10, rel=1e-6)
+    assert learning_rate_object(optimizer).get_scale() == pytest.approx(0.3 / rate_10, rel=1e-6)
     # Later the schedule itself goes below min_lr; the callback never raises it.
     optimizer.iterations.assign(61)
     callback.on_epoch_end(2, {"val_loss": 1.0})
-    assert optimizer._learning_rate.get_scale() == pytest.approx(0.3 / rate_10, rel=1e-6)
+    assert learning_rate_object(optimizer).get_scale() == pytest.approx(0.3 / rate_10, rel=1e-6)
 
 
 def test_existing_scaled_is_used_not_rewrapped():
@@ -226,7 +236,7 @@ def test_existing_scaled_is_used_not_rewrapped():
     optimizer = keras.optimizers.SGD(scaled)
     callback = ReduceLROnPlateau(patience=0, factor=0.5)
     _drive(callback, _model(optimizer), [1.0, 1.0])
-    assert optimizer._learning_rate is scaled
+    assert learning_rate_object(optimizer) is scaled
     assert scaled.get_scale() == pytest.approx(0.25)
 
 
@@ -243,8 +253,8 @@ def test_loss_scale_optimizer_is_unwrapped():
     model = _model(keras.optimizers.LossScaleOptimizer(inner))
     callback = ReduceLROnPlateau(patience=1, factor=0.5)
     rates, logs = _drive(callback, model, [1.0, 1.0, 1.0], steps_per_epoch=2)
-    assert isinstance(inner._learning_rate, Scaled)
-    assert inner._learning_rate.get_scale() == pytest.approx(0.25)
+    assert isinstance(learning_rate_object(inner), Scaled)
+    assert learning_rate_object(inner).get_scale() == pytest.approx(0.25)
     assert [entry["learning_rate"] for entry in logs] == pytest.approx(
         [_step_decay(1), _step_decay(3), 0.5 * _step_decay(5)], rel=1e-6
     )
@@ -297,7 +307,7 @@ def test_compiled_fit_trains_with_reduced_scale(jit_compile, fit_before):
     assert float(model.get_weights()[0].item()) == pytest.approx(w, rel=1e-5)
     assert history.history["learning_rate"] == pytest.approx(used, rel=1e-5)
     optimizer = model.optimizer
-    assert optimizer._learning_rate.get_scale() == pytest.approx(0.5 ** (epochs - 1))
+    assert learning_rate_object(optimizer).get_scale() == pytest.approx(0.5 ** (epochs - 1))
     next_rate = float(optimizer.learning_rate.numpy())
     assert next_rate == pytest.approx(0.5 ** (epochs - 1) * 0.1 * 0.8 ** ((done + epochs) // 2))
 
@@ -327,11 +337,11 @@ def test_second_fit_keeps_scale_and_state_resets(tmp_path):
     model = _model(keras.optimizers.SGD(Constant(0.1)))
     callback = _plateau_callback()
     model.fit(x, x, batch_size=4, epochs=3, callbacks=[callback], verbose=0)
-    scaled = model.optimizer._learning_rate
+    scaled = learning_rate_object(model.optimizer)
     assert scaled.get_scale() == pytest.approx(0.25)
     history = model.fit(x, x, batch_size=4, epochs=2, callbacks=[callback], verbose=0)
     # not reset at train begin (like Keras): epoch 0 sets best, epoch 1 reduces
-    assert model.optimizer._learning_rate is scaled
+    assert learning_rate_object(model.optimizer) is scaled
     assert history.history["learning_rate"] == pytest.approx([0.025, 0.025])
     assert scaled.get_scale() == pytest.approx(0.125)
 
@@ -343,7 +353,7 @@ def test_saved_model_keeps_reduced_scale(tmp_path):
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
-    reloaded = loaded.optimizer._learning_rate
+    reloaded = learning_rate_object(loaded.optimizer)
     assert isinstance(reloaded, Scaled)
     assert reloaded.get_scale() == pytest.approx(0.25)
     assert float(loaded.optimizer.learning_rate.numpy()) == pytest.approx(0.25 * 0.1 * 0.5)
@@ -354,7 +364,11 @@ def test_verbose_prints_message(capsys):
     model = _model(keras.optimizers.SGD(Constant(0.1)))
     _drive(ReduceLROnPlateau(patience=0, verbose=1, factor=0.5), model, [1.0, 1.0])
     out = capsys.readouterr().out
-    assert "Epoch 2: ReduceLROnPlateau reducing learning rate scale to 0.5" in out
+    # Issue 15 #12: old → new for both the scale and the rate, 4 significant digits.
+    assert (
+        "Epoch 2: ReduceLROnPlateau reducing the schedule scale 1 → 0.5 "
+        "(learning rate 0.1 → 0.05 at the last step)."
+    ) in out
 
 
 # -- state, config, copies ------------------------------------------------------
@@ -381,7 +395,7 @@ def test_state_round_trip_restores_scale():
     assert restored.get_state() == state
     restored.set_model(other_model)
     restored.on_train_begin()
-    assert other_model.optimizer._learning_rate.get_scale() == 0.5
+    assert learning_rate_object(other_model.optimizer).get_scale() == 0.5
     restored.set_state(state)  # while attached: applied at once
     assert (restored.wait, restored.cooldown_counter, restored.best) == (0, 3, 1.0)
 
@@ -428,6 +442,7 @@ def test_get_config_round_trip():
         "mode": "min",
         "min_delta": 0.01,
         "cooldown": 2,
+        "on_missing": "raise",
         "min_lr": 1e-5,
     }
     assert_round_trip(callback)
@@ -441,7 +456,7 @@ def test_deepcopy_does_not_copy_model(after_fit):
     if after_fit:
         model.fit(x, x, batch_size=4, epochs=3, callbacks=[callback], verbose=0)
     clone = copy.deepcopy(callback)
-    assert clone._model is None and clone._optimizer is None and clone._scaled is None
+    assert clone._model is None and clone._watched is None and clone._scaled is None
     assert clone.get_config() == callback.get_config()
     assert (clone.wait, clone.best) == (callback.wait, callback.best)
     if after_fit:
@@ -450,8 +465,8 @@ def test_deepcopy_does_not_copy_model(after_fit):
         fresh = _model(keras.optimizers.SGD(Constant(0.1)))
         history = fresh.fit(x, x, batch_size=4, epochs=2, callbacks=[clone], verbose=0)
         assert history.history["learning_rate"] == pytest.approx([0.1, 0.1])
-        assert fresh.optimizer._learning_rate.get_scale() == pytest.approx(0.5)
-        assert model.optimizer._learning_rate.get_scale() == pytest.approx(0.25)
+        assert learning_rate_object(fresh.optimizer).get_scale() == pytest.approx(0.5)
+        assert learning_rate_object(model.optimizer).get_scale() == pytest.approx(0.25)
 
 
 # -- validation -----------------------------------------------------------------
@@ -527,7 +542,10 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, backup_first, schedule)
     with pytest.raises(RuntimeError, match="interrupted"):
         run(tmp_path / "resumed", _Interrupt(3))
     model, plateau, history = run(tmp_path / "resumed")
-    assert history.epoch == [4, 5]
+    # Interrupted in an epoch end: the backup of that epoch was not written
+    # yet (it is written once every callback of the epoch has run), so the
+    # resumed run repeats epoch 3.
+    assert history.epoch == [3, 4, 5]
     assert plateau.get_state() == reference_plateau.get_state()
     assert float(model.get_weights()[0].item()) == pytest.approx(
         float(reference.get_weights()[0].item()), rel=1e-6

@@ -8,7 +8,8 @@ it builds the strategy with ``nnkit.distribute.strategy("multiworker")``,
 trains the small model below on the global batch and writes this worker's
 final weights to ``OUT_DIR/<task type>-<index>.npz``. With ``--backup`` it
 uses ``nnkit.callbacks.BackupAndRestore(DIR)``; with ``--interrupt-after K``
-it raises at the end of epoch ``K`` (after the backup) and exits with
+it raises at the begin of epoch ``K + 1`` (after the backup of epoch ``K``,
+written once every callback of that epoch has run) and exits with
 ``INTERRUPTED``. The test imports ``train`` to compute the single-process
 reference on the same global batches.
 """
@@ -34,9 +35,9 @@ class Interrupt(keras.callbacks.Callback):
         super().__init__()
         self.epoch = epoch
 
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise Interrupted(f"end of epoch {epoch}")
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch + 1:
+            raise Interrupted(f"begin of epoch {epoch}")
 
 
 def data():

@@ -21,10 +21,10 @@ import pytest
 import tensorflow as tf
 from keras.src.backend.tensorflow import trainer
 
-from nnkit.callbacks import backup_and_restore as bar
+from nnkit._keras import multi_worker as keras_multi_worker
+from nnkit.callbacks import _backup_files as files
 from nnkit.distribute import (
     fix_multi_worker_fit,
-    multi_worker,
     multi_worker_fit_is_broken,
     remove_multi_worker_fit_fix,
 )
@@ -52,7 +52,7 @@ def _keras_functions():
 
 def test_probe_finds_both_failures_in_this_keras(unpatched):
     assert multi_worker_fit_is_broken()
-    names = [name for _, name, _ in multi_worker._broken_parts()]
+    names = [name for _, name, _ in keras_multi_worker.broken_parts()]
     assert names == ["_maybe_symbolic_build", "reduce_per_replica"]
 
 
@@ -111,7 +111,7 @@ def test_a_keras_the_probe_does_not_fit_is_left_alone(unpatched, monkeypatch, ca
 
     monkeypatch.setattr(trainer, "reduce_per_replica", changed)
     with caplog.at_level(logging.WARNING, logger="nnkit.distribute"):
-        names = [name for _, name, _ in multi_worker._broken_parts()]
+        names = [name for _, name, _ in keras_multi_worker.broken_parts()]
     assert names == ["_maybe_symbolic_build"]
     assert (
         "could not probe Keras's reduce_per_replica (RuntimeError: a future Keras)" in caplog.text
@@ -234,11 +234,10 @@ def test_two_workers_interrupted_and_resumed_continue_correctly(tmp_path, refere
         expect=script.INTERRUPTED,
     )  # fmt: skip
     # The chief wrote the backup of epoch 1 to the shared directory, and nothing else did.
-    assert sorted(os.listdir(shared)) == sorted(
-        [bar.WEIGHTS_FILE, bar.METADATA_FILE, bar.STATE_FILE]
-    )
-    metadata = json.loads((shared / bar.METADATA_FILE).read_text())
-    assert metadata == {"epoch": 2, "batch": 0}
+    names = sorted(os.listdir(shared))
+    assert files.MANIFEST in names and not any(n.startswith(".nnkit-tmp") for n in names)
+    manifest = json.loads((shared / files.MANIFEST).read_text())
+    assert (manifest["epoch"], manifest["batch"]) == (2, 0)
     # Worker 1 made the same save into its own temporary directory (left by the crash).
     (own,) = [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("nnkit-worker-")]
     assert own.name.startswith("nnkit-worker-1-")

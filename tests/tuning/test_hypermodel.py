@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import nnkit.regularizers
+from nnkit._keras.optimizer import learning_rate_object
 from nnkit.callbacks import EarlyStopping
 from nnkit.testing import assert_round_trip
 from nnkit.tuning import MLPHyperModel, SearchSpace
@@ -87,7 +88,7 @@ def test_schedules_follow_their_closed_forms():
     t = np.array([0, 1, 5, 10, 24, 47, 48, 100])
 
     constant = _hypermodel().build(_hp(schedule="constant", learning_rate=0.02, batch_size=batch))
-    np.testing.assert_allclose(_rates(constant.optimizer._learning_rate, t), 0.02, rtol=1e-6)
+    np.testing.assert_allclose(_rates(learning_rate_object(constant.optimizer), t), 0.02, rtol=1e-6)
 
     cosine = _hypermodel().build(
         _hp(schedule="cosine", learning_rate=0.02, warmup_fraction=0.125, batch_size=batch)
@@ -96,7 +97,7 @@ def test_schedules_follow_their_closed_forms():
     progress = np.clip((t - warmup) / (total - warmup), 0, 1)
     expected = np.where(t < warmup, 0.02 * t / warmup, 0.02 * 0.5 * (1 + np.cos(np.pi * progress)))
     np.testing.assert_allclose(
-        _rates(cosine.optimizer._learning_rate, t), expected, rtol=1e-5, atol=1e-9
+        _rates(learning_rate_object(cosine.optimizer), t), expected, rtol=1e-5, atol=1e-9
     )
 
     step = _hypermodel().build(
@@ -104,7 +105,7 @@ def test_schedules_follow_their_closed_forms():
     )
     step_size = epochs // 3  # drops after epochs 4 and 8
     expected = 0.02 * 0.1 ** np.floor(np.floor(t / steps_per_epoch) / step_size)
-    np.testing.assert_allclose(_rates(step.optimizer._learning_rate, t), expected, rtol=1e-5)
+    np.testing.assert_allclose(_rates(learning_rate_object(step.optimizer), t), expected, rtol=1e-5)
 
 
 def test_fit_uses_the_batch_size_knob_and_adds_early_stopping():

@@ -7,7 +7,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from nnkit.tuning import importance as imp
-from nnkit.tuning._study import read_study, study_header, write_study
+from nnkit.tuning._study import study_header, write_study
+from nnkit.tuning._study_read import read_study
 from nnkit.tuning._synthetic import write_random_study
 
 SPECS = [

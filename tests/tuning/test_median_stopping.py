@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from nnkit.callbacks import Reason
 from nnkit.testing import assert_round_trip
 from nnkit.tuning import MedianStopping
 
@@ -76,8 +77,13 @@ def test_decide_on_scripted_curves(curve, min_trials, warmup, stop):
 def test_decide_maximizes_and_reports_median_and_count():
     rule = MedianStopping("val_accuracy", min_trials=2, warmup_epochs=0, mode="max")
     refs = [[0.5, 0.7], [0.6, 0.8], [0.4, 0.9]]
-    assert rule.decide(1, 0.75, refs) == (True, 0.8, 3)
-    assert rule.decide(1, 0.85, refs) == (False, 0.8, 3)
+    worse, better = rule.decide(1, 0.75, refs), rule.decide(1, 0.85, refs)
+    assert (worse.act, worse.reason, worse.reference, worse.count) == (
+        True, Reason.WORSE_THAN_MEDIAN, 0.8, 3
+    )  # fmt: skip
+    assert (better.act, better.reason, better.reference, better.count) == (
+        False, Reason.WAITING, 0.8, 3
+    )  # fmt: skip
     assert rule.decide(0, float("nan"), refs).should_stop is False  # no finite value yet
     with pytest.raises(ValueError, match="direction='auto'"):
         MedianStopping().decide(3, 0.1, refs, direction="auto")
@@ -159,7 +165,7 @@ def test_in_a_real_fit_a_worse_run_is_stopped(tmp_path):
         return len(history.epoch), callback
 
     epochs, good = train(y)
-    assert epochs == 4 and not good.stopped and good._direction == "min"  # mode="auto"
+    assert epochs == 4 and not good.stopped and good.direction == "min"  # mode="auto"
     epochs, bad = train(y + 10.0)  # validation targets far off: val_loss ~ 100
     assert bad.stopped and bad.stopped_epoch == 1 and epochs == 2
 

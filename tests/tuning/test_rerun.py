@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from nnkit.tuning import rerun_best, sensitivity_report
-from nnkit.tuning._study import read_study, study_header, write_study
+from nnkit.tuning._study import study_header, write_study
+from nnkit.tuning._study_read import read_study
 
 SPECS = [
     {"name": "units", "type": "int", "min": 2, "max": 8},

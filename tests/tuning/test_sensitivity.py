@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from nnkit.tuning import sensitivity_report
-from nnkit.tuning._study import read_study, study_header, write_seeds, write_study
+from nnkit.tuning._study import study_header, write_seeds, write_study
+from nnkit.tuning._study_read import read_study
 from nnkit.tuning._synthetic import write_random_study
 from nnkit.tuning.cli import main
 

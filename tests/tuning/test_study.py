@@ -9,13 +9,13 @@ import pytest
 
 from nnkit.tuning._study import (
     hyperparameter_spec,
-    read_study,
     study_header,
     write_curves,
     write_study,
     write_trial,
     write_trials_csv,
 )
+from nnkit.tuning._study_read import read_study
 
 SPECS = [
     {"name": "learning_rate", "type": "float", "min": 1e-4, "max": 1e-1, "sampling": "log"},
@@ -166,7 +166,7 @@ def test_empty_study_reads(tmp_path):
 
 def test_curves_of_unequal_length(tmp_path):
     write_curves(tmp_path, "5", [{"loss": [3.0, 2.0], "lr": [0.1]}])
-    from nnkit.tuning._study import _load_curves
+    from nnkit.tuning._study_format import load_curves as _load_curves
 
     loaded = _load_curves(tmp_path / "trials" / "5" / "curves.csv")
     np.testing.assert_array_equal(loaded["lr"], [0.1, np.nan])

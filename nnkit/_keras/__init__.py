@@ -1,0 +1,148 @@
+"""The one place where nnkit touches Keras's and keras-tuner's internals.
+
+Code anywhere else in nnkit uses only public APIs (``tests/test_conventions.py``
+fails otherwise). Each module here holds one thing nnkit borrows, states the
+assumptions it rests on, and is checked by a probe test in
+``tests/_keras/test_probes.py`` that fails with the assumption's name when a
+Keras release breaks it (``make test-keras-next`` runs the probes against
+Keras's newest pre-release). Patches are reversible and compose through
+:mod:`nnkit._keras.shadow`, in the order of ``shadow.ORDER``.
+
+Assumptions, by module (``ASSUMPTIONS`` below is the same table):
+
+- ``optimizer``: ``optimizer-learning-rate``, ``optimizer-raw-iterations``,
+  ``optimizer-trainable-variables``, ``optimizer-apply``,
+  ``optimizer-clip-gradients``, ``optimizer-variables``.
+- ``all_reduce``: ``all-reduce-tap``.
+- ``train_function``: ``train-function-trace``, ``train-function-per-step``.
+- ``fit``: ``callback-model``, ``fit-initial-epoch``, ``model-strategy``,
+  ``fit-shared-params``.
+- ``metrics``: ``metric-direction``.
+- ``layers``: ``flatten-layers``, ``seed-generators``.
+- ``model``: ``functional-inputs``, ``build-shapes``.
+- ``multi_worker``: ``multi-worker-symbolic-build``,
+  ``multi-worker-reduce-per-replica``, ``multi-worker-mode``.
+- ``tuner``: ``tuner-build-and-fit``, ``tuner-build-hypermodel``,
+  ``tuner-is-worker``, ``tuner-failure-limit-message``.
+
+``docs/keras-internals.md`` explains each for contributors: what is patched,
+why, and how it is undone.
+"""
+
+#: ``{assumption: (module, one-line statement)}``; each has a probe test.
+ASSUMPTIONS = {
+    "optimizer-learning-rate": (
+        "optimizer",
+        "optimizer._learning_rate holds the schedule, callable or rate variable evaluated "
+        "at every step",
+    ),
+    "optimizer-raw-iterations": (
+        "optimizer",
+        "optimizer._iterations counts raw steps (micro-batches); the schedule is evaluated "
+        "at it before it is incremented",
+    ),
+    "optimizer-trainable-variables": (
+        "optimizer",
+        "optimizer._trainable_variables lists the variables given to build, in order",
+    ),
+    "optimizer-apply": (
+        "optimizer",
+        "the train step calls optimizer.apply(grads, variables), looked up on the instance, "
+        "once per step (JAX: through stateless_apply)",
+    ),
+    "optimizer-clip-gradients": (
+        "optimizer",
+        "apply clips through optimizer._clip_gradients(grads), looked up on the instance",
+    ),
+    "optimizer-variables": (
+        "optimizer",
+        "optimizer.variables copies optimizer._variables; JAX's stateless step carries "
+        "exactly those, and save_own_variables (looked up on the instance) saves them",
+    ),
+    "all-reduce-tap": (
+        "all_reduce",
+        "Keras's TensorFlow optimizer all-reduces through self._all_reduce_sum_gradients("
+        "grads_and_vars) after clipping and applies what it returns",
+    ),
+    "train-function-trace": (
+        "train_function",
+        "make_train_function(force=True) traces model.train_step as looked up on the "
+        "instance and stores model.train_function",
+    ),
+    "train-function-per-step": (
+        "train_function",
+        "fit calls model.train_function afresh for every step, after on_train_batch_begin",
+    ),
+    "callback-model": (
+        "fit",
+        "callback._model is the model set_model attached, readable without a JAX state sync",
+    ),
+    "fit-initial-epoch": (
+        "fit",
+        "fit starts at model._initial_epoch when a callback sets it in on_train_begin",
+    ),
+    "model-strategy": (
+        "fit",
+        "model._distribute_strategy is the tf.distribute strategy the model was created "
+        "under, or None",
+    ),
+    "fit-shared-params": (
+        "fit",
+        "fit gives every callback of a run the same params dict, and a new one per run",
+    ),
+    "metric-direction": (
+        "metrics",
+        "compiled metrics sit in model.metrics' CompileMetrics containers and carry "
+        "_direction 'up' or 'down'",
+    ),
+    "flatten-layers": (
+        "layers",
+        "layer._flatten_layers(include_self, recursive) yields every nested layer once",
+    ),
+    "seed-generators": (
+        "layers",
+        "a layer lists the SeedGenerator objects it owns in layer._seed_generators",
+    ),
+    "functional-inputs": (
+        "model",
+        "a functional model has _inputs_struct (and model.input follows it); a subclassed "
+        "one has not",
+    ),
+    "build-shapes": (
+        "model",
+        "a model built by build(shape) or its first call records the shapes in "
+        "_build_shapes_dict",
+    ),
+    "multi-worker-symbolic-build": (
+        "multi_worker",
+        "TensorFlowTrainer._maybe_symbolic_build builds the model from a reduced first batch "
+        "(broken in multi-worker mode, keras-team/keras#20585, or fixed)",
+    ),
+    "multi-worker-reduce-per-replica": (
+        "multi_worker",
+        "trainer.reduce_per_replica reduces every step's outputs (broken in multi-worker "
+        "mode, keras-team/keras#20585, or fixed)",
+    ),
+    "multi-worker-mode": (
+        "multi_worker",
+        "strategy.extended._in_multi_worker_mode() says whether a cluster has several workers",
+    ),
+    "tuner-build-and-fit": (
+        "tuner",
+        "Tuner.run_trial calls self._build_and_fit_model(trial, *args, **kwargs) once per "
+        "execution, callbacks in kwargs",
+    ),
+    "tuner-build-hypermodel": (
+        "tuner",
+        "Tuner builds every model through self._build_hypermodel(hp)",
+    ),
+    "tuner-is-worker": (
+        "tuner",
+        "BaseTuner._is_worker() is true on the workers of a distributed sweep",
+    ),
+    "tuner-failure-limit-message": (
+        "tuner",
+        "the oracle ends a sweep with 'consecutive failures exceeded the limit of N.' "
+        "after too many failed trials",
+    ),
+}

@@ -1,0 +1,42 @@
+"""What nnkit relies on in Keras's ``fit`` loop and its callbacks beyond their public API.
+
+Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
+
+- ``callback-model``: ``callback._model`` is the model ``set_model`` attached
+  (``None`` before); reading it, unlike the public ``callback.model``, does
+  not sync the JAX state (a sync in the middle of an epoch costs a device
+  transfer, and from Keras's callback thread it races the next step).
+- ``fit-initial-epoch``: ``fit`` starts at ``model._initial_epoch`` when a
+  callback sets it in ``on_train_begin`` (how ``BackupAndRestore`` resumes);
+  Keras never resets it.
+- ``model-strategy``: on TensorFlow, ``model._distribute_strategy`` is the
+  ``tf.distribute`` strategy in whose scope the model was created, or
+  ``None`` without one; the public ``model.distribute_strategy`` returns
+  TensorFlow's default strategy then, which cannot be told apart publicly.
+- ``fit-shared-params``: ``fit`` hands the same ``params`` dict object to
+  every callback of one run, and a new one to the next run (nnkit's
+  stateful callbacks find each other through it).
+"""
+
+#: The attributes ``fit`` attaches to a callback, which a deep copy must not copy.
+ATTACHED = ("_model",)
+
+
+def attached_model(callback):
+    """The model ``fit`` attached to ``callback`` (``None`` before), without a JAX state sync."""
+    return getattr(callback, "_model", None)
+
+
+def set_initial_epoch(model, epoch):
+    """Make the ``fit`` now starting begin at ``epoch`` (``None``: the ``initial_epoch`` argument)."""
+    model._initial_epoch = epoch
+
+
+def initial_epoch(model):
+    """The epoch :func:`set_initial_epoch` set, or ``None``."""
+    return getattr(model, "_initial_epoch", None)
+
+
+def explicit_strategy(model):
+    """The model's ``tf.distribute`` strategy, or ``None`` without one (and off TensorFlow)."""
+    return getattr(model, "_distribute_strategy", None)

@@ -1,0 +1,66 @@
+"""Tracing variants of a model's train function and choosing one per step.
+
+Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
+
+- ``train-function-trace``: ``model.make_train_function(force=True)`` traces
+  ``model.train_step`` as looked up on the instance when it is called, and
+  stores the result in ``model.train_function``.
+- ``train-function-per-step``: ``fit`` calls ``model.train_function``,
+  looked up afresh for every step (after the callbacks'
+  ``on_train_batch_begin``), and builds a new one when it is ``None``.
+
+``GradientNormMonitor`` uses both: it traces a plain and a sampling variant
+and swaps them between steps. Each variant wraps ``train_step`` in its own
+function, because JAX's ``jit`` would otherwise share one trace between two
+functions made from the same bound method.
+"""
+
+from nnkit._keras import shadow
+
+
+def trace_variants(model, variants):
+    """``{key: train function}``: one trace per key; ``variants[key]()`` runs as it traces.
+
+    ``variants`` maps each key to a function of no arguments, called inside
+    ``train_step`` when (and only when) that variant is traced, e.g. to set
+    a flag the traced code reads. ``model.train_function`` is left as the
+    last variant traced.
+    """
+    functions = {}
+    for key, prepare in variants.items():
+
+        def wrapper(call_next, *args, _prepare=prepare, **kwargs):
+            _prepare()
+            return call_next(*args, **kwargs)
+
+        patch = shadow.shadow(model, "train_step", wrapper, owner="train_function")
+        try:
+            model.make_train_function(force=True)
+        finally:
+            shadow.unshadow(patch)
+        functions[key] = model.train_function
+    return functions
+
+
+def use(model, function):
+    """Make ``function`` the train function ``fit`` calls for the next step.
+
+    ``object.__setattr__``: a plain attribute; ``Layer.__setattr__`` would
+    run Keras's tracking on every swap.
+    """
+    object.__setattr__(model, "train_function", function)
+
+
+def current(model):
+    """The train function ``fit`` will call next (``None`` before one is built)."""
+    return getattr(model, "train_function", None)
+
+
+def retrace(model):
+    """Build the train function again now (after something it reads has changed)."""
+    model.make_train_function(force=True)
+
+
+def discard(model):
+    """Drop the train function; the next ``fit`` traces a new one."""
+    object.__setattr__(model, "train_function", None)

@@ -1,0 +1,92 @@
+"""The format of a study directory: what ``tune`` writes (``_study``) and the report reads (``_study_read``).
+
+Layout (format 1)::
+
+    DIR/study.json                    objective, tuner, seed, hyperparameter specs
+    DIR/trials.csv                    one row per trial (rebuilt from the trial.json files)
+    DIR/trials/<trial_id>/trial.json  status, message, active hyperparameters, executions
+    DIR/trials/<trial_id>/curves.csv  per-epoch curves: execution,epoch,<metrics...>
+    DIR/seeds.csv                     optional: the best configuration re-run with several seeds
+    DIR/report/                       written by the sensitivity report
+
+``trials.csv`` is a pure function of ``study.json`` and the ``trials/`` folder, so
+a sweep that is killed and resumed can always rebuild it (``write_trials_csv``).
+Every file is written with ``nnkit._io.atomic_write`` (temporary name,
+``fsync``, rename), so a killed process never leaves half a file behind.
+
+Reading::
+
+    study = read_study(d)
+    study.hyperparameters          # list of spec dicts, study.json order
+    study.trials                   # list of row dicts, trial order
+    study.objective_values()       # float array, NaN where a trial has none
+    study.hp_values("learning_rate")  # list, None where inactive
+    study.curves("00")             # {"execution": array, "epoch": array, "loss": array, ...}
+    study.seeds                    # None or {"seed": array, "objective": array, ...}
+"""
+
+import csv
+import pathlib
+
+import numpy as np
+
+FORMAT = 1
+HP_TYPES = ("float", "int", "choice", "boolean", "fixed")
+SAMPLINGS = ("linear", "log", "reverse_log")
+STATUSES = ("completed", "failed", "stopped", "invalid")
+DIRECTIONS = ("min", "max")
+TUNERS = ("random", "bayesian", "hyperband", "custom")
+FIXED_COLUMNS = (
+    "trial_id",
+    "status",
+    "message",
+    "wall_seconds",
+    "best_epoch",
+    "epochs_run",
+    "executions",
+)
+HP_PREFIX = "hp:"
+METRIC_PREFIX = "metric:"
+
+
+
+def cell(value):
+    """How one value is written in a CSV cell: empty for None, ``nan``/``inf`` kept."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def trial_dir(directory, trial_id):
+    return pathlib.Path(directory) / "trials" / str(trial_id)
+
+
+def load_csv_columns(path):
+    path = pathlib.Path(path)
+    if not path.exists():
+        return None
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return None
+    header, body = rows[0], rows[1:]
+    return header, body
+
+
+def load_curves(path):
+    loaded = load_csv_columns(path)
+    if loaded is None:
+        return None
+    header, body = loaded
+    columns = {}
+    for i, name in enumerate(header):
+        cells = [row[i] for row in body]
+        if name in ("execution", "epoch"):
+            columns[name] = np.array([int(c) for c in cells], dtype=int)
+        else:
+            columns[name] = np.array([np.nan if c == "" else float(c) for c in cells])
+    return columns

@@ -1,0 +1,540 @@
+"""Probes: one test per assumption nnkit makes about Keras's and keras-tuner's internals.
+
+Each test is named after an entry of ``nnkit._keras.ASSUMPTIONS`` and fails
+with that assumption's statement and module when the installed Keras breaks
+it, so a failure under ``make test-keras-next`` says what to fix where.
+"""
+
+import functools
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nnkit._keras import ASSUMPTIONS, fit, layers, metrics, model, shadow, train_function
+from nnkit._keras import all_reduce as tap
+from nnkit._keras import multi_worker as mw
+from nnkit._keras import optimizer as opt
+from nnkit._keras import tuner as kt_hooks
+from tests.distribute._mirrored import mirrored_strategy
+
+PROBES = {}
+
+
+def probe(name):
+    """Register the decorated test as the probe of assumption ``name``."""
+    module, statement = ASSUMPTIONS[name]
+
+    def register(test):
+        @functools.wraps(test)
+        def run(*args, **kwargs):
+            try:
+                return test(*args, **kwargs)
+            except AssertionError as error:
+                raise AssertionError(
+                    f"Keras assumption {name!r} no longer holds: {statement}. Fix "
+                    f"nnkit/_keras/{module}.py (and what uses it), or document the break "
+                    f"there. Detail: {error}"
+                ) from error
+
+        PROBES[name] = run
+        return run
+
+    return register
+
+
+class Linear(keras.optimizers.schedules.LearningRateSchedule):
+    """0.1 · (step + 1): the step it is evaluated at is readable from the update."""
+
+    def __call__(self, step):
+        return 0.1 * (keras.ops.cast(step, "float32") + 1.0)
+
+    def get_config(self):
+        return {}
+
+
+def _model(optimizer="sgd", **compile_kwargs):
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    net.compile(optimizer, loss="mse", **compile_kwargs)
+    return net
+
+
+X, Y = np.ones((8, 2), "float32"), np.zeros((8, 1), "float32")
+
+
+def test_every_assumption_has_a_probe():
+    assert set(PROBES) == set(ASSUMPTIONS)
+
+
+# -- optimizer ---------------------------------------------------------------------
+
+
+@probe("optimizer-learning-rate")
+def test_optimizer_learning_rate():
+    """The schedule, callable or rate variable given to the optimizer is what it holds."""
+    schedule = Linear()
+    assert opt.learning_rate_object(keras.optimizers.SGD(schedule)) is schedule
+    rate = opt.learning_rate_object(keras.optimizers.SGD(0.25))
+    assert isinstance(rate, keras.Variable) and float(rate.numpy()) == 0.25
+    optimizer = keras.optimizers.SGD(Linear())
+    optimizer.learning_rate = schedule  # the public setter takes a schedule
+    assert opt.learning_rate_object(optimizer) is schedule
+
+
+@probe("optimizer-raw-iterations")
+def test_optimizer_raw_iterations():
+    """An update evaluates the schedule at the raw counter, then increments it."""
+    w = keras.Variable(np.zeros(()), dtype="float32")
+    optimizer = keras.optimizers.SGD(Linear())
+    optimizer.build([w])
+    for _ in range(2):
+        optimizer.apply([keras.ops.ones(())], [w])
+    assert float(w.numpy()) == pytest.approx(-(0.1 * 1 + 0.1 * 2))
+    assert int(opt.raw_iterations(optimizer).numpy()) == 2
+    accumulating = keras.optimizers.SGD(0.1, gradient_accumulation_steps=2)
+    net = _model(accumulating)
+    net.fit(X, Y, batch_size=2, epochs=1, verbose=0)  # 4 micro-batches, 2 updates
+    assert int(opt.raw_iterations(accumulating).numpy()) == 4
+    assert int(keras.ops.convert_to_numpy(accumulating.iterations)) == 2
+
+
+@probe("optimizer-trainable-variables")
+def test_optimizer_trainable_variables():
+    """The variables given to build, in order, are those apply(grads) updates."""
+    a, b = keras.Variable(np.ones(2), dtype="float32"), keras.Variable(np.ones(()), dtype="float32")
+    optimizer = keras.optimizers.SGD(0.5)
+    optimizer.build([a, b])
+    assert opt.trainable_variables(optimizer) == [a, b]
+    optimizer.apply([keras.ops.ones(2), keras.ops.ones(())])
+    assert float(b.numpy()) == 0.5 and np.allclose(a.numpy(), 0.5)
+
+
+@probe("optimizer-apply")
+def test_optimizer_apply():
+    """fit's step calls optimizer.apply, looked up on the instance, once per step."""
+    net = _model(keras.optimizers.SGD(0.1))
+    net.optimizer.build(net.trainable_variables)
+    calls = keras.Variable(0, dtype="int64", trainable=False)
+
+    def counting(call_next, grads, trainable_variables=None):
+        calls.assign_add(1)
+        return call_next(grads, trainable_variables)
+
+    patch = shadow.shadow(net.optimizer, "apply", counting, owner="gradient_monitor")
+    try:
+        net.fit(X, Y, batch_size=2, epochs=1, verbose=0)
+    finally:
+        shadow.unshadow(patch)
+    assert int(calls.numpy()) == 4
+
+
+@probe("optimizer-clip-gradients")
+def test_optimizer_clip_gradients():
+    """apply clips through the instance's _clip_gradients; clip_gradients clips as Keras does."""
+    w = keras.Variable(np.zeros(()), dtype="float32")
+    optimizer = keras.optimizers.SGD(1.0, clipvalue=0.5)
+    optimizer.build([w])
+    assert float(opt.clip_gradients(optimizer, [keras.ops.ones(()) * 3.0])[0]) == 0.5
+    patch = opt.suspend_clipping(optimizer, owner="clip_after_aggregation")
+    try:
+        optimizer.apply([keras.ops.ones(()) * 3.0], [w])
+        assert float(w.numpy()) == -3.0  # not clipped: apply used the instance's method
+        assert float(opt.clip_gradients(optimizer, [keras.ops.ones(()) * 3.0])[0]) == 0.5
+    finally:
+        shadow.unshadow(patch)
+
+
+JAX_CARRY = """
+import keras, numpy as np
+from nnkit._keras import optimizer as opt, shadow
+net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+net.compile(keras.optimizers.SGD(0.1), loss="mse")
+net.optimizer.build(net.trainable_variables)
+extra = keras.Variable(0.0, trainable=False)
+opt.carry_variables(net.optimizer, [extra])
+def counting(call_next, grads, trainable_variables=None):
+    extra.assign(extra + 1.0)
+    return call_next(grads, trainable_variables)
+shadow.shadow(net.optimizer, "apply", counting, owner="gradient_monitor")
+net.fit(np.ones((8, 2)), np.zeros((8, 1)), batch_size=2, epochs=1, verbose=0)
+print(float(extra.numpy()))
+"""
+
+
+@probe("optimizer-variables")
+def test_optimizer_variables(tmp_path):
+    """optimizer.variables copies _variables; saving looks save_own_variables up on the instance."""
+    net = _model(keras.optimizers.SGD(0.1))
+    optimizer = net.optimizer
+    optimizer.build(net.trainable_variables)
+    extra = keras.Variable(0.0, trainable=False)
+    opt.carry_variables(optimizer, [extra])
+    assert optimizer.variables[-1] is extra
+    saved = []
+
+    def saving(call_next, store):
+        saved.append(len(optimizer.variables))
+        return call_next(store)
+
+    patch = shadow.shadow(optimizer, "save_own_variables", saving, owner="gradient_monitor")
+    try:
+        with opt.without_variables(optimizer, [extra]):
+            net.save_weights(str(tmp_path / "w.weights.h5"))
+    finally:
+        shadow.unshadow(patch)
+        opt.drop_variables(optimizer, [extra])
+    assert saved == [len(optimizer.variables)]
+    assert all(w is not extra for w in optimizer.variables)
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(JAX_CARRY)],
+        capture_output=True, text=True, env=env, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "4.0", "JAX did not carry the variable"
+
+
+# -- the all-reduce tap -------------------------------------------------------------
+
+
+@probe("all-reduce-tap")
+def test_all_reduce_tap():
+    """The all-reduce runs after clipping and the update applies what it returns."""
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        net = _model(keras.optimizers.SGD(0.1, clipvalue=0.01))
+        seen = keras.Variable(0.0, trainable=False, aggregation="only_first_replica")
+    before = [w.copy() for w in net.get_weights()]
+
+    def zero(grads_and_vars):
+        seen.assign(keras.ops.max(keras.ops.abs(grads_and_vars[0][0])))
+        return [(keras.ops.zeros_like(g), v) for g, v in grads_and_vars]
+
+    patch = tap.add_transform(net.optimizer, zero, owner="gradient_monitor")
+    try:
+        net.fit(X, Y + 5.0, batch_size=8, epochs=1, verbose=0)
+    finally:
+        tap.remove_transform(patch)
+    for got, want in zip(net.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # Clipped per replica to 0.01, then summed over the two replicas.
+    assert 0.0 < float(seen.numpy()) <= 0.02 + 1e-7
+
+
+# -- the train function ---------------------------------------------------------------
+
+
+class Flagged(keras.Sequential):
+    """Its train step logs the flag the variant being traced set."""
+
+    flag = 0.0
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        return {**logs, "flag": keras.ops.convert_to_tensor(self.flag)}
+
+
+def _flagged():
+    keras.utils.set_random_seed(0)
+    net = Flagged([keras.Input((2,)), keras.layers.Dense(1)])
+    net.compile("sgd", loss="mse")
+    return net
+
+
+def _variants(net):
+    def setter(value):
+        def prepare():
+            net.flag = value
+
+        return prepare
+
+    return train_function.trace_variants(net, {1: setter(1.0), 2: setter(2.0)})
+
+
+@probe("train-function-trace")
+def test_train_function_trace():
+    """make_train_function(force=True) traces train_step as looked up on the instance."""
+    net = _flagged()
+    functions = _variants(net)
+    data = tf.data.Dataset.from_tensor_slices((X, Y)).batch(8)
+    for key, function in functions.items():
+        logs = function(iter(data))
+        assert float(keras.ops.convert_to_numpy(logs["flag"])) == key
+    assert train_function.current(net) is functions[2]
+
+
+@probe("train-function-per-step")
+def test_train_function_per_step():
+    """fit calls model.train_function afresh for every step, after on_train_batch_begin."""
+    net = _flagged()
+    functions = _variants(net)
+    flags = []
+
+    class Alternate(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            train_function.use(net, functions[1 + batch % 2])
+
+        def on_train_batch_end(self, batch, logs=None):
+            flags.append(float(logs["flag"]))
+
+    net.fit(X, Y, batch_size=2, epochs=1, verbose=0, callbacks=[Alternate()])
+    assert flags == [1.0, 2.0, 1.0, 2.0]
+    train_function.discard(net)
+    assert train_function.current(net) is None
+
+
+# -- fit and callbacks ------------------------------------------------------------
+
+
+@probe("callback-model")
+def test_callback_model():
+    """callback._model is the model set_model attached (None before)."""
+    callback = keras.callbacks.Callback()
+    assert fit.attached_model(callback) is None
+    net = _model()
+    callback.set_model(net)
+    assert fit.attached_model(callback) is net
+    assert fit.ATTACHED == ("_model",) and "_model" in vars(callback)
+
+
+@probe("fit-initial-epoch")
+def test_fit_initial_epoch():
+    """fit starts at model._initial_epoch when a callback sets it in on_train_begin."""
+    net = _model()
+
+    class Resume(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            fit.set_initial_epoch(self.model, 3)
+
+    history = net.fit(X, Y, epochs=5, verbose=0, callbacks=[Resume()])
+    assert history.epoch == [3, 4] and fit.initial_epoch(net) == 3
+    fit.set_initial_epoch(net, None)
+    assert net.fit(X, Y, epochs=2, verbose=0).epoch == [0, 1]
+
+
+@probe("model-strategy")
+def test_model_strategy():
+    """_distribute_strategy is the strategy the model was created under, else None."""
+    assert fit.explicit_strategy(_model()) is None
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        net = _model()
+    assert fit.explicit_strategy(net) is strategy
+
+
+@probe("fit-shared-params")
+def test_fit_shared_params():
+    """fit gives every callback of one run the same params dict, and a new one per run."""
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(self.params)
+
+    net = _model()
+    net.fit(X, Y, epochs=1, verbose=0, callbacks=[Record(), Record()])
+    net.fit(X, Y, epochs=1, verbose=0, callbacks=[Record(), Record()])
+    assert seen[0] is seen[1] and seen[2] is seen[3] and seen[0] is not seen[2]
+
+
+# -- metrics, layers, models --------------------------------------------------------
+
+
+@probe("metric-direction")
+def test_metric_direction():
+    """Compiled metrics carry _direction: accuracy up, errors down."""
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    net.compile("sgd", "categorical_crossentropy", metrics=["accuracy", "mae"])
+    net.fit(X, np.eye(2)[np.zeros(8, int)], epochs=1, verbose=0)
+    assert metrics.metric_direction(net, "accuracy") == "max"
+    assert metrics.metric_direction(net, "mae") == "min"
+    assert metrics.metric_direction(net, "unknown") is None
+
+
+class Holder(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.parts = [keras.layers.Dense(2, name="p0"), keras.layers.Dense(2, name="p1")]
+        self.dropout = keras.layers.Dropout(0.5, name="drop")
+
+    def call(self, x, training=False):
+        return self.dropout(self.parts[1](self.parts[0](x)), training=training)
+
+
+@probe("flatten-layers")
+def test_flatten_layers():
+    """_flatten_layers yields every nested layer (input layers too) exactly once."""
+    inner = keras.Sequential([keras.Input((2,)), Holder(name="holder")], name="inner")
+    outer = keras.Sequential([keras.Input((2,)), inner, keras.layers.Dense(1, name="head")])
+    names = [
+        layer.name
+        for layer in layers.walk(outer, include_self=False)
+        if not isinstance(layer, keras.layers.InputLayer)
+    ]
+    assert sorted(names) == sorted(["inner", "holder", "p0", "p1", "drop", "head"]), names
+    assert layers.walk(outer)[0] is outer
+
+
+@probe("seed-generators")
+def test_seed_generators():
+    """A layer lists the SeedGenerator objects it owns in _seed_generators."""
+    (generator,) = layers.seed_generators(keras.layers.Dropout(0.5))
+    assert isinstance(generator, keras.random.SeedGenerator)
+    assert layers.seed_generators(keras.layers.Dense(1)) == ()
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(1)
+
+    def build(self, shape):
+        self.dense.build(shape)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+@probe("functional-inputs")
+def test_functional_inputs():
+    """A functional model has _inputs_struct; a subclassed one has not."""
+    inputs = keras.Input((2,))
+    functional = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    assert model.is_functional(functional) and not model.is_functional(Subclassed())
+
+
+@probe("build-shapes")
+def test_build_shapes():
+    """build(shape) records the shapes in _build_shapes_dict."""
+    net = Subclassed()
+    assert model.build_shapes(net) == {}
+    net.build((None, 2))
+    assert [tuple(s) for s in model.build_shapes(net).values()] == [(None, 2)]
+
+
+# -- multi-worker ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def keras_own_functions():
+    mw.remove()
+    yield
+    mw.remove()
+
+
+@probe("multi-worker-symbolic-build")
+def test_multi_worker_symbolic_build(keras_own_functions, caplog):
+    """The probe of _maybe_symbolic_build fits this Keras (broken as in #20585, or fixed)."""
+    with caplog.at_level(logging.WARNING, logger="nnkit.distribute"):
+        trainer = mw._trainer_module()
+        mw._symbolic_build_fails(trainer)
+    assert "could not probe" not in caplog.text, caplog.text
+
+
+@probe("multi-worker-reduce-per-replica")
+def test_multi_worker_reduce_per_replica(keras_own_functions, caplog):
+    """The probe of reduce_per_replica fits this Keras; once fixed, nothing fails."""
+    with caplog.at_level(logging.WARNING, logger="nnkit.distribute"):
+        trainer = mw._trainer_module()
+        mw._reduce_fails(trainer)
+        mw.apply(mw.broken_parts())
+        assert mw.broken_parts() == []
+    assert "could not probe" not in caplog.text, caplog.text
+
+
+MULTI_WORKER_MODE = """
+import tensorflow as tf
+from nnkit._keras import multi_worker
+strategy = tf.distribute.MultiWorkerMirroredStrategy()  # one worker: no cluster
+print(strategy.extended._in_multi_worker_mode(), multi_worker._in_multi_worker_mode(strategy))
+"""
+
+
+@probe("multi-worker-mode")
+def test_multi_worker_mode():
+    """extended._in_multi_worker_mode() is False for one worker (in a fresh process)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(MULTI_WORKER_MODE)],
+        capture_output=True, text=True, env=env, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False False"
+
+
+# -- keras-tuner ----------------------------------------------------------------------
+
+
+def _tuner(tmp_path, build, **kwargs):
+    import keras_tuner
+
+    calls = {"build": 0, "execution": [], "worker": None}
+
+    class Tuner(kt_hooks.TunerHooks, keras_tuner.RandomSearch):
+        def around_build(self, hp, build):
+            calls["build"] += 1
+            return build()
+
+        def around_execution(self, trial, callbacks, run):
+            calls["execution"].append((trial.trial_id, isinstance(callbacks, list)))
+            calls["worker"] = self.is_worker()
+            return run()
+
+    tuner = Tuner(
+        build, objective="loss", max_trials=1, directory=str(tmp_path), project_name="p",
+        overwrite=True, **kwargs,
+    )  # fmt: skip
+    return tuner, calls
+
+
+@probe("tuner-build-and-fit")
+def test_tuner_build_and_fit(tmp_path):
+    """run_trial calls _build_and_fit_model once per execution, callbacks in kwargs."""
+    tuner, calls = _tuner(tmp_path, lambda hp: _model(), executions_per_trial=2)
+    tuner.search(X, Y, epochs=1, verbose=0)
+    assert [ok for _, ok in calls["execution"]] == [True, True]
+    assert len({trial for trial, _ in calls["execution"]}) == 1
+
+
+@probe("tuner-build-hypermodel")
+def test_tuner_build_hypermodel(tmp_path):
+    """Every model of a trial is built through _build_hypermodel."""
+    tuner, calls = _tuner(tmp_path, lambda hp: _model(), executions_per_trial=2)
+    tuner.search(X, Y, epochs=1, verbose=0)
+    assert calls["build"] == 2
+
+
+@probe("tuner-is-worker")
+def test_tuner_is_worker(tmp_path):
+    """_is_worker() is False outside a distributed sweep."""
+    tuner, calls = _tuner(tmp_path, lambda hp: _model())
+    tuner.search(X, Y, epochs=1, verbose=0)
+    assert calls["worker"] is False and tuner.is_worker() is False
+
+
+@probe("tuner-failure-limit-message")
+def test_tuner_failure_limit_message(tmp_path):
+    """Too many failed trials in a row end the sweep with the limit in the message."""
+
+    built = []
+
+    def broken(hp):  # keras-tuner builds once to find the space: fail after that
+        built.append(hp)
+        if len(built) > 1:
+            raise ValueError("this build always fails")
+        return _model()
+
+    tuner, _ = _tuner(tmp_path, broken, max_consecutive_failed_trials=1)
+    with pytest.raises(RuntimeError) as error:
+        tuner.search(X, Y, epochs=1, verbose=0)
+    assert kt_hooks.failure_limit(error.value) == 1
+    assert kt_hooks.failure_limit(RuntimeError("something else")) is None
