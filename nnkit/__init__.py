@@ -21,6 +21,7 @@ SUBPACKAGES = (
     "layers",
     "losses",
     "models",
+    "optimizers",
     "regularizers",
     "schedules",
     "tuning",
