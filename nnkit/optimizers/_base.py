@@ -25,6 +25,7 @@ from keras import ops
 from nnkit import _validation as v
 from nnkit._keras import optimizer as keras_optimizer
 
+
 def check_learning_rate(learning_rate):
     """A float rate (ints accepted), a ``LearningRateSchedule`` or a callable."""
     if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):

@@ -20,8 +20,10 @@ class Factors:
 
     def __init__(self, plan, left, right):
         self.plan = plan
-        self.left = left  # {(i, j): variable (rows × rows)}, empty when the rows are not preconditioned
-        self.right = right  # {(i, j): variable (cols × cols)}
+        # {(i, j): variable}: rows × rows (left) and cols × cols (right); empty for a
+        # side that is not preconditioned.
+        self.left = left
+        self.right = right
 
 
 def slug(variable):
@@ -111,8 +113,9 @@ class FactoredOptimizer(SecondOrderOptimizer):
             new = self.periodic(due, accumulated, lambda: current)
         for variable, value in zip(stored, new, strict=True):
             self.assign(variable, value)
-        left = {key: value for (side, key), value in zip(keys, new, strict=True) if side == "left"}
-        right = {key: value for (side, key), value in zip(keys, new, strict=True) if side == "right"}
+        pairs = list(zip(keys, new, strict=True))
+        left = {key: value for (side, key), value in pairs if side == "left"}
+        right = {key: value for (side, key), value in pairs if side == "right"}
         return left, right
 
     def refresh_due(self, step):

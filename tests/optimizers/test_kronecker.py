@@ -119,4 +119,6 @@ def test_refreshed_basis_sorts_converges_and_keeps_signs():
         basis, order = kron.refreshed_basis(s.astype("float32"), basis)
     aligned = q * np.sign(np.sum(q * np.asarray(basis), axis=0))
     np.testing.assert_allclose(np.asarray(basis), aligned, atol=1e-3)
-    np.testing.assert_allclose(np.diag(np.asarray(basis).T @ s @ np.asarray(basis)), values, rtol=1e-4)
+    np.testing.assert_allclose(
+        np.diag(np.asarray(basis).T @ s @ np.asarray(basis)), values, rtol=1e-4
+    )

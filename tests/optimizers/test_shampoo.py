@@ -15,8 +15,13 @@ CASES = {
     "blocks_rmsprop": (
         (6, 4),
         dict(
-            graft="rmsprop", max_preconditioner_dim=4, statistics_every=2, statistics_decay=0.9,
-            precondition_every=2, start_preconditioning_step=3, damping=1e-4,
+            graft="rmsprop",
+            max_preconditioner_dim=4,
+            statistics_every=2,
+            statistics_decay=0.9,
+            precondition_every=2,
+            start_preconditioning_step=3,
+            damping=1e-4,
         ),
     ),  # fmt: skip
     "tensor_sgd_exponent": (
@@ -25,8 +30,13 @@ CASES = {
     ),
     "one_sided": (
         (9, 3),
-        dict(max_preconditioner_dim=4, blocking=False, start_preconditioning_step=2,
-             precondition_every=2, damping=1e-4),
+        dict(
+            max_preconditioner_dim=4,
+            blocking=False,
+            start_preconditioning_step=2,
+            precondition_every=2,
+            damping=1e-4,
+        ),
     ),  # fmt: skip
     "vector": ((5,), dict(precondition_every=3, start_preconditioning_step=2)),
 }

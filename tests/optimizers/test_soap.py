@@ -16,13 +16,25 @@ CASES = {
     "matrix": ((6, 4), dict(precondition_every=2, start_preconditioning_step=3)),
     "blocks": (
         (6, 4),
-        dict(max_preconditioner_dim=4, statistics_every=2, precondition_every=2,
-             start_preconditioning_step=5, statistics_decay=0.9, weight_decay=0.1),
+        dict(
+            max_preconditioner_dim=4,
+            statistics_every=2,
+            precondition_every=2,
+            start_preconditioning_step=5,
+            statistics_decay=0.9,
+            weight_decay=0.1,
+        ),
     ),  # fmt: skip
     "tensor_one_sided": (
         (2, 3, 4),
-        dict(max_preconditioner_dim=4, blocking=False, precondition_every=3,
-             start_preconditioning_step=3, beta_1=0.9, beta_2=0.99),
+        dict(
+            max_preconditioner_dim=4,
+            blocking=False,
+            precondition_every=3,
+            start_preconditioning_step=3,
+            beta_1=0.9,
+            beta_2=0.99,
+        ),
     ),  # fmt: skip
     "vector": ((5,), dict()),
 }
