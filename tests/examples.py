@@ -9,6 +9,7 @@ import nnkit.callbacks as C
 import nnkit.diagnostics as D
 import nnkit.layers as LY
 import nnkit.losses as L
+import nnkit.optimizers as O
 import nnkit.regularizers as R
 import nnkit.schedules as S
 import nnkit.tuning as T
@@ -81,6 +82,14 @@ EXAMPLES = {
     ),  # fmt: skip
     "tuning.MedianStopping": lambda: T.MedianStopping(
         "val_loss", 3, 1, mode="min", directory="median", verbose=1
+    ),
+    # optimizers (cadences short enough that the harness's 8 steps refresh several times)
+    "optimizers.Shampoo": lambda: O.Shampoo(
+        0.02, graft="adam", damping=1e-4, precondition_every=2, start_preconditioning_step=2,
+        max_preconditioner_dim=12,
+    ),  # fmt: skip
+    "optimizers.SOAP": lambda: O.SOAP(
+        0.02, precondition_every=2, start_preconditioning_step=2, weight_decay=0.01
     ),
 }
 

@@ -15,3 +15,7 @@ __all__ = [
     "SOAP",
     "Shampoo",
 ]
+
+from nnkit import _registry  # noqa: E402  (last: see nnkit/_registry.py)
+
+_registry.settle(__name__)

@@ -116,6 +116,7 @@ _CLASS_KINDS = (
     (keras.losses.Loss, "loss"),
     (keras.regularizers.Regularizer, "regularizer"),
     (keras.initializers.Initializer, "initializer"),
+    (keras.optimizers.Optimizer, "optimizer"),
 )
 #: Kinds ``train`` knows how to run; "inference" is compared statistically.
 TRAINED_KINDS = (
@@ -128,6 +129,7 @@ TRAINED_KINDS = (
     "data_init",
     "model",
     "model_transform",
+    "optimizer",
 )
 
 
@@ -344,6 +346,9 @@ INTENDED_AGGREGATION = {
     # GradientNormMonitor's counters and sample buffers: written in the train step
     # with values computed from the all-reduced gradients, the same on every replica.
     "gradient_norm_monitor_": "only_first_replica",
+    # nnkit.optimizers' state (statistics, roots, bases, moments): written in the
+    # optimizer's update from the all-reduced gradients, the same on every replica.
+    "nnkit_optimizer_": "only_first_replica",
 }
 
 
@@ -547,6 +552,9 @@ def _setup(component, obj, shards):
         obj(model, x[:32], seed=SEED)
     elif kind == "model":
         model = obj
+    elif kind == "optimizer":
+        model = _small_model([keras.layers.Dense(8, activation="tanh")])
+        compile_kwargs["optimizer"] = obj
     elif kind == "model_transform":
         model = nnkit.models.mlp(WIDTH, [8], output_units=2)
         obj(model)

@@ -120,7 +120,9 @@ class _CrashAt(keras.callbacks.Callback):
 
 @pytest.mark.parametrize("name", sorted(CLASSES))
 def test_backup_and_restore_resumes_exactly(name, tmp_path):
-    """Interrupted after epoch 2 and resumed: the run of an uninterrupted fit, plateau included."""
+    """Interrupted at the end of epoch 2 and resumed: the run of an uninterrupted fit, plateau
+    included. The backup due at that end is written at the next hook, so it never was: the
+    resumed fit repeats epoch 2 from epoch 1's backup (optimizer state included)."""
     x, y = _data()
 
     def run(callbacks):
@@ -136,12 +138,15 @@ def test_backup_and_restore_resumes_exactly(name, tmp_path):
     with pytest.raises(_Crash):
         run([BackupAndRestore(backup), _CrashAt(2)])
     resumed, resumed_history = run([BackupAndRestore(backup)])
-    assert resumed_history.epoch == [3, 4]
-    np.testing.assert_allclose(resumed_history.history["loss"], history.history["loss"][3:])
+    assert resumed_history.epoch == [2, 3, 4]
+    np.testing.assert_allclose(resumed_history.history["loss"], history.history["loss"][2:])
     for a, b in zip(reference.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    scale = resumed.optimizer.get_config()["learning_rate"]["config"]["scale"]
-    assert scale == 0.5**5  # ReduceLROnPlateau's factor, through the schedule
+    def scale(model):
+        return model.optimizer.get_config()["learning_rate"]["config"]["scale"]
+
+    # ReduceLROnPlateau's factor, through the schedule: every epoch after the first reduces.
+    assert scale(resumed) == scale(reference) == 0.5**4
 
 
 @pytest.mark.parametrize("name", sorted(CLASSES))
@@ -152,7 +157,8 @@ def test_gradient_norm_monitor_only_measures(name, tmp_path):
     monitored = _model(_optimizer(name))
     monitor = GradientNormMonitor(every_n_steps=2)
     monitored.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
-    assert monitor.report().samples > 0
+    report = monitor.report()
+    assert len(report.steps) > 0 and np.all(np.asarray(report.grad_norms) > 0)
     for a, b in zip(plain.get_weights(), monitored.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
