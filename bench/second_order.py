@@ -173,8 +173,7 @@ def main(argv=None):
 
     # 2. Step time at the default cadences, relative to Adam.
     configs = {
-        name: (lambda cls=cls: cls(1e-3), contextlib.nullcontext)
-        for name, cls in chosen.items()
+        name: (lambda cls=cls: cls(1e-3), contextlib.nullcontext) for name, cls in chosen.items()
     }
     figures["step_time"] = {
         name: {"ratio_to_adam": ratio, "seconds_per_step": seconds}

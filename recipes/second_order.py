@@ -218,7 +218,9 @@ def run_problem(problem, args, data):
             ]
             sweep[lr] = float(np.mean(finals))
         best_lr = min(sweep, key=lambda lr: (sweep[lr], lr))
-        runs = [train(problem, name, best_lr, seed, args.epochs, data) for seed in range(args.seeds)]
+        runs = [
+            train(problem, name, best_lr, seed, args.epochs, data) for seed in range(args.seeds)
+        ]
         results[name] = {
             "sweep": {repr(lr): loss for lr, loss in sweep.items()},
             "best_learning_rate": best_lr,

@@ -142,6 +142,7 @@ def test_backup_and_restore_resumes_exactly(name, tmp_path):
     np.testing.assert_allclose(resumed_history.history["loss"], history.history["loss"][2:])
     for a, b in zip(reference.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
     def scale(model):
         return model.optimizer.get_config()["learning_rate"]["config"]["scale"]
 
@@ -199,7 +200,9 @@ def test_replicas_hold_bitwise_identical_state(name):
     model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)  # 12 steps, 6 refreshes
     checked = 0
     for variable in model.optimizer.variables + model.weights:
-        copies = [np.asarray(c.numpy()) for c in strategy.experimental_local_results(variable.value)]
+        copies = [
+            np.asarray(c.numpy()) for c in strategy.experimental_local_results(variable.value)
+        ]
         assert len(copies) == 2
         assert all(np.array_equal(copies[0], c) for c in copies[1:]), variable.path
         checked += 1
