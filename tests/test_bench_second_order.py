@@ -5,6 +5,8 @@ import json
 import math
 import pathlib
 
+import pytest
+
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "second_order.py"
 
 
@@ -15,6 +17,7 @@ def load_bench():
     return module
 
 
+@pytest.mark.slow
 def test_quick_run_ends_with_one_json_object(capsys):
     # Adam and SOAP keep the smoke test short; the full run has every row.
     figures = load_bench().main(["--quick", "--optimizers", "adam,soap"])

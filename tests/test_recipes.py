@@ -564,7 +564,7 @@ def test_second_order_quick_run_writes_every_output(second_order, tmp_path, caps
     assert list(results) == ["adam", "shampoo"]
     adam = results["adam"]
     # The target is tuned Adam's final loss, so Adam reaches it (at the last epoch at latest).
-    assert outcome["target_loss"] == pytest.approx(adam["final_loss"][0])
+    assert outcome["target_loss"] == pytest.approx(1.05 * adam["final_loss"][0])
     assert adam["seeds_reaching_target"] == 1
     assert adam["steps_to_target"][0] <= 3 * adam["runs"][0]["steps_per_epoch"]
     for name, result in results.items():
