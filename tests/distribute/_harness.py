@@ -332,8 +332,18 @@ _MACHINERY = (
     "/keras/src/layers/layer.py",
     "/keras/src/optimizers/base_optimizer.py",
     "/keras/src/utils/tracking.py",
+    # nnkit's optimizer base: its add_state wraps add_variable (the author is the subclass's
+    # build). The optimizers' __init__ chain is handled in _machinery (Keras's own
+    # `iteration` and `learning_rate` are made there, by keras.optimizers.Optimizer).
+    "/nnkit/optimizers/_base.py",
     __file__,
 )
+
+
+def _machinery(frame):
+    if any(m in frame.filename for m in _MACHINERY):
+        return True
+    return "/nnkit/optimizers/" in frame.filename and frame.name == "__init__"
 
 
 #: The aggregation of every variable that nnkit code itself creates, by the start
@@ -417,7 +427,7 @@ def record_variables():
         variable = next_creator(**kwargs)
         stack = traceback.extract_stack()[:-1]
         site = next(
-            (f for f in reversed(stack) if not any(m in f.filename for m in _MACHINERY)), None
+            (f for f in reversed(stack) if not _machinery(f)), None
         )
         nnkit_frame = next((f for f in reversed(stack) if "/nnkit/" in f.filename), None)
         created.append(
