@@ -9,6 +9,7 @@ import nnkit.callbacks as C
 import nnkit.diagnostics as D
 import nnkit.layers as LY
 import nnkit.losses as L
+import nnkit.optimizers as O
 import nnkit.regularizers as R
 import nnkit.schedules as S
 import nnkit.tuning as T
@@ -82,6 +83,17 @@ EXAMPLES = {
     "tuning.MedianStopping": lambda: T.MedianStopping(
         "val_loss", 3, 1, mode="min", directory="median", verbose=1
     ),
+    # optimizers (cadences short enough that the harness's 8 steps refresh several times)
+    # Small blocks and damping keep the factors well conditioned over the harness's 8 steps, so
+    # a mirrored run's last-bit differences stay small in the roots and bases.
+    "optimizers.Shampoo": lambda: O.Shampoo(
+        0.02, graft="adam", damping=1e-2, precondition_every=2, start_preconditioning_step=2,
+        max_preconditioner_dim=12,
+    ),  # fmt: skip
+    "optimizers.SOAP": lambda: O.SOAP(
+        0.02, epsilon=1e-4, precondition_every=2, start_preconditioning_step=3,
+        max_preconditioner_dim=4, weight_decay=0.01,
+    ),  # fmt: skip
 }
 
 # Base classes that are public for subclassing but never instantiated directly.

@@ -12,7 +12,8 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
 
 - ``optimizer``: ``optimizer-learning-rate``, ``optimizer-raw-iterations``,
   ``optimizer-trainable-variables``, ``optimizer-apply``,
-  ``optimizer-clip-gradients``, ``optimizer-variables``.
+  ``optimizer-clip-gradients``, ``optimizer-variables``,
+  ``optimizer-variable-index``.
 - ``all_reduce``: ``all-reduce-tap``.
 - ``train_function``: ``train-function-trace``, ``train-function-per-step``.
 - ``fit``: ``callback-model``, ``fit-initial-epoch``, ``model-strategy``,
@@ -58,6 +59,11 @@ ASSUMPTIONS = {
         "optimizer",
         "optimizer.variables copies optimizer._variables; JAX's stateless step carries "
         "exactly those, and save_own_variables (looked up on the instance) saves them",
+    ),
+    "optimizer-variable-index": (
+        "optimizer",
+        "optimizer._get_variable_index(variable) is the position, in the list given to build, "
+        "of the variable update_step receives (under tf.distribute: a replica's component)",
     ),
     "all-reduce-tap": (
         "all_reduce",

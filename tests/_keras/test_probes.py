@@ -202,6 +202,27 @@ def test_optimizer_variables(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "4.0", "JAX did not carry the variable"
 
 
+@probe("optimizer-variable-index")
+def test_optimizer_variable_index():
+    """update_step's variable maps to its position in build's list, on one device and mirrored."""
+    seen = []
+
+    class Recording(keras.optimizers.SGD):
+        def update_step(self, gradient, variable, learning_rate):
+            seen.append(opt.variable_index(self, variable))
+            return super().update_step(gradient, variable, learning_rate)
+
+    net = _model(Recording(0.1))
+    net.fit(X, Y, batch_size=len(X), epochs=1, verbose=0)
+    assert seen == list(range(len(net.trainable_variables)))
+    strategy = mirrored_strategy()
+    seen.clear()
+    with strategy.scope():
+        mirrored = _model(Recording(0.1))
+    mirrored.fit(X, Y, batch_size=len(X), epochs=1, verbose=0)
+    assert sorted(set(seen)) == list(range(len(mirrored.trainable_variables)))
+
+
 # -- the all-reduce tap -------------------------------------------------------------
 
 

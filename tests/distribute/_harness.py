@@ -116,6 +116,7 @@ _CLASS_KINDS = (
     (keras.losses.Loss, "loss"),
     (keras.regularizers.Regularizer, "regularizer"),
     (keras.initializers.Initializer, "initializer"),
+    (keras.optimizers.Optimizer, "optimizer"),
 )
 #: Kinds ``train`` knows how to run; "inference" is compared statistically.
 TRAINED_KINDS = (
@@ -128,6 +129,7 @@ TRAINED_KINDS = (
     "data_init",
     "model",
     "model_transform",
+    "optimizer",
 )
 
 
@@ -330,8 +332,18 @@ _MACHINERY = (
     "/keras/src/layers/layer.py",
     "/keras/src/optimizers/base_optimizer.py",
     "/keras/src/utils/tracking.py",
+    # nnkit's optimizer base: its add_state wraps add_variable (the author is the subclass's
+    # build). The optimizers' __init__ chain is handled in _machinery (Keras's own
+    # `iteration` and `learning_rate` are made there, by keras.optimizers.Optimizer).
+    "/nnkit/optimizers/_base.py",
     __file__,
 )
+
+
+def _machinery(frame):
+    if any(m in frame.filename for m in _MACHINERY):
+        return True
+    return "/nnkit/optimizers/" in frame.filename and frame.name == "__init__"
 
 
 #: The aggregation of every variable that nnkit code itself creates, by the start
@@ -344,6 +356,9 @@ INTENDED_AGGREGATION = {
     # GradientNormMonitor's counters and sample buffers: written in the train step
     # with values computed from the all-reduced gradients, the same on every replica.
     "gradient_norm_monitor_": "only_first_replica",
+    # nnkit.optimizers' state (statistics, roots, bases, moments): written in the
+    # optimizer's update from the all-reduced gradients, the same on every replica.
+    "nnkit_optimizer_": "only_first_replica",
 }
 
 
@@ -412,7 +427,7 @@ def record_variables():
         variable = next_creator(**kwargs)
         stack = traceback.extract_stack()[:-1]
         site = next(
-            (f for f in reversed(stack) if not any(m in f.filename for m in _MACHINERY)), None
+            (f for f in reversed(stack) if not _machinery(f)), None
         )
         nnkit_frame = next((f for f in reversed(stack) if "/nnkit/" in f.filename), None)
         created.append(
@@ -547,6 +562,9 @@ def _setup(component, obj, shards):
         obj(model, x[:32], seed=SEED)
     elif kind == "model":
         model = obj
+    elif kind == "optimizer":
+        model = _small_model([keras.layers.Dense(8, activation="tanh")])
+        compile_kwargs["optimizer"] = obj
     elif kind == "model_transform":
         model = nnkit.models.mlp(WIDTH, [8], output_units=2)
         obj(model)
