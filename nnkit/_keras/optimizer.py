@@ -25,6 +25,10 @@ Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
   carries exactly ``optimizer.variables`` in and out of
   ``stateless_apply``; ``save_own_variables`` (looked up on the instance
   when a model is saved) writes them in that order.
+- ``optimizer-variable-index``: ``optimizer._get_variable_index(variable)``
+  is the position, in the list ``build`` received, of the variable that
+  ``update_step`` is called with (on TensorFlow under a strategy, one
+  replica's component of a distributed variable; Keras resolves it).
 """
 
 import contextlib
@@ -47,6 +51,11 @@ def raw_iterations(optimizer):
 def trainable_variables(optimizer):
     """The variables the optimizer was built for, in order (a new list)."""
     return list(optimizer._trainable_variables)
+
+
+def variable_index(optimizer, variable):
+    """The position in ``build``'s list of the variable ``update_step`` received."""
+    return optimizer._get_variable_index(variable)
 
 
 def clip_gradients(optimizer, grads):
