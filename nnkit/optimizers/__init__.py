@@ -1,0 +1,10 @@
+"""Optimizers beyond Keras's first-order ones, written in ``keras.ops`` for ``model.fit``.
+
+- :class:`KFAC`: Kronecker-factored approximate curvature for ``Dense`` and
+  ``Conv2D`` layers; the statistics are captured inside Keras's compiled
+  train step (``KFAC(..., model=model)``), see ``docs/kfac.md``.
+"""
+
+from nnkit.optimizers.kfac import KFAC
+
+__all__ = ["KFAC"]
