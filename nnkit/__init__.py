@@ -23,6 +23,7 @@ SUBPACKAGES = (
     "layers",
     "losses",
     "models",
+    "optimizers",
     "regularizers",
     "schedules",
     "tuning",

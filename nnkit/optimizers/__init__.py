@@ -8,3 +8,7 @@
 from nnkit.optimizers.kfac import KFAC
 
 __all__ = ["KFAC"]
+
+from nnkit import _registry  # noqa: E402  (last: see nnkit/_registry.py)
+
+_registry.settle(__name__)

@@ -438,8 +438,6 @@ class KFAC(keras.optimizers.Optimizer):
         )
         decay = self.factor_decay
         updates = ops.convert_to_tensor(state.counter)
-        correction = 1.0 - ops.power(decay, ops.cast(updates + 1, "float32"))
-        factors = []
         for block, a_stat, g_stat in zip(state.blocks, a_stats, g_stats, strict=True):
             if block.output_fisher == "empirical":
                 # The loss is scaled by 1/replicas under a strategy (and by the
@@ -452,28 +450,43 @@ class KFAC(keras.optimizers.Optimizer):
             g = decay * ops.convert_to_tensor(entry["g"]) + (1.0 - decay) * g_stat
             self.assign(entry["a"], a)
             self.assign(entry["g"], g)
-            factors.append((a / correction, g / correction))
 
         kept = [v for b in state.blocks for v in state.factors[id(b)]["curvature"]]
+        shapes = [tuple(v.shape) for v in kept]
+
+        # One flat tensor out of the cond: TensorFlow's graph-mode cond (without
+        # XLA) mis-wires the train function's outputs when it returns a list.
+        def flat(tensors):
+            return ops.concatenate([ops.reshape(t, (-1,)) for t in tensors], axis=0)
 
         def keep():
-            # Read inside the branch: TensorFlow's cond mis-wires a branch that
-            # returns tensors captured from outside unchanged.
-            return [ops.convert_to_tensor(v) for v in kept]
+            return flat([ops.convert_to_tensor(v) for v in kept])
+
+        entries = [state.factors[id(b)] for b in state.blocks]
 
         def refresh():
+            # The factors are read from their variables inside the branch (the
+            # assignments above come first): a branch that captures tensors
+            # computed outside it breaks TensorFlow's graph-mode train function.
+            counter = ops.cast(ops.convert_to_tensor(state.counter) + 1, "float32")
+            fix = 1.0 - ops.power(decay, counter)
             fresh = []
-            for a, g in factors:
+            for entry in entries:
+                a = ops.convert_to_tensor(entry["a"]) / fix
+                g = ops.convert_to_tensor(entry["g"]) / fix
                 fresh += kmath.curvature(a, g, damping=self.damping, damping_type=self.damping_type)
-            return fresh
+            return flat(fresh)
 
-        values = ops.cond(
-            ops.equal(ops.mod(updates, self.inverse_every), 0), refresh, keep
-        )
+        packed = ops.cond(ops.equal(ops.mod(updates, self.inverse_every), 0), refresh, keep)
+        values, start = [], 0
+        for shape in shapes:
+            size = int(np.prod(shape))
+            values.append(ops.reshape(packed[start : start + size], shape))
+            start += size
         result, position = {}, 0
         for block in state.blocks:
             stored = state.factors[id(block)]["curvature"]
-            taken = list(values[position : position + len(stored)])
+            taken = values[position : position + len(stored)]
             position += len(stored)
             for variable, value in zip(stored, taken, strict=True):
                 self.assign(variable, value)
