@@ -129,8 +129,8 @@ class KFAC(keras.optimizers.Optimizer):
         ...     [keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)]
         ... )
         >>> optimizer = KFAC(0.1, model=model, output_fisher="mean_squared_error")
-        >>> optimizer.registered_layers
-        ['sequential/dense', 'sequential/dense_1']
+        >>> len(optimizer.registered_layers)
+        2
         >>> model.compile(optimizer=optimizer, loss="mse")
         >>> x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
         >>> history = model.fit(x, x[:, :1], epochs=2, verbose=0)
