@@ -5,6 +5,7 @@ with that assumption's statement and module when the installed Keras breaks
 it, so a failure under ``make test-keras-next`` says what to fix where.
 """
 
+import contextlib
 import functools
 import logging
 import os
@@ -538,3 +539,37 @@ def test_tuner_failure_limit_message(tmp_path):
         tuner.search(X, Y, epochs=1, verbose=0)
     assert kt_hooks.failure_limit(error.value) == 1
     assert kt_hooks.failure_limit(RuntimeError("something else")) is None
+
+
+@probe("late-weights")
+def test_late_weights():
+    """A built layer takes a weight while its tracker is unlocked; _untrack_variable removes it."""
+    layer = keras.layers.Dense(2)
+    layer.build((None, 3))
+    with pytest.raises(ValueError):
+        layer.add_weight(shape=(1,), name="refused")
+    with layers.unlocked(layer):
+        extra = layer.add_weight(shape=(2, 2), initializer="zeros", name="extra")
+    assert layer._tracker.locked
+    assert layer.weights[-1] is extra and any(w is extra for w in layer.trainable_weights)
+    layers.remove_weight(layer, extra)
+    assert [w.name for w in layer.weights] == ["kernel", "bias"]
+
+
+@probe("optimizer-variable-index")
+def test_optimizer_variable_index():
+    """update_step's variable maps back to its position in build's list, under a strategy too."""
+    seen = []
+
+    class Recording(keras.optimizers.SGD):
+        def update_step(self, gradient, variable, learning_rate):
+            seen.append(opt.variable_index(self, variable))
+            super().update_step(gradient, variable, learning_rate)
+
+    for strategy in (None, mirrored_strategy()):
+        seen.clear()
+        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+        with scope:
+            net = _model(Recording(0.1))
+        net.fit(X, Y, batch_size=8, epochs=1, verbose=0)
+        assert sorted(set(seen)) == list(range(len(net.trainable_variables))), seen
