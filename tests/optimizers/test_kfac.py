@@ -97,7 +97,7 @@ def test_eigenvalue_damping_applies_the_damped_kronecker_inverse():
     model.compile(optimizer=optimizer, loss="mse")
     model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
     design = np.concatenate([x, np.ones((len(x), 1))], axis=1)
-    per_example = (design @ w0 - y)  # (2/k)(s - y) with k = 2
+    per_example = design @ w0 - y  # (2/k)(s - y) with k = 2
     grad = design.T @ per_example / len(x)
     a = design.T @ design / len(x)
     g = per_example.T @ per_example / len(x)

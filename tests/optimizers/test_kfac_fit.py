@@ -109,7 +109,9 @@ def test_mixed_precision_keeps_the_factors_in_float32():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    factors = [v for v in optimizer.variables if v.name.endswith("_factor") or "curvature" in v.name]
+    factors = [
+        v for v in optimizer.variables if v.name.endswith("_factor") or "curvature" in v.name
+    ]
     assert factors and all(v.dtype == "float32" for v in factors)
     assert all(np.all(np.isfinite(v.numpy())) for v in factors)
     assert history.history["loss"][-1] < history.history["loss"][0]
