@@ -71,6 +71,11 @@ EXAMPLES = {
     "diagnostics.DiagnosisRules": lambda: D.DiagnosisRules(
         1e-7, 1e-4, 3, exploding_threshold=500.0, jump_factor=20.0, update_ratio_band=30.0
     ),
+    # optimizers
+    "optimizers.KFAC": lambda: O.KFAC(
+        0.05, damping=1e-2, damping_type="eigen", momentum=0.5, factor_decay=0.9,
+        inverse_every=5, kl_clip=None, max_update_norm=1.0, output_fisher="mean_squared_error",
+    ),  # fmt: skip
     # tuning
     "tuning.SearchSpace": lambda: T.SearchSpace(
         T.SearchSpace().restrict(learning_rate=(1e-3, 1e-2)).fixed(depth=2).knobs

@@ -19,7 +19,7 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
 - ``fit``: ``callback-model``, ``fit-initial-epoch``, ``model-strategy``,
   ``fit-shared-params``.
 - ``metrics``: ``metric-direction``.
-- ``layers``: ``flatten-layers``, ``seed-generators``.
+- ``layers``: ``flatten-layers``, ``seed-generators``, ``late-weights``.
 - ``model``: ``functional-inputs``, ``build-shapes``.
 - ``multi_worker``: ``multi-worker-symbolic-build``,
   ``multi-worker-reduce-per-replica``, ``multi-worker-mode``.
@@ -62,8 +62,8 @@ ASSUMPTIONS = {
     ),
     "optimizer-variable-index": (
         "optimizer",
-        "optimizer._get_variable_index(variable) is the position, in the list given to build, "
-        "of the variable update_step receives (under tf.distribute: a replica's component)",
+        "optimizer._get_variable_index(variable) maps the variable update_step receives (on "
+        "TensorFlow, a replica's component) to its position in the list build received",
     ),
     "all-reduce-tap": (
         "all_reduce",
@@ -108,6 +108,11 @@ ASSUMPTIONS = {
     "seed-generators": (
         "layers",
         "a layer lists the SeedGenerator objects it owns in layer._seed_generators",
+    ),
+    "late-weights": (
+        "layers",
+        "a built layer takes new weights from add_weight while layer._tracker is unlocked, "
+        "and layer._untrack_variable removes them again",
     ),
     "functional-inputs": (
         "model",

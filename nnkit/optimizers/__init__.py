@@ -6,12 +6,21 @@ Every optimizer here is a ``keras.optimizers.Optimizer`` written in
 package, saved with its state by ``model.save``, and usable with any
 learning-rate schedule. ``docs/second-order.md`` explains what each one
 approximates and when to use it.
+
+- ``KFAC``: Kronecker-factored approximate curvature for ``Dense`` and
+  ``Conv2D`` layers; the statistics are captured inside Keras's compiled
+  train step (``KFAC(..., model=model)``), see ``docs/kfac.md``.
+- ``Shampoo``: a Kronecker-factored preconditioner per variable, grafted
+  onto Adam (or RMSProp/SGD) for its step size.
+- ``SOAP``: Adam run in the eigenbasis of Shampoo's factors.
 """
 
+from nnkit.optimizers.kfac import KFAC
 from nnkit.optimizers.shampoo import Shampoo
 from nnkit.optimizers.soap import SOAP
 
 __all__ = [
+    "KFAC",
     "SOAP",
     "Shampoo",
 ]

@@ -559,3 +559,18 @@ def test_tuner_failure_limit_message(tmp_path):
         tuner.search(X, Y, epochs=1, verbose=0)
     assert kt_hooks.failure_limit(error.value) == 1
     assert kt_hooks.failure_limit(RuntimeError("something else")) is None
+
+
+@probe("late-weights")
+def test_late_weights():
+    """A built layer takes a weight while its tracker is unlocked; _untrack_variable removes it."""
+    layer = keras.layers.Dense(2)
+    layer.build((None, 3))
+    with pytest.raises(ValueError):
+        layer.add_weight(shape=(1,), name="refused")
+    with layers.unlocked(layer):
+        extra = layer.add_weight(shape=(2, 2), initializer="zeros", name="extra")
+    assert layer._tracker.locked
+    assert layer.weights[-1] is extra and any(w is extra for w in layer.trainable_weights)
+    layers.remove_weight(layer, extra)
+    assert [w.name for w in layer.weights] == ["kernel", "bias"]
