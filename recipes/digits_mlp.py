@@ -365,9 +365,10 @@ def gradient_monitor(args):
     """The ``GradientNormMonitor`` of ``--monitor-gradients``, or ``None``."""
     if not args.monitor_gradients:
         return None
+    # Per-layer columns in history.csv too: the recipe's reader wants them.
     if args.monitor_every is None:
-        return GradientNormMonitor()
-    return GradientNormMonitor(every_n_steps=args.monitor_every)
+        return GradientNormMonitor(log_layers=True)
+    return GradientNormMonitor(every_n_steps=args.monitor_every, log_layers=True)
 
 
 def write_gradient_report(report, out):

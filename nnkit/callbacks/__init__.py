@@ -22,3 +22,7 @@ __all__ = [
     "StatefulCallback",
     "StopReason",
 ]
+
+from nnkit import _registry  # noqa: E402  (last: see nnkit/_registry.py)
+
+_registry.settle(__name__)

@@ -20,3 +20,7 @@ __all__ = [
     "smooth_l1",
     "triplet_loss",
 ]
+
+from nnkit import _registry  # noqa: E402  (last: see nnkit/_registry.py)
+
+_registry.settle(__name__)

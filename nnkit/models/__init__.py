@@ -4,3 +4,7 @@
 from nnkit.models.mlp import mlp
 
 __all__ = ["mlp"]
+
+from nnkit import _registry  # noqa: E402  (last: see nnkit/_registry.py)
+
+_registry.settle(__name__)
