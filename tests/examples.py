@@ -9,9 +9,20 @@ import nnkit.callbacks as C
 import nnkit.diagnostics as D
 import nnkit.layers as LY
 import nnkit.losses as L
+import nnkit.meta as M
 import nnkit.regularizers as R
 import nnkit.schedules as S
 import nnkit.tuning as T
+
+
+
+def _net():
+    import keras
+
+    return keras.Sequential(
+        [keras.Input((2,)), keras.layers.Dense(4, name="body"), keras.layers.Dense(1, name="head")]
+    )
+
 
 EXAMPLES = {
     # schedules
@@ -82,6 +93,11 @@ EXAMPLES = {
     "tuning.MedianStopping": lambda: T.MedianStopping(
         "val_loss", 3, 1, mode="min", directory="median", verbose=1
     ),
+    # meta
+    "meta.MAML": lambda: M.MAML(_net(), 0.05, 2, first_order=True, transductive=False),
+    "meta.MetaSGD": lambda: M.MetaSGD(_net(), 0.05, 2, True, False, rate_shape="variable"),
+    "meta.ANIL": lambda: M.ANIL(_net(), "head", 0.05, 2, first_order=True, transductive=False),
+    "meta.Reptile": lambda: M.Reptile(_net(), 0.05, 3, transductive=False),
 }
 
 # Base classes that are public for subclassing but never instantiated directly.
@@ -93,6 +109,9 @@ ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
 ABSTRACT |= {"diagnostics.VariableGroups"}
 ABSTRACT |= {"distribute.ReadinessReport"}
 ABSTRACT |= {"tuning.SensitivityReport"}
+ABSTRACT |= {"meta.MetaLearner", "meta.TaskSampler"}
+# Task samplers hold arrays and callables (not JSON): data sources, not Keras-saved components.
+ABSTRACT |= {"meta.FewShotClassification", "meta.RegressionFamily", "meta.TaskBatches"}
 
 
 def examples_in(subpackage):
