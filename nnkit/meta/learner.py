@@ -215,11 +215,6 @@ class MetaLearner(keras.Model):
         """Nothing to build: the wrapped model is built and the learner's own variables exist."""
         self.built = True
 
-    def compile(self, *args, **kwargs):
-        """``keras.Model.compile``; the compiled loss is also the inner loop's task loss."""
-        super().compile(*args, **kwargs)
-        self._meta_compiled.functions.clear()
-
     # -- adaptation to new tasks ---------------------------------------------------
 
     def adapt(self, x_support, y_support, steps=None):
@@ -270,7 +265,9 @@ class MetaLearner(keras.Model):
         """
         steps = self.inner_steps if steps is None else v.check_non_negative_int("steps", steps)
         batch_size = v.check_positive_int("batch_size", batch_size)
-        function = self._meta_compiled.functions.get(steps)
+        # Keyed by the compiled loss too: compiling again changes the inner loop's task loss.
+        key = (steps, id(self.loss))
+        function = self._meta_compiled.functions.get(key)
         if function is None:
             self._meta_loss()  # fail early, before tracing
 
@@ -281,7 +278,7 @@ class MetaLearner(keras.Model):
                 return y_pred
 
             function = _backend.compiled(predict)
-            self._meta_compiled.functions[steps] = function
+            self._meta_compiled.functions[key] = function
         trainable = [read(w) for w in self.trainable_variables]
         non_trainable = [read(w) for w in self.non_trainable_variables]
         parts = []
