@@ -15,7 +15,6 @@ import nnkit.schedules as S
 import nnkit.tuning as T
 
 
-
 def _net():
     import keras
 

@@ -79,7 +79,7 @@ class ANIL(MetaLearner):
     ...                         keras.layers.Dense(3, name="head")])
     >>> anil = ANIL(net, head="head", inner_learning_rate=0.1)
     >>> anil.head, [w.path for w in anil.adapted_variables]
-    (['head'], ['head/kernel', 'head/bias'])
+    (['head'], ['...head/kernel', '...head/bias'])
 
     References:
         Raghu, Raghu, Bengio and Vinyals, "Rapid Learning or Feature Reuse?

@@ -59,7 +59,7 @@ def maml_gradient(theta, tasks, y_query, steps, second_order, rates=None):
     """Numpy meta-gradient of K-step MAML on the linear model (and the meta-loss)."""
     rates = np.full_like(theta, ALPHA) if rates is None else rates
     total, loss = np.zeros_like(theta), 0.0
-    for xs, ys, xq, yq in zip(tasks["x_support"], tasks["y_support"], tasks["x_query"], y_query):
+    for xs, ys, xq, yq in zip(tasks["x_support"], tasks["y_support"], tasks["x_query"], y_query, strict=True):
         adapted, jacobian = theta, np.eye(len(theta))
         for _ in range(steps):
             adapted = adapted - rates * grad(adapted, xs, ys)
@@ -76,7 +76,7 @@ def one_fit_step(learner, tasks, y_query, learning_rate=1.0):
     before = [host(w) for w in learner.trainable_variables]
     history = learner.fit(tasks, y_query, batch_size=len(y_query), epochs=1, shuffle=False, verbose=0)
     after = [host(w) for w in learner.trainable_variables]
-    deltas = {id(w): a - b for w, a, b in zip(learner.trainable_variables, after, before)}
+    deltas = {id(w): a - b for w, a, b in zip(learner.trainable_variables, after, before, strict=True)}
     return deltas, history.history["loss"][0]
 
 
@@ -120,7 +120,7 @@ def test_meta_sgd_gradients_of_weights_and_rates(rate_shape):
     # ∂/∂α = −mean_t ∇S_t(θ) ⊙ ∇Q_t(θ′_t)
     x64, y64 = as64(tasks, y_query)
     rate_grad = np.zeros_like(theta)
-    for xs, ys, xq, yq in zip(x64["x_support"], x64["y_support"], x64["x_query"], y64):
+    for xs, ys, xq, yq in zip(x64["x_support"], x64["y_support"], x64["x_query"], y64, strict=True):
         g_s = grad(theta, xs, ys)
         rate_grad -= g_s * grad(theta - rates * g_s, xq, yq)
     rate_grad /= len(y64)
@@ -156,7 +156,7 @@ def _anil_net(seed=0):
 def _anil_meta_loss(body, head, tasks, y_query):
     """Numpy meta-loss of one-step ANIL (second order is implied by differentiating it)."""
     total = 0.0
-    for xs, ys, xq, yq in zip(tasks["x_support"], tasks["y_support"], tasks["x_query"], y_query):
+    for xs, ys, xq, yq in zip(tasks["x_support"], tasks["y_support"], tasks["x_query"], y_query, strict=True):
         adapted = head - ALPHA * grad(head, xs @ body, ys)
         total += mse(adapted, xq @ body, yq)
     return total / len(y_query)
@@ -209,7 +209,7 @@ def test_reptile_update_is_the_averaged_displacement(steps):
     theta = theta_of(net)
     x64, y64 = as64(tasks, y_query)
     displacement, query_loss = np.zeros_like(theta), 0.0
-    for xs, ys, xq, yq in zip(x64["x_support"], x64["y_support"], x64["x_query"], y64):
+    for xs, ys, xq, yq in zip(x64["x_support"], x64["y_support"], x64["x_query"], y64, strict=True):
         adapted = theta
         for _ in range(steps):
             adapted = adapted - ALPHA * grad(adapted, xs, ys)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nnkit.meta import ANIL, MAML, MetaSGD, Reptile, _backend
-from tests.meta._helpers import host, linear_tasks, meta_gradient
+from tests.meta._helpers import host, linear_tasks
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
