@@ -22,6 +22,7 @@ SUBPACKAGES = (
     "initializers",
     "layers",
     "losses",
+    "meta",
     "models",
     "optimizers",
     "regularizers",

@@ -9,10 +9,20 @@ import nnkit.callbacks as C
 import nnkit.diagnostics as D
 import nnkit.layers as LY
 import nnkit.losses as L
+import nnkit.meta as M
 import nnkit.optimizers as O
 import nnkit.regularizers as R
 import nnkit.schedules as S
 import nnkit.tuning as T
+
+
+def _net():
+    import keras
+
+    return keras.Sequential(
+        [keras.Input((2,)), keras.layers.Dense(4, name="body"), keras.layers.Dense(1, name="head")]
+    )
+
 
 EXAMPLES = {
     # schedules
@@ -99,6 +109,11 @@ EXAMPLES = {
         0.02, epsilon=1e-4, precondition_every=2, start_preconditioning_step=3,
         max_preconditioner_dim=4, weight_decay=0.01,
     ),  # fmt: skip
+    # meta
+    "meta.MAML": lambda: M.MAML(_net(), 0.05, 2, first_order=True, transductive=False),
+    "meta.MetaSGD": lambda: M.MetaSGD(_net(), 0.05, 2, True, False, rate_shape="variable"),
+    "meta.ANIL": lambda: M.ANIL(_net(), "head", 0.05, 2, first_order=True, transductive=False),
+    "meta.Reptile": lambda: M.Reptile(_net(), 0.05, 3, transductive=False),
 }
 
 # Base classes that are public for subclassing but never instantiated directly.
@@ -110,6 +125,9 @@ ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
 ABSTRACT |= {"diagnostics.VariableGroups"}
 ABSTRACT |= {"distribute.ReadinessReport"}
 ABSTRACT |= {"tuning.SensitivityReport"}
+ABSTRACT |= {"meta.MetaLearner", "meta.TaskSampler"}
+# Task samplers hold arrays and callables (not JSON): data sources, not Keras-saved components.
+ABSTRACT |= {"meta.FewShotClassification", "meta.RegressionFamily", "meta.TaskBatches"}
 
 
 def examples_in(subpackage):
