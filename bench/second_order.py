@@ -9,8 +9,9 @@ Questions (issue 12), on the digits deep autoencoder of
    sweep, relative to Adam (mean over ``--seeds``). Goal: Shampoo and SOAP
    ``<= 1/1.5`` of Adam's steps.
 2. ``step_time``: time of one training step at the default cadences
-   (``Shampoo``: roots every 20 steps; ``SOAP``: basis every 10), relative
-   to Adam on the same model and batch. Goal: ``<= 1.3``.
+   (``Shampoo``: roots every 20 steps; ``SOAP``: basis every 10; ``KFAC``:
+   inverses every 20), relative to Adam on the same model and batch. Goal:
+   ``<= 1.3``.
 3. ``refresh``: the time of one preconditioner refresh, and which way of
    doing periodic work is cheaper. Three train functions of the same model:
    ``cond`` (the default: a value-returning ``ops.cond`` decides in-graph
@@ -19,7 +20,8 @@ Questions (issue 12), on the digits deep autoencoder of
    host-side choice would switch between). ``refresh_seconds = always −
    never``; the host-side alternative costs at least ``never + refresh/f``
    per step (``f = precondition_every``; the host's switching not counted),
-   against ``cond``'s measured step.
+   against ``cond``'s measured step. (Shampoo and SOAP only: KFAC's refresh
+   is the same ``ops.cond`` pattern, but not behind ``forced_refresh``.)
 
 Method for step times: each configuration is a fresh model (same seed) fitted
 for ``1 + --epochs`` epochs of ``--steps`` steps on the digits repeated; a
@@ -106,8 +108,14 @@ class _EpochTimes(keras.callbacks.Callback):
 
 
 def step_time(recipe, optimizer, data, args, context=contextlib.nullcontext):
-    """Median seconds per step of a fresh autoencoder trained with ``optimizer``."""
+    """Median seconds per step of a fresh autoencoder trained with ``optimizer``.
+
+    ``optimizer`` is an optimizer, or a function of the model that makes one
+    (KFAC registers the model it preconditions).
+    """
     model = recipe.build_model("autoencoder", 0)
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        optimizer = optimizer(model)
     model.compile(optimizer, loss="binary_crossentropy")
     rows = args.steps * recipe.BATCH_SIZE
     x = np.resize(data["x"], (rows, data["x"].shape[1]))
@@ -175,6 +183,12 @@ def main(argv=None):
     configs = {
         name: (lambda cls=cls: cls(1e-3), contextlib.nullcontext) for name, cls in chosen.items()
     }
+    if "kfac" in recipe_args.optimizers:
+        make_kfac = recipe.OPTIMIZERS["kfac"][0]
+        configs["kfac"] = (
+            lambda: (lambda model: make_kfac(1e-3, model)),
+            contextlib.nullcontext,
+        )
     figures["step_time"] = {
         name: {"ratio_to_adam": ratio, "seconds_per_step": seconds}
         for name, (ratio, seconds) in paired(recipe, configs, data, args).items()

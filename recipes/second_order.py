@@ -13,8 +13,8 @@ to ``[0, 1]``, nothing downloaded):
 
 Each problem is trained with every optimizer of ``OPTIMIZERS`` (Adam,
 SGD with Nesterov momentum, ``nnkit.optimizers.Shampoo``,
-``nnkit.optimizers.SOAP``; one row per optimizer, so another method is one
-more row). Every optimizer gets the same treatment:
+``nnkit.optimizers.SOAP``, ``nnkit.optimizers.KFAC``; one row per optimizer,
+so another method is one more row). Every optimizer gets the same treatment:
 
 1. a learning-rate sweep over its own log-spaced grid (``--sweep-seeds``
    seeds per rate, the final training loss averaged over them);
@@ -58,7 +58,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-from nnkit.optimizers import SOAP, Shampoo  # noqa: E402
+from nnkit.optimizers import KFAC, SOAP, Shampoo  # noqa: E402
 
 PROBLEMS = ("autoencoder", "classifier")
 ENCODER = (48, 32, 16)  # hidden widths before the 8-unit code; the decoder mirrors them
@@ -66,16 +66,25 @@ CODE = 8
 CLASSIFIER = (64, 64)
 BATCH_SIZE = 128
 
-# One row per optimizer: its factory (learning rate -> optimizer) and the grid of
-# learning rates its sweep tries. A new method (K-FAC) is one more row.
+LOSSES = {"autoencoder": "binary_crossentropy", "classifier": "categorical_crossentropy"}
+
+# One row per optimizer: its factory ((learning rate, model) -> optimizer) and the
+# grid of learning rates its sweep tries. KFAC registers the model it preconditions
+# and takes the exact Gauss-Newton factor of the problem's loss at the output layer.
 OPTIMIZERS = {
-    "adam": (lambda lr: keras.optimizers.Adam(lr), (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
+    "adam": (lambda lr, model: keras.optimizers.Adam(lr), (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
     "sgd_nesterov": (
-        lambda lr: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
+        lambda lr, model: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
         (0.01, 0.03, 0.1, 0.3, 1.0),
     ),
-    "shampoo": (lambda lr: Shampoo(lr), (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
-    "soap": (lambda lr: SOAP(lr), (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
+    "shampoo": (lambda lr, model: Shampoo(lr), (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
+    "soap": (lambda lr, model: SOAP(lr), (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
+    "kfac": (
+        lambda lr, model: KFAC(
+            lr, model=model, damping=1e-2, damping_type="eigen", output_fisher=LOSSES[model.name]
+        ),
+        (3e-3, 1e-2, 3e-2, 0.1, 0.3),
+    ),
 }
 BASELINE = "adam"
 WITHIN = 0.10  # sensitivity: rates whose final loss is within 10 % of the best
@@ -83,7 +92,7 @@ WITHIN = 0.10  # sensitivity: rates whose final loss is within 10 % of the best
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Shampoo and SOAP against tuned Adam and SGD-Nesterov on the digits "
+        description="Shampoo, SOAP and K-FAC against tuned Adam and SGD-Nesterov on the digits "
         "deep autoencoder (and the digits MLP classifier as the control)."
     )
     parser.add_argument("--epochs", type=int, default=60, help="epochs per run (default 60)")
@@ -166,8 +175,7 @@ def train(problem, optimizer_name, learning_rate, seed, epochs, data):
     """One run: ``{"loss": [per epoch], "seconds": [per epoch], "steps_per_epoch": n}``."""
     model = build_model(problem, seed)
     factory, _ = OPTIMIZERS[optimizer_name]
-    loss = "binary_crossentropy" if problem == "autoencoder" else "categorical_crossentropy"
-    model.compile(factory(learning_rate), loss=loss)
+    model.compile(factory(learning_rate, model), loss=LOSSES[problem])
     y = data["x"] if problem == "autoencoder" else data["labels"]
     clock = _Clock()
     history = model.fit(

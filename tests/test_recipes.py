@@ -588,6 +588,11 @@ def test_second_order_models_and_measures(second_order):
     widths = [layer.units for layer in autoencoder.layers]
     assert widths == [48, 32, 16, 8, 16, 32, 48, 64]  # 64-…-8 and the mirrored decoder
     assert second_order.build_model("classifier", 0).output_shape == (None, 10)
+    # Every row's factory makes its optimizer; KFAC registers every Dense layer of the model.
+    for name, (factory, grid) in second_order.OPTIMIZERS.items():
+        assert isinstance(factory(grid[0], autoencoder), keras.optimizers.Optimizer), name
+    kfac = second_order.OPTIMIZERS["kfac"][0](1e-2, second_order.build_model("autoencoder", 0))
+    assert len(kfac.registered_layers) == 8 and kfac.output_fisher == "binary_crossentropy"
     run = {"loss": [3.0, 2.0, 1.0], "seconds": [0.5, 1.0, 1.5], "steps_per_epoch": 10}
     assert second_order.to_target(run, 2.0) == (20, 1.0)
     assert second_order.to_target(run, 0.5) == (None, None)

@@ -1,7 +1,6 @@
 """K-FAC: Kronecker-factored approximate curvature, as a Keras optimizer inside ``model.fit``."""
 
 import contextlib
-import re
 import warnings
 
 import keras
@@ -19,6 +18,7 @@ from nnkit._validation import (
     check_positive_number,
 )
 from nnkit.optimizers import _kfac_capture as capture
+from nnkit.optimizers import _kfac_factors as factors
 from nnkit.optimizers import _kfac_math as kmath
 from nnkit.optimizers import _kfac_replicas as replicas
 
@@ -44,10 +44,6 @@ class _Registration:
 
     def channel_ids(self):
         return {id(c) for block in self.blocks for c in block.channels}
-
-
-def _clean(name):
-    return re.sub(r"\W", "_", str(name))
 
 
 @keras.saving.register_keras_serializable(package="nnkit")
@@ -187,7 +183,7 @@ class KFAC(keras.optimizers.Optimizer):
                 f"kl_clip={kl_clip!r}, max_update_norm={max_update_norm!r}"
             )
         self.output_fisher = check_one_of("output_fisher", output_fisher, kmath.OUTPUT_FISHERS)
-        self._kfac = _Registration()
+        self._kfac = factors.Registration()
         if model is not None:
             self.register(model)
 
@@ -273,68 +269,9 @@ class KFAC(keras.optimizers.Optimizer):
                 initializer="zeros",
                 dtype=variable.dtype,
                 aggregation="only_first_replica",
-                name=f"kfac_momentum_{_clean(variable.path)}",
+                name=f"kfac_momentum_{factors.clean(variable.path)}",
             )
-        self._kfac_make_factors()
-
-    def _kfac_make_factors(self):
-        state = self._kfac
-        missing = [b for b in state.blocks if id(b) not in state.factors]
-        if not missing:
-            return
-        if state.counter is None:
-            state.counter = self.add_variable(
-                shape=(),
-                initializer="zeros",
-                dtype="int32",
-                aggregation="only_first_replica",
-                name="kfac_factor_updates",
-            )
-        created = [state.counter] if len(state.factors) == 0 else []
-        for block in missing:
-            prefix = _clean(block.name)
-            shapes = {"a": (block.input_dim,) * 2, "g": (block.output_dim,) * 2}
-            entry = {
-                key: self.add_variable(
-                    shape=shape,
-                    initializer="zeros",
-                    dtype="float32",
-                    aggregation="only_first_replica",
-                    name=f"kfac_{prefix}_{key}_factor",
-                )
-                for key, shape in shapes.items()
-            }
-            entry["curvature"] = [
-                self.add_variable(
-                    shape=shape,
-                    initializer="zeros",
-                    dtype="float32",
-                    aggregation="only_first_replica",
-                    name=f"kfac_{prefix}_curvature_{i}",
-                )
-                for i, shape in enumerate(
-                    kmath.curvature_shapes(block.input_dim, block.output_dim, self.damping_type)
-                )
-            ]
-            state.factors[id(block)] = entry
-            created += [entry["a"], entry["g"], *entry["curvature"]]
-        self._kfac_take_pending(created)
-
-    def _kfac_take_pending(self, created):
-        pending, self._kfac.pending = self._kfac.pending, []
-        if not pending:
-            return
-        if len(pending) != len(created) or any(
-            tuple(p.shape) != tuple(v.shape) for p, v in zip(pending, created, strict=True)
-        ):
-            warnings.warn(
-                f"KFAC: the loaded factor state ({len(pending)} arrays) does not fit the "
-                f"registered layers ({len(created)} variables); the factors start afresh.",
-                stacklevel=3,
-            )
-            return
-        for value, variable in zip(pending, created, strict=True):
-            variable.assign(value)
+        factors.make_factors(self)
 
     def load_own_variables(self, store):
         """Keras's loading, plus: factor state saved by a registered optimizer waits for
@@ -349,17 +286,9 @@ class KFAC(keras.optimizers.Optimizer):
 
     # -- the step ---------------------------------------------------------------
 
-    def _kfac_read_loss_scale(self):
-        outer = getattr(self._kfac.model, "optimizer", None)
-        if isinstance(outer, keras.optimizers.LossScaleOptimizer) and (
-            outer.inner_optimizer is self and outer.built
-        ):
-            return ops.cast(ops.convert_to_tensor(outer.dynamic_scale), "float32")
-        return None
-
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         """Keras's stateless step (JAX); reads a ``LossScaleOptimizer``'s scale where it is current."""
-        self._kfac.loss_scale = self._kfac_read_loss_scale()
+        self._kfac.loss_scale = factors.read_loss_scale(self)
         try:
             return super().stateless_apply(optimizer_variables, grads, trainable_variables)
         finally:
@@ -387,7 +316,7 @@ class KFAC(keras.optimizers.Optimizer):
         reduced = replicas.all_reduce([grads[i] for i in present], "sum")
         for i, g in zip(present, reduced, strict=True):
             grads[i] = g
-        curvature = self._kfac_update_curvature(received, count) if state.blocks else {}
+        curvature = factors.update_curvature(self, received, count) if state.blocks else {}
         directions = list(grads)
         index = {id(v): i for i, v in enumerate(variables)}
         for block in state.blocks:
@@ -421,78 +350,6 @@ class KFAC(keras.optimizers.Optimizer):
             for d, v in zip(directions, variables, strict=True)
         ]
         return super().apply(handed, variables)
-
-    def _kfac_update_curvature(self, received, count):
-        """Fold this step's statistics into the factors; refresh the inverses on the cadence.
-
-        Returns ``{id(block): curvature tensors}`` for this step. The refresh
-        is a value-returning ``ops.cond`` followed by unconditional assignments.
-        """
-        state = self._kfac
-        a_stats = [ops.cast(received[id(b.input_channel)], "float32") for b in state.blocks]
-        g_stats = [ops.cast(received[id(b.output_channel)], "float32") for b in state.blocks]
-        reduced = replicas.all_reduce(a_stats + g_stats, "mean")
-        a_stats, g_stats = reduced[: len(a_stats)], reduced[len(a_stats) :]
-        loss_scale = (
-            state.loss_scale if state.loss_scale is not None else (self._kfac_read_loss_scale())
-        )
-        decay = self.factor_decay
-        updates = ops.convert_to_tensor(state.counter)
-        for block, a_stat, g_stat in zip(state.blocks, a_stats, g_stats, strict=True):
-            if block.output_fisher == "empirical":
-                # The loss is scaled by 1/replicas under a strategy (and by the
-                # loss scale under mixed_float16): undo both, squared.
-                g_stat = g_stat * float(count * count)
-                if loss_scale is not None:
-                    g_stat = g_stat / ops.square(loss_scale)
-            entry = state.factors[id(block)]
-            a = decay * ops.convert_to_tensor(entry["a"]) + (1.0 - decay) * a_stat
-            g = decay * ops.convert_to_tensor(entry["g"]) + (1.0 - decay) * g_stat
-            self.assign(entry["a"], a)
-            self.assign(entry["g"], g)
-
-        kept = [v for b in state.blocks for v in state.factors[id(b)]["curvature"]]
-        shapes = [tuple(v.shape) for v in kept]
-
-        # One flat tensor out of the cond: TensorFlow's graph-mode cond (without
-        # XLA) mis-wires the train function's outputs when it returns a list.
-        def flat(tensors):
-            return ops.concatenate([ops.reshape(t, (-1,)) for t in tensors], axis=0)
-
-        def keep():
-            return flat([ops.convert_to_tensor(v) for v in kept])
-
-        entries = [state.factors[id(b)] for b in state.blocks]
-
-        def refresh():
-            # The factors are read from their variables inside the branch (the
-            # assignments above come first): a branch that captures tensors
-            # computed outside it breaks TensorFlow's graph-mode train function.
-            counter = ops.cast(ops.convert_to_tensor(state.counter) + 1, "float32")
-            fix = 1.0 - ops.power(decay, counter)
-            fresh = []
-            for entry in entries:
-                a = ops.convert_to_tensor(entry["a"]) / fix
-                g = ops.convert_to_tensor(entry["g"]) / fix
-                fresh += kmath.curvature(a, g, damping=self.damping, damping_type=self.damping_type)
-            return flat(fresh)
-
-        packed = ops.cond(ops.equal(ops.mod(updates, self.inverse_every), 0), refresh, keep)
-        values, start = [], 0
-        for shape in shapes:
-            size = int(np.prod(shape))
-            values.append(ops.reshape(packed[start : start + size], shape))
-            start += size
-        result, position = {}, 0
-        for block in state.blocks:
-            stored = state.factors[id(block)]["curvature"]
-            taken = values[position : position + len(stored)]
-            position += len(stored)
-            for variable, value in zip(stored, taken, strict=True):
-                self.assign(variable, value)
-            result[id(block)] = taken
-        self.assign(state.counter, updates + 1)
-        return result
 
     def update_step(self, gradient, variable, learning_rate):
         """Keras's SGD momentum rule on the (preconditioned, rescaled) direction."""
