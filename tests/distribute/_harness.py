@@ -385,10 +385,15 @@ INTENDED_AGGREGATION = {
     # MetaSGD's inner learning rates: trainable, written by the optimizer after the
     # all-reduce (cross-replica context), so the aggregation is never used.
     "meta_sgd_rate_": "none",
+    # KFAC's momenta, factors, curvature and its capture channels: written in the
+    # optimizer's update from all-reduced gradients and statistics (the channels
+    # by overwrite_with_gradient after that all-reduce), the same on every replica.
+    "kfac_": "only_first_replica",
 }
 #: Rows of ``INTENDED_AGGREGATION`` for variables that a plain fit with every
-#: callback does not create (they belong to a kind of model, not to a callback).
-MODEL_VARIABLES = ("meta_sgd_rate_",)
+#: callback does not create (they belong to a kind of model, or to KFAC, which
+#: needs its model: tests/optimizers/test_kfac*.py trains it mirrored).
+MODEL_VARIABLES = ("meta_sgd_rate_", "kfac_")
 
 
 def intended_aggregation(name):
