@@ -83,9 +83,7 @@ def knob(study, name, rows, objectives, sign, threshold, robust, path, label, *,
 
     ``sign`` is 1 when lower is better, -1 when higher is.
     """
-    figure = knob_figure(
-        study, name, rows, objectives, sign, threshold, robust, label, noise=noise
-    )
+    figure = knob_figure(study, name, rows, objectives, sign, threshold, robust, label, noise=noise)
     return _save(figure, path)
 
 
