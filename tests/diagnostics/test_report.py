@@ -88,7 +88,8 @@ def _heatmap_ticks(monkeypatch, tmp_path, steps):
     monkeypatch.setattr(Figure, "savefig", keep)
     diagnose(steps, NAMES, np.ones((len(steps), 3))).plot(tmp_path / "norms.png")
     axes = figures[0].axes[0]
-    return [(float(x), t.get_text()) for x, t in zip(axes.get_xticks(), axes.get_xticklabels())]
+    labels = axes.get_xticklabels()
+    return [(float(x), t.get_text()) for x, t in zip(axes.get_xticks(), labels, strict=True)]
 
 
 @pytest.mark.parametrize(
