@@ -49,7 +49,7 @@ class EarlyStopping(MonitorCallback):
 
     At the end of training, with ``restore_best_weights``, the weights of
     ``best_epoch`` are restored whether or not training stopped early.
-    After a stop, ``stop_reason`` (a :class:`Reason`), ``stop_message``
+    After a stop, ``stop_reason`` (a ``Reason``), ``stop_message``
     (a sentence), ``stopped_epoch``, ``best`` and ``best_epoch`` describe it.
     The attributes count epochs from 0, as ``fit``'s ``epoch`` argument
     does; messages count from 1, as Keras's progress bar does, and give the
@@ -59,7 +59,7 @@ class EarlyStopping(MonitorCallback):
 
     A ``monitor`` that is not in the logs raises a ``ValueError`` naming it
     and the logged keys at the first epoch end (``on_missing="warn"`` gives
-    Keras's warning instead); see :class:`MonitorCallback`.
+    Keras's warning instead); see ``MonitorCallback``.
 
     Args:
         monitor: Name of the logged quantity to watch. Defaults to
@@ -211,7 +211,7 @@ class EarlyStopping(MonitorCallback):
                 logged.
 
         Returns:
-            A :class:`Decision`: ``act`` (stop), ``reason``, and the state
+            A ``Decision``: ``act`` (stop), ``reason``, and the state
             after this epoch in ``wait``, ``best``, ``best_epoch``, ``value``
             (the smoothed value) and ``improved`` (take the best weights);
             the caller stores it and stops training when ``act``.
