@@ -33,8 +33,9 @@ class EarlyStopping(MonitorCallback):
 
     1. ``check_finite`` and ``x_t`` is NaN or ±inf: stop (``NON_FINITE``).
        This check applies from epoch 0, warm-up included.
-    2. Epochs ``t < start_from_epoch`` and epochs without ``monitor`` in the
-       logs are skipped (Keras warns about the latter).
+    2. Epochs ``t < start_from_epoch`` are skipped. An epoch without
+       ``monitor`` in its logs raises (see below); with ``on_missing="warn"``
+       it is skipped with Keras's warning.
     3. Smoothing (``α = smoothing``, counted over monitored epochs):
        ``s_t = α·s_{t-1} + (1−α)·x_t`` with ``s_0 = x_0``; without smoothing
        ``s_t = x_t``. Every later comparison uses ``s_t``.
