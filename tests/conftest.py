@@ -44,6 +44,8 @@ def _quiet_keras_saving():
     keras.Model.save_weights = quiet(keras.Model.save_weights)
     keras.saving.save_model = quiet(keras.saving.save_model)
     keras.saving.save_weights = quiet(keras.saving.save_weights)
+    # copy.deepcopy / pickle of a model go through Keras's saving too (its __reduce__).
+    keras.Model.__reduce__ = quiet(keras.Model.__reduce__)
 
 
 def pytest_configure(config):

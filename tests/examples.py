@@ -9,9 +9,20 @@ import nnkit.callbacks as C
 import nnkit.diagnostics as D
 import nnkit.layers as LY
 import nnkit.losses as L
+import nnkit.meta as M
+import nnkit.optimizers as O
 import nnkit.regularizers as R
 import nnkit.schedules as S
 import nnkit.tuning as T
+
+
+def _net():
+    import keras
+
+    return keras.Sequential(
+        [keras.Input((2,)), keras.layers.Dense(4, name="body"), keras.layers.Dense(1, name="head")]
+    )
+
 
 EXAMPLES = {
     # schedules
@@ -70,6 +81,11 @@ EXAMPLES = {
     "diagnostics.DiagnosisRules": lambda: D.DiagnosisRules(
         1e-7, 1e-4, 3, exploding_threshold=500.0, jump_factor=20.0, update_ratio_band=30.0
     ),
+    # optimizers
+    "optimizers.KFAC": lambda: O.KFAC(
+        0.05, damping=1e-2, damping_type="eigen", momentum=0.5, factor_decay=0.9,
+        inverse_every=5, kl_clip=None, max_update_norm=1.0, output_fisher="mean_squared_error",
+    ),  # fmt: skip
     # tuning
     "tuning.SearchSpace": lambda: T.SearchSpace(
         T.SearchSpace().restrict(learning_rate=(1e-3, 1e-2)).fixed(depth=2).knobs
@@ -82,6 +98,22 @@ EXAMPLES = {
     "tuning.MedianStopping": lambda: T.MedianStopping(
         "val_loss", 3, 1, mode="min", directory="median", verbose=1
     ),
+    # optimizers (cadences short enough that the harness's 8 steps refresh several times)
+    # Small blocks and damping keep the factors well conditioned over the harness's 8 steps, so
+    # a mirrored run's last-bit differences stay small in the roots and bases.
+    "optimizers.Shampoo": lambda: O.Shampoo(
+        0.02, graft="adam", damping=1e-2, precondition_every=2, start_preconditioning_step=2,
+        max_preconditioner_dim=12,
+    ),  # fmt: skip
+    "optimizers.SOAP": lambda: O.SOAP(
+        0.02, epsilon=1e-4, precondition_every=2, start_preconditioning_step=3,
+        max_preconditioner_dim=4, weight_decay=0.01,
+    ),  # fmt: skip
+    # meta
+    "meta.MAML": lambda: M.MAML(_net(), 0.05, 2, first_order=True, transductive=False),
+    "meta.MetaSGD": lambda: M.MetaSGD(_net(), 0.05, 2, True, False, rate_shape="variable"),
+    "meta.ANIL": lambda: M.ANIL(_net(), "head", 0.05, 2, first_order=True, transductive=False),
+    "meta.Reptile": lambda: M.Reptile(_net(), 0.05, 3, transductive=False),
 }
 
 # Base classes that are public for subclassing but never instantiated directly.
@@ -93,6 +125,9 @@ ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
 ABSTRACT |= {"diagnostics.VariableGroups"}
 ABSTRACT |= {"distribute.ReadinessReport"}
 ABSTRACT |= {"tuning.SensitivityReport"}
+ABSTRACT |= {"meta.MetaLearner", "meta.TaskSampler"}
+# Task samplers hold arrays and callables (not JSON): data sources, not Keras-saved components.
+ABSTRACT |= {"meta.FewShotClassification", "meta.RegressionFamily", "meta.TaskBatches"}
 
 
 def examples_in(subpackage):

@@ -582,3 +582,78 @@ def test_vanishing_help_and_bad_arguments(vanishing, capsys):
             vanishing.parse_args(bad)
         assert exit_info.value.code == 2
         assert flag in capsys.readouterr().err
+
+
+# -- recipes/second_order.py ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def second_order():
+    return _load_recipe("second_order")
+
+
+@pytest.mark.slow
+def test_second_order_quick_run_writes_every_output(second_order, tmp_path, capsys):
+    out = tmp_path / "second_order"
+    summary = second_order.main(
+        ["--quick", "--problems", "autoencoder", "--optimizers", "adam,shampoo", "--out", str(out)]
+    )
+    written = json.loads((out / "summary.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    outcome = written["problems"]["autoencoder"]
+    results = outcome["optimizers"]
+    assert list(results) == ["adam", "shampoo"]
+    adam = results["adam"]
+    # The target is tuned Adam's final loss, so Adam reaches it (at the last epoch at latest).
+    assert outcome["target_loss"] == pytest.approx(1.05 * adam["final_loss"][0])
+    assert adam["seeds_reaching_target"] == 1
+    assert adam["steps_to_target"][0] <= 3 * adam["runs"][0]["steps_per_epoch"]
+    for name, result in results.items():
+        assert len(result["sweep"]) == 2, name  # --quick: two rates
+        best = min(result["sweep"].values())
+        assert result["sweep"][repr(result["best_learning_rate"])] == best
+        assert result["sensitivity_decades"] in (0.0, pytest.approx(math.log10(3.0)))
+        (run,) = result["runs"]
+        assert len(run["loss"]) == len(run["seconds"]) == 3
+        assert all(math.isfinite(v) and v > 0 for v in run["loss"]), name
+        assert run["loss"][-1] < run["loss"][0], name  # it learns
+    _assert_png(out / "autoencoder_loss.png")
+    printed = capsys.readouterr().out
+    assert "== autoencoder" in printed and "fewest steps to target" in printed
+
+
+def test_second_order_models_and_measures(second_order):
+    data = second_order.load_data()
+    assert data["x"].shape == (1797, 64) and 0.0 <= data["x"].min() <= data["x"].max() <= 1.0
+    autoencoder = second_order.build_model("autoencoder", 0)
+    widths = [layer.units for layer in autoencoder.layers]
+    assert widths == [48, 32, 16, 8, 16, 32, 48, 64]  # 64-…-8 and the mirrored decoder
+    assert second_order.build_model("classifier", 0).output_shape == (None, 10)
+    # Every row's factory makes its optimizer; KFAC registers every Dense layer of the model.
+    for name, (factory, grid) in second_order.OPTIMIZERS.items():
+        assert isinstance(factory(grid[0], autoencoder), keras.optimizers.Optimizer), name
+    kfac = second_order.OPTIMIZERS["kfac"][0](1e-2, second_order.build_model("autoencoder", 0))
+    assert len(kfac.registered_layers) == 8 and kfac.output_fisher == "binary_crossentropy"
+    run = {"loss": [3.0, 2.0, 1.0], "seconds": [0.5, 1.0, 1.5], "steps_per_epoch": 10}
+    assert second_order.to_target(run, 2.0) == (20, 1.0)
+    assert second_order.to_target(run, 0.5) == (None, None)
+    sweep = {1e-3: 1.0, 1e-2: 1.05, 1e-1: 2.0, 1.0: float("inf")}
+    assert second_order.sensitivity(sweep) == pytest.approx(1.0)  # 1e-3 .. 1e-2: one decade
+
+
+def test_second_order_help_and_bad_arguments(second_order, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        second_order.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    assert "--quick" in capsys.readouterr().out
+    for bad, flag in (
+        (["--optimizers", "adam,lbfgs"], "--optimizers"),
+        (["--optimizers", "soap"], "baseline"),
+        (["--seeds", "0"], "--seeds"),
+        (["--target-factor", "nan"], "--target-factor"),
+        (["--problems", "gan"], "--problems"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            second_order.parse_args(bad)
+        assert exit_info.value.code == 2
+        assert flag in capsys.readouterr().err

@@ -12,13 +12,14 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
 
 - ``optimizer``: ``optimizer-learning-rate``, ``optimizer-raw-iterations``,
   ``optimizer-trainable-variables``, ``optimizer-apply``,
-  ``optimizer-clip-gradients``, ``optimizer-variables``.
+  ``optimizer-clip-gradients``, ``optimizer-variables``,
+  ``optimizer-variable-index``.
 - ``all_reduce``: ``all-reduce-tap``.
 - ``train_function``: ``train-function-trace``, ``train-function-per-step``.
 - ``fit``: ``callback-model``, ``fit-initial-epoch``, ``model-strategy``,
   ``fit-shared-params``.
 - ``metrics``: ``metric-direction``.
-- ``layers``: ``flatten-layers``, ``seed-generators``.
+- ``layers``: ``flatten-layers``, ``seed-generators``, ``late-weights``.
 - ``model``: ``functional-inputs``, ``build-shapes``.
 - ``multi_worker``: ``multi-worker-symbolic-build``,
   ``multi-worker-reduce-per-replica``, ``multi-worker-mode``.
@@ -58,6 +59,11 @@ ASSUMPTIONS = {
         "optimizer",
         "optimizer.variables copies optimizer._variables; JAX's stateless step carries "
         "exactly those, and save_own_variables (looked up on the instance) saves them",
+    ),
+    "optimizer-variable-index": (
+        "optimizer",
+        "optimizer._get_variable_index(variable) maps the variable update_step receives (on "
+        "TensorFlow, a replica's component) to its position in the list build received",
     ),
     "all-reduce-tap": (
         "all_reduce",
@@ -102,6 +108,11 @@ ASSUMPTIONS = {
     "seed-generators": (
         "layers",
         "a layer lists the SeedGenerator objects it owns in layer._seed_generators",
+    ),
+    "late-weights": (
+        "layers",
+        "a built layer takes new weights from add_weight while layer._tracker is unlocked, "
+        "and layer._untrack_variable removes them again",
     ),
     "functional-inputs": (
         "model",

@@ -1,12 +1,20 @@
-"""Walking a model's nested layers, which Keras does only through a private method.
+"""Walking a model's nested layers and adding state to a built layer, which Keras does privately.
 
-Assumption (probe in ``tests/_keras/test_probes.py``):
+Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
 
 - ``flatten-layers``: ``layer._flatten_layers(include_self, recursive)``
   yields every layer nested in ``layer`` (sub-models, layers held as
   attributes of custom layers, lists of layers, input layers) exactly once.
   ``model.layers`` lists only the direct children.
+- ``late-weights``: a built layer refuses new weights because its
+  ``layer._tracker`` is locked; while it is unlocked, ``layer.add_weight``
+  works as during ``build`` (the new weight joins ``layer.weights`` after the
+  layer's own, and ``model.trainable_weights``), and
+  ``layer._untrack_variable(variable)`` removes such a weight again, leaving
+  the tracker locked as it was.
 """
+
+import contextlib
 
 
 def walk(layer, *, include_self=True, recursive=True):
@@ -21,3 +29,24 @@ def seed_generators(layer):
     creates as attributes in ``layer._seed_generators``.
     """
     return tuple(getattr(layer, "_seed_generators", ()))
+
+
+@contextlib.contextmanager
+def unlocked(layer):
+    """A block in which ``layer.add_weight`` works although ``layer`` is built (``late-weights``).
+
+    The tracker is locked again afterwards if it was locked before.
+    """
+    tracker = layer._tracker
+    was_locked = tracker.locked
+    tracker.unlock()
+    try:
+        yield layer
+    finally:
+        if was_locked:
+            tracker.lock()
+
+
+def remove_weight(layer, variable):
+    """Take a weight added in :func:`unlocked` off ``layer`` again (``late-weights``)."""
+    layer._untrack_variable(variable)

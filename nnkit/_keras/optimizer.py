@@ -25,6 +25,11 @@ Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
   carries exactly ``optimizer.variables`` in and out of
   ``stateless_apply``; ``save_own_variables`` (looked up on the instance
   when a model is saved) writes them in that order.
+- ``optimizer-variable-index``: ``optimizer._get_variable_index(variable)``
+  is the position, in the list given to ``build``, of the variable that
+  ``update_step`` receives: a ``keras.Variable`` on JAX, the backend
+  ``tf.Variable`` on TensorFlow and, under ``tf.distribute``, one replica's
+  component of it (Keras maps the component to its distributed container).
 """
 
 import contextlib
@@ -47,6 +52,15 @@ def raw_iterations(optimizer):
 def trainable_variables(optimizer):
     """The variables the optimizer was built for, in order (a new list)."""
     return list(optimizer._trainable_variables)
+
+
+def variable_index(optimizer, variable):
+    """The position of ``variable`` (as ``update_step`` receives it) in the list given to build.
+
+    nnkit's optimizers keep their per-variable state in lists indexed by it,
+    as Keras's own optimizers do.
+    """
+    return optimizer._get_variable_index(variable)
 
 
 def clip_gradients(optimizer, grads):

@@ -37,6 +37,10 @@ ORDER = (
     "gradient_monitor",
     # The train-function variants of nnkit.\_keras.train_function.
     "train_function",
+    # nnkit.optimizers.KFAC: the capturing call of a registered Dense/Conv2D
+    # layer and its save/load without the statistics channels (layer methods
+    # no other part patches).
+    "kfac",
 )
 
 #: Instance attribute holding ``{method name: _Chain}``.

@@ -202,6 +202,27 @@ def test_optimizer_variables(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "4.0", "JAX did not carry the variable"
 
 
+@probe("optimizer-variable-index")
+def test_optimizer_variable_index():
+    """update_step's variable maps to its position in build's list, on one device and mirrored."""
+    seen = []
+
+    class Recording(keras.optimizers.SGD):
+        def update_step(self, gradient, variable, learning_rate):
+            seen.append(opt.variable_index(self, variable))
+            return super().update_step(gradient, variable, learning_rate)
+
+    net = _model(Recording(0.1))
+    net.fit(X, Y, batch_size=len(X), epochs=1, verbose=0)
+    assert seen == list(range(len(net.trainable_variables)))
+    strategy = mirrored_strategy()
+    seen.clear()
+    with strategy.scope():
+        mirrored = _model(Recording(0.1))
+    mirrored.fit(X, Y, batch_size=len(X), epochs=1, verbose=0)
+    assert sorted(set(seen)) == list(range(len(mirrored.trainable_variables)))
+
+
 # -- the all-reduce tap -------------------------------------------------------------
 
 
@@ -538,3 +559,18 @@ def test_tuner_failure_limit_message(tmp_path):
         tuner.search(X, Y, epochs=1, verbose=0)
     assert kt_hooks.failure_limit(error.value) == 1
     assert kt_hooks.failure_limit(RuntimeError("something else")) is None
+
+
+@probe("late-weights")
+def test_late_weights():
+    """A built layer takes a weight while its tracker is unlocked; _untrack_variable removes it."""
+    layer = keras.layers.Dense(2)
+    layer.build((None, 3))
+    with pytest.raises(ValueError):
+        layer.add_weight(shape=(1,), name="refused")
+    with layers.unlocked(layer):
+        extra = layer.add_weight(shape=(2, 2), initializer="zeros", name="extra")
+    assert layer._tracker.locked
+    assert layer.weights[-1] is extra and any(w is extra for w in layer.trainable_weights)
+    layers.remove_weight(layer, extra)
+    assert [w.name for w in layer.weights] == ["kernel", "bias"]

@@ -1,0 +1,191 @@
+"""K-FAC's arithmetic in ``keras.ops``: the factor statistics, damped inverses, preconditioning.
+
+Pure functions of tensors (float32 throughout), shared by the capture (the
+statistics are computed in the backward pass of a registered layer) and the
+optimizer (moving averages, inverses, the preconditioned direction). Shapes,
+for a block whose kernel maps ``d_in`` inputs to ``d_out`` outputs (a
+``Conv2D``: ``d_in = kh·kw·c_in`` values per patch), with a bias as the
+homogeneous coordinate ``ã = [a, 1]``:
+
+- ``A = E[ã ãᵀ]``: ``(d_in + 1, d_in + 1)`` (``d_in`` without a bias);
+- ``G = E[g gᵀ]``: ``(d_out, d_out)``, ``g`` the gradient of one example's
+  loss with respect to the layer's pre-activation;
+- the block gradient ``∇ = [∇W; ∇b]``: ``(d_in + 1, d_out)``; the K-FAC
+  direction is ``(A + π·√λ·I)⁻¹ ∇ (G + √λ/π·I)⁻¹`` (``"pi"``),
+  ``(A + √λ·I)⁻¹ ∇ (G + √λ·I)⁻¹`` (``"tikhonov"``) or, with the
+  eigendecompositions ``A = Q_A diag(α) Q_Aᵀ``, ``G = Q_G diag(γ) Q_Gᵀ``,
+  ``Q_A [(Q_Aᵀ ∇ Q_G) / (α γᵀ + λ)] Q_Gᵀ`` (``"eigen"``: exactly
+  ``(A⊗G + λ·I)⁻¹`` applied to ``∇``).
+"""
+
+from keras import ops
+
+DAMPING_TYPES = ("pi", "tikhonov", "eigen")
+#: ``output_fisher`` values: the empirical factor, or the Gauss-Newton (here
+#: equal to the true Fisher) output factor of a Keras loss.
+OUTPUT_FISHERS = (
+    "empirical",
+    "mean_squared_error",
+    "categorical_crossentropy",
+    "binary_crossentropy",
+)
+_EPSILON = 1e-12
+
+
+def _rows(x):
+    """``x`` as float32 rows ``(n, last dimension)``."""
+    x = ops.cast(x, "float32")
+    return ops.reshape(x, (-1, ops.shape(x)[-1]))
+
+
+def _with_ones(rows):
+    return ops.concatenate([rows, ops.ones((ops.shape(rows)[0], 1), "float32")], axis=1)
+
+
+def covariance(rows, *, bias):
+    """``E[ã ãᵀ]`` over ``rows`` (``ã = [a, 1]`` with ``bias``): the input factor's statistic."""
+    if bias:
+        rows = _with_ones(rows)
+    count = ops.cast(ops.shape(rows)[0], "float32")
+    return ops.matmul(ops.transpose(rows), rows) / count
+
+
+def dense_input_statistic(inputs, *, bias):
+    """``A``'s statistic for a ``Dense`` layer: its inputs, every leading position a row."""
+    return covariance(_rows(inputs), bias=bias)
+
+
+def conv_patches(inputs, kernel_size, *, strides, padding, dilation_rate, data_format):
+    """The input patches a ``Conv2D`` kernel sees, ``(rows, kh·kw·c_in)``, in its kernel's order.
+
+    One convolution with the identity kernel: output channel
+    ``(i·kw + j)·c_in + c`` holds input channel ``c`` at offset ``(i, j)``,
+    which is ``kernel.reshape(kh·kw·c_in, c_out)``'s row order.
+    """
+    inputs = ops.cast(inputs, "float32")
+    channels_axis = -1 if data_format == "channels_last" else 1
+    channels = ops.shape(inputs)[channels_axis]
+    size = kernel_size[0] * kernel_size[1] * channels
+    identity = ops.reshape(ops.eye(size, dtype="float32"), (*kernel_size, channels, size))
+    patches = ops.conv(
+        inputs,
+        identity,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        data_format=data_format,
+    )
+    if data_format != "channels_last":
+        patches = ops.moveaxis(patches, 1, -1)
+    return ops.reshape(patches, (-1, size))
+
+
+def output_statistic(upstream):
+    """``G``'s empirical statistic from the upstream gradient of the mean loss.
+
+    The upstream gradient of a batch-mean loss is ``g / B`` for ``B``
+    examples (``B`` = the leading dimension), so ``B · Σ_rows u uᵀ`` is
+    ``(1/B) Σ g gᵀ``: ``E[g gᵀ]`` per example, summed over the positions of
+    a sequence or an image (the convention of Grosse & Martens 2016).
+    """
+    batch = ops.cast(ops.shape(upstream)[0], "float32")
+    rows = _rows(upstream)
+    return ops.matmul(ops.transpose(rows), rows) * batch
+
+
+def output_fisher_statistic(preactivation, loss):
+    """``G`` of the output layer in closed form: ``E[H]``, ``H`` the loss's Hessian in the logits.
+
+    For these losses the Gauss-Newton matrix equals the true Fisher, and
+    neither needs labels or a second backward pass. ``preactivation``: the
+    output layer's pre-activation (the logits).
+
+    - ``"mean_squared_error"`` (``mean_k (y - s)²``): ``(2/k)·I``;
+    - ``"categorical_crossentropy"`` (softmax): ``E[diag(p) - p pᵀ]``;
+    - ``"binary_crossentropy"`` (sigmoid, mean over ``k``): ``E[diag(p(1-p))]/k``.
+    """
+    rows = _rows(preactivation)
+    units = ops.shape(rows)[-1]
+    count = ops.cast(ops.shape(rows)[0], "float32")
+    if loss == "mean_squared_error":
+        return ops.eye(units, dtype="float32") * (2.0 / units)
+    if loss == "categorical_crossentropy":
+        p = ops.softmax(rows, axis=-1)
+        return ops.diag(ops.mean(p, axis=0)) - ops.matmul(ops.transpose(p), p) / count
+    if loss == "binary_crossentropy":
+        p = ops.sigmoid(rows)
+        return ops.diag(ops.mean(p * (1.0 - p), axis=0)) / units
+    raise ValueError(f"`loss` must be one of {OUTPUT_FISHERS[1:]}. Received: loss={loss!r}")
+
+
+def _symmetric(matrix):
+    return (matrix + ops.transpose(matrix)) * 0.5
+
+
+def _mean_eigenvalue(matrix):
+    return ops.trace(matrix) / ops.cast(ops.shape(matrix)[0], "float32")
+
+
+def curvature(a, g, *, damping, damping_type):
+    """What preconditioning needs, from the (bias-corrected) factors ``a`` and ``g``.
+
+    ``"pi"``/``"tikhonov"``: ``[(A + π√λ·I)⁻¹, (G + √λ/π·I)⁻¹]`` (``π = 1``
+    for ``"tikhonov"``; ``π = √((tr A / dim A) / (tr G / dim G))``).
+    ``"eigen"``: ``[Q_A, α, Q_G, γ]`` (eigenvalues clipped at 0; λ is
+    added in :func:`precondition`).
+    """
+    a, g = _symmetric(a), _symmetric(g)
+    if damping_type == "eigen":
+        alpha, q_a = ops.eigh(a)
+        gamma, q_g = ops.eigh(g)
+        return [q_a, ops.maximum(alpha, 0.0), q_g, ops.maximum(gamma, 0.0)]
+    root = damping**0.5
+    if damping_type == "pi":
+        pi = ops.sqrt(
+            ops.maximum(_mean_eigenvalue(a), _EPSILON) / ops.maximum(_mean_eigenvalue(g), _EPSILON)
+        )
+    else:
+        pi = 1.0
+    eye_a = ops.eye(ops.shape(a)[0], dtype="float32")
+    eye_g = ops.eye(ops.shape(g)[0], dtype="float32")
+    return [ops.inv(a + (pi * root) * eye_a), ops.inv(g + (root / pi) * eye_g)]
+
+
+def curvature_shapes(input_dim, output_dim, damping_type):
+    """The shapes :func:`curvature` returns for factors of these sizes."""
+    if damping_type == "eigen":
+        return [(input_dim, input_dim), (input_dim,), (output_dim, output_dim), (output_dim,)]
+    return [(input_dim, input_dim), (output_dim, output_dim)]
+
+
+def precondition(gradient, state, *, damping, damping_type):
+    """The K-FAC direction for one block's ``(d_in [+1], d_out)`` gradient matrix."""
+    if damping_type == "eigen":
+        q_a, alpha, q_g, gamma = state
+        rotated = ops.matmul(ops.matmul(ops.transpose(q_a), gradient), q_g)
+        scaled = rotated / (alpha[:, None] * gamma[None, :] + damping)
+        return ops.matmul(ops.matmul(q_a, scaled), ops.transpose(q_g))
+    a_inverse, g_inverse = state
+    return ops.matmul(ops.matmul(a_inverse, gradient), g_inverse)
+
+
+def rescale(directions, gradients, learning_rate, *, kl_clip, max_update_norm):
+    """The factor ``ν ≤ 1`` that bounds the step ``-learning_rate · ν · Δ`` (1 when unbounded).
+
+    KL clipping (Ba et al. 2017): ``ν = min(1, √(κ / (η² Σ ⟨Δ, ∇⟩)))``, so
+    the step's squared Fisher norm (twice the KL divergence it causes, to
+    second order) is at most ``κ``. Norm constraint:
+    ``ν = min(1, c / (η ‖Δ‖))``.
+    """
+    eta = ops.cast(learning_rate, "float32")
+    if kl_clip is not None:
+        total = sum(
+            ops.sum(ops.cast(d, "float32") * ops.cast(g, "float32"))
+            for d, g in zip(directions, gradients, strict=True)
+        )
+        curvature_norm = ops.maximum(eta * eta * total, _EPSILON)
+        return ops.minimum(1.0, ops.sqrt(kl_clip / curvature_norm))
+    if max_update_norm is not None:
+        norm = ops.sqrt(sum(ops.sum(ops.square(ops.cast(d, "float32"))) for d in directions))
+        return ops.minimum(1.0, max_update_norm / ops.maximum(eta * norm, _EPSILON))
+    return None

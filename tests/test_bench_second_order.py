@@ -1,0 +1,39 @@
+"""Smoke test of bench/second_order.py: ``--quick`` runs and ends with the JSON line."""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "second_order.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("second_order_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_quick_run_ends_with_one_json_object(capsys):
+    # Adam and SOAP keep the smoke test short; the full run has every row.
+    figures = load_bench().main(["--quick", "--optimizers", "adam,soap"])
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last_line) == json.loads(json.dumps(figures))
+    to_target = figures["steps_to_target"]
+    assert set(to_target) == {"target_loss", "adam", "soap"}
+    assert to_target["adam"]["steps_ratio"] == 1.0  # the reference
+    assert to_target["adam"]["seeds_reaching_target"] == 1
+    assert set(figures["step_time"]) == set(figures["refresh"]) == {"soap"}
+    step = figures["step_time"]["soap"]
+    assert step["ratio_to_adam"] > 0 and step["seconds_per_step"] > 0
+    refresh = figures["refresh"]["soap"]
+    assert refresh["precondition_every"] == 10
+    for key in ("cond_seconds_per_step", "never_seconds_per_step", "always_seconds_per_step"):
+        assert math.isfinite(refresh[key]) and refresh[key] > 0, key
+    expected = refresh["never_seconds_per_step"] + refresh["refresh_seconds"] / 10
+    assert math.isclose(refresh["host_choice_seconds_per_step_lower_bound"], expected)
+    assert figures["environment"]["backend"] == "tensorflow"
