@@ -1,7 +1,7 @@
 """The one way nnkit writes a file: atomically, durably, and leaving nothing behind on failure.
 
 Every file nnkit writes (backups, study files, reports, curves) goes through
-:func:`atomic_write`:
+``atomic_write``:
 
 1. the bytes go to a temporary file in the destination's directory (same file
    system, so the rename below is atomic);
@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 
-#: Prefix of the temporary files (hidden; :func:`leftovers` finds them).
+#: Prefix of the temporary files (hidden; ``leftovers`` finds them).
 TEMP_PREFIX = ".nnkit-tmp-"
 
 
@@ -78,7 +78,7 @@ def atomic_write(path, data, *, encoding="utf-8"):
 
 
 def atomic_copy(source, destination):
-    """Copy ``source`` to ``destination`` with :func:`atomic_write`; return ``destination``."""
+    """Copy ``source`` to ``destination`` with ``atomic_write``; return ``destination``."""
     return atomic_write(destination, read_bytes(source))
 
 
@@ -209,6 +209,6 @@ def rename(source, destination):
 
 
 def leftovers(directory):
-    """Temporary files of an interrupted :func:`atomic_write` in ``directory`` (for tests)."""
+    """Temporary files of an interrupted ``atomic_write`` in ``directory`` (for tests)."""
     directory = os.fspath(directory)
     return sorted(name for name in os.listdir(directory) if name.startswith(TEMP_PREFIX))

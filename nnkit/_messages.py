@@ -3,7 +3,7 @@
 Keras's callbacks print through an internal helper that writes to standard
 output when interactive logging is on (the default) and to the ``absl``
 logger when it is off (``keras.config.disable_interactive_logging()``).
-:func:`say` does the same through public APIs only.
+``say`` does the same through public APIs only.
 """
 
 import sys

@@ -10,7 +10,7 @@ fresh process gets nnkit's layers, losses, schedules and regularizers back.
 
 The subpackages are imported only when no nnkit module is itself being
 imported (they import each other): the subpackage whose import finishes last
-calls :func:`settle`, which then registers everything.
+calls ``settle``, which then registers everything.
 """
 
 import importlib

@@ -22,16 +22,17 @@ It writes a run directory (``--out``, default ``runs/digits``)::
 
     metrics.json        test accuracy/loss, epochs run, best epoch, stop reason,
                         wall time, the arguments
-    model.keras         the trained model (reload with safe_mode=True, after
-                        ``import nnkit.layers, nnkit.regularizers, nnkit.schedules``
-                        so nnkit's classes are registered)
+    model.keras         the trained model (reload with safe_mode=True after
+                        ``import nnkit``, which makes nnkit's classes loadable)
     history.csv         one row per epoch: loss, accuracy, val_*, lr
     curves.png          loss and accuracy per epoch
     learning_rate.png   the learning rate at every step
 
 and, with ``--monitor-gradients`` (``metrics.json`` then also lists the flags
-raised, and ``history.csv`` has ``grad_norm*``/``update_ratio/*`` columns)::
+raised, and ``history.csv`` the monitor's summary columns ``grad_norm``,
+``grad_norm_min``, ``grad_norm_max`` and ``nonfinite_grads``)::
 
+    gradient_norms.csv    one row per sample: step, global norm, each layer's norm
     gradient_report.txt   the per-layer table, flags and suggestions (str of the report)
     gradient_report.json  the same as JSON (``GradientReport.to_dict()``)
     gradient_heatmap.png  log10 gradient norm per layer (rows) over the steps (columns)
@@ -40,6 +41,7 @@ Run ``python recipes/digits_mlp.py --help`` for the options.
 """
 
 import argparse
+import csv
 import enum
 import json
 import math
@@ -365,15 +367,23 @@ def gradient_monitor(args):
     """The ``GradientNormMonitor`` of ``--monitor-gradients``, or ``None``."""
     if not args.monitor_gradients:
         return None
-    # Per-layer columns in history.csv too: the recipe's reader wants them.
+    # The monitor's quiet default: a few summary figures in the epoch logs (and
+    # the progress bar); the per-layer figures go to gradient_norms.csv.
     if args.monitor_every is None:
-        return GradientNormMonitor(log_layers=True)
-    return GradientNormMonitor(every_n_steps=args.monitor_every, log_layers=True)
+        return GradientNormMonitor()
+    return GradientNormMonitor(every_n_steps=args.monitor_every)
 
 
 def write_gradient_report(report, out):
-    """Write the report as text, JSON and a PNG heatmap into ``out``; return its dict."""
+    """Write the report as text, JSON, a PNG heatmap and a CSV per sample; return its dict."""
     data = report.to_dict()
+    with open(os.path.join(out, "gradient_norms.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "grad_norm", *(f"grad_norm/{name}" for name in report.layers)])
+        for step, total, norms in zip(
+            report.steps, report.global_norms, report.grad_norms, strict=True
+        ):
+            writer.writerow([int(step), float(total), *(float(n) for n in norms)])
     with open(os.path.join(out, "gradient_report.txt"), "w") as f:
         f.write(f"{report}\n")
     with open(os.path.join(out, "gradient_report.json"), "w") as f:

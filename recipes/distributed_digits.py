@@ -36,7 +36,6 @@ and its last line of stdout is a JSON summary. Run
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -203,11 +202,9 @@ def main(argv=None):
     """Run the recipe; returns the JSON summary printed last."""
     start = time.perf_counter()
     args = parse_args(argv)
-    logging.basicConfig(format="%(message)s")
-    logging.getLogger("nnkit").setLevel(logging.INFO)  # strategy() says what it chose and why
     devices = split_cpu(args.devices) if args.devices is not None else None
     # Create the strategy first: MultiWorkerMirroredStrategy must exist before any tensor.
-    distribution = strategy(args.strategy, devices=devices)
+    distribution = strategy(args.strategy, devices=devices)  # prints what it chose and why
     replicas = distribution.num_replicas_in_sync
     keras.utils.set_random_seed(args.seed)
 

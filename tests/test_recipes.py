@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import re
 
 import keras
 import matplotlib.image
@@ -24,7 +25,8 @@ import nnkit.regularizers
 import nnkit.schedules  # noqa: F401
 from nnkit.callbacks import GradientNormMonitor
 
-RECIPES = pathlib.Path(__file__).resolve().parents[1] / "recipes"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
 OUTPUTS = ("metrics.json", "model.keras", "history.csv", "curves.png", "learning_rate.png")
 METRIC_KEYS = {
     "test_accuracy",
@@ -337,7 +339,12 @@ def test_diabetes_help_and_bad_arguments(diabetes, capsys):
 
 # -- digits: --monitor-gradients -----------------------------------------------------
 
-GRADIENT_OUTPUTS = ("gradient_report.txt", "gradient_report.json", "gradient_heatmap.png")
+GRADIENT_OUTPUTS = (
+    "gradient_report.txt",
+    "gradient_report.json",
+    "gradient_heatmap.png",
+    "gradient_norms.csv",
+)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -395,10 +402,44 @@ def test_monitor_gradients_writes_the_report(recipe, tmp_path, capsys):
     assert written["args"]["monitor_gradients"] is True
     assert written["args"]["monitor_every"] == every
 
+    # The quiet default logs (issue 15 #5): summary figures per epoch, the
+    # per-layer figures per sample in gradient_norms.csv.
     with open(out / "history.csv", newline="") as f:
         columns = set(next(csv.DictReader(f)))
-    assert {"grad_norm", "nonfinite_grads"} <= columns
-    assert {f"grad_norm/{name}" for name in dense} <= columns
+    assert {"grad_norm", "grad_norm_min", "grad_norm_max", "nonfinite_grads"} <= columns
+    assert not [c for c in columns if "/" in c], columns
+    with open(out / "gradient_norms.csv", newline="") as f:
+        samples = list(csv.DictReader(f))
+    assert list(samples[0]) == ["step", "grad_norm", *(f"grad_norm/{name}" for name in dense)]
+    assert [int(row["step"]) for row in samples] == list(range(0, steps_run, every))
+    first = [float(samples[0][f"grad_norm/{name}"]) for name in dense]
+    assert float(samples[0]["grad_norm"]) == pytest.approx(math.hypot(*first), rel=1e-5)
+
+
+def _epoch_keys(line):
+    return [item.split(": ")[0] for item in line.split(" - ") if ": " in item]
+
+
+def _progress_bar_keys(recipe, out, capsys, *flags):
+    recipe.main(
+        ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "256", "--widths", "8",
+         "--verbose", "2", "--out", str(out), *flags]
+    )  # fmt: skip
+    lines = [line for line in capsys.readouterr().out.splitlines() if " - loss: " in line]
+    assert len(lines) == 2, lines
+    return _epoch_keys(lines[-1])
+
+
+def test_the_progress_bar_shows_loss_and_rate_not_codes(recipe, tmp_path, capsys):
+    """What one look at `make demo`'s progress bar shows (the README quotes it)."""
+    readme = (ROOT / "README.md").read_text()
+    quoted = re.search(r"```text\nEpoch \d+/\d+\n([^\n]+)\n```", readme).group(1)
+    demo = _progress_bar_keys(recipe, tmp_path / "demo", capsys)
+    assert demo == _epoch_keys(quoted) == ["accuracy", "loss", "val_accuracy", "val_loss", "lr"]
+    monitored = _progress_bar_keys(recipe, tmp_path / "monitored", capsys, "--monitor-gradients")
+    summary = {"grad_norm", "grad_norm_min", "grad_norm_max", "nonfinite_grads"}
+    assert set(monitored) == set(demo) | summary, monitored
+    assert all(key in readme for key in summary)
 
 
 def test_monitor_gradients_is_off_by_default(recipe, tmp_path):

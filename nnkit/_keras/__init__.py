@@ -6,7 +6,7 @@ assumptions it rests on, and is checked by a probe test in
 ``tests/_keras/test_probes.py`` that fails with the assumption's name when a
 Keras release breaks it (``make test-keras-next`` runs the probes against
 Keras's newest pre-release). Patches are reversible and compose through
-:mod:`nnkit._keras.shadow`, in the order of ``shadow.ORDER``.
+``nnkit._keras.shadow``, in the order of ``shadow.ORDER``.
 
 Assumptions, by module (``ASSUMPTIONS`` below is the same table):
 

@@ -14,7 +14,7 @@ Assumption (probe in ``tests/_keras/test_probes.py``):
 A *transform* added here runs right after the all-reduce, on every replica,
 on the aggregated ``[(gradient, variable), ...]`` list, and returns the list
 to apply. Each transform is a patch of ``_all_reduce_sum_gradients`` through
-:mod:`nnkit._keras.shadow`, so transforms of different owners compose in the
+``nnkit._keras.shadow``, so transforms of different owners compose in the
 order of ``shadow.ORDER`` (a later owner is nearer the all-reduce and sees
 its result first: the gradient monitor measures before
 ``clip_after_aggregation`` clips). Removing the last transform restores the
@@ -83,7 +83,7 @@ def add_transform(optimizer, fn, *, owner):
 
 
 def remove_transform(patch):
-    """Stop running the transform ``patch`` (from :func:`add_transform`). Idempotent."""
+    """Stop running the transform ``patch`` (from ``add_transform``). Idempotent."""
     shadow.unshadow(patch)
 
 

@@ -33,7 +33,7 @@ def set_initial_epoch(model, epoch):
 
 
 def initial_epoch(model):
-    """The epoch :func:`set_initial_epoch` set, or ``None``."""
+    """The epoch ``set_initial_epoch`` set, or ``None``."""
     return getattr(model, "_initial_epoch", None)
 
 

@@ -48,5 +48,5 @@ def unlocked(layer):
 
 
 def remove_weight(layer, variable):
-    """Take a weight added in :func:`unlocked` off ``layer`` again (``late-weights``)."""
+    """Take a weight added in ``unlocked`` off ``layer`` again (``late-weights``)."""
     layer._untrack_variable(variable)

@@ -21,7 +21,7 @@ Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
 The probes call Keras's functions with a stand-in strategy (no cluster), so
 they tell "broken as in #20585" from "fixed"; a Keras they do not fit is
 left alone, with a warning. The replacements are marked, wrap Keras's own
-function (``__wrapped__``) and are removed by :func:`remove`.
+function (``__wrapped__``) and are removed by ``remove``.
 """
 
 
@@ -235,7 +235,7 @@ def broken_parts():
 
 
 def apply(parts):
-    """Replace each of ``parts`` (from :func:`broken_parts`) by its wrapper."""
+    """Replace each of ``parts`` (from ``broken_parts``) by its wrapper."""
     for owner, name, fixed in parts:
         setattr(owner, name, fixed(getattr(owner, name)))
 

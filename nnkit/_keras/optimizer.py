@@ -78,7 +78,7 @@ def carry_variables(optimizer, variables):
 
 
 def drop_variables(optimizer, variables):
-    """Remove ``variables`` (added by :func:`carry_variables`) from ``optimizer.variables``.
+    """Remove ``variables`` (added by ``carry_variables``) from ``optimizer.variables``.
 
     Element by element: on TensorFlow the list is a tracked wrapper whose
     slice assignment compares variables with ``!=`` (a tensor op).
@@ -112,18 +112,18 @@ def is_keras_optimizer(optimizer):
 def suspend_clipping(optimizer, *, owner):
     """Make the optimizer's own (per-replica) clipping a no-op; return the patch.
 
-    :func:`clip_gradients` still clips. ``shadow.unshadow(patch)`` undoes it.
+    ``clip_gradients`` still clips. ``shadow.unshadow(patch)`` undoes it.
     """
     return shadow.shadow(optimizer, "_clip_gradients", lambda call_next, grads: grads, owner=owner)
 
 
 def clipping_suspended(optimizer, *, owner):
-    """Whether :func:`suspend_clipping` by ``owner`` is in effect on ``optimizer``."""
+    """Whether ``suspend_clipping`` by ``owner`` is in effect on ``optimizer``."""
     return shadow.is_shadowed(optimizer, "_clip_gradients", owner)
 
 
 def restore_clipping(optimizer, *, owner):
-    """Undo :func:`suspend_clipping` by ``owner`` (nothing when it is not in effect)."""
+    """Undo ``suspend_clipping`` by ``owner`` (nothing when it is not in effect)."""
     patch = shadow.find(optimizer, "_clip_gradients", owner)
     if patch is not None:
         shadow.unshadow(patch)

@@ -11,7 +11,7 @@ without knowing of each other.
 A patch is a *wrapper* ``wrapper(call_next, *args, **kwargs)``: ``call_next``
 calls the next patch towards the original method (or the original itself),
 so a wrapper can act before it, after it, or instead of it. The patches on
-one method form a chain sorted by :data:`ORDER` (the owner listed first is
+one method form a chain sorted by ``ORDER`` (the owner listed first is
 the outermost); the attribute installed on the object calls the chain as it
 was when the attribute was set, so a caller that looked the method up keeps
 what it got (as with any bound method), even after a later patch or removal. The
@@ -48,7 +48,7 @@ _CHAINS = "_nnkit_shadow_chains"
 
 
 class Patch:
-    """One installed wrapper; what :func:`shadow` returns and :func:`unshadow` takes."""
+    """One installed wrapper; what ``shadow`` returns and ``unshadow`` takes."""
 
     __slots__ = ("target", "name", "owner", "wrapper")
 
@@ -90,9 +90,9 @@ def _chains(target):
 
 
 def shadow(target, name, wrapper, *, owner):
-    """Wrap ``target.name`` (on this instance only) with ``wrapper``; return a :class:`Patch`.
+    """Wrap ``target.name`` (on this instance only) with ``wrapper``; return a ``Patch``.
 
-    ``owner`` must be listed in :data:`ORDER`; one owner patches a method of
+    ``owner`` must be listed in ``ORDER``; one owner patches a method of
     an object at most once at a time.
     """
     if owner not in ORDER:
@@ -161,7 +161,7 @@ def is_shadowed(target, name, owner=None):
 
 
 def find(target, name, owner):
-    """The :class:`Patch` of ``owner`` on ``target.name``, or ``None``."""
+    """The ``Patch`` of ``owner`` on ``target.name``, or ``None``."""
     chain = (_chains(target) or {}).get(name)
     for patch in [] if chain is None else chain.patches:
         if patch.owner == owner:

@@ -2,7 +2,7 @@
 
 keras-tuner has public hooks for a search and a trial (``on_trial_begin``,
 ``run_trial``, ...) but none for one *execution* of a trial, which is where
-nnkit records each run's seed and curves. :class:`TunerHooks` turns the
+nnkit records each run's seed and curves. ``TunerHooks`` turns the
 private methods that keras-tuner calls per execution into two named hooks.
 
 Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
@@ -29,7 +29,7 @@ _LIMIT = re.compile(r"consecutive failures exceeded the limit of (\d+)\.")
 class TunerHooks:
     """Mixin before a keras-tuner ``Tuner`` in the bases: per-execution hooks with public names.
 
-    Subclasses override :meth:`around_build` and :meth:`around_execution`;
+    Subclasses override ``around_build`` and ``around_execution``;
     both call the function they receive to do keras-tuner's own work.
     """
 

@@ -158,7 +158,7 @@ def rng_state(model, arrays):
 
 
 def restore_rng(model, rng, arrays):
-    """Apply a state from :func:`rng_state` (seed generators matched by path)."""
+    """Apply a state from ``rng_state`` (seed generators matched by path)."""
     if not rng:
         return
     state = rng["numpy"]
@@ -281,7 +281,7 @@ def has_backup(directory):
 def read(directory, *, previous=False):
     """The backup in ``directory`` (its previous one with ``previous``), or ``None`` if there is none.
 
-    Raises :class:`BackupError` naming the file when a file is missing,
+    Raises ``BackupError`` naming the file when a file is missing,
     unreadable or damaged.
     """
     manifest_path = _io.join(directory, PREVIOUS if previous else MANIFEST)

@@ -5,7 +5,7 @@
 measurements in non-trainable ``keras.Variable`` objects. ``remove()`` takes
 every patch off again, which restores the optimizer exactly. All the measuring is
 ``keras.ops`` inside the compiled train step; the host reads the ring buffers
-with :meth:`GradientHook.read`.
+with ``GradientHook.read``.
 
 Where the cadence is decided:
 

@@ -41,7 +41,7 @@ def sample_figures(rows, layers):
 
 
 def epoch_logs(sample, nonfinite_steps, *, log_layers):
-    """The monitor's entries of an epoch's logs, from :func:`sample_figures` (or ``None``)."""
+    """The monitor's entries of an epoch's logs, from ``sample_figures`` (or ``None``)."""
     logs = {}
     if sample is not None:
         figures, per_layer = sample

@@ -80,7 +80,7 @@ def record_change(optimizer, raw, previous):
 
 
 def value_before_change(optimizer, raw):
-    """The value noted by :func:`record_change` after ``raw`` raw steps, else ``None``."""
+    """The value noted by ``record_change`` after ``raw`` raw steps, else ``None``."""
     record = _CHANGES.get(unwrap(optimizer))
     if record is None or record[0] != raw:
         return None
@@ -119,7 +119,7 @@ def _evaluate(schedule, raw_steps):
 def rates_at(optimizer, raw_steps, *, state=None):
     """The learning rate the optimizer uses at each raw step, as float32 numpy.
 
-    ``state`` overrides the mutable part (see :func:`rate_state`), e.g. the
+    ``state`` overrides the mutable part (see ``rate_state``), e.g. the
     factor that was in effect before a callback changed it.
     """
     steps = np.asarray(raw_steps, dtype="int64")
@@ -139,7 +139,7 @@ def last_used_rate(optimizer, *, before_change=True):
     """``(raw, rate)``: raw step count now, and the rate of the last update applied.
 
     With ``before_change``, a change recorded at this step count
-    (:func:`record_change`) is undone: no step has used it yet.
+    (``record_change``) is undone: no step has used it yet.
     """
     optimizer = unwrap(optimizer)
     raw = raw_iterations(optimizer)

@@ -3,7 +3,7 @@
 Keras's ``BackupAndRestore`` saves weights and the epoch, but no callback
 state, so after a resume ``EarlyStopping`` forgets its best value and restarts
 its patience (keras-team/keras#14862). nnkit's stateful callbacks derive from
-:class:`StatefulCallback`:
+``StatefulCallback``:
 
 * ``get_state()`` returns everything needed to continue: a dict whose values
   are JSON types, except values that are lists of numpy arrays (weights);
@@ -11,7 +11,7 @@ its patience (keras-team/keras#14862). nnkit's stateful callbacks derive from
 * ``_reset_state()`` clears per-run state; it runs in ``on_train_begin``.
 
 During a ``fit`` every stateful callback and nnkit's ``BackupAndRestore`` meet
-in a :class:`_Session` kept per model. ``fit`` hands the same ``params`` dict to
+in a ``_Session`` kept per model. ``fit`` hands the same ``params`` dict to
 every callback of one run, so a new dict marks a new run and the session is
 started afresh (this also drops callbacks left over from a run that crashed).
 Keys are ``ClassName`` plus an ordinal among callbacks of that class, in list
@@ -129,7 +129,7 @@ class StatefulCallback(CallbackMixin, keras.callbacks.Callback, metaclass=abc.AB
 
     @abc.abstractmethod
     def set_state(self, state):
-        """Restore a state returned by :meth:`get_state`."""
+        """Restore a state returned by ``get_state``."""
 
     def on_train_begin(self, logs=None):
         self._reset_state()

@@ -33,8 +33,9 @@ class EarlyStopping(MonitorCallback):
 
     1. ``check_finite`` and ``x_t`` is NaN or ±inf: stop (``NON_FINITE``).
        This check applies from epoch 0, warm-up included.
-    2. Epochs ``t < start_from_epoch`` and epochs without ``monitor`` in the
-       logs are skipped (Keras warns about the latter).
+    2. Epochs ``t < start_from_epoch`` are skipped. An epoch without
+       ``monitor`` in its logs raises (see below); with ``on_missing="warn"``
+       it is skipped with Keras's warning.
     3. Smoothing (``α = smoothing``, counted over monitored epochs):
        ``s_t = α·s_{t-1} + (1−α)·x_t`` with ``s_0 = x_0``; without smoothing
        ``s_t = x_t``. Every later comparison uses ``s_t``.
@@ -49,7 +50,7 @@ class EarlyStopping(MonitorCallback):
 
     At the end of training, with ``restore_best_weights``, the weights of
     ``best_epoch`` are restored whether or not training stopped early.
-    After a stop, ``stop_reason`` (a :class:`Reason`), ``stop_message``
+    After a stop, ``stop_reason`` (a ``Reason``), ``stop_message``
     (a sentence), ``stopped_epoch``, ``best`` and ``best_epoch`` describe it.
     The attributes count epochs from 0, as ``fit``'s ``epoch`` argument
     does; messages count from 1, as Keras's progress bar does, and give the
@@ -59,7 +60,7 @@ class EarlyStopping(MonitorCallback):
 
     A ``monitor`` that is not in the logs raises a ``ValueError`` naming it
     and the logged keys at the first epoch end (``on_missing="warn"`` gives
-    Keras's warning instead); see :class:`MonitorCallback`.
+    Keras's warning instead); see ``MonitorCallback``.
 
     Args:
         monitor: Name of the logged quantity to watch. Defaults to
@@ -211,7 +212,7 @@ class EarlyStopping(MonitorCallback):
                 logged.
 
         Returns:
-            A :class:`Decision`: ``act`` (stop), ``reason``, and the state
+            A ``Decision``: ``act`` (stop), ``reason``, and the state
             after this epoch in ``wait``, ``best``, ``best_epoch``, ``value``
             (the smoothed value) and ``improved`` (take the best weights);
             the caller stores it and stops training when ``act``.

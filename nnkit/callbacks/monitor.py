@@ -19,7 +19,7 @@ ON_MISSING = ("raise", "warn")
 class Reason(str, enum.Enum):
     """Why a monitoring callback acted, or did not, at the end of an epoch.
 
-    One vocabulary for :class:`EarlyStopping`, :class:`ReduceLROnPlateau`
+    One vocabulary for ``EarlyStopping``, ``ReduceLROnPlateau``
     and ``nnkit.tuning.MedianStopping``. The first five are
     ``EarlyStopping.stop_reason`` values (``NOT_STOPPED`` until it stops):
 
@@ -75,7 +75,7 @@ class Decision(typing.NamedTuple):
     """What a monitoring callback's ``decide()`` concluded for one epoch; it has no side effects.
 
     ``act`` is the callback's action (stop training, or lower the learning
-    rate) and ``reason`` a :class:`Reason`. The other fields are the state
+    rate) and ``reason`` a ``Reason``. The other fields are the state
     after this epoch, where the callback has it: ``value`` the value compared
     (smoothed by ``EarlyStopping(smoothing=...)``, best-so-far for
     ``MedianStopping``), ``best``/``best_epoch``, ``wait``, ``improved``
@@ -148,7 +148,7 @@ class MonitorCallback(StatefulCallback):
       or ``keras.ops.greater``.
     * the improvement rule: ``x`` improves on ``r`` when ``x + min_delta < r``
       (``"min"``) or ``x − min_delta > r`` (``"max"``), compared in float32
-      (:func:`improves`). ``min_delta`` stays positive (Keras flips its
+      (``improves``). ``min_delta`` stays positive (Keras flips its
       sign for ``"min"``).
     * the missing-key rule. When ``monitor`` is not in an epoch's logs:
       with ``on_missing="raise"`` (the default) a ``ValueError`` names the
@@ -161,9 +161,9 @@ class MonitorCallback(StatefulCallback):
       ``on_missing="warn"`` each such epoch gets Keras's warning and is
       skipped, as in Keras.
 
-    Subclasses implement ``decide(...)`` (pure: returns a :class:`Decision`),
+    Subclasses implement ``decide(...)`` (pure: returns a ``Decision``),
     ``_reset_state``, ``get_state`` and ``set_state``, read the value with
-    :meth:`monitored_value` and compare with :meth:`is_improvement`.
+    ``monitored_value`` and compare with ``is_improvement``.
 
     Args:
         monitor: Name of the logged quantity. Defaults to ``"val_loss"``.

@@ -197,7 +197,7 @@ class ReduceLROnPlateau(MonitorCallback):
             learning_rate: The rate used during the epoch (``η``).
 
         Returns:
-            A :class:`Decision`: ``act`` (reduce the rate to
+            A ``Decision``: ``act`` (reduce the rate to
             ``max(η · factor, min_lr)``), ``reason`` (``IMPROVED``,
             ``COOLDOWN``, ``WAITING``, ``NO_IMPROVEMENT`` when reducing,
             ``AT_MIN_LR`` when patience ran out at ``min_lr``), and the state

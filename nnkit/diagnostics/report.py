@@ -38,6 +38,28 @@ def _fmt(x):
     return "-" if x is None or not math.isfinite(x) else f"{x:.2e}"
 
 
+def _step_ticks(steps, most=8):
+    """Column positions and labels of regularly spaced step ticks (0, 50, 100, ...).
+
+    Samples need not be evenly spaced (every ``N``-th step plus an epoch's
+    last one), so the ticks are round step values placed between the columns
+    of the samples around them, not every ``k``-th column's step.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    steps = np.asarray(steps, dtype=np.float64)
+    if len(steps) < 2 or not np.all(np.diff(steps) > 0):
+        stride = max(1, math.ceil(len(steps) / most))
+        columns = np.arange(0, len(steps), stride)
+        return columns, [str(int(steps[i])) for i in columns]
+    first, last = steps[0], steps[-1]
+    values = MaxNLocator(nbins=most, integer=True, steps=[1, 2, 2.5, 5, 10]).tick_values(
+        first, last
+    )
+    values = values[(values >= first) & (values <= last)]
+    return np.interp(values, steps, np.arange(len(steps))), [str(int(v)) for v in values]
+
+
 class GradientReport:
     """What ``diagnose`` found: per-layer statistics, flags and suggestions.
 
@@ -206,10 +228,9 @@ class GradientReport:
         for label, name in zip(axes.get_yticklabels(), self.layers, strict=True):
             if kinds[name]:
                 label.set_color("red")
-        count = len(self.steps)
-        ticks = np.unique(np.linspace(0, max(count - 1, 0), num=min(count, 8)).astype(int))
-        axes.set_xticks(ticks)
-        axes.set_xticklabels([str(int(self.steps[i])) for i in ticks])
+        positions, labels = _step_ticks(self.steps)
+        axes.set_xticks(positions)
+        axes.set_xticklabels(labels)
         axes.set_xlabel("step")
         global_kinds = sorted({f.kind for f in self.flags if f.layer is None})
         title = "gradient norm per layer"

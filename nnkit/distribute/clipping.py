@@ -29,7 +29,7 @@ def clip_settings(optimizer):
 
 
 def clips_after_aggregation(optimizer):
-    """Whether :func:`clip_after_aggregation` is applied to ``optimizer``."""
+    """Whether ``clip_after_aggregation`` is applied to ``optimizer``."""
     inner = all_reduce.target_optimizer(optimizer)
     return keras_optimizer.clipping_suspended(inner, owner=_OWNER)
 
@@ -53,7 +53,7 @@ def clip_after_aggregation(optimizer, global_clipnorm=None):
     clipping per replica again (identical on one device). Under a strategy,
     apply this again after loading; ``nnkit.distribute.check`` warns when it
     is missing. It adds no variables and no state. Remove it with
-    :func:`remove_clip_after_aggregation`. Apply it before ``fit`` traces the
+    ``remove_clip_after_aggregation``. Apply it before ``fit`` traces the
     train step (or set ``model.train_function = None`` afterwards). A
     ``LossScaleOptimizer`` is handled through its inner optimizer.
 
@@ -109,7 +109,7 @@ def clip_after_aggregation(optimizer, global_clipnorm=None):
 
 
 def remove_clip_after_aggregation(optimizer):
-    """Undo :func:`clip_after_aggregation`: Keras clips per replica again; return the optimizer.
+    """Undo ``clip_after_aggregation``: Keras clips per replica again; return the optimizer.
 
     The clipping attributes (``global_clipnorm`` etc.) are left as they are.
     Removing from an optimizer that does not clip after aggregation does

@@ -9,7 +9,7 @@ variable paths and checks the built model afterwards.
 
 Only the JAX backend implements ``keras.distribution``; on TensorFlow it is
 silently ignored, so the functions that turn it on or inspect its result
-(:func:`model_parallel`, :func:`verify_layout`) raise there instead.
+(``model_parallel``, ``verify_layout``) raise there instead.
 """
 
 import re
@@ -58,7 +58,7 @@ def device_mesh(model_parallelism=None, *, devices=None, batch_axis="batch", mod
     ``len(devices) // model_parallelism`` groups, as data parallelism would
     (``(1, n)``: pure model parallelism; ``(n, 1)``: pure data parallelism).
     The mesh only describes the devices; nothing is placed until a model is
-    built under :func:`model_parallel`.
+    built under ``model_parallel``.
 
     Args:
         model_parallelism: Size of the model axis, an int ``>= 1`` that divides
@@ -177,7 +177,7 @@ def mlp_layout_map(
 ):
     """A ``LayoutMap`` that shards the large kernels of ``nnkit.models.mlp`` over a model axis.
 
-    Use it with :func:`model_parallel` when an MLP's parameters (and their
+    Use it with ``model_parallel`` when an MLP's parameters (and their
     optimizer slots) do not fit on one device. Every kernel with at least
     ``min_size`` entries is split over the ``model_axis`` of the mesh: by
     columns (each device holds a slice of the output units) when they divide
@@ -192,11 +192,11 @@ def mlp_layout_map(
     ``LayoutMap`` keys must match the *whole* path: a partial key such as
     ``"dense_block_0/kernel"`` silently matches nothing. Build the model with
     the same arguments, outside any ``keras.name_scope``, and confirm the
-    result with :func:`verify_layout`.
+    result with ``verify_layout``.
 
     Args:
         device_mesh: The ``keras.distribution.DeviceMesh`` to shard over
-            (e.g. from :func:`device_mesh`). Required.
+            (e.g. from ``device_mesh``). Required.
         input_dim: ``input_dim`` of the ``mlp`` call. Required.
         widths: ``widths`` of the ``mlp`` call. Required.
         residual: ``residual`` of the ``mlp`` call. Defaults to ``False``.
@@ -255,7 +255,7 @@ def model_parallel(layout_map, *, batch_axis="batch"):
 
     Args:
         layout_map: A ``keras.distribution.LayoutMap`` (e.g. from
-            :func:`mlp_layout_map`). Required.
+            ``mlp_layout_map``). Required.
         batch_axis: The mesh axis that splits the batch.
             Defaults to ``"batch"``.
 
@@ -300,7 +300,7 @@ def _spec(variable, ndim):
 def verify_layout(model, layout_map):
     """Check that every key of ``layout_map`` placed variables of ``model`` as it says.
 
-    Run it once after building the model under :func:`model_parallel`: a
+    Run it once after building the model under ``model_parallel``: a
     ``LayoutMap`` key that matches no variable path (a partial path, a
     different model, a model built inside a ``keras.name_scope``), or a model
     built outside the distribution's scope, leaves the kernels replicated

@@ -73,7 +73,7 @@ def multi_worker_fit_is_broken():
     keras-team/keras#20585 with a stand-in strategy that behaves like a
     ``MultiWorkerMirroredStrategy`` in multi-worker mode (see the module
     documentation). It answers for Keras as it is now, so it is ``False``
-    once :func:`fix_multi_worker_fit` is applied, on a Keras that fixed the
+    once ``fix_multi_worker_fit`` is applied, on a Keras that fixed the
     bug, and off the TensorFlow backend.
 
     Args:
@@ -98,7 +98,7 @@ def fix_multi_worker_fit():
 
     Replaces each of the two Keras functions that fail in multi-worker mode
     (keras-team/keras#20585), and only those that the probe of
-    :func:`multi_worker_fit_is_broken` shows failing, by a wrapper that
+    ``multi_worker_fit_is_broken`` shows failing, by a wrapper that
     handles the multi-worker case and calls Keras's own function otherwise.
     What changes and why is in the documentation of
     ``nnkit.distribute.multi_worker``. Idempotent: a second call finds
@@ -130,7 +130,7 @@ def fix_multi_worker_fit():
 
 
 def remove_multi_worker_fit_fix():
-    """Undo :func:`fix_multi_worker_fit`: put Keras's own functions back; say if it did.
+    """Undo ``fix_multi_worker_fit``: put Keras's own functions back; say if it did.
 
     A ``train_function`` traced while the fix was applied keeps it; set
     ``model.train_function = None`` (or compile again) to trace anew.

@@ -29,7 +29,7 @@ class Finding(NamedTuple):
 
 
 class ReadinessReport:
-    """What :func:`check` found: the traps that apply to a model under a strategy, with fixes.
+    """What ``check`` found: the traps that apply to a model under a strategy, with fixes.
 
     ``str(report)`` is a readable list for a log; ``report.to_dict()`` gives
     plain JSON types. Findings are ordered by severity (``"error"``,
@@ -130,11 +130,11 @@ def check(model, strategy=None, *, raise_on_error=True):
     - ``"per_replica_clipping"`` (warning): ``clipnorm``,
       ``global_clipnorm`` or ``clipvalue`` clip each replica's part of the
       gradient before the all-reduce; fix with
-      :func:`nnkit.distribute.clip_after_aggregation`.
+      ``nnkit.distribute.clip_after_aggregation``.
     - ``"unsynchronized_batch_norm"`` (warning): trainable
       ``BatchNormalization`` layers without ``synchronized=True`` normalize
       with per-replica statistics, and their moving statistics diverge; fix
-      with :func:`nnkit.distribute.synchronize_batch_norm`.
+      with ``nnkit.distribute.synchronize_batch_norm``.
     - ``"unaggregated_state"`` (warning): variables with
       ``aggregation="none"`` that the forward pass writes with a value
       computed from the batch, so each replica keeps its own value and the

@@ -14,6 +14,7 @@ import os
 import keras
 
 from nnkit import _validation as v
+from nnkit._messages import say
 from nnkit.distribute.multi_worker import fix_multi_worker_fit
 
 logger = logging.getLogger("nnkit.distribute")
@@ -286,7 +287,21 @@ def _connect_tpu(tpu, *, required):
     return resolver
 
 
-def strategy(kind="auto", *, devices=None, tpu=None):
+def _announce(result, kind, reason, verbose):
+    """Record the choice on the strategy (``nnkit_choice``) and say it, or log it at INFO."""
+    result.nnkit_choice = (kind, reason)
+    line = (
+        f"nnkit.distribute.strategy: {type(result).__name__.lstrip('_')} with "
+        f"{result.num_replicas_in_sync} replica(s): {reason}"
+    )
+    if verbose:
+        say(line)
+    else:
+        logger.info(line)
+    return result
+
+
+def strategy(kind="auto", *, devices=None, tpu=None, verbose=1):
     """Build the ``tf.distribute`` strategy that fits this machine and environment.
 
     Use it at the top of a training script, before building the model, and
@@ -295,8 +310,14 @@ def strategy(kind="auto", *, devices=None, tpu=None):
     ``TF_CONFIG`` with several workers gives ``MultiWorkerMirroredStrategy``;
     several GPUs give ``MirroredStrategy``; otherwise the default strategy
     (``tf.distribute.get_strategy()``). The rules are ``choose_strategy``'s.
-    It logs one line (logger ``nnkit.distribute``, level INFO) saying what it
-    chose and why. A TPU is probed only when something hints at one (the
+    It prints one line saying what it chose and why (``verbose=0``: logged on
+    the ``nnkit.distribute`` logger at level INFO instead), e.g.
+    ``nnkit.distribute.strategy: MirroredStrategy with 2 replica(s): 2 local
+    devices (GPU:0, GPU:1)``, and records the choice on the strategy it
+    returns as ``nnkit_choice``, a tuple ``(kind, reason)`` as
+    ``choose_strategy`` returns it (``("given", ...)`` for a strategy passed
+    in; the default strategy is one object, so it holds the last choice that
+    returned it). A TPU is probed only when something hints at one (the
     ``tpu`` argument, ``TPU_NAME``, ``KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS``,
     ``TPU_CONFIG`` or a locally attached TPU). GPUs are counted without
     initializing TensorFlow's runtime, so a ``MultiWorkerMirroredStrategy``
@@ -321,9 +342,12 @@ def strategy(kind="auto", *, devices=None, tpu=None):
             on a TPU VM; ``None`` lets the resolver read the environment. A
             TPU named here must connect, also with ``kind="auto"``. Defaults
             to ``None``.
+        verbose: ``1`` prints the one line saying what was chosen and why (as
+            Keras's callbacks print their messages); ``0`` logs it at INFO
+            only. Defaults to ``1``.
 
     Returns:
-        A ``tf.distribute.Strategy``.
+        A ``tf.distribute.Strategy``, with the attribute ``nnkit_choice``.
 
     Raises:
         ValueError: If ``kind`` is unknown, names a parameter server (use
@@ -337,15 +361,18 @@ def strategy(kind="auto", *, devices=None, tpu=None):
     Example:
     >>> from nnkit.distribute import strategy
     >>> s = strategy("default")
+    nnkit.distribute.strategy: DefaultDistributionStrategy with 1 replica(s): requested ...
     >>> s.num_replicas_in_sync
     1
+    >>> s.nnkit_choice
+    ('default', "requested (kind='default')")
     """
+    verbose = v.check_int("verbose", verbose, minimum=0)
     if not isinstance(kind, str):
         _check_supported("kind", kind)
         tf = _tf()
         v.check_instance("kind", kind, tf.distribute.Strategy, "a string or tf.distribute.Strategy")
-        logger.info("nnkit.distribute.strategy: using the given %s", type(kind).__name__)
-        return kind
+        return _announce(kind, "given", f"the given {type(kind).__name__}", verbose)
     kind = _check_kind(kind)
     if keras.backend.backend() != "tensorflow":
         raise ValueError(
@@ -390,10 +417,4 @@ def strategy(kind="auto", *, devices=None, tpu=None):
         result = tf.distribute.OneDeviceStrategy(device)
     else:
         result = tf.distribute.get_strategy()
-    logger.info(
-        "nnkit.distribute.strategy: %s with %d replica(s): %s",
-        type(result).__name__,
-        result.num_replicas_in_sync,
-        reason,
-    )
-    return result
+    return _announce(result, chosen, reason, verbose)

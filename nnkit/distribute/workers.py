@@ -107,12 +107,12 @@ def worker_directory(directory, strategy=None):
     creates it: the worker runs the same save there, so that every worker
     executes the same code, but nothing reads it. Its name is fixed, so a
     restarted worker writes to the same place; delete it with
-    :func:`remove_worker_directory` when training ends.
+    ``remove_worker_directory`` when training ends.
 
     Args:
         directory: The shared directory the chief writes to and every worker
             reads from (``str`` or path-like). Required.
-        strategy: As for :func:`is_chief`. Defaults to ``None``.
+        strategy: As for ``is_chief``. Defaults to ``None``.
 
     Returns:
         The directory to write to, a ``str``.
@@ -139,14 +139,14 @@ def worker_directory(directory, strategy=None):
 def remove_worker_directory(directory, strategy=None):
     """Delete this worker's temporary directory for ``directory``; nothing on the chief.
 
-    The counterpart of :func:`worker_directory`, for after ``fit``: it never
+    The counterpart of ``worker_directory``, for after ``fit``: it never
     deletes ``directory`` itself (what the chief wrote there stays, to be
     deleted by whoever owns it).
 
     Args:
-        directory: The shared directory given to :func:`worker_directory`.
+        directory: The shared directory given to ``worker_directory``.
             Required.
-        strategy: As for :func:`is_chief`. Defaults to ``None``.
+        strategy: As for ``is_chief``. Defaults to ``None``.
 
     Returns:
         True when a temporary directory was deleted.

@@ -16,7 +16,7 @@ class MCDropout(keras.layers.Dropout):
 
     Use it in place of ``keras.layers.Dropout`` when you want ``predict`` to
     sample a different thinned network on every pass, then average several
-    passes with :func:`mc_predict`: the spread of the passes is an estimate
+    passes with ``mc_predict``: the spread of the passes is an estimate
     of the model's (epistemic) uncertainty. Other layers keep their inference
     behaviour (batch normalization still uses its moving statistics), which
     is why this is a layer and not ``model(x, training=True)``. For ordinary
@@ -102,7 +102,7 @@ def _mc_dropout_layers(model):
 def mc_predict(model, x, *, passes=30, batch_size=None, seed=None):
     """Predictive mean and standard deviation over ``passes`` Monte-Carlo dropout passes.
 
-    Use it on a model containing :class:`MCDropout` layers to get, for every
+    Use it on a model containing ``MCDropout`` layers to get, for every
     input row, the average prediction and its spread across thinned networks
     (Gal & Ghahramani's MC dropout). Each batch of ``x`` is tiled ``passes``
     times and run through the model in one compiled step (one ``predict``

@@ -25,7 +25,7 @@ def _contrastive(y_true, y_pred, margin):
 def contrastive_loss(y_true, y_pred, margin=1.0):
     """Contrastive loss per pair, from pair labels and pair distances.
 
-    The functional form of :class:`ContrastiveLoss`; it applies no reduction
+    The functional form of ``ContrastiveLoss``; it applies no reduction
     over the batch.
 
     Formula, with ``y`` the pair label and ``d`` the distance:
@@ -64,7 +64,7 @@ class ContrastiveLoss(LossBase):
     distance between the two embeddings of a pair (for example the Euclidean
     norm of their difference) and ``y_true`` says whether the pair is similar.
     For batches of labelled single samples, where pairs and triplets are mined
-    within the batch, use :class:`TripletLoss` instead. This is the loss that
+    within the batch, use ``TripletLoss`` instead. This is the loss that
     ``tfa.losses.ContrastiveLoss`` computed, with the same arguments.
 
     Formula, with ``y`` the pair label (1 similar, 0 dissimilar) and ``d`` the

@@ -26,7 +26,7 @@ def _smooth_l1(y_true, y_pred, beta):
 def smooth_l1(y_true, y_pred, beta=1.0):
     """Smooth L1 loss per sample, averaged over the last axis.
 
-    The functional form of :class:`SmoothL1`, for ``model.compile(loss=...)``
+    The functional form of ``SmoothL1``, for ``model.compile(loss=...)``
     or custom training steps; it applies no reduction over the batch.
 
     Formula, with ``x = y_pred - y_true`` elementwise:

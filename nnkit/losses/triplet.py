@@ -88,7 +88,7 @@ def triplet_loss(
 ):
     """Triplet loss per anchor, with triplets mined within the batch.
 
-    The functional form of :class:`TripletLoss` (see there for the mining
+    The functional form of ``TripletLoss`` (see there for the mining
     rules and edge cases); it applies no reduction over the batch and compares
     labels in their own dtype.
 
@@ -141,7 +141,7 @@ class TripletLoss(LossBase):
     give every anchor a positive and a negative. It replaces
     ``tfa.losses.TripletSemiHardLoss`` (``mining="semi_hard"``) and
     ``tfa.losses.TripletHardLoss`` (``mining="hard"``). For labelled pairs
-    use :class:`ContrastiveLoss`.
+    use ``ContrastiveLoss``.
 
     Formula, with ``d`` the chosen distance and ``h(x) = max(x, 0)``
     (``softplus(x) = log(1 + eˣ)`` when ``soft=True``)::

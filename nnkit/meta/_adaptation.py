@@ -1,6 +1,6 @@
 """The one adaptation core that every ``nnkit.meta`` learner runs.
 
-A learner is described to the core by an :class:`InnerLoop`: the model, the
+A learner is described to the core by an ``InnerLoop``: the model, the
 task loss, whether the inner gradient is stopped (first order), and in which
 mode the query pass runs. The learner supplies, per trainable variable of the
 model, the inner learning rate (``None``: the variable is not adapted), so
@@ -23,7 +23,7 @@ from the same ``θ`` and ``s``, except that the random streams (seed-generator
 states) of task ``i`` are moved by ``i · SEED_STRIDE`` so tasks draw
 different dropout masks.
 
-State written back after a batch (see :meth:`InnerLoop.merge_state`): float
+State written back after a batch (see ``InnerLoop.merge_state``): float
 state (batch-norm statistics) is the mean over the tasks (and over the
 replicas under ``tf.distribute``); a seed-generator state is task 0's,
 without its offset: it has advanced by the draws of one task; any other

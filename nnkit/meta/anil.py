@@ -60,7 +60,7 @@ class ANIL(MetaLearner):
         inner_steps: Inner steps in training and evaluation, >= 1.
             Defaults to ``1``.
         first_order: Drop the second-order term. Defaults to ``False``.
-        transductive: Query pass in training mode (see :class:`MAML`).
+        transductive: Query pass in training mode (see ``MAML``).
             Defaults to ``True``.
         **kwargs: ``keras.Model`` arguments (``name``, ...).
 

@@ -37,7 +37,7 @@ def sinusoid_family(
         x_range: ``(low, high)`` of the inputs. Defaults to ``(-5.0, 5.0)``.
 
     Returns:
-        A :class:`RegressionFamily` whose inputs and targets are float32
+        A ``RegressionFamily`` whose inputs and targets are float32
         ``(tasks, points, 1)``.
 
     Raises:
@@ -110,7 +110,7 @@ def digits_tasks(split, *, ways=5, shots=1, queries=15, rotations=(0,), test_dig
             Defaults to ``(5, 6, 7, 8, 9)``.
 
     Returns:
-        A :class:`FewShotClassification` over 8×8×1 float32 images in [0, 1];
+        A ``FewShotClassification`` over 8×8×1 float32 images in [0, 1];
         the class of digit ``d`` rotated by ``rotations[i]`` is ``d + 10·i``.
 
     Raises:

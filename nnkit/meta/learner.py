@@ -50,8 +50,8 @@ class _Compiled:
 class MetaLearner(keras.Model):
     """Base class of the meta-learners: a ``keras.Model`` around the model being meta-trained.
 
-    Subclass it only to write a new algorithm; use :class:`MAML`,
-    :class:`MetaSGD`, :class:`ANIL` or :class:`Reptile`. Every learner calls
+    Subclass it only to write a new algorithm; use ``MAML``,
+    ``MetaSGD``, ``ANIL`` or ``Reptile``. Every learner calls
     the one adaptation core (``nnkit.meta._adaptation``) and differs in three
     hooks: the inner learning rate of each trainable variable
     (``None``: not adapted), whether the inner gradient is stopped, and what
@@ -168,7 +168,7 @@ class MetaLearner(keras.Model):
         return keras.losses.get(loss)
 
     def _meta_loop(self):
-        """The :class:`~nnkit.meta._adaptation.InnerLoop` this learner runs."""
+        """The ``InnerLoop`` this learner runs."""
         return _adaptation.InnerLoop(
             self.model,
             self._meta_loss(),

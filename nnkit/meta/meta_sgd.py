@@ -36,7 +36,7 @@ class MetaSGD(MetaLearner):
         inner_steps: Inner steps in training and evaluation, >= 1.
             Defaults to ``1``.
         first_order: Drop the second-order term. Defaults to ``False``.
-        transductive: Query pass in training mode (see :class:`MAML`).
+        transductive: Query pass in training mode (see ``MAML``).
             Defaults to ``True``.
         rate_shape: ``"element"`` or ``"variable"``. Defaults to ``"element"``.
         **kwargs: ``keras.Model`` arguments (``name``, ...).

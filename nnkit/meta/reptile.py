@@ -34,7 +34,7 @@ class Reptile(MetaLearner):
         inner_learning_rate: The inner SGD step size α, > 0. Defaults to ``0.01``.
         inner_steps: Inner steps in training and evaluation, >= 1.
             Defaults to ``5``.
-        transductive: Query pass in training mode (see :class:`MAML`).
+        transductive: Query pass in training mode (see ``MAML``).
             Defaults to ``True``.
         **kwargs: ``keras.Model`` arguments (``name``, ...).
 

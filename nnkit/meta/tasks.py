@@ -47,7 +47,7 @@ def _floats(x):
 class TaskSampler(abc.ABC):
     """Base class of the task samplers: draws batches of few-shot tasks.
 
-    A subclass implements :meth:`draw`; :meth:`sample` and :meth:`batches`
+    A subclass implements ``draw``; ``sample`` and ``batches``
     turn it into arrays and into a dataset for ``fit``.
     """
 
@@ -65,7 +65,7 @@ class TaskSampler(abc.ABC):
         return self.draw(generator(seed), num_tasks)
 
     def batches(self, tasks_per_batch=25, steps_per_epoch=100, *, seed=0):
-        """A :class:`TaskBatches` of this sampler: fresh tasks for every step of ``fit``."""
+        """A ``TaskBatches`` of this sampler: fresh tasks for every step of ``fit``."""
         return TaskBatches(self, tasks_per_batch, steps_per_epoch, seed=seed)
 
 
@@ -78,14 +78,14 @@ class TaskBatches(keras.utils.PyDataset):
     the order Keras fetches batches in.
 
     Args:
-        sampler: The :class:`TaskSampler` to draw from. Required.
+        sampler: The ``TaskSampler`` to draw from. Required.
         tasks_per_batch: Tasks per step (the meta-batch), an int >= 1.
             Defaults to ``25``.
         steps_per_epoch: Batches per epoch, an int >= 1. Defaults to ``100``.
         seed: An int >= 0. Defaults to ``0``.
 
     Raises:
-        TypeError: If ``sampler`` is not a :class:`TaskSampler` or a number
+        TypeError: If ``sampler`` is not a ``TaskSampler`` or a number
             has the wrong type.
         ValueError: If a number is out of range.
 
@@ -212,7 +212,7 @@ class RegressionFamily(TaskSampler):
     """Regression tasks from a family of functions: each task is one member of the family.
 
     Use it for function families such as the sinusoids of Finn et al.
-    (:func:`sinusoid_family` builds that one): a task draws the parameters of
+    (``sinusoid_family`` builds that one): a task draws the parameters of
     its function, ``shots + queries`` inputs, and their targets; the first
     ``shots`` points are the support set, the rest the query set. The three
     callables are vectorized over tasks (numpy in, numpy out).

@@ -30,8 +30,8 @@ def mlp(
 
     Formula: ``Input(input_dim) → B(widths[0]) → … → B(widths[-1]) →
     Dense(output_units, output_activation)``, where ``B`` is
-    :class:`~nnkit.layers.DenseBlock` (``residual=False``) or the
-    post-activation :class:`~nnkit.layers.ResidualBlock` (``residual=True``;
+    ``DenseBlock`` (``residual=False``) or the
+    post-activation ``ResidualBlock`` (``residual=True``;
     a block whose input width differs from its own gets a projection
     shortcut). Kernels are initialized for their activation. Under a mixed
     precision policy the output layer computes in float32 (the Keras advice

@@ -2,19 +2,19 @@
 
 An nnkit optimizer is a ``keras.optimizers.Optimizer`` whose ``update_step``
 is written in ``keras.ops``. Its state lives in optimizer variables made by
-:meth:`SecondOrderOptimizer.add_state` (float32, whatever the variable's
+``SecondOrderOptimizer.add_state`` (float32, whatever the variable's
 dtype, so that statistics and factors stay float32 under ``mixed_float16``
 and ``mixed_bfloat16``); they are saved with the optimizer, carried by JAX's
 stateless train step and mirrored under ``tf.distribute``.
 
 Periodic work (recomputing roots, bases or inverses every N steps) goes
-through :meth:`SecondOrderOptimizer.periodic`: a value-returning
+through ``SecondOrderOptimizer.periodic``: a value-returning
 ``ops.cond`` whose branches are pure, followed by *unconditional*
 assignments of what it returns. There is never a variable write inside a
 branch: JAX's train step is stateless, and under ``tf.distribute`` a write in
 a branch of a replica's update breaks. ``bench/second_order.py`` compares it
 with the alternative, a host-side choice between two traced train functions
-(see :func:`forced_refresh`).
+(see ``forced_refresh``).
 """
 
 import contextlib
@@ -44,7 +44,7 @@ class SecondOrderOptimizer(keras.optimizers.Optimizer):
     """Base of nnkit's optimizers: float32 state, the step counter and periodic work.
 
     Subclasses implement ``build`` (calling ``super().build``) and
-    ``update_step``, and make their state with :meth:`add_state`.
+    ``update_step``, and make their state with ``add_state``.
     """
 
     def __init__(self, learning_rate, *, weight_decay=None, **kwargs):
@@ -82,7 +82,7 @@ class SecondOrderOptimizer(keras.optimizers.Optimizer):
 
         Both are pure functions returning the same structure of tensors; the
         caller assigns the result unconditionally. With ``refresh=True`` (the
-        expensive recomputations), :func:`forced_refresh` can fix the choice
+        expensive recomputations), ``forced_refresh`` can fix the choice
         when the step is traced instead.
         """
         if refresh and self._forced_refresh is not None:
@@ -100,7 +100,7 @@ def every(step, period, start=1):
 def forced_refresh(optimizer, refresh):
     """Trace ``optimizer``'s periodic work as always (``True``) or never (``False``) due.
 
-    For measuring the host-side alternative to :meth:`SecondOrderOptimizer.periodic`
+    For measuring the host-side alternative to ``SecondOrderOptimizer.periodic``
     (``bench/second_order.py``): two train functions traced under this, one
     of them chosen by the host before every step.
     """

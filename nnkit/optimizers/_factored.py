@@ -87,7 +87,7 @@ class FactoredOptimizer(SecondOrderOptimizer):
         return Factors(plan, left, right)
 
     def factors_of(self, variable):
-        """The :class:`Factors` of ``variable``, or ``None`` (first-order fallback)."""
+        """The ``Factors`` of ``variable``, or ``None`` (first-order fallback)."""
         return self._factors[self.index_of(variable)]
 
     def updated_statistics(self, factors, gradient_blocks, step):

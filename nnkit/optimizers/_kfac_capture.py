@@ -78,7 +78,7 @@ class Block:
         return ops.concatenate([rows, bias_row], axis=0)
 
     def split(self, matrix):
-        """The inverse of :meth:`gradient_matrix`: ``(kernel part, bias part or None)``."""
+        """The inverse of ``gradient_matrix``: ``(kernel part, bias part or None)``."""
         kernel_rows = self.input_dim - (self.bias is not None)
         kernel = ops.reshape(matrix[:kernel_rows], self.kernel.shape)
         bias = None if self.bias is None else ops.reshape(matrix[kernel_rows:], self.bias.shape)
@@ -264,10 +264,10 @@ def _load_without(layer, channels):
 
 
 def make_blocks(model, planned, output_fisher):
-    """Add the channels to and patch every planned layer; return the :class:`Block` list.
+    """Add the channels to and patch every planned layer; return the ``Block`` list.
 
     With a closed-form ``output_fisher`` the model's last layer (checked by
-    :func:`check_output_layer`) takes it; every other block is empirical.
+    ``check_output_layer``) takes it; every other block is empirical.
     """
     strategy = explicit_strategy(model)
     blocks = []
@@ -323,7 +323,7 @@ def make_blocks(model, planned, output_fisher):
 
 
 def remove(model, blocks):
-    """Undo :func:`make_blocks`: the layers are exactly as they were."""
+    """Undo ``make_blocks``: the layers are exactly as they were."""
     for block in blocks:
         for patch in reversed(block.patches):
             shadow.unshadow(patch)

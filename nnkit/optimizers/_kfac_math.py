@@ -132,7 +132,7 @@ def curvature(a, g, *, damping, damping_type):
     ``"pi"``/``"tikhonov"``: ``[(A + π√λ·I)⁻¹, (G + √λ/π·I)⁻¹]`` (``π = 1``
     for ``"tikhonov"``; ``π = √((tr A / dim A) / (tr G / dim G))``).
     ``"eigen"``: ``[Q_A, α, Q_G, γ]`` (eigenvalues clipped at 0; λ is
-    added in :func:`precondition`).
+    added in ``precondition``).
     """
     a, g = _symmetric(a), _symmetric(g)
     if damping_type == "eigen":
@@ -152,7 +152,7 @@ def curvature(a, g, *, damping, damping_type):
 
 
 def curvature_shapes(input_dim, output_dim, damping_type):
-    """The shapes :func:`curvature` returns for factors of these sizes."""
+    """The shapes ``curvature`` returns for factors of these sizes."""
     if damping_type == "eigen":
         return [(input_dim, input_dim), (input_dim,), (output_dim, output_dim), (output_dim,)]
     return [(input_dim, input_dim), (output_dim, output_dim)]

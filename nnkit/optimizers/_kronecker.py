@@ -69,7 +69,7 @@ def _splits(length, max_dim, blocking):
 
 
 def layout(shape, max_dim, blocking):
-    """The :class:`Layout` of a variable of ``shape``, or ``None`` (first-order fallback)."""
+    """The ``Layout`` of a variable of ``shape``, or ``None`` (first-order fallback)."""
     shape = tuple(int(d) for d in shape)
     if len(shape) < 2:
         return None
@@ -94,7 +94,7 @@ def split(value, plan):
 
 
 def merge(blocks, plan):
-    """The inverse of :func:`split`: a tensor of the variable's shape."""
+    """The inverse of ``split``: a tensor of the variable's shape."""
     if len(plan.blocks) == 1:
         matrix = blocks[0, 0]
     else:
@@ -151,7 +151,7 @@ def inverse_root(statistic, exponent, damping):
 
 
 def initial_basis(statistic):
-    """The eigenvectors of ``S`` (columns), canonicalized as in :func:`eigh`."""
+    """The eigenvectors of ``S`` (columns), canonicalized as in ``eigh``."""
     return eigh(statistic)[1]
 
 

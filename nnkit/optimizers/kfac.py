@@ -83,7 +83,7 @@ class KFAC(keras.optimizers.Optimizer):
     (``E[diag(p(1 − p))]/k``, sigmoid or logits). The statistics assume
     Keras's mean reduction over the batch.
 
-    ``model`` registers the model (or call :meth:`register` later, e.g.
+    ``model`` registers the model (or call ``register`` later, e.g.
     after ``keras.saving.load_model``): its layers' calls are shadowed to
     capture the statistics (see ``docs/kfac.md``); the model code is not
     changed and a saved model loads without nnkit. Under
@@ -240,7 +240,7 @@ class KFAC(keras.optimizers.Optimizer):
                 self.build(list(model.trainable_variables))
 
     def unregister(self):
-        """Undo :meth:`register`: the layers are as before; the factor variables stay."""
+        """Undo ``register``: the layers are as before; the factor variables stay."""
         capture.remove(self._kfac.model, self._kfac.blocks)
         self._kfac.model, self._kfac.blocks, self._kfac.fallback = None, [], []
 
@@ -254,7 +254,7 @@ class KFAC(keras.optimizers.Optimizer):
     def build(self, variables):
         """Create the momenta, then the factors of every registered block (in that order).
 
-        Building again (after a late :meth:`register`) re-indexes the variables
+        Building again (after a late ``register``) re-indexes the variables
         and adds only what is missing, so the optimizer's variables keep one
         order whichever came first, ``register`` or ``build``.
         """
@@ -275,7 +275,7 @@ class KFAC(keras.optimizers.Optimizer):
 
     def load_own_variables(self, store):
         """Keras's loading, plus: factor state saved by a registered optimizer waits for
-        :meth:`register` when this one is not registered yet (a freshly loaded model)."""
+        ``register`` when this one is not registered yet (a freshly loaded model)."""
         count, saved = len(self.variables), len(store.keys())
         if saved > count and not self._kfac.blocks:
             for index, variable in enumerate(self.variables):

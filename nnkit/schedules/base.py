@@ -48,7 +48,7 @@ def serialize_schedule(schedule):
 
 
 def deserialize_schedule(config):
-    """Inverse of :func:`serialize_schedule` (already-built objects pass through)."""
+    """Inverse of ``serialize_schedule`` (already-built objects pass through)."""
     if isinstance(config, keras.optimizers.schedules.LearningRateSchedule):
         return config
     return keras.saving.deserialize_keras_object(config)

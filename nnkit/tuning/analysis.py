@@ -140,10 +140,15 @@ def _spread(study, name, rows):
     return ("share", float(counts.max() / len(values)))
 
 
+def trials_needed(names):
+    """Usable trials the report needs to rank ``names`` or give robust ranges for them."""
+    return max(MIN_TRIALS, MIN_TRIALS_PER_KNOB * len(names))
+
+
 def confidence_reasons(study, rows, names):
     """Why a ranking would not be trustworthy (an empty list when it would be)."""
     reasons = []
-    needed = max(MIN_TRIALS, MIN_TRIALS_PER_KNOB * len(names))
+    needed = trials_needed(names)
     if len(rows) < needed:
         reasons.append(
             f"Too few trials: {len(rows)} with an objective value for {len(names)} "

@@ -78,11 +78,17 @@ def importance(result, path):
     return _save(figure, path, left=min(0.5, 0.05 + 0.014 * longest))
 
 
-def knob(study, name, rows, objectives, sign, threshold, robust, path, label):
-    """Objective against one knob's value, the robust range shaded.
+def knob(study, name, rows, objectives, sign, threshold, robust, path, label, *, noise=None):
+    """Objective against one knob's value, the robust range shaded; write it to ``path``.
 
     ``sign`` is 1 when lower is better, -1 when higher is.
     """
+    figure = knob_figure(study, name, rows, objectives, sign, threshold, robust, label, noise=noise)
+    return _save(figure, path)
+
+
+def knob_figure(study, name, rows, objectives, sign, threshold, robust, label, *, noise=None):
+    """The figure of ``knob``, not yet saved; every line and marker set has a legend entry."""
     spec = study.spec(name)
     pairs = [
         (row["hyperparameters"][name], y)
@@ -101,13 +107,16 @@ def knob(study, name, rows, objectives, sign, threshold, robust, path, label):
         if robust is not None and is_numeric(spec):
             axes.axvspan(robust[0], robust[1], color="tab:green", alpha=0.15, label="robust range")
         if math.isfinite(threshold):
-            axes.axhline(threshold, color="tab:green", linestyle="--", linewidth=1)
+            axes.axhline(
+                threshold, color="tab:green", linestyle="--", linewidth=1,
+                label="within 2σ of the best" if noise is not None else "best 10 % cut-off",
+            )  # fmt: skip
         _axis(axes, spec, labels)
         _log_y(axes, ys)
         axes.legend(loc="best", fontsize="small")
     axes.set_xlabel(name + (" (log scale)" if spec.get("sampling") == "log" else ""))
     axes.set_ylabel(label)
-    return _save(figure, path)
+    return figure
 
 
 def pair(study, names, rows, objectives, sign, path, label):
@@ -131,7 +140,8 @@ def pair(study, names, rows, objectives, sign, path, label):
         ranks = np.argsort(np.argsort(sign * ys)) / max(len(ys) - 1, 1)
         points = axes.scatter(x, y, c=ranks, cmap="viridis_r", s=22)
         best = int(np.argmin(sign * ys))
-        axes.scatter([x[best]], [y[best]], marker="*", s=200, color="tab:red")
+        axes.scatter([x[best]], [y[best]], marker="*", s=200, color="tab:red", label="best")
+        axes.legend(loc="best", fontsize="small")
         colorbar = figure.colorbar(points, ax=axes)
         colorbar.set_label(f"rank of {label} (0 = best)")
         _axis(axes, first, x_labels, "x")
@@ -156,7 +166,7 @@ def budget(values, running, sign, path, label):
             label="failed",
         )  # fmt: skip
     _log_y(axes, values)
-    axes.set_xlabel("trial")
+    axes.set_xlabel("trials run")
     axes.set_ylabel(label)
     axes.legend(loc="best", fontsize="small")
     return _save(figure, path)

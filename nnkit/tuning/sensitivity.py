@@ -72,9 +72,10 @@ def sensitivity_report(
     sampler concentrated in one region. Per hyperparameter it plots the
     objective against the value (log axis for log-sampled knobs), shades the
     robust range (trials within twice the seed-to-seed standard deviation of
-    the best; the best 10 % when the noise is unknown) and warns when the best
-    value lies at an edge of the searched range. It also draws the top pair
-    against each other, the best-so-far against the trial number (with the
+    the best; the best 10 % when the noise is unknown; none, and the report says
+    why, from fewer trials than a ranking needs) and warns when the best value
+    lies at an edge of the searched range. It also draws the top pair against
+    each other, the best-so-far against the trial number (with the
     failed fraction), and states the noise floor from ``seeds.csv``
     (``rerun_best``). Trials stopped early by the median rule count with the
     value they reached; failed trials count only in the failed fraction.
@@ -133,8 +134,10 @@ def sensitivity_report(
     best = rows[int(np.argmin(oriented))] if rows else None
     warnings = []
     robust = {}
+    # A range drawn from the few trials of a sweep too small to rank is luck, not advice.
+    enough = len(rows) >= analysis.trials_needed(names)
     for name in names:
-        robust[name] = analysis.robust_range(study, rows, mask, name)
+        robust[name] = analysis.robust_range(study, rows, mask, name) if enough else None
         if best is not None:
             text = analysis.edge_warning(study, name, best["hyperparameters"].get(name))
             if text:
@@ -159,7 +162,7 @@ def sensitivity_report(
             written.append(
                 draw.knob(
                     study, name, rows, display, sign, sign * threshold, robust[name],
-                    out / f"hp_{_slug(name)}.png", label,
+                    out / f"hp_{_slug(name)}.png", label, noise=sigma,
                 )
             )  # fmt: skip
         top = result.top_two if result is not None and len(result.names) >= 2 else None
@@ -259,11 +262,22 @@ def _markdown(study, report, rows, mask, threshold, sign, noise_source, values, 
             )
     lines.append("")
 
+    needed = analysis.trials_needed(list(report.robust_ranges))
+    if len(rows) >= needed:
+        about = "Robust range: where the trials within the noise of the best put the knob " + (
+            "(within 2σ of the best)." if report.noise is not None else "(best 10 % of trials)."
+        )
+    else:
+        about = (
+            f"No robust range is given: {len(rows)} trial(s) with an objective value, fewer "
+            f"than the {needed} this report needs for {len(report.robust_ranges)} "
+            f"hyperparameter(s); a range drawn from the {int(mask.sum())} trial(s) near the "
+            "best would be luck. Run more random-search trials."
+        )
     lines += [
         "## Per hyperparameter",
         "",
-        "Robust range: where the trials within the noise of the best put the knob "
-        + ("(within 2σ of the best)." if report.noise is not None else "(best 10 % of trials)."),
+        about,
         "",
         "| hyperparameter | searched | best | robust range |",
         "|---|---|---|---|",
@@ -295,8 +309,12 @@ def _markdown(study, report, rows, mask, threshold, sign, noise_source, values, 
     finite = np.isfinite(running)
     if finite.any():
         final = running[finite][-1]
-        first_best = int(np.argmax(running == final)) + 1
-        text = f"The best was found at trial {first_best} of {len(running)}."
+        found = int(np.argmax(running == final))
+        # Trials are named by their id (as in "Best: trial `01`") and counted from 1.
+        text = (
+            f"The best (trial `{study.trials[found]['trial_id']}`) came after "
+            f"{found + 1} of the {len(running)} trials run."
+        )
         half = len(running) // 2
         if half >= 1 and math.isfinite(running[half - 1]):
             gain = float(running[half - 1] - final)

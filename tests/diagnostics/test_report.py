@@ -72,3 +72,50 @@ def test_plot_of_an_empty_report(tmp_path):
 def test_plot_rejects_a_non_path():
     with pytest.raises(TypeError, match="Received: path=3"):
         _report().plot(3)
+
+
+def _heatmap_ticks(monkeypatch, tmp_path, steps):
+    """The step ticks of ``report.plot``'s figure: ``[(column, label), ...]``."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+
+    def keep(figure, *args, **kwargs):
+        figures.append(figure)
+        return save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    diagnose(steps, NAMES, np.ones((len(steps), 3))).plot(tmp_path / "norms.png")
+    axes = figures[0].axes[0]
+    labels = axes.get_xticklabels()
+    return [(float(x), t.get_text()) for x, t in zip(axes.get_xticks(), labels, strict=True)]
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        np.arange(0, 100, 10),  # the issue's run: ticks were 0 10 20 30 50 60 70 90
+        np.arange(0, 330, 10),
+        # every 10th step plus each epoch's last one (25 steps per epoch, every_n_steps=10)
+        np.array([0, 10, 20, 24, 30, 40, 49, 50, 60, 70, 74]),
+    ],
+)
+def test_heatmap_step_ticks_are_regular(monkeypatch, tmp_path, steps):
+    ticks = _heatmap_ticks(monkeypatch, tmp_path, steps)
+    values = np.array([int(label) for _, label in ticks])
+    assert 3 <= len(values) <= 9
+    gaps = np.diff(values)
+    assert np.all(gaps == gaps[0]) and gaps[0] > 0, values
+    assert values[0] >= steps[0] and values[-1] <= steps[-1]
+    # each tick sits where its step falls between the sampled columns
+    for column, label in ticks:
+        below = int(np.floor(column + 1e-9))
+        above = min(below + 1, len(steps) - 1)
+        assert steps[below] <= int(label) <= steps[above]
+        if int(label) in steps:
+            assert column == pytest.approx(int(np.flatnonzero(steps == int(label))[0]))
+
+
+def test_heatmap_of_one_sample_has_its_step(monkeypatch, tmp_path):
+    assert _heatmap_ticks(monkeypatch, tmp_path, np.array([40])) == [(0.0, "40")]

@@ -44,7 +44,7 @@ def test_mirrored_on_two_logical_devices(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.splitlines()[-1])
-    assert "MirroredStrategy with 2 replica(s): requested (kind='mirrored')" in result.stderr
+    assert "MirroredStrategy with 2 replica(s): requested (kind='mirrored')" in result.stdout
     assert "distribution readiness under MirroredStrategy (2 replicas): no findings" in (
         result.stdout
     )

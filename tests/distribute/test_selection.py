@@ -167,7 +167,7 @@ def test_auto_on_this_machine_is_the_default_strategy_and_logs_why(plain_environ
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU")
     with caplog.at_level(logging.INFO, logger="nnkit.distribute"):
-        result = strategy()
+        result = strategy(verbose=0)
     assert result is tf.distribute.get_strategy()
     assert result.num_replicas_in_sync == 1
     (record,) = _records(caplog)
@@ -176,8 +176,8 @@ def test_auto_on_this_machine_is_the_default_strategy_and_logs_why(plain_environ
 
 def test_mirrored_over_the_two_logical_cpus(plain_environment, caplog):
     with caplog.at_level(logging.INFO, logger="nnkit.distribute"):
-        explicit = strategy("mirrored", devices=["CPU:0", "CPU:1"])
-        automatic = strategy(devices=["CPU:0", "CPU:1"])
+        explicit = strategy("mirrored", devices=["CPU:0", "CPU:1"], verbose=0)
+        automatic = strategy(devices=["CPU:0", "CPU:1"], verbose=0)
     for result in (explicit, automatic):
         assert isinstance(result, tf.distribute.MirroredStrategy)
         assert result.num_replicas_in_sync == 2
@@ -187,6 +187,29 @@ def test_mirrored_over_the_two_logical_cpus(plain_environment, caplog):
     # The replicas really run: a value summed over them counts both.
     total = explicit.reduce("SUM", explicit.run(lambda: tf.constant(1.0)), axis=None)
     assert float(total) == 2.0
+
+
+def test_the_choice_is_one_printed_line_at_default_verbosity(plain_environment, capsys, caplog):
+    """The issue: the choice was silent unless INFO logging was configured."""
+    with caplog.at_level(logging.INFO, logger="nnkit.distribute"):
+        result = strategy(devices=["CPU:0", "CPU:1"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        "nnkit.distribute.strategy: MirroredStrategy with 2 replica(s): "
+        "2 local devices (CPU:0, CPU:1)"
+    ]
+    assert not _records(caplog)  # printed once, not also logged
+    assert result.nnkit_choice == ("mirrored", "2 local devices (CPU:0, CPU:1)")
+    given = strategy(result)
+    assert given is result and given.nnkit_choice == ("given", "the given MirroredStrategy")
+    assert "the given MirroredStrategy" in capsys.readouterr().out
+    quiet = strategy("default", verbose=0)
+    assert capsys.readouterr().out == ""
+    assert quiet.nnkit_choice == ("default", "requested (kind='default')")
+    with pytest.raises(ValueError, match="verbose=-1"):
+        strategy(verbose=-1)
+    with pytest.raises(TypeError, match="verbose=True"):
+        strategy(verbose=True)
 
 
 def test_one_device_and_default_and_a_given_strategy(plain_environment):
@@ -246,9 +269,9 @@ def test_multiworker_constructor_in_a_fresh_process():
         from nnkit.distribute import strategy
         os.environ["TF_CONFIG"] = '{"cluster": {"worker": ["localhost:1"]}, '\\
             '"task": {"type": "worker", "index": 0}}'
-        auto = strategy()
+        auto = strategy(verbose=0)
         del os.environ["TF_CONFIG"]
-        worker = strategy("multiworker")
+        worker = strategy("multiworker", verbose=0)
         print(type(auto).__name__, type(worker).__name__, worker.num_replicas_in_sync)
     """
     result = _run(code, KERAS_BACKEND="tensorflow")

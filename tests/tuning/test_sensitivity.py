@@ -150,7 +150,8 @@ def test_failed_trials_and_budget(tmp_path):
     assert f"{n_failed} × The objective became NaN." in text
     objective = [t["objective"] if t["objective"] is not None else np.inf for t in study.trials]
     first_best = int(np.argmin(objective)) + 1
-    assert f"The best was found at trial {first_best} of 40." in text
+    found = study.trials[first_best - 1]["trial_id"]
+    assert f"The best (trial `{found}`) came after {first_best} of the 40 trials run." in text
 
 
 def test_maximised_objective(tmp_path):
@@ -246,3 +247,70 @@ def test_python_dash_m_and_lazy_optuna(tmp_path):
     assert "LOW CONFIDENCE" in done.stdout
     assert done.stdout.strip().endswith("exit 0 lazy True")
     assert (tmp_path / "report" / "report.md").exists()
+
+
+def _tiny_sweep(tmp_path):
+    """The issue's tiny sweep: 12 trials with keras-tuner's ids ``00``..``11``, best at ``01``."""
+    header = study_header(SPECS[:1])
+    lrs = np.geomspace(1e-4, 1e-1, 12)
+    objectives = [(math.log10(lr) + 2.5) ** 2 for lr in lrs]
+    objectives[1] = -1.0  # the best, the second trial run
+    trials = [
+        {"trial_id": f"{i:02d}", "status": "completed", "hyperparameters": {"lr": float(lr)},
+         "executions": [], "objective": float(y)}
+        for i, (lr, y) in enumerate(zip(lrs, objectives, strict=True))
+    ]  # fmt: skip
+    write_study(tmp_path, header, trials)
+
+
+def test_one_trial_numbering(tmp_path):
+    _tiny_sweep(tmp_path)
+    text = sensitivity_report(tmp_path, n_bootstrap=0, plots=False).path.read_text()
+    assert "Best: trial `01`" in text
+    assert "The best (trial `01`) came after 2 of the 12 trials run." in text
+    assert "found at trial 2" not in text
+
+
+def test_no_robust_range_from_a_sweep_too_small_to_rank(tmp_path):
+    _tiny_sweep(tmp_path)
+    report = sensitivity_report(tmp_path, n_bootstrap=0, plots=False)
+    assert report.ranking is None and report.low_confidence  # "Low confidence: no ranking"
+    assert report.robust_ranges == {"lr": None}
+    text = report.path.read_text()
+    assert "Low confidence" in text
+    assert (
+        "No robust range is given: 12 trial(s) with an objective value, fewer than the 15 this "
+        "report needs for 1 hyperparameter(s)" in text
+    )
+    assert "| `lr` | 0.0001 … 0.1 (log) | 0.0001874 | – |" in text
+    assert "Robust range: where" not in text
+
+
+@pytest.mark.parametrize("seeds", [False, True])
+def test_every_line_of_a_knob_plot_is_in_its_legend(tmp_path, monkeypatch, seeds):
+    from nnkit.tuning import plots
+
+    write_random_study(tmp_path, SPECS, _bowl, n_trials=40, seed=0)
+    if seeds:
+        write_seeds(tmp_path, [{"seed": s, "objective": v} for s, v in enumerate([0.1, 0.2, 0.3])])
+    figures = {}
+    save = plots._save
+
+    def keep(figure, path, **kwargs):
+        figures[path.name] = figure
+        return save(figure, path, **kwargs)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    sensitivity_report(tmp_path, n_bootstrap=0)
+    knob_plots = sorted(name for name in figures if name.startswith("hp_"))
+    assert knob_plots == ["hp_dropout.png", "hp_lr.png"]
+    for name in knob_plots:
+        (axes,) = figures[name].axes
+        drawn = [*axes.lines, *axes.collections, *axes.patches]
+        assert any(line.get_linestyle() == "--" for line in axes.lines)  # the threshold
+        labels = [artist.get_label() for artist in drawn]
+        assert not [label for label in labels if label.startswith("_")], (name, labels)
+        legend = [text.get_text() for text in axes.get_legend().get_texts()]
+        assert sorted(legend) == sorted(labels), name
+        expected = "within 2σ of the best" if seeds else "best 10 % cut-off"
+        assert expected in legend
