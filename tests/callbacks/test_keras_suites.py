@@ -31,13 +31,17 @@ BY_DESIGN = {
     "ReduceLROnPlateauTest::test_throws_when_optimizer_has_schedule": "schedules supported",
     "ReduceLROnPlateauTest::test_verbose_logging": "nnkit reports through nnkit._messages",
 }
-#: Cases that fail and are NOT yet triaged (open; see the branch report).
-NOT_TRIAGED = {
-    "EarlyStoppingTest::test_early_stopping",
-    "BackupAndRestoreCallbackTest::test_backup_corrupted",
-    "BackupAndRestoreCallbackTest::test_best_case_epoch",
-    "BackupAndRestoreCallbackTest::test_best_case_step",
-}
+PRIVATE = "reads Keras's private attributes (_current_epoch, _weights_path, ...)"
+BY_DESIGN.update(
+    {
+        "BackupAndRestoreCallbackTest::test_backup_corrupted": PRIVATE,
+        "BackupAndRestoreCallbackTest::test_best_case_epoch": PRIVATE,
+        "BackupAndRestoreCallbackTest::test_best_case_step": PRIVATE,
+    }
+)
+#: Cases that fail and are NOT yet triaged (open; see the branch report): it
+#: monitors ``F1Score`` (a per-class vector) among other metrics.
+NOT_TRIAGED = {"EarlyStoppingTest::test_early_stopping"}
 
 
 @pytest.mark.slow
