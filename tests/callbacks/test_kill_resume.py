@@ -32,3 +32,13 @@ def test_ten_kill_points_resume_identically(capsys):
     assert figures["tried"] >= 10
     assert figures["differing"] == 0, figures["cases_differing"]
     assert figures["identical"] == figures["tried"]
+
+
+@pytest.mark.slow
+def test_the_harness_catches_keras_backup_and_restore(capsys):
+    """A control: Keras's BackupAndRestore restores no callback state, so runs differ."""
+    figures = _bench().main(
+        ["--quick", "--points", "2", "--per-case", "2", "--seed", "1",
+         "--orders", "backup-first", "--keras-backup"]
+    )
+    assert figures["tried"] >= 2 and figures["differing"] >= 1, figures
