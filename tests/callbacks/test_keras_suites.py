@@ -39,9 +39,8 @@ BY_DESIGN.update(
         "BackupAndRestoreCallbackTest::test_best_case_step": PRIVATE,
     }
 )
-#: Cases that fail and are NOT yet triaged (open; see the branch report): it
-#: monitors ``F1Score`` (a per-class vector) among other metrics.
-NOT_TRIAGED = {"EarlyStoppingTest::test_early_stopping"}
+#: Cases that fail and are not yet triaged (none now).
+NOT_TRIAGED = set()
 
 
 @pytest.mark.slow
