@@ -61,3 +61,17 @@ def test_keras_callback_tests_pass_against_nnkit(tmp_path):
     assert passed >= 10, out[-3000:]
     unexpected = failed - set(BY_DESIGN) - NOT_TRIAGED
     assert not unexpected, out[-3000:]
+
+
+@pytest.mark.parametrize("name", ["EarlyStopping", "ReduceLROnPlateau", "BackupAndRestore"])
+def test_every_public_attribute_of_keras_exists(name, tmp_path):
+    import nnkit.callbacks
+
+    args = (str(tmp_path),) if name == "BackupAndRestore" else ()
+    theirs = getattr(keras.callbacks, name)(*args)
+    ours = getattr(nnkit.callbacks, name)(*args)
+    public = {a for a in vars(theirs) if not a.startswith("_")}
+    assert public and not [a for a in sorted(public) if not hasattr(ours, a)]
+    for attribute in public & {"monitor", "patience", "min_delta", "save_freq", "backup_dir",
+                               "wait", "stopped_epoch", "cooldown_counter", "best_weights"}:
+        assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
