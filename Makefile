@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: demo test test-keras-next lint docs bench venv clean
+.PHONY: demo test test-keras-next lint docs bench kill-resume venv clean
 
 venv: $(STAMP)
 
@@ -50,6 +50,10 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/schedule_overhead.py
+
+# 50 SIGKILL points, resumed and compared with an uninterrupted run (docs/reliability.md).
+kill-resume: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(PY) bench/kill_resume.py --points 50
 
 clean:
 	rm -rf $(VENV) $(NEXT_VENV) .site runs .pytest_cache

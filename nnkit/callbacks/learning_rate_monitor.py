@@ -5,11 +5,11 @@ import keras
 
 from nnkit import _validation as v
 from nnkit.callbacks import _optimizer
-from nnkit.callbacks._base import CallbackMixin
+from nnkit.callbacks._stateful import StatefulCallback
 
 
 @keras.saving.register_keras_serializable(package="nnkit")
-class LearningRateMonitor(CallbackMixin, keras.callbacks.Callback):
+class LearningRateMonitor(StatefulCallback):
     """Put the learning rate the optimizer used into the epoch logs, optionally per step.
 
     Use it to see the rate next to the loss in ``History``, ``CSVLogger`` and
@@ -38,6 +38,10 @@ class LearningRateMonitor(CallbackMixin, keras.callbacks.Callback):
     ``nnkit.callbacks.ReduceLROnPlateau`` is not attributed to the epoch that
     ended, whatever the callback order; list this callback before Keras's
     ``ReduceLROnPlateau``, which lowers the rate in its ``on_epoch_end``.
+
+    Resumable: ``nnkit.callbacks.BackupAndRestore`` saves ``samples`` and
+    the step count of the last epoch end, so a resumed run continues the
+    samples of the interrupted one.
 
     Args:
         log_name: Key of the value in the epoch logs. The default cannot
@@ -102,8 +106,20 @@ class LearningRateMonitor(CallbackMixin, keras.callbacks.Callback):
         self._last_end = 0  # raw step count at the last epoch end
         self._writer = None
 
-    def on_train_begin(self, logs=None):
+    def _reset_state(self):
         self.samples = []
+        self._epoch_start = None
+        self._last_end = 0
+
+    def get_state(self):
+        return {
+            "samples": [[int(j), float(rate)] for j, rate in self.samples],
+            "last_end": int(self._last_end),
+        }
+
+    def set_state(self, state):
+        self.samples = [(int(j), float(rate)) for j, rate in state["samples"]]
+        self._last_end = int(state["last_end"])
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.every_n_steps is not None:

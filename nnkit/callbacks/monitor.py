@@ -235,12 +235,23 @@ class MonitorCallback(StatefulCallback):
         value = logs.get(self.monitor)
         if value is not None:
             self._seen_monitor = True
-            return float(value)
+            return self._scalar(value)
         validation_ran = any(key.startswith("val_") for key in logs)
         if self.monitor.startswith("val_") and not validation_ran:
             return None  # no validation this epoch (validation_freq > 1)
         self._missing(sorted(logs))
         return None
+
+    def _scalar(self, value):
+        """``value`` as a float; a one-element array (e.g. ``F1Score`` of one class) too."""
+        array = np.asarray(value)
+        if array.size != 1:
+            raise ValueError(
+                f"{type(self).__name__} monitors `{self.monitor}`, which is not a single "
+                f"number (shape {array.shape}); monitor a scalar metric or average it. "
+                f"Received: {self.monitor}={array.tolist()!r}"
+            )
+        return float(array.reshape(()))
 
     def _missing(self, available, *, at_end=False):
         where = f"in the logs of any of {self._epochs_read} epochs" if at_end else "in the epoch logs"

@@ -143,13 +143,36 @@ def read_study(directory):
             f"{study_path} does not exist: expected a study directory written by "
             f"nnkit.tuning.tune. Received: directory={str(directory)!r}"
         )
-    header = json.loads(study_path.read_text(encoding="utf-8"))
+    try:
+        header = json.loads(study_path.read_text(encoding="utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError(f"a JSON {type(header).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{study_path} is empty, truncated or not a study header ({error}). nnkit leaves "
+            "it as it is; to start afresh, pass another directory (or move this one away)."
+        ) from None
     if header.get("format") != fmt.FORMAT:
         raise ValueError(
             f"Unsupported study format; this nnkit reads format {fmt.FORMAT}. "
             f"Received: format={header.get('format')!r}"
         )
     specs = {spec["name"]: spec for spec in header["hyperparameters"]}
+    try:
+        trials, metric_names = _read_trials(directory, specs)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{directory / 'trials.csv'} is truncated or damaged ({type(error).__name__}: "
+            f"{error}); refusing to report a partial study. Each completed trial's record "
+            "(trial.json) is kept; repair or remove the damaged last line of trials.csv."
+        ) from None
+    seeds = fmt.load_curves(directory / "seeds.csv")
+    if seeds is not None and "seed" in seeds:
+        seeds["seed"] = seeds["seed"].astype(int)
+    return Study(directory, header, trials, metric_names, seeds)
+
+
+def _read_trials(directory, specs):
     loaded = fmt.load_csv_columns(directory / "trials.csv")
     trials, metric_names = [], []
     if loaded is not None:
@@ -177,7 +200,4 @@ def read_study(directory):
                     "objective": _number(row["objective"]),
                 }
             )
-    seeds = fmt.load_curves(directory / "seeds.csv")
-    if seeds is not None and "seed" in seeds:
-        seeds["seed"] = seeds["seed"].astype(int)
-    return Study(directory, header, trials, metric_names, seeds)
+    return trials, metric_names

@@ -455,6 +455,12 @@ def _foreign_manifest(d):
         json.dump({"something": "else"}, f)
 
 
+def _truncated_manifest(d):
+    path = pathlib.Path(d) / files.MANIFEST
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
 def _future_manifest(d):
     document = _manifest(d)
     document["format_version"] = 99
@@ -483,12 +489,13 @@ def _change_arrays(d):
         (_remove_manifest, "holds Keras's backup files but no 'callback_state.json'"),
         (_empty_manifest, r"callback_state.json' is empty"),
         (_foreign_manifest, r"callback_state.json' is not a backup manifest"),
+        (_truncated_manifest, r"callback_state.json' is not a backup manifest"),
         (_future_manifest, "format_version=99"),
         (_truncate_weights, r"backup-\d+.weights.h5' is damaged"),
         (_remove_arrays, r"backup-\d+.npz'.*is missing"),
         (_change_arrays, r"backup-\d+.npz' is damaged"),
     ],
-    ids=["missing", "empty", "foreign", "future", "truncated-weights", "no-arrays", "arrays"],
+    ids=["missing", "empty", "foreign", "truncated-manifest", "future", "truncated-weights", "no-arrays", "arrays"],
 )
 def test_damaged_backup_without_fallback_raises_a_clear_error_and_touches_nothing(
     backup_dir, damage, match

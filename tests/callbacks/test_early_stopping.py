@@ -473,3 +473,14 @@ def test_fit_integration(tmp_path):
     assert len(csv.read_text().strip().splitlines()) == epochs + 1
     best_val = net.evaluate(x_val, y_val, verbose=0)
     assert best_val == pytest.approx(stop.best, rel=1e-5)
+
+
+def test_a_one_element_metric_is_read_and_a_vector_refused():
+    import numpy as np
+
+    from nnkit.callbacks import EarlyStopping
+
+    stop = EarlyStopping(monitor="f1")
+    assert stop.monitored_value({"f1": np.array([0.5])}) == 0.5
+    with pytest.raises(ValueError, match=r"`f1`, which is not a single number.*Received: f1="):
+        stop.monitored_value({"f1": np.array([0.5, 0.25])})

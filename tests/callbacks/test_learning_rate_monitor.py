@@ -427,3 +427,16 @@ def test_keras_tensorboard_shows_the_used_rate(tmp_path):
     np.testing.assert_allclose([r for _, r in used], _cosine([3, 7], total=8), rtol=1e-5, atol=1e-8)
     keras_own = _read_scalars(str(tmp_path / "tb" / "train"), "epoch_learning_rate")
     np.testing.assert_allclose([r for _, r in keras_own], _cosine([4, 8], total=8), atol=1e-7)
+
+
+def test_samples_are_resumable_state():
+    from nnkit.callbacks import LearningRateMonitor, StatefulCallback
+
+    monitor = LearningRateMonitor(every_n_steps=2)
+    assert isinstance(monitor, StatefulCallback)
+    monitor.samples, monitor._last_end = [(0, 0.1), (2, 0.05)], 4
+    state = monitor.get_state()
+    assert state == {"samples": [[0, 0.1], [2, 0.05]], "last_end": 4}
+    other = LearningRateMonitor(every_n_steps=2)
+    other.set_state(state)
+    assert other.samples == [(0, 0.1), (2, 0.05)] and other._last_end == 4

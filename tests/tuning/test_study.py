@@ -203,3 +203,24 @@ def test_bad_header_and_trial(tmp_path):
         study_header(SPECS, tuner="grid")
     with pytest.raises(ValueError, match="status='done'"):
         write_trial(tmp_path, dict(_trials()[0], status="done"), update_csv=False)
+
+
+@pytest.mark.parametrize("content", ["", '{"format": 1, "objec', "[1, 2]"])
+def test_a_damaged_study_json_is_a_clear_error_naming_it(tmp_path, content):
+    write_study(tmp_path, _header(), _trials())
+    (tmp_path / "study.json").write_text(content)
+    with pytest.raises(ValueError, match=r"study\.json is empty, truncated") as error:
+        read_study(tmp_path)
+    assert "start afresh" in str(error.value)
+    assert (tmp_path / "study.json").read_text() == content  # left as it is
+
+
+def test_a_truncated_trials_csv_is_a_clear_error_not_a_partial_report(tmp_path):
+    write_study(tmp_path, _header(), _trials())
+    path = tmp_path / "trials.csv"
+    data = path.read_bytes()
+    cut = data[: data.rstrip(b"\n").rfind(b",")]  # the last row loses its last cells
+    path.write_bytes(cut)
+    with pytest.raises(ValueError, match=r"trials\.csv is truncated or damaged"):
+        read_study(tmp_path)
+    assert path.read_bytes() == cut
