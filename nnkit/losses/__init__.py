@@ -11,7 +11,7 @@ are registered for serialization under the ``nnkit`` package.
 # -- public losses (one import line per module) --
 from nnkit.losses.contrastive import ContrastiveLoss, contrastive_loss
 from nnkit.losses.smooth_l1_loss import SmoothL1, smooth_l1
-from nnkit.losses.sparse_categorical_crossentropy import (
+from nnkit.losses.sparse_crossentropy import (
     SparseCategoricalCrossentropy,
     sparse_categorical_crossentropy,
 )
