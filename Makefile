@@ -35,7 +35,9 @@ test-keras-next:
 	$(NEXT_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(NEXT_VENV)/bin/python -m pip install --quiet -e ".[dev]"
 	$(NEXT_VENV)/bin/python -m pip uninstall --quiet -y keras
-	$(NEXT_VENV)/bin/python -m pip install --quiet --upgrade --pre keras-nightly
+	# keras and keras-nightly share the keras/ folder: uninstalling keras on a
+	# reused venv deletes keras-nightly's files, so always reinstall it.
+	$(NEXT_VENV)/bin/python -m pip install --quiet --upgrade --force-reinstall --no-deps --pre keras-nightly
 	$(NEXT_VENV)/bin/python -c "import keras; print('keras', keras.__version__)"
 	$(NEXT_VENV)/bin/python -m pytest tests/_keras -p no:cacheprovider
 	$(NEXT_VENV)/bin/python -m pytest -m "not slow" -p no:cacheprovider

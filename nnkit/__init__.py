@@ -2,7 +2,9 @@
 
 Subpackages are imported lazily, so ``import nnkit`` neither imports
 TensorFlow nor touches any global Keras state (float type, mixed-precision
-policy, random seed).
+policy, random seed). Once Keras is imported (before or after nnkit), every
+subpackage is imported, so that ``keras.saving.load_model`` finds every nnkit
+class (``nnkit._registry``).
 
 >>> import nnkit
 >>> isinstance(nnkit.__version__, str)
@@ -39,3 +41,8 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(SUBPACKAGES))
+
+
+from nnkit import _registry  # noqa: E402  (last: it may import the subpackages)
+
+_registry.install()

@@ -108,10 +108,14 @@ def check_bool(name, value):
     return value
 
 
-def check_one_of(name, value, choices):
-    """One of a fixed set of string options."""
+def check_one_of(name, value, choices, *, allow_none=False):
+    """One of a fixed set of string options (or ``None`` with ``allow_none``)."""
+    if value is None and allow_none:
+        return None
     if not isinstance(value, str) or value not in choices:
         options = ", ".join(repr(c) for c in choices)
+        if allow_none:
+            options += " or None"
         raise ValueError(f"`{name}` must be one of {options}. {_received(name, value)}")
     return value
 

@@ -26,7 +26,7 @@ It writes a run directory (``--out``, default ``runs/diabetes``)::
     model_mse.keras          the MSE model (best weights restored)
     model_smooth_l1.keras    the SmoothL1 model; reload either with safe_mode=True
                              after ``import nnkit.layers, nnkit.losses, nnkit.schedules``
-    history_mse.csv          one row per epoch: loss, mae, rmse, val_*, learning_rate
+    history_mse.csv          one row per epoch: loss, mae, rmse, val_*, lr
     history_smooth_l1.csv    (mae/rmse there are in standardized units)
     validation.png           validation MAE and RMSE per epoch of both, original units
 
@@ -200,7 +200,7 @@ def train(run, args, data, initial_weights):
     early_stopping = EarlyStopping(monitor="val_loss", patience=PATIENCE, restore_best_weights=True)
     callbacks = [
         early_stopping,
-        LearningRateMonitor(),  # before CSVLogger, so the row has learning_rate
+        LearningRateMonitor(),  # before CSVLogger, so the row has lr
         keras.callbacks.CSVLogger(os.path.join(args.out, f"history_{run}.csv")),
     ]
     history = model.fit(

@@ -11,7 +11,7 @@ The recipe shows the parts of nnkit that a plain Keras training script needs:
   (``--schedule step``), with the schedule's length in steps computed as
   ``epochs × steps_per_epoch``;
 * ``EarlyStopping(restore_best_weights=True)``, whose stop reason is recorded;
-* ``LearningRateMonitor``, which puts ``learning_rate`` in the epoch logs, so
+* ``LearningRateMonitor``, which puts ``lr`` in the epoch logs, so
   ``history.csv`` has the rate of every epoch;
 * with ``--monitor-gradients``, ``GradientNormMonitor``, which measures every
   layer's gradient norm inside the compiled train step (every
@@ -25,7 +25,7 @@ It writes a run directory (``--out``, default ``runs/digits``)::
     model.keras         the trained model (reload with safe_mode=True, after
                         ``import nnkit.layers, nnkit.regularizers, nnkit.schedules``
                         so nnkit's classes are registered)
-    history.csv         one row per epoch: loss, accuracy, val_*, learning_rate
+    history.csv         one row per epoch: loss, accuracy, val_*, lr
     curves.png          loss and accuracy per epoch
     learning_rate.png   the learning rate at every step
 
@@ -322,7 +322,7 @@ def schedule_values(schedule, total_steps):
     call on the vector of steps evaluates them all.
     """
     steps = np.arange(total_steps, dtype="float32")
-    values = keras.ops.convert_to_numpy(schedule(steps))
+    values = np.asarray(schedule(steps))
     return np.broadcast_to(values, steps.shape).astype("float64")
 
 
@@ -365,9 +365,10 @@ def gradient_monitor(args):
     """The ``GradientNormMonitor`` of ``--monitor-gradients``, or ``None``."""
     if not args.monitor_gradients:
         return None
+    # Per-layer columns in history.csv too: the recipe's reader wants them.
     if args.monitor_every is None:
-        return GradientNormMonitor()
-    return GradientNormMonitor(every_n_steps=args.monitor_every)
+        return GradientNormMonitor(log_layers=True)
+    return GradientNormMonitor(every_n_steps=args.monitor_every, log_layers=True)
 
 
 def write_gradient_report(report, out):
@@ -420,7 +421,7 @@ def main(argv=None):
     )
     callbacks = [
         early_stopping,
-        LearningRateMonitor(),  # before CSVLogger, so the row has learning_rate
+        LearningRateMonitor(),  # before CSVLogger, so the row has lr
         keras.callbacks.CSVLogger(os.path.join(args.out, "history.csv")),
     ]
     monitor = gradient_monitor(args)
@@ -443,7 +444,7 @@ def main(argv=None):
     model.save(model_path)
 
     epochs_run = len(history.epoch)
-    steps_run = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    steps_run = int(np.asarray(model.optimizer.iterations))
     plot_curves(history.history, early_stopping.best_epoch, os.path.join(args.out, "curves.png"))
     plot_learning_rate(
         schedule_values(schedule, total_steps),

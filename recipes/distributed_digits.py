@@ -252,7 +252,7 @@ def main(argv=None):
     train_seconds = time.perf_counter() - train_start
     test_loss, test_accuracy = model.evaluate(test, verbose=0)
 
-    scaled_rate = float(keras.ops.convert_to_numpy(learning_rate(warmup_steps)))
+    scaled_rate = float(np.asarray(learning_rate(warmup_steps)))
     summary = {
         "strategy": type(distribution).__name__,
         "replicas": replicas,

@@ -104,7 +104,7 @@ def test_short_run_writes_every_output(recipe, tmp_path, capsys, schedule):
     with open(out / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == written["epochs_run"]
-    rates = [float(row["learning_rate"]) for row in rows]
+    rates = [float(row["lr"]) for row in rows]
     assert all(np.isfinite(rates)) and rates[0] > 0
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
 
@@ -262,8 +262,8 @@ def test_diabetes_short_run_writes_every_output(diabetes, tmp_path, capsys):
         with open(out / f"history_{run}.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == written[run]["epochs_run"]
-        assert {"loss", "val_loss", "val_mae", "val_rmse", "learning_rate"} <= set(rows[0])
-        assert all(np.isfinite(float(row["learning_rate"])) for row in rows)
+        assert {"loss", "val_loss", "val_mae", "val_rmse", "lr"} <= set(rows[0])
+        assert all(np.isfinite(float(row["lr"])) for row in rows)
 
     # Reloaded models reproduce the reported errors, converted to original units.
     data, _, _ = diabetes.load_data()

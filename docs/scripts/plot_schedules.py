@@ -15,7 +15,6 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -38,7 +37,7 @@ STEPS_PER_EPOCH = 10  # for the epoch-counted examples: 100 epochs of 10 steps
 
 def values(schedule, steps=STEPS):
     t = np.arange(steps, dtype="float32")
-    return np.broadcast_to(keras.ops.convert_to_numpy(schedule(t)), t.shape)
+    return np.broadcast_to(np.asarray(schedule(t)), t.shape)
 
 
 def plot(name, curves, title, *, xlabel="step"):

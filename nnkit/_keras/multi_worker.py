@@ -7,7 +7,9 @@ installed Keras, the replacement functions and their installation.
 Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
 
 - ``multi-worker-symbolic-build``: ``keras.src.backend.tensorflow.trainer.
-  TensorFlowTrainer._maybe_symbolic_build(iterator=, data_batch=)`` builds the
+  <trainer class>._maybe_symbolic_build(iterator=, data_batch=)`` (the class is
+  ``TensorFlowTrainer`` up to Keras 3.15, ``Trainer`` from 3.16: found as the
+  base of ``keras.Model`` defined in that module) builds the
   model from the first batch, reduced across replicas (it fails in real
   multi-worker mode), or a Keras that fixed it.
 - ``multi-worker-reduce-per-replica``: the module function
@@ -44,6 +46,18 @@ def _trainer_module():
     from keras.src.backend.tensorflow import trainer
 
     return trainer
+
+
+def trainer_class(trainer):
+    """The TensorFlow backend's trainer class: the base of ``keras.Model`` in ``trainer``."""
+    for cls in keras.Model.__mro__:
+        if cls.__module__ == trainer.__name__:
+            return cls
+    raise RuntimeError(
+        "nnkit: keras.Model has no base class in Keras's TensorFlow trainer module "
+        f"({trainer.__name__}); the multi-worker fix does not fit this Keras "
+        f"({keras.__version__}). See nnkit/_keras/multi_worker.py."
+    )
 
 
 def _in_multi_worker_mode(strategy):
@@ -181,7 +195,7 @@ def _symbolic_build_fails(trainer):
     strategy, value = _stand_ins()
     batch = (value(tf.zeros((2, 3))), value(tf.zeros((2, 1))))
     model = _Trainer(strategy)
-    build = trainer.TensorFlowTrainer._maybe_symbolic_build
+    build = trainer_class(trainer)._maybe_symbolic_build
     return _fails(
         "TensorFlowTrainer._maybe_symbolic_build",
         lambda: build(model, iterator=[(0, 0, iter([batch]))]),
@@ -206,7 +220,7 @@ def _broken_parts():
         return []
     parts = []
     if _symbolic_build_fails(trainer):
-        parts.append((trainer.TensorFlowTrainer, "_maybe_symbolic_build", _fixed_symbolic_build))
+        parts.append((trainer_class(trainer), "_maybe_symbolic_build", _fixed_symbolic_build))
     if _reduce_fails(trainer):
         parts.append((trainer, "reduce_per_replica", _fixed_reduce_per_replica))
     return parts
@@ -233,7 +247,7 @@ def remove():
         return False
     removed = False
     for owner, name in (
-        (trainer.TensorFlowTrainer, "_maybe_symbolic_build"),
+        (trainer_class(trainer), "_maybe_symbolic_build"),
         (trainer, "reduce_per_replica"),
     ):
         current = vars(owner).get(name)

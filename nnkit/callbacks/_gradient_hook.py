@@ -37,24 +37,23 @@ gradients are measured after the cross-replica all-reduce
 gradient, as on one device.
 """
 
-import functools
+import contextlib
+import math
 import threading
 
 import keras
 import numpy as np
-from keras import ops
 
 from nnkit._keras import all_reduce, shadow
+from nnkit._keras import fit as keras_fit
+from nnkit._keras import layers as keras_layers
 from nnkit._keras import optimizer as keras_optimizer
+from nnkit.callbacks._gradient_step import StepMeasurement
 from nnkit.callbacks._optimizer import to_numpy
 from nnkit.diagnostics import (
     VariableGroups,
-    first_nonfinite_group,
-    gradient_norms,
-    update_ratios,
-    weight_norms,
+    group_variables,
 )
-from nnkit.diagnostics.norms import _square_sum
 
 #: The owner of every patch the hook installs (``nnkit._keras.shadow.ORDER``).
 _OWNER = "gradient_monitor"
@@ -72,21 +71,59 @@ ROWS = {
 }
 
 
+#: Ring-buffer rows when the number of steps per epoch is unknown.
+UNKNOWN_CAPACITY = 1024
+
+
+def variables_exist(model):
+    """Whether every layer of ``model`` is built (so its trainable variables all exist)."""
+    return all(layer.built for layer in keras_layers.walk(model))
+
+
+def create_hook(
+    model, *, by, restored_groups, every_n_steps, skip, start, scheduled, steps, patch_apply
+):
+    """``(hook, group names)``: a ``GradientHook`` for ``model``'s trainable variables now.
+
+    ``restored_groups`` are the group names of a restored state (``[]``
+    when none), which must match the model's.
+    """
+    from nnkit.callbacks import _optimizer
+
+    strategy = keras_fit.explicit_strategy(model)  # TensorFlow only
+    outer = model.optimizer
+    variables = list(model.trainable_variables)
+    groups = group_variables(variables, by=by)
+    if restored_groups and list(restored_groups) != list(groups.names):
+        raise ValueError(
+            "The restored GradientNormMonitor state has other groups than this model. "
+            f"Received: state groups={list(restored_groups)!r}, "
+            f"model groups={list(groups.names)!r}"
+        )
+    capacity = math.ceil(steps / every_n_steps) + 1 if steps else UNKNOWN_CAPACITY
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        hook = GradientHook(
+            _optimizer.unwrap(outer),
+            variables,
+            groups,
+            capacity=capacity,
+            every_n_steps=every_n_steps,
+            skip=skip,
+            start=start,
+            outer=outer,
+            strategy=strategy,
+            scheduled=scheduled,
+            patch_apply=patch_apply,
+        )
+    return hook, list(groups.names)
+
+
 def clips(optimizer):
     """Whether ``optimizer`` clips gradients (``clipnorm``, ``global_clipnorm`` or ``clipvalue``)."""
     return bool(optimizer.clipnorm or optimizer.global_clipnorm or optimizer.clipvalue)
 
 
-def _identity(tf, grad):
-    """``tf.identity`` of a gradient (``None`` and ``tf.IndexedSlices`` included)."""
-    if grad is None:
-        return None
-    if isinstance(grad, tf.IndexedSlices):
-        return tf.IndexedSlices(tf.identity(grad.values), grad.indices, grad.dense_shape)
-    return tf.identity(grad)
-
-
-class GradientHook:
+class GradientHook(StepMeasurement):
     """Measure the gradients ``optimizer.apply`` receives; see ``GradientNormMonitor``.
 
     ``variables`` are the variables the groups were computed for (the model's
@@ -110,8 +147,9 @@ class GradientHook:
         outer=None,
         strategy=None,
         scheduled=True,
+        patch_apply=True,
     ):
-        if shadow.is_shadowed(optimizer, "apply", _OWNER):
+        if patch_apply and shadow.is_shadowed(optimizer, "apply", _OWNER):
             raise ValueError(
                 "The optimizer's `apply` is already patched (is another GradientNormMonitor "
                 f"attached to this model?). Received: optimizer={optimizer.name!r}"
@@ -121,6 +159,8 @@ class GradientHook:
         self.backend = keras.backend.backend()
         self.strategy = strategy
         self.mode = "scheduled" if scheduled else "pure"
+        #: "pure" mode: also sample the first step (set when no sample exists yet).
+        self.sample_first = False
         #: In "scheduled" mode: whether the train function being traced samples.
         self.sampling = False
         if skip and strategy is not None:
@@ -147,12 +187,14 @@ class GradientHook:
             )
             for name, (grouped, dtype) in rows.items()
         }
+        # Initial values, not assignments: the hook may be created while the
+        # first step is traced (see GradientNormMonitor), where an assignment
+        # would become part of every step.
         self.count = self._variable("count", (), "int64")
         self.step = self._variable("step", (), "int64", start["step"])
-        self.nonfinite_steps = self._variable("nonfinite_steps", (), "int64")
-        self.first_step = self._variable("first_step", (), "int64", -1)
-        self.first_group = self._variable("first_group", (), "int32", -1)
-        self.set_counters(start)
+        self.nonfinite_steps = self._variable("nonfinite_steps", (), "int64", start["nonfinite_steps"])
+        self.first_step = self._variable("first_step", (), "int64", start["first_step"])
+        self.first_group = self._variable("first_group", (), "int32", start["first_group"])
         self.own = [
             *self.buffers.values(),
             self.count,
@@ -172,7 +214,8 @@ class GradientHook:
                     self.outer, "save_own_variables", self._save_own_variables, owner=_OWNER
                 )
             )
-        self._patches.append(shadow.shadow(optimizer, "apply", self._apply, owner=_OWNER))
+        if patch_apply:
+            self._patches.append(shadow.shadow(optimizer, "apply", self.measure, owner=_OWNER))
 
     def _variable(self, name, shape, dtype, value=0):
         if dtype == "int64":
@@ -231,201 +274,6 @@ class GradientHook:
         if opt.loss_scale_factor is not None:  # apply() unscales by this factor
             measured = [None if g is None else g / opt.loss_scale_factor for g in grads]
         return variables, groups, measured
-
-    # -- the measurement ------------------------------------------------------
-
-    def _capture(self, grads_and_vars):
-        """Keep the all-reduced gradients and the weights before the update, per replica.
-
-        TensorFlow does not order a read before a later update of the same
-        variable (see ``_snapshot``), so the weights are read here and the
-        gradients handed on to the update are made to wait for those reads.
-        """
-        import tensorflow as tf  # only ever called under a tf.distribute strategy
-
-        pairs = list(grads_and_vars)
-        before = [tf.convert_to_tensor(var) for _, var in pairs]
-        with tf.control_dependencies(before):
-            handed = [(_identity(tf, g), var) for g, var in pairs]
-        self._local.reduced = {id(var): (g, b) for (g, var), b in zip(pairs, before, strict=True)}
-        return handed
-
-    def _reduced(self, variables):
-        """``(grads, before)``: the all-reduced gradient and prior value of each variable."""
-        reduced = getattr(self._local, "reduced", None)
-        self._local.reduced = None
-        if reduced is None:
-            raise RuntimeError(
-                "GradientNormMonitor: the optimizer step did not all-reduce the gradients "
-                "where nnkit._keras.all_reduce taps them (a Keras change? see its probe "
-                "test); the aggregated gradients cannot be measured."
-            )
-        grads, before = [], []
-        for w in variables:
-            grad, value = reduced.get(id(w.value), (None, None))
-            grads.append(grad)
-            before.append(ops.convert_to_tensor(w.value) if value is None else value)
-        return grads, before
-
-    def _apply(self, original, grads, trainable_variables=None):
-        """Measure ``grads`` and call the ``original`` ``apply`` (or skip it); in-graph."""
-        grads = list(grads)
-        if not grads:
-            return original(grads, trainable_variables)
-        if self.mode == "pure":
-            sample = None
-        else:
-            sample = self.sampling  # read at trace time: one function per value
-        variables, groups, measured = self._received(grads, trainable_variables)
-        step = ops.convert_to_tensor(self.step.value)
-        if self.strategy is not None:
-            original(grads, trainable_variables)  # _capture sees the all-reduced grads
-            measured, before = self._reduced(variables)
-        elif sample is not False:
-            before, grads = self._snapshot(variables, grads)
-        else:
-            before = None
-        update = functools.partial(self._update_unless, original, grads, trainable_variables)
-        if sample is False:
-            self._check(measured, update, groups, step)
-        else:
-            self._sample(measured, update, variables, groups, step, before, sample)
-        self.step.assign_add(1)
-
-    def _snapshot(self, variables, grads):
-        """``(before, grads)``: copies of the weights, and gradients that wait for them.
-
-        On TensorFlow, ``tf.function`` does not order a read of a variable
-        before a later in-place update of it (the read can run after the
-        update), so the update, through the gradients it consumes, is made to
-        wait for the reads; the update then copies the buffer the reads still
-        hold. On JAX values are immutable: the read is the snapshot.
-        """
-        if self.backend != "tensorflow":
-            return [ops.convert_to_tensor(w.value) for w in variables], grads
-        import tensorflow as tf
-
-        before = [tf.convert_to_tensor(w.value) for w in variables]
-        with tf.control_dependencies(before):
-            grads = [_identity(tf, g) for g in grads]
-        return before, grads
-
-    def _check(self, measured, update, groups, step):
-        """A plain step: NaN/inf per group from ``Σ‖g‖²`` (finite iff every element is).
-
-        Few ops on purpose (this runs on every step): one sum of squares per
-        variable, one ``segment_sum`` into groups (a NaN stays in its own
-        group, unlike a one-hot matmul), and an ``argmax`` for the first
-        bad group.
-        """
-        kept = [k for k, g in enumerate(measured) if g is not None]
-        if not kept:
-            return update(ops.zeros((), "bool"))
-        squares = ops.stack([_square_sum(measured[k]) for k in kept])
-        segments = np.asarray([groups.index[k] for k in kept], "int32")
-        sums = ops.segment_sum(squares, segments, num_segments=groups.size)
-        group_bad = ops.cast(ops.logical_not(ops.isfinite(sums)), "int32")
-        bad = ops.greater(ops.max(group_bad), 0)
-        if self.strategy is None:
-            update(bad)
-        self._count_nonfinite(bad, step, group_bad, first_group=ops.argmax(group_bad))
-
-    def _sample(self, measured, update, variables, groups, step, before, sample):
-        """Measure everything; write a row (always when ``sample`` is True, else where it holds)."""
-        norms = gradient_norms(measured, variables, groups=groups)
-        bad = ops.greater(ops.sum(norms.nonfinite), 0)
-        if self.strategy is None:
-            update(bad)
-        after = [ops.convert_to_tensor(w.value) for w in variables]
-        self._count_nonfinite(bad, step, norms.nonfinite)
-        size = self.groups.size
-
-        def measure():
-            values = [
-                weight_norms(before, groups=groups),
-                update_ratios(before, after, groups=groups),
-            ]
-            if self.clipped:
-                values.extend(self._clipped(measured, variables, groups))
-            return tuple(values)
-
-        def zeros():
-            zero = ops.zeros((size,), "float32")
-            values = [zero, zero]
-            if self.clipped:
-                values.extend([ops.zeros((), "float32"), zero])
-            return tuple(values)
-
-        if sample is None:  # "pure" mode: the cadence is decided in-graph
-            sample = ops.equal(step % self.every_n_steps, 0)
-            values = ops.cond(sample, measure, zeros)
-        else:
-            values = measure()
-        row = {
-            "steps": step,
-            "global_norm": norms.global_norm,
-            "grad_norms": norms.group_norms,
-            "weight_norms": values[0],
-            "update_ratios": values[1],
-            "nonfinite": norms.nonfinite,
-        }
-        if self.clipped:
-            row["clipped_global_norm"], row["clipped_grad_norms"] = values[2], values[3]
-        self._write(row)
-        self.count.assign_add(ops.cast(sample, self.count.dtype))
-
-    def _update_unless(self, original, grads, trainable_variables, bad):
-        """Call the ``original`` ``apply``; with "skip", not where ``bad``.
-
-        TensorFlow: the update in a branch. JAX: a write in ``lax.cond`` would
-        leak a tracer, so the update runs and every old value is kept where
-        ``bad`` (``ops.where`` over the weights and the optimizer's state).
-        """
-        if not self.skip:
-            original(grads, trainable_variables)
-            return
-        if self.backend == "tensorflow":  # no strategy here: a write in a branch is fine
-            ops.cond(bad, lambda: None, lambda: original(grads, trainable_variables))
-            return
-        own = {id(w) for w in self.own}
-        state = keras_optimizer.trainable_variables(self.optimizer) + [
-            w for w in self.optimizer.variables if id(w) not in own
-        ]
-        old = [ops.convert_to_tensor(w.value) for w in state]
-        original(grads, trainable_variables)
-        for w, value in zip(state, old, strict=True):
-            w.assign(ops.where(bad, value, w.value))
-
-    # -- shared ------------------------------------------------------------------
-
-    def _clipped(self, grads, variables, groups):
-        kept = [k for k, g in enumerate(grads) if g is not None]
-        # Keras's clipping even where clip_after_aggregation has suspended it.
-        clipped = keras_optimizer.clip_gradients(self.optimizer, [grads[k] for k in kept])
-        full = [None] * len(grads)
-        for k, g in zip(kept, clipped, strict=True):
-            full[k] = g
-        norms = gradient_norms(full, variables, groups=groups)
-        return norms.global_norm, norms.group_norms
-
-    def _count_nonfinite(self, bad, step, nonfinite, first_group=None):
-        first = ops.logical_and(bad, ops.less(self.first_step.value, 0))
-        group = first_nonfinite_group(nonfinite) if first_group is None else first_group
-        group = ops.cast(group, self.first_group.dtype)
-        self.first_group.assign(ops.where(first, group, self.first_group.value))
-        self.first_step.assign(
-            ops.where(first, ops.cast(step, self.first_step.dtype), self.first_step.value)
-        )
-        self.nonfinite_steps.assign_add(ops.cast(bad, self.nonfinite_steps.dtype))
-
-    def _write(self, row):
-        """Write ``row`` into slot ``count mod (capacity + 1)``; the caller advances ``count``."""
-        index = ops.mod(self.count.value, self.capacity + 1)
-        for name, value in row.items():
-            buffer = self.buffers[name]
-            value = ops.expand_dims(ops.cast(value, buffer.dtype), 0)
-            start = [index] if len(buffer.shape) == 1 else [index, ops.zeros_like(index)]
-            buffer.assign(ops.slice_update(buffer.value, start, value))
 
     def read(self, since):
         """``(count, rows)``: rows ``[since, count)`` (at most the last ``capacity``) as numpy."""

@@ -1,28 +1,21 @@
 """Watch the gradients the optimizer receives, layer by layer, without a per-batch host sync."""
 
-import contextlib
-import math
 import warnings
 
 import keras
-import numpy as np
 
 from nnkit import _validation as v
-from nnkit._keras import fit as keras_fit
-from nnkit._keras import train_function
+from nnkit._keras import shadow, train_function
 from nnkit._messages import say
+from nnkit.callbacks import _gradient_logs as logs_lib
 from nnkit.callbacks import _optimizer
-from nnkit.callbacks._gradient_hook import ROWS, GradientHook
+from nnkit.callbacks._gradient_hook import ROWS, create_hook, variables_exist
 from nnkit.callbacks._stateful import StatefulCallback
-from nnkit.diagnostics import DiagnosisRules, describe_layers, diagnose, group_variables
+from nnkit.diagnostics import DiagnosisRules
 
 _POLICIES = ("warn", "stop", "skip")
+SUPPORTED_BACKENDS = ("tensorflow", "jax")
 _UNKNOWN_CAPACITY = 1024  # ring-buffer rows when the steps per epoch are unknown
-
-
-def _median(values):
-    finite = values[np.isfinite(values)]
-    return float(np.median(finite)) if finite.size else float("nan")
 
 
 @keras.saving.register_keras_serializable(package="nnkit")
@@ -40,24 +33,33 @@ class GradientNormMonitor(StatefulCallback):
     of the aggregated gradient, measured after the cross-replica all-reduce,
     so they equal a one-device run on the same global batch.
 
-    At ``on_train_begin`` it patches the optimizer instance's ``apply`` and
-    traces two train functions from it; ``on_train_end`` restores both. On a
-    common step the plain function checks, in-graph, whether each group's
-    ``Σ‖g_i‖²`` is finite (NaN/inf counters). Every ``every_n_steps``-th batch
-    (``step % N == 0``, ``step`` counting the batches from the optimizer's
-    raw iteration at the start) ``on_train_batch_begin`` picks the sampling
-    function instead, which writes a sample measured with
-    ``gradient_norms``: the global norm ``‖g‖ = √(Σ_i ‖g_i‖²)``, the group
-    norms ``‖g_k‖``, the NaN/inf counts, the weight norm ``‖w_k‖`` before
-    the update, the update ratio ``‖Δw_k‖ / ‖w_k‖`` and, when the optimizer
-    clips, the norms after clipping. Neither function holds a branch. With
-    ``steps_per_execution > 1`` one function decides in-graph. The host reads the
-    samples once per epoch. Epoch logs get ``grad_norm`` and
-    ``grad_norm/<group>`` (last sample of the epoch), ``update_ratio/<group>``
-    (median over the epoch's samples; NaN when an epoch had none),
-    ``clipped_grad_norm`` when clipping, and ``nonfinite_grads`` (non-finite
-    steps so far). ``report()`` diagnoses every sample of the run; it runs
-    at train end into ``last_report``.
+    How (details in the "Backpropagation health" docs page): it patches the
+    optimizer instance's ``apply`` and traces two train functions from it,
+    restored at ``on_train_end``. A *plain* step only checks whether each
+    group's gradients are finite (``Σ g·0``, which cannot overflow); a
+    *sampling* step, every ``every_n_steps``-th batch (``step % N == 0``,
+    counting from the optimizer's raw iteration), the run's first batch and
+    the last batch of an epoch the cadence would leave without one, measures
+    with ``gradient_norms``: the global norm ``‖g‖ = √(Σ_i ‖g_i‖²)``, the group
+    norms ``‖g_k‖``, NaN/inf counts, ``‖w_k‖`` before the update, the update
+    ratio ``‖Δw_k‖ / ‖w_k‖`` and, when clipping, the clipped norms. No branch
+    in either step; the host reads the samples once per epoch. A model whose
+    variables do not exist yet (a subclassed model TensorFlow builds while
+    tracing the first step) gets the monitor's variables created there.
+
+    The epoch logs get a few summary figures of the epoch's last sample:
+    ``grad_norm`` (global), ``grad_norm_min`` and ``grad_norm_max`` (the
+    smallest and largest group norms), ``clipped_grad_norm`` when clipping,
+    and ``nonfinite_grads`` (non-finite steps so far); an epoch without a
+    sample (steps per epoch unknown, or ``steps_per_execution > 1``) repeats
+    the last figures, never NaN. Per-group figures go to ``history``,
+    ``report()`` (run at train end into ``last_report``), ``log_dir`` and,
+    with ``log_layers=True``, the epoch logs. On NaN/inf gradients,
+    ``"stop"`` ends training with a message naming the step and first group
+    (``stop_message``) and ``"skip"`` leaves the update out and warns once per
+    epoch with the count; a skipped step does not advance
+    ``optimizer.iterations``, so the schedule falls a step behind ``fit``'s
+    batch count for each.
 
     Args:
         every_n_steps: Sample every ``N``-th step, an int ``>= 1``; ``1``
@@ -77,12 +79,15 @@ class GradientNormMonitor(StatefulCallback):
             histograms per epoch, or ``None``. Defaults to ``None``.
         verbose: ``1`` prints the report at train end, ``0`` is quiet.
             Defaults to ``0``.
+        log_layers: Also put the per-group figures in the epoch logs (two
+            keys per group). Defaults to ``False``.
 
     Raises:
         TypeError: If an argument has the wrong type.
         ValueError: If ``every_n_steps < 1`` or a string option is unknown;
             at ``fit``, for ``on_nonfinite="skip"`` under a ``tf.distribute``
-            strategy, or when another monitor is attached to the optimizer.
+            strategy, when another monitor is attached to the optimizer, or on
+            a backend other than TensorFlow and JAX.
 
     Example:
     >>> import keras, numpy as np
@@ -94,8 +99,8 @@ class GradientNormMonitor(StatefulCallback):
     >>> monitor = GradientNormMonitor(every_n_steps=2)
     >>> history = model.fit(np.ones((8, 2)), np.ones((8, 1)), batch_size=2, epochs=2,
     ...                     callbacks=[monitor], verbose=0)
-    >>> sorted(k for k in history.history if k.startswith("grad_norm"))
-    ['grad_norm', 'grad_norm/net/a', 'grad_norm/net/b']
+    >>> sorted(k for k in history.history if k != "loss")
+    ['grad_norm', 'grad_norm_max', 'grad_norm_min', 'nonfinite_grads']
     >>> monitor.history["steps"], history.history["nonfinite_grads"]
     ([0, 2, 4, 6], [0, 0])
     >>> monitor.layers, len(monitor.last_report.steps)
@@ -109,7 +114,7 @@ class GradientNormMonitor(StatefulCallback):
 
     async_safe = True  # the batch hook only reads one variable, for "stop"
 
-    _not_copied = ("_hook", "_writer", "last_report", "_functions")
+    _not_copied = ("_hook", "_pending", "_summaries", "last_report", "_functions")
 
     def __init__(
         self,
@@ -120,6 +125,7 @@ class GradientNormMonitor(StatefulCallback):
         rules=None,
         log_dir=None,
         verbose=0,
+        log_layers=False,
     ):
         super().__init__()
         self.every_n_steps = v.check_int("every_n_steps", every_n_steps, minimum=1)
@@ -130,10 +136,16 @@ class GradientNormMonitor(StatefulCallback):
         self.rules = rules
         self.log_dir = v.check_optional_path("log_dir", log_dir)
         self.verbose = v.check_int("verbose", verbose, minimum=0, maximum=1)
+        self.log_layers = v.check_bool("log_layers", log_layers)
         self._hook = None
+        self._pending = None  # the patch that creates the hook at the first trace
+        self._scheduled = True
+        self._trace_sampling = False
+        self._start = None  # the hook's initial counters (see _start_counters)
         self._functions = None
         self._next_step = 0
-        self._writer = None
+        self._epoch = 0
+        self._summaries = None
         self.last_report = None
         self._reset_state()
 
@@ -145,9 +157,14 @@ class GradientNormMonitor(StatefulCallback):
         self.nonfinite_steps = 0
         self.first_nonfinite_step = None
         self.first_nonfinite_layer = None
+        self.stop_message = ""
         self._read = 0
         self._warned = 0
+        self._reported = 0  # non-finite steps already warned about or acted on
         self._at_begin = 0
+        self._sample = None  # figures of the last sample (logged in epochs without one)
+        self._sampled_run = False
+        self._sampled_epoch = False
 
     def get_state(self):
         return {
@@ -164,14 +181,16 @@ class GradientNormMonitor(StatefulCallback):
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.first_nonfinite_step = state["first_nonfinite_step"]
         self.first_nonfinite_layer = state["first_nonfinite_layer"]
-        self._warned = self.nonfinite_steps
-        if self._hook is not None:  # restored after the hook was installed
-            start = self._start_counters()
-            self._hook.set_counters(start)
-            self._next_step = start["step"]
+        self._warned = self._reported = self.nonfinite_steps
+        if self._attached_model() is not None:  # restored during on_train_begin
+            self._start = self._start_counters()
+            self._next_step = self._start["step"]
+        if self._hook is not None:  # restored after the hook was created
+            self._hook.set_counters(self._start)
 
     def _start_counters(self):
-        raw = _optimizer.raw_iterations(self._hook.optimizer) if self._hook else 0
+        model = self._attached_model()
+        raw = _optimizer.raw_iterations(_optimizer.unwrap(model.optimizer)) if model else 0
         steps = self.history["steps"]
         first = self.first_nonfinite_layer
         return {
@@ -184,41 +203,59 @@ class GradientNormMonitor(StatefulCallback):
     # -- hooks ---------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
+        backend = keras.backend.backend()
+        if backend not in SUPPORTED_BACKENDS:
+            raise ValueError(
+                "GradientNormMonitor measures the gradients inside the compiled train step "
+                f"of the TensorFlow and JAX backends only. Received: backend={backend!r} "
+                "(set KERAS_BACKEND=tensorflow or jax)"
+            )
         super().on_train_begin(logs)
         model = self.model
-        strategy = keras_fit.explicit_strategy(model)  # TensorFlow only
-        outer = model.optimizer
-        if not outer.built:
-            outer.build(model.trainable_variables)
-        optimizer = _optimizer.unwrap(outer)
-        variables = list(model.trainable_variables)
-        groups = group_variables(variables, by=self.by)
-        if self.layers and self.layers != list(groups.names):
-            raise ValueError(
-                "The restored GradientNormMonitor state has other groups than this model. "
-                f"Received: state groups={self.layers!r}, model groups={list(groups.names)!r}"
+        self._hook = self._pending = None
+        self._start = self._start_counters()  # on the host, now
+        self._scheduled = int(getattr(model, "steps_per_execution", 1) or 1) == 1
+        if variables_exist(model):
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            self._hook = self._create_hook(patch_apply=True)
+        else:
+            # TensorFlow builds a model without a strategy when it traces the
+            # first step (a subclassed model, or one built with a no-op
+            # `build`): create the hook there, once the variables exist.
+            optimizer = _optimizer.unwrap(model.optimizer)
+            self._pending = shadow.shadow(
+                optimizer, "apply", self._deferred_apply, owner="gradient_monitor"
             )
-        self.layers = list(groups.names)
-        steps = (self.params or {}).get("steps")
-        capacity = math.ceil(steps / self.every_n_steps) + 1 if steps else _UNKNOWN_CAPACITY
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            self._hook = GradientHook(
-                optimizer,
-                variables,
-                groups,
-                capacity=capacity,
-                every_n_steps=self.every_n_steps,
-                skip=self.on_nonfinite == "skip",
-                start={"step": 0, "nonfinite_steps": 0, "first_step": -1, "first_group": -1},
-                outer=outer,
-                strategy=strategy,
-                scheduled=int(getattr(model, "steps_per_execution", 1) or 1) == 1,
-            )
-        start = self._start_counters()
-        self._hook.set_counters(start)
         self._read, self._at_begin = 0, self.nonfinite_steps
-        self._next_step = start["step"]
+        self._next_step = self._start["step"]
+        if self.log_dir is not None:
+            self._summaries = logs_lib.Summaries(self.log_dir)
         self._make_functions()
+
+    def _create_hook(self, *, patch_apply):
+        """The ``GradientHook`` for the model's trainable variables as they are now."""
+        hook, self.layers = create_hook(
+            self.model,
+            by=self.by,
+            restored_groups=self.layers,
+            every_n_steps=self.every_n_steps,
+            skip=self.on_nonfinite == "skip",
+            start=self._start,
+            scheduled=self._scheduled,
+            steps=(self.params or {}).get("steps"),
+            patch_apply=patch_apply,
+        )
+        hook.sampling = self._trace_sampling
+        hook.sample_first = not self.history["steps"]
+        return hook
+
+    def _deferred_apply(self, call_next, grads, trainable_variables=None):
+        """The patched ``apply`` before the hook exists: create it (at trace time), then measure."""
+        if self._hook is None:
+            self._hook = self._create_hook(patch_apply=False)
+        self._hook.sampling = self._trace_sampling
+        return self._hook.measure(call_next, grads, trainable_variables)
 
     def _make_functions(self):
         """``{samples?: train function}`` from the patched ``apply``, or ``None``.
@@ -229,21 +266,27 @@ class GradientNormMonitor(StatefulCallback):
         ``steps_per_execution > 1`` there is one function, which decides
         in-graph.
         """
-        model, hook = self.model, self._hook
-        if hook.mode != "scheduled":
+        model = self.model
+        if not self._scheduled:
             train_function.retrace(model)
             self._functions = None
             return
 
         def variant(sampling):
-            def prepare():
-                hook.sampling = sampling  # read by the patched apply as it traces
+            def prepare():  # read by the patched apply as it traces
+                self._trace_sampling = sampling
+                if self._hook is not None:
+                    self._hook.sampling = sampling
 
             return prepare
 
         self._functions = train_function.trace_variants(
             model, {True: variant(True), False: variant(False)}
         )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._sampled_epoch = False
 
     def on_train_batch_begin(self, batch, logs=None):
         if keras.backend.backend() == "jax":
@@ -256,7 +299,14 @@ class GradientNormMonitor(StatefulCallback):
         if current is not functions[True] and current is not functions[False]:
             self._make_functions()  # another callback rebuilt it (e.g. to retrace)
             functions = self._functions
-        sample = self._next_step % self.every_n_steps == 0
+        steps = (self.params or {}).get("steps")
+        sample = (
+            self._next_step % self.every_n_steps == 0
+            or not (self._sampled_run or self.history["steps"])  # a sample exists
+            or (steps is not None and batch == steps - 1 and not self._sampled_epoch)
+        )
+        self._sampled_run = self._sampled_run or sample
+        self._sampled_epoch = self._sampled_epoch or sample
         self._next_step += 1
         chosen = functions[sample]
         if current is not chosen:  # twice per sampling period, not every batch
@@ -270,7 +320,7 @@ class GradientNormMonitor(StatefulCallback):
         if self.on_nonfinite != "stop" or self._hook is None or (batch + 1) % self.every_n_steps:
             return
         if self._hook.counters()[0] > self._at_begin:
-            self.model.stop_training = True
+            self._stop()
 
     def _stop_check_jax(self, batch):
         """JAX "stop": sync the state and read the counter, in the main thread.
@@ -286,19 +336,36 @@ class GradientNormMonitor(StatefulCallback):
             return
         self.model.jax_state_sync()
         if self._hook.counters()[0] > self._at_begin:
-            self.model.stop_training = True
+            self._stop()
+
+    def _stop(self):
+        """Stop training (``on_nonfinite="stop"``) and say why, once."""
+        self.model.stop_training = True
+        if self.stop_message:
+            return
+        count, first_step, first_group = self._hook.counters()
+        layer = self.layers[first_group] if 0 <= first_group < len(self.layers) else None
+        self.stop_message = logs_lib.stop_message(first_step, layer, count)
+        say(self.stop_message)
 
     def on_epoch_end(self, epoch, logs=None):
         if self._hook is None:
             return
         rows = self._collect()
+        self._sample = logs_lib.sample_figures(rows, self.layers) or self._sample
         if logs is not None:
-            logs.update(self._epoch_logs(rows))
+            entries = logs_lib.epoch_logs(
+                self._sample, self.nonfinite_steps, log_layers=self.log_layers
+            )
+            logs.update(entries)
         self._handle_nonfinite()
-        if self.log_dir is not None:
-            self._write_summaries(rows)
+        if self._summaries is not None:
+            self._summaries.write(rows, self.layers)
 
     def on_train_end(self, logs=None):
+        if self._pending is not None:
+            shadow.unshadow(self._pending)
+            self._pending = None
         if self._hook is None:
             return
         self._collect()
@@ -307,9 +374,9 @@ class GradientNormMonitor(StatefulCallback):
         self._hook = None
         self._functions = None
         train_function.discard(self.model)  # the next fit traces one without the patch
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._summaries is not None:
+            self._summaries.close()
+            self._summaries = None
         self.last_report = self.report()
         if self.verbose:
             say(str(self.last_report))
@@ -328,26 +395,20 @@ class GradientNormMonitor(StatefulCallback):
             self.first_nonfinite_layer = self.layers[first_group] if first_group >= 0 else None
         return rows
 
-    def _epoch_logs(self, rows):
-        grads, ratios = rows["grad_norms"], rows["update_ratios"]
-        last = len(rows["steps"]) > 0
-        logs = {"grad_norm": float(rows["global_norm"][-1]) if last else float("nan")}
-        for k, name in enumerate(self.layers):
-            logs[f"grad_norm/{name}"] = float(grads[-1, k]) if last else float("nan")
-        for k, name in enumerate(self.layers):
-            logs[f"update_ratio/{name}"] = _median(ratios[:, k])
-        if "clipped_global_norm" in rows:
-            clipped = rows["clipped_global_norm"]
-            logs["clipped_grad_norm"] = float(clipped[-1]) if last else float("nan")
-        logs["nonfinite_grads"] = self.nonfinite_steps
-        return logs
-
     def _handle_nonfinite(self):
-        if self.nonfinite_steps <= self._at_begin:
+        new = self.nonfinite_steps - self._reported
+        self._reported = self.nonfinite_steps
+        if new <= 0:
             return
         if self.on_nonfinite == "stop":
-            self.model.stop_training = True
-        elif self.on_nonfinite == "warn" and self.nonfinite_steps > self._warned:
+            self._stop()
+        elif self.on_nonfinite == "skip":
+            warnings.warn(
+                logs_lib.skip_message(new, self.first_nonfinite_step, self.first_nonfinite_layer),
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        elif self.nonfinite_steps > self._warned:
             self._warned = self.nonfinite_steps
             warnings.warn(
                 f"GradientNormMonitor: {self.nonfinite_steps} step(s) with NaN/inf gradients "
@@ -358,26 +419,6 @@ class GradientNormMonitor(StatefulCallback):
                 stacklevel=2,
             )
 
-    def _write_summaries(self, rows):
-        import tensorflow as tf
-
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.log_dir)
-        with self._writer.as_default():
-            for t, step in enumerate(rows["steps"].tolist()):
-                tf.summary.scalar("grad_norm", rows["global_norm"][t], step=step)
-                for k, name in enumerate(self.layers):
-                    tf.summary.scalar(f"grad_norm/{name}", rows["grad_norms"][t, k], step=step)
-                    tf.summary.scalar(
-                        f"update_ratio/{name}", rows["update_ratios"][t, k], step=step
-                    )
-            if len(rows["steps"]):
-                for k, name in enumerate(self.layers):
-                    tf.summary.histogram(
-                        f"grad_norm_hist/{name}", rows["grad_norms"][:, k], step=rows["steps"][-1]
-                    )
-        self._writer.flush()
-
     def report(self):
         """Diagnose every sample of the run so far.
 
@@ -385,20 +426,7 @@ class GradientNormMonitor(StatefulCallback):
             A ``nnkit.diagnostics.GradientReport`` (``str()``, ``to_dict()``,
             ``plot(path)`` for a PNG heatmap).
         """
-        history = self.history
-        nonfinite = np.asarray(history["nonfinite"], "int64").reshape(-1, len(self.layers))
-        model = self._attached_model()
-        return diagnose(
-            np.asarray(history["steps"], "int64"),
-            self.layers,
-            np.asarray(history["grad_norms"], "float64").reshape(nonfinite.shape),
-            update_ratios=np.asarray(history["update_ratios"]).reshape(nonfinite.shape),
-            weight_norms=np.asarray(history["weight_norms"]).reshape(nonfinite.shape),
-            global_norms=np.asarray(history["global_norm"], "float64"),
-            nonfinite=nonfinite,
-            rules=self.rules,
-            layer_info=describe_layers(model) if model is not None and model.built else None,
-        )
+        return logs_lib.report(self.history, self.layers, self.rules, self._attached_model())
 
     # -- config --------------------------------------------------------------
 
@@ -410,6 +438,7 @@ class GradientNormMonitor(StatefulCallback):
             "rules": None if self.rules is None else self.rules.get_config(),
             "log_dir": self.log_dir,
             "verbose": self.verbose,
+            "log_layers": self.log_layers,
         }
 
     @classmethod

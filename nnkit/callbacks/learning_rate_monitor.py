@@ -40,13 +40,13 @@ class LearningRateMonitor(CallbackMixin, keras.callbacks.Callback):
     ``ReduceLROnPlateau``, which lowers the rate in its ``on_epoch_end``.
 
     Args:
-        log_name: Key of the value in the epoch logs. Keras's and nnkit's
-            ``ReduceLROnPlateau`` write the same value under
-            ``"learning_rate"``. ``keras.callbacks.TensorBoard`` overwrites
-            ``"learning_rate"`` in its own copy of the logs with the rate of
-            the *next* step, so pick another name (e.g.
-            ``"used_learning_rate"``) to see this value in TensorBoard.
-            Defaults to ``"learning_rate"``.
+        log_name: Key of the value in the epoch logs. The default cannot
+            collide with Keras: ``keras.callbacks.TensorBoard`` overwrites
+            ``"learning_rate"`` in its copy of the logs with the rate of the
+            *next* step (and ``ReduceLROnPlateau`` writes that key too), so a
+            monitor logging under ``"learning_rate"`` would show one rate in
+            ``CSVLogger`` and another in TensorBoard for the same epoch.
+            Defaults to ``"lr"``.
         every_n_steps: Record the rate of every ``N``-th optimizer update,
             an int ``>= 1``, or ``None`` for the epoch value only. Defaults
             to ``None``.
@@ -69,7 +69,7 @@ class LearningRateMonitor(CallbackMixin, keras.callbacks.Callback):
     >>> monitor = LearningRateMonitor(every_n_steps=1)
     >>> history = model.fit(np.ones((8, 2)), np.zeros((8, 1)), batch_size=4, epochs=2,
     ...                     callbacks=[monitor], verbose=0)
-    >>> [round(lr, 4) for lr in history.history["learning_rate"]]
+    >>> [round(lr, 4) for lr in history.history["lr"]]
     [0.1, 0.05]
     >>> [(step, round(lr, 4)) for step, lr in monitor.samples]
     [(0, 0.1), (1, 0.1), (2, 0.05), (3, 0.05)]
@@ -84,7 +84,7 @@ class LearningRateMonitor(CallbackMixin, keras.callbacks.Callback):
 
     _not_copied = ("_writer",)
 
-    def __init__(self, log_name="learning_rate", *, every_n_steps=None, log_dir=None):
+    def __init__(self, log_name="lr", *, every_n_steps=None, log_dir=None):
         super().__init__()
         self.log_name = v.check_str("log_name", log_name)
         self.every_n_steps = v.check_optional_int("every_n_steps", every_n_steps, minimum=1)

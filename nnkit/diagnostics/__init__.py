@@ -33,3 +33,7 @@ __all__ = [
     "update_ratios",
     "weight_norms",
 ]
+
+from nnkit import _registry  # noqa: E402  (last: see nnkit/_registry.py)
+
+_registry.settle(__name__)

@@ -49,6 +49,17 @@ def _square_sum(tensor):
     return ops.sum(ops.square(ops.cast(_dense_values(tensor), "float32")))
 
 
+def nonfinite_marker(tensor):
+    """``0`` when every element of ``tensor`` is finite, NaN otherwise; never overflows.
+
+    ``Σ x·0``: an element that is NaN or ±inf makes its product NaN, and a
+    finite one adds 0, however large it is (a sum of squares overflows float32
+    for elements above ~1.8e19 and would mark a finite gradient as inf).
+    """
+    x = ops.cast(_dense_values(tensor), "float32")
+    return ops.sum(x * ops.zeros((), "float32"))
+
+
 def _norm(tensor):
     """``‖x‖₂`` in float32 without underflow: ``m · ‖x / m‖`` with ``m = max|x|``.
 

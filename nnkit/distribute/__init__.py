@@ -60,3 +60,7 @@ __all__ = [
     "verify_layout",
     "worker_directory",
 ]
+
+from nnkit import _registry  # noqa: E402  (last: see nnkit/_registry.py)
+
+_registry.settle(__name__)

@@ -7,3 +7,7 @@ from nnkit.layers.mc_dropout import MCDropout, mc_predict
 from nnkit.layers.residual_block import ResidualBlock
 
 __all__ = ["DenseBlock", "DropPath", "MCDropout", "ResidualBlock", "mc_predict"]
+
+from nnkit import _registry  # noqa: E402  (last: see nnkit/_registry.py)
+
+_registry.settle(__name__)

@@ -30,9 +30,7 @@ def check_activation(name, value):
 
 def check_normalization(value):
     """``None``, ``"batch"`` or ``"layer"``."""
-    if value is None:
-        return None
-    return v.check_one_of("normalization", value, NORMALIZATIONS)
+    return v.check_one_of("normalization", value, NORMALIZATIONS, allow_none=True)
 
 
 def check_rate(name, value):

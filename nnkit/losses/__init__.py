@@ -27,3 +27,7 @@ __all__ = [
     "sparse_categorical_crossentropy",
     "triplet_loss",
 ]
+
+from nnkit import _registry  # noqa: E402  (last: see nnkit/_registry.py)
+
+_registry.settle(__name__)

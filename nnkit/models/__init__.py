@@ -12,3 +12,7 @@ from nnkit.models.mlp import mlp
 from nnkit.models.sharpness_aware import SharpnessAwareMinimization
 
 __all__ = ["MixUp", "SharpnessAwareMinimization", "mlp"]
+
+from nnkit import _registry  # noqa: E402  (last: see nnkit/_registry.py)
+
+_registry.settle(__name__)

@@ -5,3 +5,7 @@ from nnkit.regularizers.apply import apply_regularization
 from nnkit.regularizers.penalties import L1, L2, WeightDecay
 
 __all__ = ["L1", "L2", "WeightDecay", "apply_regularization"]
+
+from nnkit import _registry  # noqa: E402  (last: see nnkit/_registry.py)
+
+_registry.settle(__name__)

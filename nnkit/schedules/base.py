@@ -12,12 +12,15 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule, metaclass=abc.AB
     Subclasses implement ``value(step)`` with ``keras.ops`` on a float32
     ``step`` tensor and ``get_config()``. ``__call__`` casts the optimizer's
     integer iteration counter to float32, so schedules also accept fractional
-    steps (``EpochSchedule`` evaluates its inner schedule in epochs this way).
-    Nothing here runs Python per step once the training function is traced.
+    steps (``EpochSchedule`` evaluates its inner schedule in epochs this way),
+    and clamps a negative step to 0: before training starts the rate is the
+    rate of step 0, never an extrapolation (a negative learning rate would
+    climb the loss). Nothing here runs Python per step once the training
+    function is traced.
     """
 
     def __call__(self, step):
-        return self.value(ops.cast(step, "float32"))
+        return self.value(ops.maximum(ops.cast(step, "float32"), 0.0))
 
     @abc.abstractmethod
     def value(self, step):

@@ -26,3 +26,7 @@ __all__ = [
     "sensitivity_report",
     "tune",
 ]
+
+from nnkit import _registry  # noqa: E402  (last: see nnkit/_registry.py)
+
+_registry.settle(__name__)

@@ -28,6 +28,7 @@ import warnings
 import zlib
 
 import keras
+import keras_tuner
 import numpy as np
 from keras_tuner import errors
 from keras_tuner.engine import trial as trial_module
@@ -225,7 +226,17 @@ class RecordingMixin(TunerHooks):
             # loading its weights into a freshly compiled model: the optimizer's
             # slots are not restored (keras-tuner's behaviour), which Keras warns about.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            return build()
+            model = build()
+        if isinstance(model, keras.Model) and not model.compiled:
+            # keras-tuner would count it as a failed trial, print its traceback
+            # and try again; every trial would fail the same way. A fatal
+            # error ends the sweep at the first one.
+            raise keras_tuner.errors.FatalTypeError(
+                "`build(hp)` must return a compiled model: call model.compile(optimizer, "
+                "loss, metrics=...) inside build before returning it. "
+                f"Received: an uncompiled {type(model).__name__} named {model.name!r}."
+            )
+        return model
 
     def around_execution(self, trial, callbacks, fit):
         execution = len(self._nnkit_runs)

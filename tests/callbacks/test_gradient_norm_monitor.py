@@ -88,7 +88,7 @@ def test_norms_match_gradient_tape(kind, jit):
     model = _model(kind)
     expected_global, expected = _tape_norms(model, x, y)
     weights = _weight_norms(model)
-    monitor = GradientNormMonitor(every_n_steps=1)
+    monitor = GradientNormMonitor(every_n_steps=1, log_layers=True)
     history = _fit(model, monitor, x, y, jit=jit)
     assert monitor.layers == list(expected)
     assert monitor.history["steps"] == [0, 1]
@@ -187,8 +187,12 @@ def test_skip_leaves_weights_finite_and_skips_the_step():
     x, y = _bad_data()
     model = _model()
     monitor = GradientNormMonitor(every_n_steps=1, on_nonfinite="skip")
-    history = _fit(model, monitor, x, y, optimizer=keras.optimizers.Adam(0.01), batch_size=8,
-                   epochs=2)  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="skipped 1 update") as caught:
+        history = _fit(model, monitor, x, y, optimizer=keras.optimizers.Adam(0.01),
+                       batch_size=8, epochs=2)  # fmt: skip
+    # Issue 15 #4: one warning per epoch with a count, saying what it does to the schedule.
+    skipped = [w for w in caught if "skipped" in str(w.message)]
+    assert len(skipped) == 2 and "optimizer.iterations" in str(skipped[0].message)
     assert all(np.all(np.isfinite(np.asarray(w.value))) for w in model.trainable_variables)
     assert int(model.optimizer.iterations.numpy()) == 8 - 2  # one bad batch per epoch
     assert history.history["nonfinite_grads"] == [1, 2]
@@ -202,18 +206,29 @@ def test_logs_reach_history_csv_and_tensorboard(tmp_path):
     csv_path = tmp_path / "log.csv"
     history = _fit(_model(), monitor, x, y, batch_size=4, epochs=2,
                    callbacks=[keras.callbacks.CSVLogger(str(csv_path))])  # fmt: skip
-    keys = {"grad_norm", "nonfinite_grads"} | {
-        f"{kind}/seq/{layer}"
-        for kind in ("grad_norm", "update_ratio")
-        for layer in ("hidden", "out")
-    }
-    assert keys <= set(history.history)
+    # Issue 15 #5: a few summary figures, not two keys per layer.
+    keys = {"grad_norm", "grad_norm_min", "grad_norm_max", "nonfinite_grads"}
+    assert set(history.history) == keys | {"loss"}
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and keys <= set(rows[0])
+    assert len(rows) == 2 and keys | {"loss", "epoch"} <= set(rows[0])
+    assert not [key for key in rows[0] if "/" in key]  # no per-layer columns
+    norms = np.asarray(monitor.history["grad_norms"])
+    assert history.history["grad_norm_min"][-1] == pytest.approx(norms[-1].min(), rel=1e-6)
+    assert history.history["grad_norm_max"][-1] == pytest.approx(norms[-1].max(), rel=1e-6)
     # 8 steps per epoch, every 3rd: ceil(8 / 3) = 3 samples in the first epoch
     assert monitor.history["steps"] == [0, 3, 6, 9, 12, 15]
     assert glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))
+
+
+def test_per_layer_figures_reach_the_logs_on_request():
+    x, y = _data(32)
+    monitor = GradientNormMonitor(every_n_steps=3, log_layers=True)
+    history = _fit(_model(), monitor, x, y, batch_size=4, epochs=1)
+    per_layer = {
+        f"{kind}/seq/{layer}" for kind in ("grad_norm", "update_ratio") for layer in ("hidden", "out")
+    }
+    assert per_layer <= set(history.history)
 
 
 def test_removal_restores_the_optimizer_and_saving(tmp_path):
@@ -298,7 +313,8 @@ def test_skip_catches_a_bad_step_between_samples():
     x, y = _bad_data()
     model = _model()
     monitor = GradientNormMonitor(every_n_steps=3, on_nonfinite="skip")
-    _fit(model, monitor, x, y, optimizer=keras.optimizers.Adam(0.01), batch_size=8, epochs=1)
+    with pytest.warns(RuntimeWarning, match="skipped 1 update"):
+        _fit(model, monitor, x, y, optimizer=keras.optimizers.Adam(0.01), batch_size=8, epochs=1)
     assert all(np.all(np.isfinite(np.asarray(w.value))) for w in model.trainable_variables)
     assert int(model.optimizer.iterations.numpy()) == 3
     assert (monitor.nonfinite_steps, monitor.first_nonfinite_step) == (1, 2)

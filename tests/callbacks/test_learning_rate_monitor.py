@@ -24,6 +24,7 @@ from nnkit.schedules import (
     Warmup,
 )
 from nnkit.testing import assert_round_trip
+from tests.conftest import KERAS_NUMPY2
 
 
 def _model(optimizer, *, jit_compile=False):
@@ -42,7 +43,7 @@ def _epoch_value(monitor, model, raw_steps):
     unwrap(model.optimizer)._iterations.assign(raw_steps)
     logs = {}
     monitor.on_epoch_end(0, logs)
-    return logs["learning_rate"]
+    return logs["lr"]
 
 
 # closed forms, independent of nnkit
@@ -164,7 +165,7 @@ def test_scaled_factor_is_read_at_epoch_end():
     scaled.set_scale(0.5)  # a change by user code, mid-epoch: seen as it is at the end
     logs = {}
     monitor.on_epoch_end(0, logs)
-    assert logs["learning_rate"] == pytest.approx(0.05)
+    assert logs["lr"] == pytest.approx(0.05)
     assert monitor.samples == [(0, pytest.approx(0.05)), (1, pytest.approx(0.05))]
 
 
@@ -180,7 +181,7 @@ def test_gradient_accumulation_uses_raw_steps_and_counts_updates():
     optimizer._iterations.assign(7)  # updates 0, 1, 2 done (raw 1, 3, 5); raw 6 accumulated
     logs = {}
     monitor.on_epoch_end(0, logs)
-    assert logs["learning_rate"] == pytest.approx(0.1 * 0.5**5)
+    assert logs["lr"] == pytest.approx(0.1 * 0.5**5)
     assert monitor.samples == [
         (0, pytest.approx(0.1 * 0.5**1)),
         (1, pytest.approx(0.1 * 0.5**3)),
@@ -201,7 +202,7 @@ def test_gradient_accumulation_fit_uses_the_logged_rates():
     rates = [0.1 * 0.8 ** (2 * j + 1) for j in range(4)]
     assert [s for s, _ in monitor.samples] == [0, 1, 2, 3]
     np.testing.assert_allclose([r for _, r in monitor.samples], rates, rtol=1e-5)
-    np.testing.assert_allclose(history.history["learning_rate"], [rates[1], rates[3]], rtol=1e-5)
+    np.testing.assert_allclose(history.history["lr"], [rates[1], rates[3]], rtol=1e-5)
     w = 0.0
     for rate in rates:
         w -= rate * 2.0 * (w - 1.0)
@@ -227,7 +228,7 @@ def test_loss_scale_optimizer_under_mixed_precision(mixed_precision):
     inner = model.optimizer.inner_optimizer
     steps = int(inner.iterations.numpy())  # steps with non-finite gradients are skipped
     assert steps > 0
-    assert history.history["learning_rate"][-1] == pytest.approx(
+    assert history.history["lr"][-1] == pytest.approx(
         0.1 * 0.5 ** ((steps - 1) // 3), rel=1e-5
     )
     assert [s for s, _ in monitor.samples] == list(range(0, steps, 2))
@@ -258,10 +259,10 @@ def test_history_and_csv_logger_see_the_column(tmp_path):
         callbacks=[LearningRateMonitor(), keras.callbacks.CSVLogger(str(path))],
     )
     expected = [0.1 * 0.5 ** ((4 * (e + 1) - 1) // 4) for e in range(3)]
-    np.testing.assert_allclose(history.history["learning_rate"], expected, rtol=1e-6)
+    np.testing.assert_allclose(history.history["lr"], expected, rtol=1e-6)
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    np.testing.assert_allclose([float(r["learning_rate"]) for r in rows], expected, rtol=1e-6)
+    np.testing.assert_allclose([float(r["lr"]) for r in rows], expected, rtol=1e-6)
 
 
 def test_custom_log_name():
@@ -286,9 +287,10 @@ def test_agrees_with_reduce_lr_on_plateau_in_either_order(monitor_first):
     scale = [1.0, 1.0, 0.5]  # per epoch
     per_step = [scale[t // 2] * 0.1 * 0.8 ** (t // 2) for t in range(6)]
     np.testing.assert_allclose([r for _, r in monitor.samples], per_step, rtol=1e-6)
-    np.testing.assert_allclose(history.history["learning_rate"], per_step[1::2], rtol=1e-6)
+    np.testing.assert_allclose(history.history["lr"], per_step[1::2], rtol=1e-6)
 
 
+@pytest.mark.filterwarnings(KERAS_NUMPY2)  # Keras's own callback reads with convert_to_numpy
 def test_agrees_with_keras_reduce_lr_on_plateau_listed_after():
     x = np.ones((4, 1), "float32")
     model = _model(keras.optimizers.SGD(0.1))
@@ -299,12 +301,12 @@ def test_agrees_with_keras_reduce_lr_on_plateau_listed_after():
 
     class Spy(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            logged.append(logs["learning_rate"])
+            logged.append(logs["lr"])
 
     callbacks = [LearningRateMonitor(), Spy(), keras_plateau]
     history = model.fit(x, x, batch_size=4, epochs=3, callbacks=callbacks, verbose=0)
     np.testing.assert_allclose(logged, [0.1, 0.1, 0.05], rtol=1e-6)
-    np.testing.assert_allclose(history.history["learning_rate"], logged, rtol=1e-6)
+    np.testing.assert_allclose(history.history["lr"], logged, rtol=1e-6)
 
 
 def _read_scalars(log_dir, tag):
@@ -326,7 +328,7 @@ def test_writes_samples_to_tensorboard(tmp_path):
     monitor = LearningRateMonitor(every_n_steps=2, log_dir=log_dir)
     model.fit(x, x, batch_size=2, epochs=2, callbacks=[monitor], verbose=0)
     assert monitor._writer is None  # closed at train end
-    written = _read_scalars(str(log_dir), "learning_rate")
+    written = _read_scalars(str(log_dir), "lr")
     assert [s for s, _ in written] == [0, 2, 4, 6]
     np.testing.assert_allclose(
         [r for _, r in written], _cosine([0, 2, 4, 6], total=8), rtol=1e-5, atol=1e-8
@@ -339,7 +341,7 @@ def test_small_fit_with_jit_compile():
     monitor = LearningRateMonitor(every_n_steps=3)
     history = model.fit(x, x, batch_size=2, epochs=3, callbacks=[monitor], verbose=0)
     np.testing.assert_allclose(
-        history.history["learning_rate"], _cosine([3, 7, 11], total=12), rtol=1e-5
+        history.history["lr"], _cosine([3, 7, 11], total=12), rtol=1e-5
     )
     assert [s for s, _ in monitor.samples] == [0, 3, 6, 9]
     # Rates really used: SGD on mse((w - 1)^2), one step per batch.
@@ -358,7 +360,7 @@ def test_no_batch_hooks_and_async_safe():
 
 def test_get_config_round_trip(tmp_path):
     assert LearningRateMonitor().get_config() == {
-        "log_name": "learning_rate",
+        "log_name": "lr",
         "every_n_steps": None,
         "log_dir": None,
     }

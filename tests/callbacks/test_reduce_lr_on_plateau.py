@@ -9,7 +9,6 @@ train function really uses the reduced rate.
 import copy
 import json
 import math
-import warnings
 
 import keras
 import numpy as np
@@ -19,6 +18,7 @@ from nnkit._keras.optimizer import learning_rate_object
 from nnkit.callbacks import Reason, ReduceLROnPlateau
 from nnkit.schedules import Constant, CosineAnnealing, Scaled, StepDecay
 from nnkit.testing import assert_json_plain, assert_round_trip
+from tests.conftest import KERAS_NUMPY2
 
 
 def _model(optimizer, *, jit_compile=False, metrics=None):
@@ -79,6 +79,7 @@ PLATEAU_CASES = [
 ]
 
 
+@pytest.mark.filterwarnings(KERAS_NUMPY2)  # Keras's own callback reads with convert_to_numpy
 @pytest.mark.parametrize(("kwargs", "values", "expected"), PLATEAU_CASES)
 def test_same_reductions_as_keras_with_float_learning_rate(kwargs, values, expected):
     monitor = kwargs.get("monitor", "val_loss")
@@ -125,12 +126,9 @@ def test_missing_metric_warns_like_keras_on_request_and_still_logs_rate():
     callback.set_model(model)
     callback.on_train_begin()
     logs = {"loss": 1.0, "val_loss": 1.0}
-    # Not pytest.warns: it would re-raise the DeprecationWarning that Keras's
-    # convert_to_numpy emits under numpy 2 (filtered in pyproject.toml).
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with pytest.warns(UserWarning) as caught:
         callback.on_epoch_end(0, logs)
-    messages = [str(w.message) for w in caught if w.category is UserWarning]
+    messages = [str(w.message) for w in caught]
     assert any("`val_los`, which is not in the epoch logs" in m for m in messages), messages
     assert logs["learning_rate"] == 0.5
 
@@ -312,6 +310,7 @@ def test_compiled_fit_trains_with_reduced_scale(jit_compile, fit_before):
     assert next_rate == pytest.approx(0.5 ** (epochs - 1) * 0.1 * 0.8 ** ((done + epochs) // 2))
 
 
+@pytest.mark.filterwarnings(KERAS_NUMPY2)  # Keras's own callback reads with convert_to_numpy
 def test_compiled_fit_float_rate_matches_keras():
     x = np.ones((4, 1), "float32")
     results = []

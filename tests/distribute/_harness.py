@@ -276,11 +276,11 @@ def couples_batch(component, shards):
     units, y = loss_targets(component.key)
     y = y[:GLOBAL_BATCH]
     y_pred = np.random.default_rng(4).normal(size=(GLOBAL_BATCH, units)).astype("float32")
-    whole = keras.ops.convert_to_numpy(loss(y, y_pred))
+    whole = np.asarray(loss(y, y_pred))
     size = GLOBAL_BATCH // shards
     parts = np.concatenate(
         [
-            keras.ops.convert_to_numpy(loss(y[i : i + size], y_pred[i : i + size]))
+            np.asarray(loss(y[i : i + size], y_pred[i : i + size]))
             for i in range(0, GLOBAL_BATCH, size)
         ]
     )
@@ -466,7 +466,7 @@ def _stable(name):
 def _named(prefix, variables):
     """``{prefix/i/path: value}``; the index keeps names unique once suffixes are gone."""
     return {
-        f"{prefix}/{i}/{_stable(w.path)}": keras.ops.convert_to_numpy(w)
+        f"{prefix}/{i}/{_stable(w.path)}": np.asarray(w)
         for i, w in enumerate(variables)
     }
 

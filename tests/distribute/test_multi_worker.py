@@ -47,7 +47,8 @@ def unpatched():
 
 
 def _keras_functions():
-    return vars(trainer.TensorFlowTrainer)["_maybe_symbolic_build"], trainer.reduce_per_replica
+    cls = keras_multi_worker.trainer_class(trainer)
+    return vars(cls)["_maybe_symbolic_build"], trainer.reduce_per_replica
 
 
 def test_probe_finds_both_failures_in_this_keras(unpatched):

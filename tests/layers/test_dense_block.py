@@ -180,3 +180,9 @@ def test_activation_without_a_standard_initializer_needs_an_explicit_one():
         DenseBlock(3, activation="softplus")
     block = DenseBlock(3, activation="softplus", kernel_initializer="glorot_normal")
     assert isinstance(block.dense_layer.kernel_initializer, keras.initializers.GlorotNormal)
+
+
+def test_unknown_normalization_error_lists_none():
+    # Issue 15 #13: the message left out that None (no normalization) is allowed.
+    with pytest.raises(ValueError, match=r"'batch', 'layer' or None\. Received: normalization='group'"):
+        DenseBlock(4, normalization="group")

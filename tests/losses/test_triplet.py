@@ -211,7 +211,7 @@ def test_euclidean_gradient_matches_the_formula():
     # anchor 1: d_ap = 1, d_an = 0.5 → 1.5; anchor 2 has no positive → 0.
     np.testing.assert_allclose(value, [0.5, 1.5, 0.0], rtol=1e-6)
     # Σ loss = (x1 - x0) - (x2 - x0) + 1  +  (x1 - x0) - (x2 - x1) + 1
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(grad), [[-1.0], [3.0], [-2.0]], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad), [[-1.0], [3.0], [-2.0]], rtol=1e-6)
 
 
 def test_half_precision_embeddings_are_mined_in_float32():

@@ -53,8 +53,17 @@ def test_survives_model_save_and_safe_load(name):
 def test_values_are_float32_finite_and_non_negative(name):
     values = EXAMPLES[name]()(np.arange(0, 60))
     assert keras.backend.standardize_dtype(values.dtype) == "float32"
-    values = keras.ops.convert_to_numpy(values)
+    values = np.asarray(values)
     assert np.all(np.isfinite(values)) and np.all(values >= 0)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_a_negative_step_gets_the_rate_of_step_0(name):
+    # Issue 15 #13: CosineAnnealing(0.1, 100, warmup_steps=10)(-5) was negative.
+    schedule = EXAMPLES[name]()
+    at_zero = float(schedule(0))
+    for step in (-1, -5, -1000):
+        assert float(schedule(step)) == at_zero, step
 
 
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])

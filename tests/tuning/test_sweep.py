@@ -305,6 +305,17 @@ def test_too_many_failures_in_a_row_stop_with_a_clear_error(tmp_path):
     assert [(r["trial_id"], r["status"]) for r in rows] == [("0", "failed"), ("1", "failed")]
 
 
+def test_an_uncompiled_build_stops_at_the_first_trial_with_one_clear_error(tmp_path, capsys):
+    # Issue 15 #13: keras-tuner printed three tracebacks (three failed trials)
+    # before nnkit's "3 trials in a row failed".
+    def build(hp):
+        return keras.Sequential([keras.Input((X.shape[1],)), keras.layers.Dense(hp.Int("u", 1, 4))])
+
+    with pytest.raises(TypeError, match=r"must return a compiled model.*uncompiled Sequential"):
+        _tune(build, tmp_path / "study")
+    assert "Traceback" not in capsys.readouterr().out
+
+
 def test_median_stopped_trials_are_recorded_as_stopped(tmp_path):
     directory = tmp_path / "study"
     hypermodel = PlannedHyperModel(["ok", "ok", 10.0])

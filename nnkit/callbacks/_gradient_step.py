@@ -1,0 +1,232 @@
+"""The in-graph half of ``GradientHook``: what runs inside the compiled train step.
+
+``StepMeasurement`` is a mixin of ``GradientHook`` (``nnkit.callbacks._gradient_hook``),
+which owns the variables and the patches; see that module for the two
+modes ("scheduled" and "pure") and why no variable is written in a branch.
+"""
+
+import functools
+
+import numpy as np
+from keras import ops
+
+from nnkit._keras import optimizer as keras_optimizer
+from nnkit.diagnostics import (
+    first_nonfinite_group,
+    gradient_norms,
+    update_ratios,
+    weight_norms,
+)
+from nnkit.diagnostics.norms import nonfinite_marker
+
+
+def _identity(tf, grad):
+    """``tf.identity`` of a gradient (``None`` and ``tf.IndexedSlices`` included)."""
+    if grad is None:
+        return None
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.identity(grad.values), grad.indices, grad.dense_shape)
+    return tf.identity(grad)
+
+
+class StepMeasurement:
+    """Measure the gradients ``apply`` receives and call (or skip) the update; in-graph."""
+
+    # -- the measurement ------------------------------------------------------
+
+    def _capture(self, grads_and_vars):
+        """Keep the all-reduced gradients and the weights before the update, per replica.
+
+        TensorFlow does not order a read before a later update of the same
+        variable (see ``_snapshot``), so the weights are read here and the
+        gradients handed on to the update are made to wait for those reads.
+        """
+        import tensorflow as tf  # only ever called under a tf.distribute strategy
+
+        pairs = list(grads_and_vars)
+        before = [tf.convert_to_tensor(var) for _, var in pairs]
+        with tf.control_dependencies(before):
+            handed = [(_identity(tf, g), var) for g, var in pairs]
+        self._local.reduced = {id(var): (g, b) for (g, var), b in zip(pairs, before, strict=True)}
+        return handed
+
+    def _reduced(self, variables):
+        """``(grads, before)``: the all-reduced gradient and prior value of each variable."""
+        reduced = getattr(self._local, "reduced", None)
+        self._local.reduced = None
+        if reduced is None:
+            raise RuntimeError(
+                "GradientNormMonitor: the optimizer step did not all-reduce the gradients "
+                "where nnkit._keras.all_reduce taps them (a Keras change? see its probe "
+                "test); the aggregated gradients cannot be measured."
+            )
+        grads, before = [], []
+        for w in variables:
+            grad, value = reduced.get(id(w.value), (None, None))
+            grads.append(grad)
+            before.append(ops.convert_to_tensor(w.value) if value is None else value)
+        return grads, before
+
+    def measure(self, original, grads, trainable_variables=None):
+        """Measure ``grads`` and call the ``original`` ``apply`` (or skip it); in-graph."""
+        grads = list(grads)
+        if not grads:
+            return original(grads, trainable_variables)
+        if self.mode == "pure":
+            sample = None
+        else:
+            sample = self.sampling  # read at trace time: one function per value
+        variables, groups, measured = self._received(grads, trainable_variables)
+        step = ops.convert_to_tensor(self.step.value)
+        if self.strategy is not None:
+            original(grads, trainable_variables)  # _capture sees the all-reduced grads
+            measured, before = self._reduced(variables)
+        elif sample is not False:
+            before, grads = self._snapshot(variables, grads)
+        else:
+            before = None
+        update = functools.partial(self._update_unless, original, grads, trainable_variables)
+        if sample is False:
+            self._check(measured, update, groups, step)
+        else:
+            self._sample(measured, update, variables, groups, step, before, sample)
+        self.step.assign_add(1)
+
+    def _snapshot(self, variables, grads):
+        """``(before, grads)``: copies of the weights, and gradients that wait for them.
+
+        On TensorFlow, ``tf.function`` does not order a read of a variable
+        before a later in-place update of it (the read can run after the
+        update), so the update, through the gradients it consumes, is made to
+        wait for the reads; the update then copies the buffer the reads still
+        hold. On JAX values are immutable: the read is the snapshot.
+        """
+        if self.backend != "tensorflow":
+            return [ops.convert_to_tensor(w.value) for w in variables], grads
+        import tensorflow as tf
+
+        before = [tf.convert_to_tensor(w.value) for w in variables]
+        with tf.control_dependencies(before):
+            grads = [_identity(tf, g) for g in grads]
+        return before, grads
+
+    def _check(self, measured, update, groups, step):
+        """A plain step: NaN/inf per group from ``Σ g·0`` (NaN iff an element is not finite).
+
+        Few ops on purpose (this runs on every step): one multiply-and-sum
+        per variable (``nonfinite_marker``: it cannot overflow, unlike a sum
+        of squares, which reads a finite gradient above ~1.8e19 as inf), one
+        ``segment_sum`` into groups (a NaN stays in its own group, unlike a
+        one-hot matmul), and an ``argmax`` for the first bad group.
+        """
+        kept = [k for k, g in enumerate(measured) if g is not None]
+        if not kept:
+            return update(ops.zeros((), "bool"))
+        markers = ops.stack([nonfinite_marker(measured[k]) for k in kept])
+        segments = np.asarray([groups.index[k] for k in kept], "int32")
+        sums = ops.segment_sum(markers, segments, num_segments=groups.size)
+        group_bad = ops.cast(ops.logical_not(ops.isfinite(sums)), "int32")
+        bad = ops.greater(ops.max(group_bad), 0)
+        if self.strategy is None:
+            update(bad)
+        self._count_nonfinite(bad, step, group_bad, first_group=ops.argmax(group_bad))
+
+    def _sample(self, measured, update, variables, groups, step, before, sample):
+        """Measure everything; write a row (always when ``sample`` is True, else where it holds)."""
+        norms = gradient_norms(measured, variables, groups=groups)
+        bad = ops.greater(ops.sum(norms.nonfinite), 0)
+        if self.strategy is None:
+            update(bad)
+        after = [ops.convert_to_tensor(w.value) for w in variables]
+        self._count_nonfinite(bad, step, norms.nonfinite)
+        size = self.groups.size
+
+        def measure():
+            values = [
+                weight_norms(before, groups=groups),
+                update_ratios(before, after, groups=groups),
+            ]
+            if self.clipped:
+                values.extend(self._clipped(measured, variables, groups))
+            return tuple(values)
+
+        def zeros():
+            zero = ops.zeros((size,), "float32")
+            values = [zero, zero]
+            if self.clipped:
+                values.extend([ops.zeros((), "float32"), zero])
+            return tuple(values)
+
+        if sample is None:  # "pure" mode: the cadence is decided in-graph
+            sample = ops.equal(step % self.every_n_steps, 0)
+            if self.sample_first:  # no sample yet (not even a restored one): take this one
+                sample = ops.logical_or(sample, ops.equal(self.count.value, 0))
+            values = ops.cond(sample, measure, zeros)
+        else:
+            values = measure()
+        row = {
+            "steps": step,
+            "global_norm": norms.global_norm,
+            "grad_norms": norms.group_norms,
+            "weight_norms": values[0],
+            "update_ratios": values[1],
+            "nonfinite": norms.nonfinite,
+        }
+        if self.clipped:
+            row["clipped_global_norm"], row["clipped_grad_norms"] = values[2], values[3]
+        self._write(row)
+        self.count.assign_add(ops.cast(sample, self.count.dtype))
+
+    def _update_unless(self, original, grads, trainable_variables, bad):
+        """Call the ``original`` ``apply``; with "skip", not where ``bad``.
+
+        TensorFlow: the update in a branch. JAX: a write in ``lax.cond`` would
+        leak a tracer, so the update runs and every old value is kept where
+        ``bad`` (``ops.where`` over the weights and the optimizer's state).
+        """
+        if not self.skip:
+            original(grads, trainable_variables)
+            return
+        if self.backend == "tensorflow":  # no strategy here: a write in a branch is fine
+            ops.cond(bad, lambda: None, lambda: original(grads, trainable_variables))
+            return
+        own = {id(w) for w in self.own}
+        state = keras_optimizer.trainable_variables(self.optimizer) + [
+            w for w in self.optimizer.variables if id(w) not in own
+        ]
+        old = [ops.convert_to_tensor(w.value) for w in state]
+        original(grads, trainable_variables)
+        for w, value in zip(state, old, strict=True):
+            w.assign(ops.where(bad, value, w.value))
+
+    # -- shared ------------------------------------------------------------------
+
+    def _clipped(self, grads, variables, groups):
+        kept = [k for k, g in enumerate(grads) if g is not None]
+        # Keras's clipping even where clip_after_aggregation has suspended it.
+        clipped = keras_optimizer.clip_gradients(self.optimizer, [grads[k] for k in kept])
+        full = [None] * len(grads)
+        for k, g in zip(kept, clipped, strict=True):
+            full[k] = g
+        norms = gradient_norms(full, variables, groups=groups)
+        return norms.global_norm, norms.group_norms
+
+    def _count_nonfinite(self, bad, step, nonfinite, first_group=None):
+        first = ops.logical_and(bad, ops.less(self.first_step.value, 0))
+        group = first_nonfinite_group(nonfinite) if first_group is None else first_group
+        group = ops.cast(group, self.first_group.dtype)
+        self.first_group.assign(ops.where(first, group, self.first_group.value))
+        self.first_step.assign(
+            ops.where(first, ops.cast(step, self.first_step.dtype), self.first_step.value)
+        )
+        self.nonfinite_steps.assign_add(ops.cast(bad, self.nonfinite_steps.dtype))
+
+    def _write(self, row):
+        """Write ``row`` into slot ``count mod (capacity + 1)``; the caller advances ``count``."""
+        index = ops.mod(self.count.value, self.capacity + 1)
+        for name, value in row.items():
+            buffer = self.buffers[name]
+            value = ops.expand_dims(ops.cast(value, buffer.dtype), 0)
+            start = [index] if len(buffer.shape) == 1 else [index, ops.zeros_like(index)]
+            buffer.assign(ops.slice_update(buffer.value, start, value))
+
