@@ -132,7 +132,7 @@ class StochasticWeightAveraging(StatefulCallback):
         ``torch.optim.swa_utils``.
     """
 
-    _not_copied = ("_optimizer", "_original_schedule")
+    _not_copied = ("_swa_optimizer", "_original_schedule")
 
     def __init__(
         self,
@@ -149,7 +149,7 @@ class StochasticWeightAveraging(StatefulCallback):
         self.learning_rate = _check_learning_rate(learning_rate)
         self.batch_norm_data = batch_norm_data
         self.batch_size = v.check_positive_int("batch_size", batch_size)
-        self._optimizer = None
+        self._swa_optimizer = None
         self._original_schedule = None
         self._reset_state()
 
@@ -216,13 +216,13 @@ class StochasticWeightAveraging(StatefulCallback):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self._optimizer = _optimizer.unwrap(self.model.optimizer)
+        self._swa_optimizer = _optimizer.unwrap(self.model.optimizer)
         self._original_schedule = None
         if self.learning_rate is not None:
-            self._install_schedule(self._optimizer)
+            self._install_schedule(self._swa_optimizer)
 
     def on_epoch_begin(self, epoch, logs=None):
-        optimizer = self._optimizer
+        optimizer = self._swa_optimizer
         if self.learning_rate is None or self._original_schedule is not None or optimizer is None:
             return
         if epoch >= self.start_epoch and self._replaced_rate is None:
@@ -241,7 +241,7 @@ class StochasticWeightAveraging(StatefulCallback):
         self.averaged_epochs.append(int(epoch))
 
     def on_train_end(self, logs=None):
-        optimizer, self._optimizer = self._optimizer, None
+        optimizer, self._swa_optimizer = self._swa_optimizer, None
         if self._original_schedule is not None:
             optimizer.learning_rate = self._original_schedule
             self._original_schedule = None
