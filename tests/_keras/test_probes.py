@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nnkit._keras import ASSUMPTIONS, fit, layers, metrics, model, shadow, train_function
+from nnkit._keras import ASSUMPTIONS, fit, layers, metrics, model, shadow, train_function, trainer
 from nnkit._keras import all_reduce as tap
 from nnkit._keras import multi_worker as mw
 from nnkit._keras import optimizer as opt
-from nnkit._keras import trainer
 from nnkit._keras import tuner as kt_hooks
 from tests.distribute._mirrored import mirrored_strategy
 
