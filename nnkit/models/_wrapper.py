@@ -47,14 +47,6 @@ def map_rows(fn, value):
     return keras.tree.map_structure(fn, value)
 
 
-def _scaled_weights(sample_weight, factor, reference):
-    """``factor · sample_weight`` (``factor · 1`` per row without weights)."""
-    if sample_weight is None:
-        rows = ops.shape(keras.tree.flatten(reference)[0])[0]
-        return ops.ones((rows,), "float32") * ops.cast(factor, "float32")
-    return keras.tree.map_structure(lambda w: w * ops.cast(factor, w.dtype), sample_weight)
-
-
 def _second_sample_weight(targets, sample_weight):
     """The sample weights of ``targets.second`` (the rows' own when it has none)."""
     if targets.second_sample_weight is None:
@@ -134,13 +126,19 @@ class TrainingWrapper(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if isinstance(y, MixedTargets):
+            # Metrics see the label set with the larger weight (``y`` when λ >= 1/2), with
+            # its rows' sample weights: Keras's unweighted ``metrics`` ignore sample
+            # weights, so weighing the two sets by λ would only hold for weighted_metrics.
+            major = ops.greater_equal(ops.cast(y.weight, "float32"), 0.5)
+            targets = keras.tree.map_structure(
+                lambda a, b: ops.where(major, a, b), y.first, y.second
+            )
             second_weight = _second_sample_weight(y, sample_weight)
-            self.compute_metrics(
-                x, y.first, y_pred, _scaled_weights(sample_weight, y.weight, y_pred)
-            )
-            return self.compute_metrics(
-                x, y.second, y_pred, _scaled_weights(second_weight, 1.0 - y.weight, y_pred)
-            )
+            if sample_weight is not None:
+                sample_weight = keras.tree.map_structure(
+                    lambda a, b: ops.where(major, a, b), sample_weight, second_weight
+                )
+            return self.compute_metrics(x, targets, y_pred, sample_weight)
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
     # -- config --------------------------------------------------------------------

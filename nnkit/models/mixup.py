@@ -62,14 +62,17 @@ class MixUp(TrainingWrapper):
     ``sparse_categorical_crossentropy`` become soft targets without a
     one-hot tensor and without changing the loss. (For mean squared error
     the gradient equals that of the mixed target ``λ y_i + (1 − λ) y_π(i)``;
-    the logged loss is higher by ``λ(1 − λ)(y_i − y_π(i))²``.) Metrics are
-    updated against both label sets with sample weights ``λ`` and
-    ``1 − λ``, so ``"accuracy"`` reports ``λ · acc(y) + (1 − λ) · acc(y_π)``.
+    the logged loss is higher by ``λ(1 − λ)(y_i − y_π(i))²``.) Training
+    metrics are computed against the label set with the larger weight
+    (``y`` when ``λ ≥ 1/2``, else ``y_π``), so ``"accuracy"`` is the
+    accuracy on each mixed row's majority label.
     Sample weights follow their rows (``w_π(i)`` for the second set).
 
     Under ``MirroredStrategy`` each replica mixes the rows of its own part
     of the global batch, with the same ``λ`` on every replica (Keras seeds
-    every replica alike). ``SharpnessAwareMinimization(MixUp(model))``
+    every replica alike). ``λ`` is drawn with Marsaglia and Tsang's gamma
+    method, ``λ = G1 / (G1 + G2)``, written in ``keras.ops`` so the step
+    also compiles under XLA. ``SharpnessAwareMinimization(MixUp(model))``
     computes both of SAM's passes on the same mixed batch.
 
     Args:
@@ -145,7 +148,7 @@ class MixUp(TrainingWrapper):
         Example:
         >>> import numpy as np
         >>> from nnkit.models import MixUp, mlp
-        >>> cutmix = MixUp(mlp(8, [4]), alpha=1.0, mode="cutmix", seed=0)
+        >>> cutmix = MixUp(mlp(8, [4]), alpha=1.0, mode="cutmix", seed=2)
         >>> x = np.repeat(np.arange(4, dtype="float32")[:, None], 8, axis=1)  # row i is all i
         >>> x_mixed, targets, _ = cutmix.mix(x, np.arange(4))
         >>> lam, partner = float(targets.weight), np.asarray(targets.second)
@@ -161,7 +164,7 @@ class MixUp(TrainingWrapper):
             )
         first = keras.tree.flatten(x)[0]
         rows = ops.shape(first)[0]
-        weight = keras.random.beta((), self.alpha, self.alpha, seed=self.seed_generator)
+        weight = _mixing.beta((), self.alpha, self.seed_generator)
         permutation = keras.random.shuffle(
             ops.arange(rows, dtype="int32"), seed=self.seed_generator
         )
