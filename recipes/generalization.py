@@ -161,8 +161,12 @@ def report(summary, seeds):
         helped = [t for t, r in others.items() if r["vs_baseline"] > rows["baseline"]["std"]]
         if helped:
             lines.append(f"  helped by more than the baseline's spread: {', '.join(helped)}")
+        elif all(r["vs_baseline"] <= 0 for r in others.values()):
+            lines.append("  the baseline wins: no technique beat it")
         else:
-            lines.append("  the baseline wins: no technique beat it by more than its spread")
+            lines.append(
+                "  no clear winner: no technique beat the baseline by more than its seed spread"
+            )
     return "\n".join(lines)
 
 

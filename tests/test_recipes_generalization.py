@@ -24,7 +24,7 @@ def test_quick_run_writes_every_output(recipe, tmp_path, capsys):
     metrics = recipe.main(["--quick", "--out", str(out)])
     printed = capsys.readouterr().out
     assert "baseline learning rate" in printed and "mean ± std" in printed
-    assert "baseline wins" in printed or "helped" in printed
+    assert "baseline wins" in printed or "helped" in printed or "no clear winner" in printed
     written = json.loads((out / "metrics.json").read_text())
     assert written == json.loads(json.dumps(metrics))
     assert set(written["runs"]["clean"]) == set(recipe.TECHNIQUES)
