@@ -70,22 +70,7 @@ def generalization_knobs():
 
 def default_knobs():
     """The default space: the sensitive training knobs, then the architecture knobs."""
-    knobs = []
-    for name, kind, default, low, high, sampling, step, values, parent in _DEFAULTS:
-        knobs.append(
-            {
-                "name": name,
-                "type": kind,
-                "min": low,
-                "max": high,
-                "sampling": sampling,
-                "step": step,
-                "values": None if values is None else list(values),
-                "default": default,
-                "parent": None if parent is None else {"name": parent[0], "values": parent[1]},
-            }
-        )
-    return knobs
+    return _table(_DEFAULTS)
 
 
 def check_knob(index, knob):
