@@ -9,7 +9,8 @@ import nnkit.callbacks as C
 import nnkit.diagnostics as D
 import nnkit.layers as LY
 import nnkit.losses as L
-import nnkit.meta as M
+import nnkit.meta as ML
+import nnkit.models as M
 import nnkit.optimizers as O
 import nnkit.regularizers as R
 import nnkit.schedules as S
@@ -57,13 +58,20 @@ EXAMPLES = {
     "callbacks.BackupAndRestore": lambda: C.BackupAndRestore(
         "backup", save_freq=10, double_checkpoint=True, delete_checkpoint=False
     ),
+    "callbacks.StochasticWeightAveraging": lambda: C.StochasticWeightAveraging(
+        1, 2, learning_rate=S.CosineAnnealing(0.05, 10, 0.001, cycle_steps=5), batch_size=16
+    ),
     # losses
     "losses.SmoothL1": lambda: L.SmoothL1(0.5, reduction="sum", name="box_loss"),
     "losses.ContrastiveLoss": lambda: L.ContrastiveLoss(2.0, reduction="mean_with_sample_weight"),
     "losses.TripletLoss": lambda: L.TripletLoss(
         0.2, mining="hard", distance="cosine", soft=True, reduction="none", dtype="float64"
     ),
+    "losses.SparseCategoricalCrossentropy": lambda: L.SparseCategoricalCrossentropy(
+        True, 0.1, reduction="sum", name="smoothed"
+    ),
     # layers
+    "layers.DropPath": lambda: LY.DropPath(0.2, seed=4, name="skip"),
     "layers.DenseBlock": lambda: LY.DenseBlock(
         16, activation="selu", normalization="layer", dropout=0.1,
         kernel_initializer="lecun_uniform", kernel_regularizer="l2", name="hidden",
@@ -73,6 +81,13 @@ EXAMPLES = {
         zero_init_residual=True, kernel_initializer=None, kernel_regularizer="l1",
     ),  # fmt: skip
     "layers.MCDropout": lambda: LY.MCDropout(0.25, noise_shape=(None, 16), seed=3),
+    # models (train-step wrappers)
+    "models.SharpnessAwareMinimization": lambda: M.SharpnessAwareMinimization(
+        M.mlp(16, [8], output_units=2), 0.1, adaptive=True, num_batch_splits=2, name="sam"
+    ),
+    "models.MixUp": lambda: M.MixUp(
+        M.mlp(16, [8], output_units=2), 0.4, mode="cutmix", seed=5, name="mix"
+    ),
     # regularizers
     "regularizers.L1": lambda: R.L1(0.001),
     "regularizers.L2": lambda: R.L2(0.0005),
@@ -110,10 +125,10 @@ EXAMPLES = {
         max_preconditioner_dim=4, weight_decay=0.01,
     ),  # fmt: skip
     # meta
-    "meta.MAML": lambda: M.MAML(_net(), 0.05, 2, first_order=True, transductive=False),
-    "meta.MetaSGD": lambda: M.MetaSGD(_net(), 0.05, 2, True, False, rate_shape="variable"),
-    "meta.ANIL": lambda: M.ANIL(_net(), "head", 0.05, 2, first_order=True, transductive=False),
-    "meta.Reptile": lambda: M.Reptile(_net(), 0.05, 3, transductive=False),
+    "meta.MAML": lambda: ML.MAML(_net(), 0.05, 2, first_order=True, transductive=False),
+    "meta.MetaSGD": lambda: ML.MetaSGD(_net(), 0.05, 2, True, False, rate_shape="variable"),
+    "meta.ANIL": lambda: ML.ANIL(_net(), "head", 0.05, 2, first_order=True, transductive=False),
+    "meta.Reptile": lambda: ML.Reptile(_net(), 0.05, 3, transductive=False),
 }
 
 # Base classes that are public for subclassing but never instantiated directly.

@@ -25,6 +25,7 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
   ``multi-worker-reduce-per-replica``, ``multi-worker-mode``.
 - ``tuner``: ``tuner-build-and-fit``, ``tuner-build-hypermodel``,
   ``tuner-is-worker``, ``tuner-failure-limit-message``.
+- ``trainer``: ``loss-tracker``.
 
 ``docs/keras-internals.md`` explains each for contributors: what is patched,
 why, and how it is undone.
@@ -155,5 +156,10 @@ ASSUMPTIONS = {
         "tuner",
         "the oracle ends a sweep with 'consecutive failures exceeded the limit of N.' "
         "after too many failed trials",
+    ),
+    "loss-tracker": (
+        "trainer",
+        "model._loss_tracker is the Mean fit logs as 'loss'; Keras's train steps update it "
+        "with the unscaled loss weighted by the batch size",
     ),
 }

@@ -1,14 +1,16 @@
-"""Training-loop callbacks: drop-in supersets of Keras's, with resumable state."""
+"""Training-loop callbacks: drop-in supersets of Keras's, with resumable state, and weight averaging."""
 
 from nnkit.callbacks._stateful import StatefulCallback
 
 # -- public callbacks (one import line per module) --
 from nnkit.callbacks.backup_and_restore import BackupAndRestore
+from nnkit.callbacks.batch_norm_statistics import recompute_batch_norm
 from nnkit.callbacks.early_stopping import EarlyStopping, StopReason
 from nnkit.callbacks.gradient_norm_monitor import GradientNormMonitor
 from nnkit.callbacks.learning_rate_monitor import LearningRateMonitor
 from nnkit.callbacks.monitor import Decision, MonitorCallback, Reason
 from nnkit.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
+from nnkit.callbacks.stochastic_weight_averaging import StochasticWeightAveraging
 
 __all__ = [
     "BackupAndRestore",
@@ -20,7 +22,9 @@ __all__ = [
     "Reason",
     "ReduceLROnPlateau",
     "StatefulCallback",
+    "StochasticWeightAveraging",
     "StopReason",
+    "recompute_batch_norm",
 ]
 
 from nnkit import _registry  # noqa: E402  (last: see nnkit/_registry.py)

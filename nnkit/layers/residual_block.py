@@ -4,6 +4,7 @@ import keras
 
 from nnkit import _validation as v
 from nnkit.layers import _common as c
+from nnkit.layers.drop_path import DropPath
 
 
 @keras.saving.register_keras_serializable(package="nnkit")
@@ -14,17 +15,24 @@ class ResidualBlock(keras.layers.Layer):
     through many layers. When the input width differs from ``units``, the
     shortcut is a learned linear projection. With ``zero_init_residual=True``
     the branch ``F`` starts at exactly zero, so a deep stack starts as
-    (nearly) the identity map and learns the residuals from there.
+    (nearly) the identity map and learns the residuals from there. With
+    ``drop_path > 0`` (stochastic depth) the whole branch is skipped for a
+    random subset of the samples in training (see :class:`DropPath`).
 
     Formula, with ``N1``/``N2`` the normalizations (or identities), ``φ`` the
-    activation, ``D`` dropout (training only) and ``P`` the shortcut (the
-    identity, or a bias-free ``Dense`` when widths differ):
+    activation, ``D`` dropout (training only), ``S`` drop-path (training
+    only; the identity at inference and when ``drop_path=0``) and ``P`` the
+    shortcut (the identity, or a bias-free ``Dense`` when widths differ):
 
     - post-activation (``pre_activation=False``, He et al. 2016a):
-      ``y = φ(P(x) + N2(W2 · D(φ(N1(W1 x)))))``;
+      ``y = φ(P(x) + S(N2(W2 · D(φ(N1(W1 x))))))``;
     - pre-activation (``pre_activation=True``, He et al. 2016b):
-      ``y = P(x) + W2 · D(φ(N2(W1 · φ(N1(x)))))``, with no activation after
+      ``y = P(x) + S(W2 · D(φ(N2(W1 · φ(N1(x))))))``, with no activation after
       the sum, so the shortcut is a clean identity path.
+
+    ``S`` keeps a sample's branch with probability ``1 − drop_path`` and
+    then divides it by ``1 − drop_path``, so the branch's expectation, and
+    the block's at inference, is unchanged.
 
     A dense layer directly followed by batch normalization has no bias (the
     normalization cancels it); the projection never has one (the branch
@@ -42,6 +50,9 @@ class ResidualBlock(keras.layers.Layer):
             Defaults to ``None``.
         dropout: Rate in ``[0, 1)`` of the dropout before ``W2`` (as in
             wide ResNets); training only. Defaults to ``0.0``.
+        drop_path: Probability in ``[0, 1)`` of skipping the branch, per
+            sample, in training (stochastic depth); ``0`` adds no layer.
+            Defaults to ``0.0``.
         pre_activation: Use the pre-activation ordering. Defaults to ``False``.
         zero_init_residual: Start the branch at zero. Defaults to ``False``.
         kernel_initializer: Initializer for every kernel; ``None`` picks the
@@ -54,9 +65,9 @@ class ResidualBlock(keras.layers.Layer):
     Raises:
         TypeError: If an argument has the wrong type (e.g. a flag that is
             not a bool, a bool where a number is expected).
-        ValueError: If ``units`` is not positive, ``dropout`` is outside
-            ``[0, 1)``, NaN or inf, a name is unknown, or the input's last
-            axis has no static size.
+        ValueError: If ``units`` is not positive, ``dropout`` or
+            ``drop_path`` is outside ``[0, 1)``, NaN or inf, a name is
+            unknown, or the input's last axis has no static size.
 
     Example:
     >>> import numpy as np
@@ -72,7 +83,8 @@ class ResidualBlock(keras.layers.Layer):
         He et al., "Deep Residual Learning for Image Recognition", 2016a;
         He et al., "Identity Mappings in Deep Residual Networks", 2016b;
         Goyal et al., "Accurate, Large Minibatch SGD" (zero-init γ), 2017;
-        Zagoruyko & Komodakis, "Wide Residual Networks", 2016.
+        Zagoruyko & Komodakis, "Wide Residual Networks", 2016;
+        Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016.
     """
 
     def __init__(
@@ -82,6 +94,7 @@ class ResidualBlock(keras.layers.Layer):
         activation="relu",
         normalization=None,
         dropout=0.0,
+        drop_path=0.0,
         pre_activation=False,
         zero_init_residual=False,
         kernel_initializer=None,
@@ -93,6 +106,7 @@ class ResidualBlock(keras.layers.Layer):
         self.activation = c.check_activation("activation", activation)
         self.normalization = c.check_normalization(normalization)
         self.dropout = c.check_rate("dropout", dropout)
+        self.drop_path = c.check_rate("drop_path", drop_path)
         self.pre_activation = v.check_bool("pre_activation", pre_activation)
         self.zero_init_residual = v.check_bool("zero_init_residual", zero_init_residual)
         self._kernel_initializer_given = kernel_initializer is not None
@@ -130,6 +144,11 @@ class ResidualBlock(keras.layers.Layer):
         )
         self.dense_2 = self._dense(
             use_bias=self.pre_activation or not batch_norm, zeros=zero_kernel, name="dense_2"
+        )
+        self.drop_path_layer = (
+            DropPath(self.drop_path, dtype=self.dtype_policy, name="drop_path")
+            if self.drop_path > 0
+            else None
         )
         self.projection = None  # created in build() if the input width differs from units
 
@@ -169,15 +188,21 @@ class ResidualBlock(keras.layers.Layer):
     def _drop(self, x, training):
         return x if self.dropout_layer is None else self.dropout_layer(x, training=training)
 
+    def _skip(self, branch, training):
+        if self.drop_path_layer is None:
+            return branch
+        return self.drop_path_layer(branch, training=training)
+
     def call(self, inputs, training=None):
         act = self._activation_fn
         shortcut = inputs if self.projection is None else self.projection(inputs)
         if self.pre_activation:
             h = self.dense_1(act(self._norm(self.norm_1, inputs, training)))
             h = self._drop(act(self._norm(self.norm_2, h, training)), training)
-            return shortcut + self.dense_2(h)
+            return shortcut + self._skip(self.dense_2(h), training)
         h = self._drop(act(self._norm(self.norm_1, self.dense_1(inputs), training)), training)
-        return act(shortcut + self._norm(self.norm_2, self.dense_2(h), training))
+        branch = self._norm(self.norm_2, self.dense_2(h), training)
+        return act(shortcut + self._skip(branch, training))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
@@ -190,6 +215,7 @@ class ResidualBlock(keras.layers.Layer):
                 "activation": self.activation,
                 "normalization": self.normalization,
                 "dropout": self.dropout,
+                "drop_path": self.drop_path,
                 "pre_activation": self.pre_activation,
                 "zero_init_residual": self.zero_init_residual,
                 **c.kernel_config(self),

@@ -16,6 +16,7 @@ def mlp(
     normalization=None,
     dropout=0.0,
     residual=False,
+    drop_path=0.0,
     output_units=1,
     output_activation=None,
     kernel_regularizer=None,
@@ -33,7 +34,11 @@ def mlp(
     ``DenseBlock`` (``residual=False``) or the
     post-activation ``ResidualBlock`` (``residual=True``;
     a block whose input width differs from its own gets a projection
-    shortcut). Kernels are initialized for their activation. Under a mixed
+    shortcut). With ``drop_path = p > 0`` (stochastic depth, residual blocks
+    only) block ``l = 1 … L`` skips its branch with probability
+    ``p · l / L``: the rate decays linearly from the output towards the
+    input (Huang et al.'s linear rule), the last block at ``p``. Kernels
+    are initialized for their activation. Under a mixed
     precision policy the output layer computes in float32 (the Keras advice
     for numerically stable losses).
 
@@ -47,6 +52,9 @@ def mlp(
         dropout: Dropout rate in ``[0, 1)`` inside every block.
             Defaults to ``0.0``.
         residual: Use residual blocks. Defaults to ``False``.
+        drop_path: Drop-path rate ``p`` in ``[0, 1)`` of the last residual
+            block (``p · l / L`` for block ``l`` of ``L``); needs
+            ``residual=True``. Defaults to ``0.0``.
         output_units: Width of the final ``Dense`` layer, an int ``>= 1``, or
             ``None`` for no output layer (the last block is the output).
             Defaults to ``1``.
@@ -63,7 +71,8 @@ def mlp(
 
     Raises:
         TypeError: If an argument has the wrong type.
-        ValueError: If a number is out of range or a name is unknown.
+        ValueError: If a number is out of range or a name is unknown, or
+            ``drop_path > 0`` without ``residual=True``.
 
     Example:
     >>> from nnkit.models import mlp
@@ -78,6 +87,12 @@ def mlp(
     input_dim = v.check_positive_int("input_dim", input_dim)
     widths = v.check_int_list("widths", widths, minimum=1)
     residual = v.check_bool("residual", residual)
+    drop_path = c.check_rate("drop_path", drop_path)
+    if drop_path > 0 and not residual:
+        raise ValueError(
+            "`drop_path` drops the branch of a residual block, so it needs residual=True. "
+            f"Received: drop_path={drop_path}, residual={residual}"
+        )
     output_units = v.check_optional_int("output_units", output_units, minimum=1)
     output_activation = c.check_activation("output_activation", output_activation)
     name = "mlp" if name is None else v.check_str("name", name)
@@ -92,7 +107,8 @@ def mlp(
     x = inputs
     for i, width in enumerate(widths):
         if residual:
-            x = ResidualBlock(width, **block_args, name=f"residual_block_{i}")(x)
+            rate = drop_path * (i + 1) / len(widths)
+            x = ResidualBlock(width, **block_args, drop_path=rate, name=f"residual_block_{i}")(x)
         else:
             x = DenseBlock(width, **block_args, name=f"dense_block_{i}")(x)
     if output_units is not None:

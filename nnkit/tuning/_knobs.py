@@ -29,10 +29,23 @@ _DEFAULTS = (
 )
 
 
-def default_knobs():
-    """The default space: the sensitive training knobs, then the architecture knobs."""
+# The opt-in generalization knobs (SearchSpace.with_generalization()); every default is
+# "off", so a sweep's default trial trains exactly as without them.
+_GENERALIZATION = (
+    ("sam", "boolean", False, None, None, None, None, None, None),
+    ("sam_rho", "float", 0.05, 0.01, 0.5, "log", None, None, ("sam", [True])),
+    ("swa", "boolean", False, None, None, None, None, None, None),
+    ("swa_start_fraction", "float", 0.75, 0.5, 0.9, "linear", None, None, ("swa", [True])),
+    ("drop_path", "float", 0.0, 0.0, 0.3, "linear", None, None, ("residual", [True])),
+    ("mixup", "boolean", False, None, None, None, None, None, None),
+    ("mixup_alpha", "float", 0.2, 0.1, 1.0, "log", None, None, ("mixup", [True])),
+    ("label_smoothing", "float", 0.0, 0.0, 0.2, "linear", None, None, None),
+)
+
+
+def _table(rows):
     knobs = []
-    for name, kind, default, low, high, sampling, step, values, parent in _DEFAULTS:
+    for name, kind, default, low, high, sampling, step, values, parent in rows:
         knobs.append(
             {
                 "name": name,
@@ -47,6 +60,17 @@ def default_knobs():
             }
         )
     return knobs
+
+
+def generalization_knobs():
+    """SAM (``sam``, ``sam_rho``), SWA (``swa``, ``swa_start_fraction``), ``drop_path``, MixUp
+    (``mixup``, ``mixup_alpha``) and ``label_smoothing``; each off at its default."""
+    return _table(_GENERALIZATION)
+
+
+def default_knobs():
+    """The default space: the sensitive training knobs, then the architecture knobs."""
+    return _table(_DEFAULTS)
 
 
 def check_knob(index, knob):

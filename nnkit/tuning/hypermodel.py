@@ -6,8 +6,9 @@ import keras
 import keras_tuner
 
 from nnkit import _validation as v
-from nnkit.callbacks import EarlyStopping
-from nnkit.models import mlp
+from nnkit.callbacks import EarlyStopping, StochasticWeightAveraging
+from nnkit.losses import SparseCategoricalCrossentropy
+from nnkit.models import MixUp, SharpnessAwareMinimization, mlp
 from nnkit.regularizers import WeightDecay
 from nnkit.schedules import Constant, CosineAnnealing, EpochSchedule, StepDecay
 from nnkit.tuning.search_space import SearchSpace
@@ -30,6 +31,27 @@ def _deserialize(config):
 def _fresh(value):
     """A new copy of a loss or metric (a stateful metric must not be shared by trials)."""
     return value if isinstance(value, str) else _deserialize(_serialize(value))
+
+
+def _smoothed(loss, smoothing):
+    """``loss`` with label smoothing ``smoothing``: sparse or categorical cross-entropy only."""
+    if loss == "sparse_categorical_crossentropy":
+        return SparseCategoricalCrossentropy(label_smoothing=smoothing)
+    if loss == "categorical_crossentropy":
+        return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+    if isinstance(loss, (keras.losses.SparseCategoricalCrossentropy, SparseCategoricalCrossentropy)):
+        config = loss.get_config()
+        config["label_smoothing"] = smoothing
+        config.pop("fn", None)
+        return SparseCategoricalCrossentropy.from_config(config)
+    if isinstance(loss, keras.losses.CategoricalCrossentropy):
+        config = loss.get_config()
+        config["label_smoothing"] = smoothing
+        return keras.losses.CategoricalCrossentropy.from_config(config)
+    raise ValueError(
+        "The `label_smoothing` knob smooths a cross-entropy loss; this MLPHyperModel's "
+        f"loss is not one. Drop the knob or use a cross-entropy. Received: loss={loss!r}"
+    )
 
 
 def _has_early_stopping(callbacks):
@@ -69,6 +91,17 @@ class MLPHyperModel(keras_tuner.HyperModel):
       (Hyperband) and adds ``EarlyStopping(monitor="val_loss",
       patience=patience)`` (``"loss"`` without validation data) unless the
       callbacks already hold an early-stopping callback.
+
+    The opt-in generalization knobs (``SearchSpace().with_generalization()``),
+    absent from the default space: ``drop_path`` goes to ``mlp``;
+    ``mixup`` wraps the model in ``MixUp(model, mixup_alpha)`` and ``sam``
+    in ``SharpnessAwareMinimization(..., sam_rho)`` (the compiled model is
+    then the wrapper); ``label_smoothing > 0`` replaces a sparse
+    cross-entropy ``loss`` by ``nnkit.losses.SparseCategoricalCrossentropy``
+    (a categorical one by Keras's, with ``label_smoothing``); ``swa`` adds
+    ``StochasticWeightAveraging(round(swa_start_fraction · epochs))`` to
+    the trial's callbacks (the tuner's objective is read from the epoch
+    logs, before the average is swapped in at the end).
 
     A knob dropped from the space takes its default. To use knobs of your
     own (``space.extend(fn)``), subclass and override ``build_model``,
@@ -178,6 +211,7 @@ class MLPHyperModel(keras_tuner.HyperModel):
             normalization=_NORMALIZATIONS[values["normalization"]],
             dropout=values["dropout"],
             residual=values["residual"],
+            drop_path=(values.get("drop_path") or 0.0) if values["residual"] else 0.0,
             output_units=self.output_units,
             output_activation=self.output_activation,
             kernel_regularizer=WeightDecay(decay) if coupled else None,
@@ -210,12 +244,24 @@ class MLPHyperModel(keras_tuner.HyperModel):
             return keras.optimizers.SGD(schedule, momentum=values["momentum"])
         return keras.optimizers.Adam(schedule)
 
+    def build_loss(self, values):
+        """The loss (a fresh copy), label-smoothed when ``values["label_smoothing"] > 0``."""
+        loss = _fresh(self.loss)
+        smoothing = values.get("label_smoothing") or 0.0
+        if smoothing == 0.0:
+            return loss
+        return _smoothed(loss, smoothing)
+
     def build(self, hp):
         values = self.space.sample(hp)
         model = self.build_model(values)
+        if values.get("mixup"):
+            model = MixUp(model, values["mixup_alpha"])
+        if values.get("sam"):
+            model = SharpnessAwareMinimization(model, values["sam_rho"])
         model.compile(
             optimizer=self.build_optimizer(values),
-            loss=_fresh(self.loss),
+            loss=self.build_loss(values),
             metrics=None if self.metrics is None else [_fresh(m) for m in self.metrics],
         )
         return model
@@ -250,6 +296,9 @@ class MLPHyperModel(keras_tuner.HyperModel):
             validated = kwargs.get("validation_data") is not None or kwargs.get("validation_split")
             monitor = "val_loss" if validated else "loss"
             callbacks.insert(0, EarlyStopping(monitor, patience=self.patience, mode="min"))
+        if hp.values.get("swa"):
+            start = round(hp.values["swa_start_fraction"] * kwargs["epochs"])
+            callbacks.append(StochasticWeightAveraging(min(start, kwargs["epochs"] - 1)))
         return model.fit(*args, batch_size=batch_size, **kwargs)
 
     # -- config ---------------------------------------------------------------------

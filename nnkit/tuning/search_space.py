@@ -213,6 +213,38 @@ class SearchSpace:
             knobs.append(dict(knob))
         return self._with(knobs)
 
+    def with_generalization(self):
+        """A space that also varies the generalization techniques (opt-in).
+
+        Appends the knobs below (after the existing ones, so the default
+        space and its sweeps are unchanged unless you call this); every
+        default is "off", so the default trial trains as before.
+        ``MLPHyperModel`` turns them into ``SharpnessAwareMinimization``,
+        ``StochasticWeightAveraging``, ``mlp(drop_path=)``, ``MixUp`` and a
+        label-smoothed cross-entropy; ``sensitivity_report`` then ranks them
+        with the other knobs.
+
+        | knob | type | range | default | used as |
+        | --- | --- | --- | --- | --- |
+        | ``sam`` | Boolean | | False | wrap in ``SharpnessAwareMinimization`` |
+        | ``sam_rho`` | Float, log (``sam``) | 0.01 … 0.5 | 0.05 | its ``rho`` |
+        | ``swa`` | Boolean | | False | ``StochasticWeightAveraging`` callback |
+        | ``swa_start_fraction`` | Float (``swa``) | 0.5 … 0.9 | 0.75 | start epoch / epochs |
+        | ``drop_path`` | Float (``residual``) | 0 … 0.3 | 0 | ``mlp(drop_path=)`` |
+        | ``mixup`` | Boolean | | False | wrap in ``MixUp`` |
+        | ``mixup_alpha`` | Float, log (``mixup``) | 0.1 … 1 | 0.2 | its ``alpha`` |
+        | ``label_smoothing`` | Float | 0 … 0.2 | 0 | of the cross-entropy loss |
+
+        Returns:
+            A new ``SearchSpace``.
+
+        Raises:
+            ValueError: If the space already has one of these knobs, or
+                has no ``residual`` knob (``drop_path``'s parent; drop
+                ``drop_path`` afterwards if you dropped ``residual``).
+        """
+        return self._with([*self.knobs, *_knobs.generalization_knobs()])
+
     def extend(self, fn):
         """A space that also calls ``fn(hp)`` (your own ``hp.Float(...)`` etc.) when sampled.
 

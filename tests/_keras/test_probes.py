@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nnkit._keras import ASSUMPTIONS, fit, layers, metrics, model, shadow, train_function
+from nnkit._keras import ASSUMPTIONS, fit, layers, metrics, model, shadow, train_function, trainer
 from nnkit._keras import all_reduce as tap
 from nnkit._keras import multi_worker as mw
 from nnkit._keras import optimizer as opt
@@ -574,3 +574,24 @@ def test_late_weights():
     assert layer.weights[-1] is extra and any(w is extra for w in layer.trainable_weights)
     layers.remove_weight(layer, extra)
     assert [w.name for w in layer.weights] == ["kernel", "bias"]
+
+
+# -- trainer -------------------------------------------------------------------------
+
+
+@probe("loss-tracker")
+def test_loss_tracker():
+    """fit's "loss" log is the batch-size-weighted mean of the step losses in loss_tracker."""
+    net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    assert trainer.loss_tracker(net) is None  # created by compile
+    net.compile(keras.optimizers.SGD(0.0), loss="mse")
+    tracker = trainer.loss_tracker(net)
+    assert isinstance(tracker, keras.metrics.Mean)
+    x = np.arange(10, dtype="float32").reshape(5, 2)
+    y = np.zeros((5, 1), "float32")
+    history = net.fit(x, y, batch_size=3, epochs=1, verbose=0)  # batches of 3 and 2 rows
+    kernel, bias = net.get_weights()
+    errors = ((x @ kernel + bias) ** 2).ravel()
+    want = (errors[:3].mean() * 3 + errors[3:].mean() * 2) / 5
+    assert history.history["loss"][0] == pytest.approx(want, rel=1e-5)
+    assert float(tracker.result()) == pytest.approx(want, rel=1e-5)

@@ -46,6 +46,8 @@ CASES = [
         (2, 5, 3), 5, 9, 0, 0,  # γ1 β1 W1 b1 γ2 β2 W2 b2 P
     ),
     (LY.MCDropout, {"rate": 0.3, "seed": 1}, (2, 3), 3, 0, 0, 1),
+    (LY.DropPath, {"rate": 0.3, "seed": 1}, (2, 5, 3), 3, 0, 0, 1),
+    (LY.ResidualBlock, {"units": 3, "drop_path": 0.2}, (2, 3), 3, 4, 0, 1),  # W1 b1 W2 b2, S
 ]  # fmt: skip
 
 

@@ -29,11 +29,13 @@ TARGETS = {
     "SmoothL1": (2, _RNG.normal(size=(16, 2)).astype("float32")),
     "ContrastiveLoss": (1, _RNG.integers(0, 2, size=(16,)).astype("float32")),
     "TripletLoss": (3, np.tile(np.arange(4), 4).astype("int32")),
+    "SparseCategoricalCrossentropy": (3, _RNG.integers(0, 3, size=(16,)).astype("int32")),
 }
 FUNCTION_TARGETS = {
     "smooth_l1": "SmoothL1",
     "contrastive_loss": "ContrastiveLoss",
     "triplet_loss": "TripletLoss",
+    "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
 }
 
 
