@@ -83,11 +83,9 @@ SKIP = {
     "tuning.rerun_best": "search driver (reruns ordinary fits)",
     "tuning.sensitivity_report": "host-side analysis of a finished study",
     # Meta-learning: the task samplers are host-side data sources (numpy); the learners
-    # are covered (kind "meta") except MetaSGD, whose replicas drift apart under
-    # MirroredStrategy (not understood yet; docs/meta-learning.md says it is unsupported).
+    # (MetaSGD included) are covered (kind "meta").
     "meta.sinusoid_family": "host-side task sampler (numpy), feeds the learners (covered)",
     "meta.digits_tasks": "host-side task sampler (numpy), feeds the learners (covered)",
-    "meta.MetaSGD": "replicas drift apart under MirroredStrategy: unsupported there (docs)",
     # Train-step wrappers (keras.Model subclasses, not a component of a plain fit): their
     # MirroredStrategy behaviour is tested against closed forms in their own files.
     "models.SharpnessAwareMinimization": "own mirrored tests (tests/models/test_sharpness_aware.py)",

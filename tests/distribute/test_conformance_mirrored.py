@@ -91,6 +91,15 @@ def test_mirrored_training_equals_one_device(component, tmp_path):
     single = H.train(component, None, tmp_path / "one_device", shards=shards)
     mirrored = H.train(component, mirrored_strategy(), tmp_path / "mirrored")
     assert mirrored.model.distribute_strategy.num_replicas_in_sync == REPLICAS
+    # Finite weights: NaN compares equal to NaN here (assert_allclose) but not across
+    # replicas (out_of_sync), so a diverging example would pass one check and fail the
+    # other for the wrong reason.
+    diverged = [
+        name
+        for name, value in single.values.items()
+        if name.startswith("weights/") and not np.all(np.isfinite(value))
+    ]
+    assert not diverged, f"{component}: training diverged (non-finite weights): {diverged}"
     _assert_equal_runs(component, single, mirrored)
     # Training changed something (a run that trains nothing would compare equal).
     changed = [
