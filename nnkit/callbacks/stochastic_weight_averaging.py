@@ -74,7 +74,7 @@ class StochasticWeightAveraging(StatefulCallback):
 
     At the end of training (``on_train_end``) the average is assigned to
     the trainable weights and, when the model has batch normalization,
-    :func:`recompute_batch_norm` runs on ``batch_norm_data``; without data
+    `recompute_batch_norm` runs on ``batch_norm_data``; without data
     a warning says that the statistics are the last epoch's. Call
     ``recompute_batch_norm(model, x)`` yourself to recompute them at any
     time. The average is resumable: ``get_state`` holds it, so

@@ -17,7 +17,7 @@ class ResidualBlock(keras.layers.Layer):
     the branch ``F`` starts at exactly zero, so a deep stack starts as
     (nearly) the identity map and learns the residuals from there. With
     ``drop_path > 0`` (stochastic depth) the whole branch is skipped for a
-    random subset of the samples in training (see :class:`DropPath`).
+    random subset of the samples in training (see `DropPath`).
 
     Formula, with ``N1``/``N2`` the normalizations (or identities), ``φ`` the
     activation, ``D`` dropout (training only), ``S`` drop-path (training

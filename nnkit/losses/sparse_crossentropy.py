@@ -87,7 +87,7 @@ def sparse_categorical_crossentropy(
 ):
     """Sparse categorical cross-entropy per sample, with optional label smoothing.
 
-    The functional form of :class:`SparseCategoricalCrossentropy`; it
+    The functional form of `SparseCategoricalCrossentropy`; it
     applies no reduction over the batch.
 
     Formula, with ``C`` classes and ``log p`` the log-probabilities:

@@ -14,7 +14,7 @@ from nnkit.models._wrapper import map_rows
 
 MODES = ("mixup", "cutmix")
 
-#: Proposals per gamma draw in :func:`beta`. Marsaglia and Tsang's proposal is
+#: Proposals per gamma draw in `beta`. Marsaglia and Tsang's proposal is
 #: accepted with probability > 0.95 for a shape >= 1, so all 16 are rejected
 #: with probability < 0.05^16 ≈ 1.5e-21 (the last proposal is then used).
 PROPOSALS = 16

@@ -6,7 +6,7 @@ default):
 1. pass 1 at the weights ``w``: loss, predictions and the gradient ``g``;
    the model's non-trainable state (batch-norm moving statistics,
    seed-generator states) is updated as in Keras's own step;
-2. ``ε = perturbation(g, w)`` (:func:`perturbation`);
+2. ``ε = perturbation(g, w)`` (`perturbation`);
 3. pass 2 at ``w + ε``: the gradient ``g'``, computed *statelessly* from
    the non-trainable state as it was before pass 1, and that state's
    updates discarded: batch normalization normalizes with the batch's

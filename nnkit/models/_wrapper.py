@@ -13,7 +13,7 @@ So wrappers nest in either order (``SharpnessAwareMinimization(MixUp(m))``
 and ``MixUp(SharpnessAwareMinimization(m))`` train alike); compile and fit
 the outermost one.
 
-Targets mixed from two label sets travel as :class:`MixedTargets`; the
+Targets mixed from two label sets travel as `MixedTargets`; the
 wrappers' ``compute_loss`` and ``compute_metrics`` weigh the two sets, so the
 user's loss is used unchanged, whatever its kind (sparse or not).
 """

@@ -78,7 +78,7 @@ def main(argv):
 
     from nnkit.distribute import is_chief, strategy
 
-    multi_worker = strategy("multiworker")  # applies fix_multi_worker_fit
+    multi_worker = strategy("multiworker", verbose=0)  # applies fix_multi_worker_fit
     task = json.loads(os.environ["TF_CONFIG"])["task"]
     name = f"{task['type']}-{task['index']}"
     try:
