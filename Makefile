@@ -22,9 +22,11 @@ demo: $(STAMP)
 	$(PY) recipes/digits_mlp.py --out runs/digits
 
 # The docs build runs first so that pytest's summary line closes the output.
+# `-n auto`: one pytest-xdist worker per core; every test is independent of
+# the others (own tmp_path, free ports, own processes).
 test: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .site
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 # The probes of nnkit/_keras and the fast suite against Keras's newest
 # pre-release, in a virtual environment of its own (not part of CI: it
@@ -40,7 +42,7 @@ test-keras-next:
 	$(NEXT_VENV)/bin/python -m pip install --quiet --upgrade --force-reinstall --no-deps --pre keras-nightly
 	$(NEXT_VENV)/bin/python -c "import keras; print('keras', keras.__version__)"
 	$(NEXT_VENV)/bin/python -m pytest tests/_keras -p no:cacheprovider
-	$(NEXT_VENV)/bin/python -m pytest -m "not slow" -p no:cacheprovider
+	$(NEXT_VENV)/bin/python -m pytest -n auto -m "not slow" -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nnkit tests recipes bench
