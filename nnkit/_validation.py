@@ -13,6 +13,12 @@ import os
 
 _PLAIN_TYPES = (str, int, float, bool, type(None))
 
+#: Largest magnitude an integer argument may have. Steps, sizes and counts
+#: meet float arithmetic (``step / step_size``, cosine cycles, ...), and a
+#: float64 holds every integer only up to 2**53; beyond it a schedule
+#: computes NaN or overflows at its first step, far from the constructor.
+MAX_INT = 2**53
+
 
 def _received(name, value):
     return f"Received: {name}={value!r}"
@@ -23,18 +29,42 @@ def _is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def plain_number(value):
+    """Return a numpy scalar or 0-d numpy array as a Python scalar, else ``value``.
+
+    ``np.float32(0.5)`` gives ``0.5``, ``np.array(3)`` gives ``3`` and
+    ``np.bool_(True)`` gives ``True`` (which the number checks then reject);
+    anything else is returned unchanged. numpy is not imported here.
+    """
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        item = getattr(value, "item", None)
+        if callable(item):
+            result = item()
+            if isinstance(result, (bool, int, float)):
+                return result
+    return value
+
+
 def check_number(
     name, value, *, minimum=None, maximum=None, min_inclusive=True, max_inclusive=True
 ):
-    """Return ``value`` as a finite Python float within the given bounds."""
+    """Return ``value`` as a finite Python float within the given bounds.
+
+    numpy scalars and 0-d numpy arrays are accepted (see :func:`plain_number`).
+    """
+    received = value
+    value = plain_number(value)
     if not _is_real(value):
         raise TypeError(
             f"`{name}` must be a real number (int or float), not "
-            f"{type(value).__name__}. {_received(name, value)}"
+            f"{type(received).__name__}. {_received(name, received)}"
         )
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float, e.g. 10**400
+        value = math.inf
     if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number. {_received(name, value)}")
+        raise ValueError(f"`{name}` must be a finite number. {_received(name, received)}")
     if minimum is not None:
         if min_inclusive and value < minimum:
             raise ValueError(f"`{name}` must be >= {minimum}. {_received(name, value)}")
@@ -67,20 +97,30 @@ def check_int(name, value, *, minimum=None, maximum=None):
     """Return ``value`` as a Python int within the given (inclusive) bounds.
 
     Integral floats such as ``1000.0`` are accepted (configs written by JSON
-    tools often contain them); ``1.5``, bools, NaN and inf are not.
+    tools often contain them), as are numpy scalars and 0-d numpy arrays;
+    ``1.5``, bools, NaN, inf and magnitudes above :data:`MAX_INT` (``2**53``,
+    where float step arithmetic stops being exact) are not.
     """
+    received = value
+    value = plain_number(value)
     if isinstance(value, bool) or not _is_real(value):
         raise TypeError(
-            f"`{name}` must be an integer, not {type(value).__name__}. {_received(name, value)}"
+            f"`{name}` must be an integer, not {type(received).__name__}. "
+            f"{_received(name, received)}"
         )
     if not isinstance(value, numbers.Integral):
         if not math.isfinite(value) or float(value) != int(value):
-            raise ValueError(f"`{name}` must be a whole number. {_received(name, value)}")
+            raise ValueError(f"`{name}` must be a whole number. {_received(name, received)}")
     result = int(value)
+    if abs(result) > MAX_INT:
+        raise ValueError(
+            f"`{name}` must be at most 2**53 = {MAX_INT} in magnitude (larger integers "
+            f"break the float arithmetic of steps and counts). {_received(name, received)}"
+        )
     if minimum is not None and result < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}. {_received(name, value)}")
+        raise ValueError(f"`{name}` must be >= {minimum}. {_received(name, received)}")
     if maximum is not None and result > maximum:
-        raise ValueError(f"`{name}` must be <= {maximum}. {_received(name, value)}")
+        raise ValueError(f"`{name}` must be <= {maximum}. {_received(name, received)}")
     return result
 
 

@@ -210,6 +210,7 @@ def scale_learning_rate(
         scaled = Scaled(base_lr, scale=factor)
         start = float(to_numpy(base_lr(0)))
     else:
+        base_lr = v.plain_number(base_lr)
         if isinstance(base_lr, bool) or not isinstance(base_lr, (int, float)):
             raise TypeError(
                 "`base_lr` must be a number or a keras.optimizers.schedules."

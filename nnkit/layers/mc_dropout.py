@@ -123,8 +123,8 @@ def mc_predict(model, x, *, passes=30, batch_size=None, seed=None):
             arrays, a batched ``tf.data.Dataset``).
         passes: Number of stochastic passes ``N``, an int ``>= 2``.
             Defaults to ``30``.
-        batch_size: Input rows per step, as in ``predict``.
-            Defaults to ``None`` (Keras's default, 32).
+        batch_size: Input rows per step, as in ``predict``: an int
+            ``>= 1`` or ``None``. Defaults to ``None`` (Keras's default, 32).
         seed: An int ``>= 0``: re-seeds the ``MCDropout`` layers for this
             call only (same seed, same result; their generators are restored
             afterwards). ``None`` uses and advances the layers' own
@@ -135,12 +135,12 @@ def mc_predict(model, x, *, passes=30, batch_size=None, seed=None):
         output (nested like it for multi-output models).
 
     Raises:
-        TypeError: If ``model`` is not a Keras model, or ``passes``/``seed``
-            is not an int.
+        TypeError: If ``model`` is not a Keras model, or ``passes``,
+            ``batch_size`` or ``seed`` is not an int.
         ValueError: If ``model`` has no ``MCDropout`` layer (every pass would
             be the same) or one whose ``noise_shape`` fixes the batch axis
-            (the tiled passes would share a mask), ``passes < 2`` or
-            ``seed < 0``.
+            (the tiled passes would share a mask), ``passes < 2``,
+            ``batch_size < 1`` or ``seed < 0``.
 
     Example:
     >>> import keras, numpy as np
@@ -153,6 +153,7 @@ def mc_predict(model, x, *, passes=30, batch_size=None, seed=None):
     """
     v.check_instance("model", model, keras.Model, "a keras.Model")
     passes = v.check_int("passes", passes, minimum=2)
+    batch_size = v.check_optional_int("batch_size", batch_size, minimum=1)
     seed = v.check_optional_int("seed", seed, minimum=0)
     layers = _mc_dropout_layers(model)
     if not layers:

@@ -152,6 +152,14 @@ def test_invalid_arguments():
         choose_strategy(tpu_connects=1)
 
 
+@pytest.mark.parametrize("devices", [{"a": 1}, {"GPU:0", "GPU:1"}])
+def test_devices_must_be_an_ordered_list_not_a_mapping_or_set(devices):
+    # A dict used to be accepted silently (its keys read as device names).
+    with pytest.raises(TypeError, match="`devices` must be a list of device names") as info:
+        choose_strategy(devices=devices)
+    assert f"Received: devices={devices!r}" in str(info.value)
+
+
 @pytest.fixture
 def plain_environment(monkeypatch):
     """No TF_CONFIG and nothing pointing at a TPU, whatever the machine running the tests has."""

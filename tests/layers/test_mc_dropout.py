@@ -153,6 +153,10 @@ def test_rejects_a_mask_shared_across_the_batch():
         ({"passes": True}, TypeError, "passes=True"),
         ({"seed": -1}, ValueError, "seed=-1"),
         ({"seed": "0"}, TypeError, "seed='0'"),
+        ({"batch_size": True}, TypeError, "batch_size=True"),
+        ({"batch_size": 0}, ValueError, "batch_size=0"),
+        ({"batch_size": -1}, ValueError, "batch_size=-1"),
+        ({"batch_size": 2.5}, ValueError, "batch_size=2.5"),
     ],
 )
 def test_mc_predict_bad_arguments(kwargs, error, fragment):
@@ -160,6 +164,14 @@ def test_mc_predict_bad_arguments(kwargs, error, fragment):
     with pytest.raises(error, match="Received") as info:
         mc_predict(model, np.ones((2, 6), "float32"), **kwargs)
     assert fragment in str(info.value)
+
+
+def test_mc_predict_names_batch_size_when_it_is_a_flag_or_zero():
+    model, _, _ = _linear_model(0.5)
+    with pytest.raises(TypeError, match="`batch_size` must be an integer.*Received: batch_size=True"):
+        mc_predict(model, np.ones((2, 6), "float32"), batch_size=True)
+    with pytest.raises(ValueError, match="`batch_size` must be >= 1. Received: batch_size=0"):
+        mc_predict(model, np.ones((2, 6), "float32"), batch_size=0)
 
 
 def test_mc_predict_rejects_a_non_model():

@@ -108,9 +108,27 @@ def test_large_step_counts_stay_accurate():
         (dict(max_learning_rate=0.1, total_steps=10, cycle_mult=2.0), ValueError, "cycle_steps"),
         (dict(max_learning_rate=0.1, total_steps=10, cycle_steps=2, cycle_mult=0.5), ValueError, "0.5"),
         (dict(max_learning_rate=0.1, total_steps=10, cycle_steps=2, cycle_decay=0.0), ValueError, "cycle_decay=0.0"),
+        (dict(max_learning_rate=0.1, total_steps=100, cycle_steps=1e308), ValueError, "cycle_steps=1e+308"),
+        (dict(max_learning_rate=0.1, total_steps=10**400), ValueError, f"total_steps={10**400}"),
+        (dict(max_learning_rate=0.1, total_steps=10, cycle_steps=np.bool_(True)), TypeError, "cycle_steps=np.True_"),
     ],
 )
 def test_bad_arguments_are_rejected_with_the_received_value(kwargs, error, fragment):
     with pytest.raises(error, match="Received") as info:
         CosineAnnealing(**kwargs)
     assert fragment in str(info.value)
+
+
+def test_cycle_steps_too_large_for_the_step_arithmetic_is_rejected_at_construction():
+    # 1e308 is a whole float, so it used to pass and give NaN learning rates.
+    with pytest.raises(ValueError, match=r"`cycle_steps` must be at most 2\*\*53") as info:
+        CosineAnnealing(0.1, 100, cycle_steps=1e308)
+    assert "Received: cycle_steps=1e+308" in str(info.value)
+
+
+def test_numpy_scalars_are_accepted_like_python_numbers():
+    from_numpy = CosineAnnealing(np.float32(0.5), np.int64(100), cycle_steps=np.array(50))
+    plain = CosineAnnealing(0.5, 100, cycle_steps=50)
+    assert from_numpy.get_config() == plain.get_config()
+    assert type(from_numpy.get_config()["cycle_steps"]) is int
+    assert type(from_numpy.get_config()["max_learning_rate"]) is float

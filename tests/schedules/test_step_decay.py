@@ -41,9 +41,28 @@ def test_multistep_decay_at_milestones(evaluate):
         (lambda: MultiStepDecay(0.1, [0, 20]), ValueError, "milestones[0]=0"),
         (lambda: MultiStepDecay(0.1, 30), TypeError, "milestones=30"),
         (lambda: MultiStepDecay(0.1, [True]), TypeError, "True"),
+        (lambda: StepDecay(0.1, step_size=10**400), ValueError, f"step_size={10**400}"),
+        (lambda: StepDecay(0.1, step_size=1e308), ValueError, "step_size=1e+308"),
+        (lambda: StepDecay(10**400, step_size=10), ValueError, "initial_learning_rate="),
+        (lambda: StepDecay(0.1, step_size=np.bool_(True)), TypeError, "step_size=np.True_"),
+        (lambda: StepDecay(np.float64("nan"), step_size=10), ValueError, "initial_learning_rate=np.float64(nan)"),
     ],
 )
 def test_bad_arguments(make, error, fragment):
     with pytest.raises(error, match="Received") as info:
         make()
     assert fragment in str(info.value)
+
+
+def test_step_size_too_large_for_the_step_arithmetic_is_rejected_at_construction():
+    # It used to be accepted and raise OverflowError at the first step.
+    with pytest.raises(ValueError, match=r"`step_size` must be at most 2\*\*53") as info:
+        StepDecay(0.1, step_size=10**400)
+    assert f"Received: step_size={10**400}" in str(info.value)
+
+
+def test_numpy_scalars_and_0d_arrays_are_accepted():
+    lr = StepDecay(np.float32(0.5), step_size=np.array(10), factor=np.float64(0.5))
+    assert lr.get_config() == StepDecay(0.5, 10, 0.5).get_config()
+    assert type(lr.step_size) is int
+    assert float(lr(10)) == pytest.approx(0.25)
