@@ -210,8 +210,8 @@ def scale_learning_rate(
         scaled = Scaled(base_lr, scale=factor)
         start = float(to_numpy(base_lr(0)))
     else:
-        base_lr = v.plain_number(base_lr)
-        if isinstance(base_lr, bool) or not isinstance(base_lr, (int, float)):
+        number = v.plain_number(base_lr)  # np.float32(0.5) is a number too
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise TypeError(
                 "`base_lr` must be a number or a keras.optimizers.schedules."
                 f"LearningRateSchedule. Received: base_lr={base_lr!r}"
