@@ -93,13 +93,15 @@ def check_optional_number(name, value, **bounds):
     return None if value is None else check_number(name, value, **bounds)
 
 
-def check_int(name, value, *, minimum=None, maximum=None):
+def check_int(name, value, *, minimum=None, maximum=None, limit=MAX_INT):
     """Return ``value`` as a Python int within the given (inclusive) bounds.
 
     Integral floats such as ``1000.0`` are accepted (configs written by JSON
     tools often contain them), as are numpy scalars and 0-d numpy arrays;
     ``1.5``, bools, NaN, inf and magnitudes above :data:`MAX_INT` (``2**53``,
-    where float step arithmetic stops being exact) are not.
+    where float step arithmetic stops being exact) are not. ``limit`` widens
+    that magnitude cap for integers that never meet float arithmetic (a seed
+    may pass ``limit=2**63 - 1``).
     """
     received = value
     value = plain_number(value)
@@ -112,11 +114,14 @@ def check_int(name, value, *, minimum=None, maximum=None):
         if not math.isfinite(value) or float(value) != int(value):
             raise ValueError(f"`{name}` must be a whole number. {_received(name, received)}")
     result = int(value)
-    if abs(result) > MAX_INT:
-        raise ValueError(
-            f"`{name}` must be at most 2**53 = {MAX_INT} in magnitude (larger integers "
-            f"break the float arithmetic of steps and counts). {_received(name, received)}"
+    if abs(result) > limit:
+        reason = (
+            f"2**53 = {MAX_INT} in magnitude (larger integers break the float "
+            "arithmetic of steps and counts)"
+            if limit == MAX_INT
+            else f"{limit} in magnitude"
         )
+        raise ValueError(f"`{name}` must be at most {reason}. {_received(name, received)}")
     if minimum is not None and result < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}. {_received(name, received)}")
     if maximum is not None and result > maximum:

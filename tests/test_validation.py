@@ -53,6 +53,13 @@ def test_the_integer_limit_is_2_to_the_53():
         v.check_int("steps", 2**53 + 1)
 
 
+def test_limit_widens_the_cap_for_integers_that_are_not_steps():
+    assert v.check_int("seed", 2**60, limit=2**63 - 1) == 2**60
+    with pytest.raises(ValueError, match=r"`seed` must be at most 9223372036854775807") as info:
+        v.check_int("seed", 2**63, limit=2**63 - 1)
+    assert f"Received: seed={2**63}" in str(info.value)
+
+
 def test_plain_number_leaves_other_values_alone():
     marker = object()
     assert v.plain_number(marker) is marker
