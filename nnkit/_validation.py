@@ -18,6 +18,9 @@ _PLAIN_TYPES = (str, int, float, bool, type(None))
 #: float64 holds every integer only up to 2**53; beyond it a schedule
 #: computes NaN or overflows at its first step, far from the constructor.
 MAX_INT = 2**53
+#: Largest magnitude of a seed: seeds never meet float arithmetic, and Keras,
+#: TensorFlow and numpy take any int64.
+SEED_LIMIT = 2**63 - 1
 
 
 def _received(name, value):
@@ -50,7 +53,7 @@ def check_number(
 ):
     """Return ``value`` as a finite Python float within the given bounds.
 
-    numpy scalars and 0-d numpy arrays are accepted (see :func:`plain_number`).
+    numpy scalars and 0-d numpy arrays are accepted (see `plain_number`).
     """
     received = value
     value = plain_number(value)
@@ -89,7 +92,7 @@ def check_non_negative_number(name, value):
 
 
 def check_optional_number(name, value, **bounds):
-    """``None`` or a number accepted by :func:`check_number`."""
+    """``None`` or a number accepted by `check_number`."""
     return None if value is None else check_number(name, value, **bounds)
 
 
@@ -98,10 +101,10 @@ def check_int(name, value, *, minimum=None, maximum=None, limit=MAX_INT):
 
     Integral floats such as ``1000.0`` are accepted (configs written by JSON
     tools often contain them), as are numpy scalars and 0-d numpy arrays;
-    ``1.5``, bools, NaN, inf and magnitudes above :data:`MAX_INT` (``2**53``,
+    ``1.5``, bools, NaN, inf and magnitudes above `MAX_INT` (``2**53``,
     where float step arithmetic stops being exact) are not. ``limit`` widens
     that magnitude cap for integers that never meet float arithmetic (a seed
-    may pass ``limit=2**63 - 1``).
+    passes ``limit=SEED_LIMIT``).
     """
     received = value
     value = plain_number(value)
@@ -140,7 +143,7 @@ def check_non_negative_int(name, value):
 
 
 def check_optional_int(name, value, **bounds):
-    """``None`` or an int accepted by :func:`check_int`."""
+    """``None`` or an int accepted by `check_int`."""
     return None if value is None else check_int(name, value, **bounds)
 
 

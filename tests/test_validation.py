@@ -66,3 +66,15 @@ def test_plain_number_leaves_other_values_alone():
     assert v.plain_number("3") == "3"
     array = np.ones(3)
     assert v.plain_number(array) is array
+
+
+def test_seeds_take_any_int64():
+    """A seed never meets float arithmetic: the 2**53 cap of steps does not apply."""
+    import nnkit.layers
+    import nnkit.meta
+
+    assert nnkit.layers.DropPath(0.1, seed=2**60).seed == 2**60
+    assert nnkit.meta.sinusoid_family().batches(seed=2**62).seed == 2**62
+    assert nnkit.meta.sinusoid_family().sample(1, seed=2**62)[1].shape == (1, 10, 1)
+    with pytest.raises(ValueError, match=r"`seed` must be at most .* Received: seed=18446744073709551616"):
+        nnkit.layers.DropPath(0.1, seed=2**64)

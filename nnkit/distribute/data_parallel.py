@@ -375,7 +375,7 @@ def input_pipeline(
     global_batch_size = v.check_positive_int("global_batch_size", global_batch_size)
     per_replica_batch_size(global_batch_size, strategy)  # checks the split
     shuffle = _check_shuffle(shuffle)
-    seed = v.check_optional_int("seed", seed)
+    seed = v.check_optional_int("seed", seed, limit=v.SEED_LIMIT)
     if drop_remainder is not None:
         v.check_bool("drop_remainder", drop_remainder)
     prefetch = _check_prefetch(prefetch)

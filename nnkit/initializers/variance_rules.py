@@ -148,7 +148,7 @@ def for_activation(activation, *, seed=None):
         Neural Networks", NeurIPS 2017.
     """
     name, slope = _resolve(activation)
-    seed = v.check_optional_int("seed", seed)
+    seed = v.check_optional_int("seed", seed, limit=v.SEED_LIMIT)
     if name == "leaky_relu":
         # He et al.'s rule for a negative slope a: Var(W) = 2 / ((1 + a²) · fan_in).
         return keras.initializers.VarianceScaling(

@@ -72,7 +72,7 @@ class DropPath(keras.layers.Layer):
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.rate = c.check_rate("rate", rate)
-        self.seed = v.check_optional_int("seed", seed, minimum=0)
+        self.seed = v.check_optional_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
         self.supports_masking = True
         self.seed_generator = keras.random.SeedGenerator(self.seed) if self.rate > 0 else None
         self.built = True

@@ -57,7 +57,7 @@ class MCDropout(keras.layers.Dropout):
 
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         rate = c.check_rate("rate", rate)
-        seed = v.check_optional_int("seed", seed, minimum=0)
+        seed = v.check_optional_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
         super().__init__(rate, noise_shape=noise_shape, seed=seed, **kwargs)
 
     def call(self, inputs, training=None):
@@ -154,7 +154,7 @@ def mc_predict(model, x, *, passes=30, batch_size=None, seed=None):
     v.check_instance("model", model, keras.Model, "a keras.Model")
     passes = v.check_int("passes", passes, minimum=2)
     batch_size = v.check_optional_int("batch_size", batch_size, minimum=1)
-    seed = v.check_optional_int("seed", seed, minimum=0)
+    seed = v.check_optional_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
     layers = _mc_dropout_layers(model)
     if not layers:
         raise ValueError(

@@ -30,13 +30,13 @@ def generator(seed):
     if seed is None:
         return np.random.default_rng()
     if isinstance(seed, (list, tuple)):
-        return np.random.default_rng([v.check_non_negative_int("seed", s) for s in seed])
+        return np.random.default_rng([v.check_int("seed", s, minimum=0, limit=v.SEED_LIMIT) for s in seed])
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(
             "`seed` must be None, an int >= 0, a list of ints or a numpy Generator. "
             f"Received: seed={seed!r}"
         )
-    return np.random.default_rng(v.check_non_negative_int("seed", seed))
+    return np.random.default_rng(v.check_int("seed", seed, minimum=0, limit=v.SEED_LIMIT))
 
 
 def _floats(x):
@@ -105,7 +105,7 @@ class TaskBatches(keras.utils.PyDataset):
         self.sampler = v.check_instance("sampler", sampler, TaskSampler, "a TaskSampler")
         self.tasks_per_batch = v.check_positive_int("tasks_per_batch", tasks_per_batch)
         self.steps_per_epoch = v.check_positive_int("steps_per_epoch", steps_per_epoch)
-        self.seed = v.check_non_negative_int("seed", seed)
+        self.seed = v.check_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
         self.epoch = 0
 
     def __len__(self):

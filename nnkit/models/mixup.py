@@ -120,7 +120,7 @@ class MixUp(TrainingWrapper):
     def __init__(self, model, alpha=0.2, *, mode="mixup", seed=None, **kwargs):
         alpha = v.check_positive_number("alpha", alpha)
         mode = v.check_one_of("mode", mode, _mixing.MODES)
-        seed = v.check_optional_int("seed", seed, minimum=0)
+        seed = v.check_optional_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
         super().__init__(model, **kwargs)
         self.alpha = alpha
         self.mode = mode

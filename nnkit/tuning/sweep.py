@@ -268,7 +268,7 @@ def tune(
     max_trials = v.check_optional_int("max_trials", max_trials, minimum=1)
     if max_trials is None and kind != "hyperband":
         raise ValueError(f"`max_trials` is required for tuner={kind!r}. Received: max_trials=None")
-    seed = v.check_optional_int("seed", seed, minimum=0)
+    seed = v.check_optional_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
     executions_per_trial = v.check_positive_int("executions_per_trial", executions_per_trial)
     limit = v.check_positive_int("max_consecutive_failed_trials", max_consecutive_failed_trials)
     v.check_bool("median_stopping", median_stopping)
