@@ -21,6 +21,10 @@ MAX_INT = 2**53
 #: Largest magnitude of a seed: seeds never meet float arithmetic, and Keras,
 #: TensorFlow and numpy take any int64.
 SEED_LIMIT = 2**63 - 1
+#: Largest magnitude of a real-number argument: the largest float32. nnkit's
+#: hyperparameters become float32 tensors, where a larger value is inf (a
+#: learning rate of 1e308 gives inf and then NaN weights, far from the call).
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _received(name, value):
@@ -49,11 +53,20 @@ def plain_number(value):
 
 
 def check_number(
-    name, value, *, minimum=None, maximum=None, min_inclusive=True, max_inclusive=True
+    name,
+    value,
+    *,
+    minimum=None,
+    maximum=None,
+    min_inclusive=True,
+    max_inclusive=True,
+    limit=FLOAT32_MAX,
 ):
     """Return ``value`` as a finite Python float within the given bounds.
 
     numpy scalars and 0-d numpy arrays are accepted (see `plain_number`).
+    ``limit`` caps the magnitude (default: the largest float32, see
+    ``FLOAT32_MAX``; ``None`` for no cap).
     """
     received = value
     value = plain_number(value)
@@ -68,6 +81,11 @@ def check_number(
         value = math.inf
     if not math.isfinite(value):
         raise ValueError(f"`{name}` must be a finite number. {_received(name, received)}")
+    if limit is not None and abs(value) > limit:
+        raise ValueError(
+            f"`{name}` must be at most {limit:.7g} in magnitude (nnkit computes in float32, "
+            f"where a larger number is inf). {_received(name, received)}"
+        )
     if minimum is not None:
         if min_inclusive and value < minimum:
             raise ValueError(f"`{name}` must be >= {minimum}. {_received(name, value)}")
@@ -240,3 +258,40 @@ def check_json_plain(name, value):
             f"{_received(name, value)}"
         )
     return value
+
+
+def _is_data(value, top=True):
+    # Arrays, tensors (numpy, TensorFlow, JAX, Keras), datasets, generators,
+    # Keras PyDatasets and nested lists/tuples/dicts of numbers or arrays (a
+    # lone bool is a flag passed by mistake; bools inside a list are data).
+    if value is None or isinstance(value, (str, bytes)) or (top and isinstance(value, bool)):
+        return False
+    if isinstance(value, numbers.Number):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_data(item, top=False) for item in value)
+    if isinstance(value, dict):
+        return all(_is_data(item, top=False) for item in value.values())
+    return any(
+        hasattr(value, attribute)
+        for attribute in ("shape", "__array__", "__iter__", "__getitem__", "element_spec")
+    )
+
+
+def check_data(name, value, *, allow_none=False):
+    """Arrays, tensors or a dataset (or a nest of them); not ``None``, strings or other objects."""
+    if value is None and allow_none:
+        return value
+    if not _is_data(value):
+        raise TypeError(
+            f"`{name}` must be an array, a tensor or a dataset (numpy, TensorFlow, JAX, "
+            f"tf.data), not {type(value).__name__}. {_received(name, value)}"
+        )
+    return value
+
+
+def check_path(name, value):
+    """A path (``str`` or ``os.PathLike``) returned as a non-empty ``str``."""
+    if value is None:
+        raise TypeError(f"`{name}` must be a path (str or os.PathLike). {_received(name, value)}")
+    return check_optional_path(name, value)

@@ -68,7 +68,8 @@ def recompute_batch_norm(model, x, *, batch_size=32, steps=None):
         normalization: nothing is run).
 
     Raises:
-        TypeError: If ``batch_size`` or ``steps`` is not an int.
+        TypeError: If ``model`` is not a Keras model, ``x`` is not arrays or
+            a dataset, or ``batch_size`` or ``steps`` is not an int.
         ValueError: If ``batch_size`` or ``steps`` is ``< 1``, or ``x``
             yields no batch.
 
@@ -82,6 +83,8 @@ def recompute_batch_norm(model, x, *, batch_size=32, steps=None):
     >>> np.asarray(model.layers[0].moving_mean).tolist()  # mean of the 2 batch means
     [4.0, 8.0]
     """
+    v.check_instance("model", model, keras.Model, "a keras.Model")
+    v.check_data("x", x)
     batch_size = v.check_positive_int("batch_size", batch_size)
     steps = v.check_optional_int("steps", steps, minimum=1)
     layers = batch_norm_layers(model)

@@ -26,7 +26,8 @@ def _check_learning_rate(learning_rate):
         learning_rate = deserialize_schedule(learning_rate)
     if isinstance(learning_rate, _Schedule):
         return learning_rate
-    if isinstance(learning_rate, (int, float)) and not isinstance(learning_rate, bool):
+    number = v.plain_number(learning_rate)
+    if isinstance(number, (int, float)) and not isinstance(number, bool):
         return v.check_non_negative_number("learning_rate", learning_rate)
     raise TypeError(
         "`learning_rate` must be None, a number (a constant rate) or a "
@@ -147,7 +148,7 @@ class StochasticWeightAveraging(StatefulCallback):
         self.start_epoch = v.check_non_negative_int("start_epoch", start_epoch)
         self.period = v.check_positive_int("period", period)
         self.learning_rate = _check_learning_rate(learning_rate)
-        self.batch_norm_data = batch_norm_data
+        self.batch_norm_data = v.check_data("batch_norm_data", batch_norm_data, allow_none=True)
         self.batch_size = v.check_positive_int("batch_size", batch_size)
         self._swa_optimizer = None
         self._original_schedule = None

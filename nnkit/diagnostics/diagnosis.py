@@ -30,8 +30,8 @@ def _matrix(name, value, shape, dtype=np.float64):
         ) from None
     if array.shape != shape:
         raise ValueError(
-            f"`{name}` must have shape {shape} (samples, groups). "
-            f"Received: {name} with shape {array.shape}"
+            f"`{name}` must have shape {shape} (samples, groups), not {array.shape}. "
+            f"Received: {name}={value!r}"
         )
     return array
 
@@ -306,7 +306,7 @@ def diagnose(
     rules = DiagnosisRules() if rules is None else rules
     v.check_instance("rules", rules, DiagnosisRules, "a DiagnosisRules or None")
     layer_info = _check_layer_info(layer_info)
-    if isinstance(group_names, str) or not hasattr(group_names, "__iter__"):
+    if isinstance(group_names, (str, dict)) or not hasattr(group_names, "__iter__"):
         raise TypeError(
             f"`group_names` must be a list of strings. Received: group_names={group_names!r}"
         )

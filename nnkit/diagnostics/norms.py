@@ -296,11 +296,14 @@ def first_nonfinite_group(nonfinite):
     >>> int(first_nonfinite_group([0, 0, 3, 1])), int(first_nonfinite_group([0, 0]))
     (2, -1)
     """
+    received = v.check_data("nonfinite", nonfinite)
+    if isinstance(nonfinite, dict):
+        raise TypeError(f"`nonfinite` must be a 1-D array of counts. Received: nonfinite={nonfinite!r}")
     nonfinite = ops.convert_to_tensor(nonfinite)
     if len(nonfinite.shape) != 1:
         raise ValueError(
-            "`nonfinite` must be one-dimensional (one count per group). "
-            f"Received: nonfinite with shape {tuple(nonfinite.shape)}"
+            "`nonfinite` must be one-dimensional (one count per group), not of shape "
+            f"{tuple(nonfinite.shape)}. Received: nonfinite={received!r}"
         )
     size = nonfinite.shape[0]
     if size == 0:

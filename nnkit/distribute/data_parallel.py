@@ -226,7 +226,14 @@ def scale_learning_rate(
 def _check_shuffle(shuffle):
     if isinstance(shuffle, bool):
         return shuffle
-    return v.check_positive_int("shuffle", shuffle)
+    shuffle = v.check_positive_int("shuffle", shuffle)
+    if shuffle == 1:
+        raise ValueError(
+            "`shuffle` must be True, False or a buffer size >= 2 (a buffer of 1 keeps the "
+            "order, which is shuffle=False; write True for a buffer the size of the data). "
+            f"Received: shuffle={shuffle!r}"
+        )
+    return shuffle
 
 
 def _check_prefetch(prefetch):
@@ -332,7 +339,7 @@ def input_pipeline(
         global_batch_size: The global batch, an int ``>= 1`` divisible by
             the number of replicas. Required.
         shuffle: ``True`` (a buffer the size of the data), ``False``, or a
-            buffer size ``>= 1``; a dataset of unknown size needs a size.
+            buffer size ``>= 2``; a dataset of unknown size needs a size.
             Defaults to ``True``.
         seed: Shuffle seed (an int), or ``None``. Defaults to ``None``.
         drop_remainder: Drop the last partial batch; ``None`` means ``True``
@@ -382,6 +389,8 @@ def input_pipeline(
     auto_shard_policy = v.check_one_of("auto_shard_policy", auto_shard_policy, SHARD_POLICIES)
     cache = _check_cache(cache)
 
+    v.check_data("x", x)
+    v.check_data("y", y, allow_none=True)
     in_memory = not isinstance(x, tf.data.Dataset)
     if in_memory:
         # tf.data reads a list as one tensor to stack; Keras reads it as several inputs.

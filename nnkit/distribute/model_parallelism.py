@@ -97,7 +97,9 @@ def device_mesh(model_parallelism=None, *, devices=None, batch_axis="batch", mod
         )
     if devices is None:
         devices = keras.distribution.list_devices()
-    elif isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__"):
+    elif isinstance(devices, (str, bytes, dict, set, frozenset)) or not hasattr(
+        devices, "__iter__"
+    ):
         raise TypeError(
             "`devices` must be a list of device names such as ['cpu:0', 'cpu:1'], or None, "
             f"not {type(devices).__name__}. Received: devices={devices!r}"

@@ -103,7 +103,7 @@ def _check_kind(kind):
     return v.check_one_of("kind", kind, KINDS)
 
 
-def _parse_tf_config(tf_config):
+def _parse_tf_config(tf_config, name="TF_CONFIG"):
     """``TF_CONFIG`` (a JSON string, a dict or ``None``) as a checked dict, or ``None``.
 
     ``None`` and ``""`` mean "not set". A cluster with ``ps`` tasks raises the
@@ -117,27 +117,28 @@ def _parse_tf_config(tf_config):
             config = json.loads(tf_config)
         except json.JSONDecodeError as error:
             raise ValueError(
-                f"`TF_CONFIG` is not valid JSON ({error}). Expected e.g. "
+                f"`{name}` is not valid JSON ({error}). Expected e.g. "
                 '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                f'"task": {{"type": "worker", "index": 0}}}}. Received: TF_CONFIG={tf_config!r}'
+                f'"task": {{"type": "worker", "index": 0}}}}. Received: {name}={tf_config!r}'
             ) from None
     else:
         config = tf_config
     if not isinstance(config, dict):
-        raise ValueError(
-            f"`TF_CONFIG` must be a JSON object with 'cluster' and 'task' keys. "
-            f"Received: TF_CONFIG={tf_config!r}"
+        error = ValueError if isinstance(tf_config, str) else TypeError
+        raise error(
+            f"`{name}` must be a JSON object (a dict or its JSON text) with 'cluster' and "
+            f"'task' keys. Received: {name}={tf_config!r}"
         )
     cluster = config.get("cluster", {})
     if not isinstance(cluster, dict) or not all(
         isinstance(tasks, (list, dict)) for tasks in cluster.values()
     ):
         raise ValueError(
-            "`TF_CONFIG['cluster']` must map task types ('chief', 'worker') to lists of "
-            f"'host:port' addresses. Received: TF_CONFIG={tf_config!r}"
+            f"`{name}['cluster']` must map task types ('chief', 'worker') to lists of "
+            f"'host:port' addresses. Received: {name}={tf_config!r}"
         )
     if cluster.get("ps"):
-        raise _parameter_server_error("TF_CONFIG", tf_config)
+        raise _parameter_server_error(name, tf_config)
     if any(cluster.values()):
         task = config.get("task")
         valid = (
@@ -149,9 +150,9 @@ def _parse_tf_config(tf_config):
         )
         if not valid:
             raise ValueError(
-                "`TF_CONFIG['task']` must say which task of the cluster this process is: "
+                f"`{name}['task']` must say which task of the cluster this process is: "
                 '{"type": <a task type of the cluster>, "index": <0 .. number of such tasks '
-                f"- 1>}}. Received: TF_CONFIG={tf_config!r}"
+                f"- 1>}}. Received: {name}={tf_config!r}"
             )
     return config
 
@@ -204,7 +205,8 @@ def choose_strategy(kind="auto", *, tf_config=None, devices=(), tpu_connects=Fal
         tf_config: The ``TF_CONFIG`` value: a JSON string, a dict, or
             ``None``/``""`` when unset. Defaults to ``None``.
         devices: The local accelerators (or the devices the caller chose), as
-            a list of names such as ``["GPU:0", "GPU:1"]``. Defaults to ``()``.
+            a list of names such as ``["GPU:0", "GPU:1"]`` (``None``: none).
+            Defaults to ``()``.
         tpu_connects: Whether a TPU cluster resolver connected. Defaults to
             ``False``.
 
@@ -233,7 +235,7 @@ def choose_strategy(kind="auto", *, tf_config=None, devices=(), tpu_connects=Fal
     devices = _check_devices(devices) or []
     v.check_bool("tpu_connects", tpu_connects)
     if kind == "multiworker":
-        workers = _num_workers(_parse_tf_config(tf_config))
+        workers = _num_workers(_parse_tf_config(tf_config, "tf_config"))
         if workers:
             return kind, f"requested; TF_CONFIG names {workers} worker(s)"
         return kind, "requested; no TF_CONFIG cluster, so this process is the only worker"
@@ -241,7 +243,7 @@ def choose_strategy(kind="auto", *, tf_config=None, devices=(), tpu_connects=Fal
         return kind, f"requested (kind={kind!r})"
     if tpu_connects:
         return "tpu", "a TPU cluster resolver connected"
-    config = _parse_tf_config(tf_config)
+    config = _parse_tf_config(tf_config, "tf_config")
     workers = _num_workers(config)
     if workers > 1:
         task = config["task"]
@@ -278,7 +280,9 @@ def _connect_tpu(tpu, *, required):
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+    except (ValueError, RuntimeError, OSError, tf.errors.OpError) as error:
+        # OSError: a name that is no address is looked up on the GCE metadata
+        # server, which is unreachable off Google Cloud (urllib's URLError).
         if required:
             raise ValueError(
                 f"A TPU was requested but none could be connected ({error}). Pass "

@@ -58,6 +58,16 @@ class MCDropout(keras.layers.Dropout):
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         rate = c.check_rate("rate", rate)
         seed = v.check_optional_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
+        if noise_shape is not None:
+            if not isinstance(noise_shape, (list, tuple)):
+                raise TypeError(
+                    "`noise_shape` must be None or a tuple of ints and Nones (one per input "
+                    f"axis). Received: noise_shape={noise_shape!r}"
+                )
+            noise_shape = tuple(
+                None if d is None else v.check_positive_int(f"noise_shape[{i}]", d)
+                for i, d in enumerate(noise_shape)
+            )
         super().__init__(rate, noise_shape=noise_shape, seed=seed, **kwargs)
 
     def call(self, inputs, training=None):
@@ -152,6 +162,7 @@ def mc_predict(model, x, *, passes=30, batch_size=None, seed=None):
     ((5, 1), (5, 1), True)
     """
     v.check_instance("model", model, keras.Model, "a keras.Model")
+    v.check_data("x", x)
     passes = v.check_int("passes", passes, minimum=2)
     batch_size = v.check_optional_int("batch_size", batch_size, minimum=1)
     seed = v.check_optional_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)

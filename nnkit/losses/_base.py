@@ -86,6 +86,11 @@ def match_rank(y_true, y_pred):
     return y_true, y_pred
 
 
+def check_targets(y_true, y_pred):
+    """``(y_true, y_pred)`` if both are arrays or tensors; a named TypeError otherwise."""
+    return v.check_data("y_true", y_true), v.check_data("y_pred", y_pred)
+
+
 def as_float_tensors(y_true, y_pred):
     """``y_pred`` as a float tensor (float32 unless already floating) and ``y_true`` in its dtype."""
     y_pred = ops.convert_to_tensor(y_pred)

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from nnkit import _validation as v
-from nnkit.losses._base import LossBase, as_float_tensors, match_rank
+from nnkit.losses._base import LossBase, as_float_tensors, check_targets, match_rank
 
 
 def _check_margin(margin):
@@ -53,6 +53,7 @@ def contrastive_loss(y_true, y_pred, margin=1.0):
     >>> [round(float(x), 4) for x in contrastive_loss([1, 0, 0], [0.5, 0.25, 2.0])]
     [0.25, 0.5625, 0.0]
     """
+    y_true, y_pred = check_targets(y_true, y_pred)
     return _contrastive(y_true, y_pred, _check_margin(margin))
 
 

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from nnkit import _validation as v
-from nnkit.losses._base import LossBase, as_float_tensors, match_rank
+from nnkit.losses._base import LossBase, as_float_tensors, check_targets, match_rank
 
 
 def _check_beta(beta):
@@ -53,6 +53,7 @@ def smooth_l1(y_true, y_pred, beta=1.0):
     >>> [round(float(x), 4) for x in smooth_l1([[0.0, 0.0]], [[0.5, 3.0]], beta=1.0)]
     [1.3125]
     """
+    y_true, y_pred = check_targets(y_true, y_pred)
     return _smooth_l1(y_true, y_pred, _check_beta(beta))
 
 

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from nnkit import _validation as v
-from nnkit.losses._base import LossBase
+from nnkit.losses._base import LossBase, check_targets
 
 
 def _check_label_smoothing(label_smoothing):
@@ -47,6 +47,13 @@ def _sparse_crossentropy(y_true, y_pred, from_logits, label_smoothing, axis, ign
     if axis not in (-1, len(y_pred.shape) - 1):
         y_pred = ops.moveaxis(y_pred, axis, -1)
     labels = _labels(y_true, len(y_pred.shape))
+    expected = tuple(y_pred.shape[:-1])
+    if None not in expected and None not in labels.shape and tuple(labels.shape) != expected:
+        raise ValueError(
+            f"`y_true` must have the shape of `y_pred` without its class axis (axis={axis}): "
+            f"{expected}, not {tuple(labels.shape)}. Received: axis={axis}, y_pred of shape "
+            f"{tuple(y_pred.shape)} (class axis moved last)"
+        )
     if ignore_class is not None:
         valid = _valid(labels, ignore_class)
         labels = ops.where(valid, labels, 0)
@@ -119,6 +126,7 @@ def sparse_categorical_crossentropy(
     >>> round(float(loss[0]), 4)  # 0.7·(−log 0.5) + 0.3·(−(log 0.5 + 2 log 0.25) / 3)
     0.8318
     """
+    y_true, y_pred = check_targets(y_true, y_pred)
     return _sparse_crossentropy(
         y_true,
         y_pred,

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from nnkit import _validation as v
-from nnkit.losses._base import LossBase
+from nnkit.losses._base import LossBase, check_targets
 from nnkit.losses._distance import DISTANCES, pairwise_distance
 
 MININGS = ("semi_hard", "hard")
@@ -126,6 +126,7 @@ def triplet_loss(
     >>> [round(float(x), 4) for x in triplet_loss(labels, embeddings, margin=2.5, mining="hard")]
     [0.5, 1.5, 0.0]
     """
+    y_true, y_pred = check_targets(y_true, y_pred)
     return _triplet(y_true, y_pred, *_check_args(margin, mining, distance, soft))
 
 

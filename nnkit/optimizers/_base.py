@@ -30,7 +30,17 @@ def check_learning_rate(learning_rate):
     """A float rate (ints accepted), a ``LearningRateSchedule`` or a callable."""
     if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
         return learning_rate
-    if callable(learning_rate) or isinstance(learning_rate, dict):
+    if isinstance(learning_rate, dict):
+        # A serialized schedule, as in an optimizer's config.
+        try:
+            return keras.optimizers.schedules.deserialize(learning_rate)
+        except (TypeError, ValueError, KeyError) as error:
+            raise TypeError(
+                "`learning_rate` must be a number, a LearningRateSchedule, a callable or a "
+                f"serialized schedule (a dict with 'class_name' and 'config'), not an other "
+                f"dict ({error}). Received: learning_rate={learning_rate!r}"
+            ) from None
+    if callable(learning_rate):
         return learning_rate
     return v.check_positive_number("learning_rate", learning_rate)
 

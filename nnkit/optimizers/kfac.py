@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from nnkit import _validation as v
 from nnkit._keras import optimizer as keras_optimizer
 from nnkit._keras.fit import explicit_strategy
 from nnkit._validation import (
@@ -21,6 +22,7 @@ from nnkit.optimizers import _kfac_capture as capture
 from nnkit.optimizers import _kfac_factors as factors
 from nnkit.optimizers import _kfac_math as kmath
 from nnkit.optimizers import _kfac_replicas as replicas
+from nnkit.optimizers._base import check_learning_rate
 
 _UNSUPPORTED = {
     "gradient_accumulation_steps": "accumulate by raising the batch size instead",
@@ -164,7 +166,11 @@ class KFAC(keras.optimizers.Optimizer):
                     f"KFAC does not support `{key}` ({advice}). Received: {key}={kwargs[key]!r}"
                 )
             kwargs.pop(key, None)
-        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        super().__init__(
+            learning_rate=check_learning_rate(learning_rate),
+            name=None if name is None else v.check_str("name", name),
+            **kwargs,
+        )
         self.damping = check_positive_number("damping", damping)
         self.damping_type = check_one_of("damping_type", damping_type, kmath.DAMPING_TYPES)
         self.momentum = check_number("momentum", momentum, minimum=0.0, maximum=1.0,

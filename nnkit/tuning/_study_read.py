@@ -134,14 +134,17 @@ class Study:
         return json.loads(path.read_text(encoding="utf-8"))
 
 
-def read_study(directory):
-    """Read a study directory written by ``tune`` or ``write_study``."""
+def read_study(directory, name="directory"):
+    """Read a study directory written by ``tune`` or ``write_study``.
+
+    ``name`` is the argument the directory came from, for the error messages.
+    """
     directory = pathlib.Path(directory)
     study_path = directory / "study.json"
     if not study_path.exists():
         raise FileNotFoundError(
             f"{study_path} does not exist: expected a study directory written by "
-            f"nnkit.tuning.tune. Received: directory={str(directory)!r}"
+            f"nnkit.tuning.tune. Received: {name}={str(directory)!r}"
         )
     try:
         header = json.loads(study_path.read_text(encoding="utf-8"))

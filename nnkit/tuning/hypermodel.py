@@ -181,6 +181,19 @@ class MLPHyperModel(keras_tuner.HyperModel):
             raise ValueError(
                 "`loss` is required to compile the trials' models. Received: loss=None"
             )
+        if isinstance(loss, str):
+            try:
+                keras.losses.get(loss)
+            except ValueError:
+                raise ValueError(
+                    f"`loss` must name a Keras loss (e.g. 'mse', "
+                    f"'sparse_categorical_crossentropy'). Received: loss={loss!r}"
+                ) from None
+        elif isinstance(loss, bool) or not callable(loss):
+            raise TypeError(
+                "`loss` must be a loss name, a keras.losses.Loss or a function "
+                f"(y_true, y_pred), not {type(loss).__name__}. Received: loss={loss!r}"
+            )
         self.loss = loss
         if metrics is not None and (
             isinstance(metrics, (str, dict)) or not hasattr(metrics, "__iter__")

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import pathlib
 import uuid
 
@@ -115,9 +114,7 @@ class MedianStopping(MonitorCallback):
         super().__init__(monitor, mode, on_missing=on_missing)
         self.min_trials = v.check_positive_int("min_trials", min_trials)
         self.warmup_epochs = v.check_non_negative_int("warmup_epochs", warmup_epochs)
-        self.directory = None if directory is None else os.fspath(directory)
-        if self.directory is not None:
-            v.check_str("directory", self.directory)
+        self.directory = v.check_optional_path("directory", directory)
         self.verbose = v.check_non_negative_int("verbose", verbose)
         #: Name of this run's curve file; ``tune`` sets it to ``<trial>-<execution>``
         #: so a retried run replaces its file. ``None``: a fresh id per run.

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from nnkit import _validation as v
 from nnkit._validation import check_int
 from nnkit.tuning._study import write_seeds
 from nnkit.tuning._study_read import read_study
@@ -77,13 +78,26 @@ def rerun_best(study_dir, build, x=None, y=None, *, seeds=(0, 1, 2), **fit_kwarg
     import keras
     import keras_tuner
 
-    seeds = [check_int(f"seeds[{i}]", s) for i, s in enumerate(seeds)]
+    if isinstance(build, bool) or not (
+        isinstance(build, keras_tuner.HyperModel) or callable(build)
+    ):
+        raise TypeError(
+            "`build` must be a keras_tuner.HyperModel or a function build(hp) returning a "
+            f"compiled model, not {type(build).__name__}. Received: build={build!r}"
+        )
+    v.check_data("x", x, allow_none=True)
+    v.check_data("y", y, allow_none=True)
+    if isinstance(seeds, (str, bytes, dict)) or not hasattr(seeds, "__iter__"):
+        raise TypeError(
+            f"`seeds` must be a list of ints, not {type(seeds).__name__}. Received: seeds={seeds!r}"
+        )
+    seeds = [check_int(f"seeds[{i}]", s, limit=v.SEED_LIMIT) for i, s in enumerate(seeds)]
     if len(seeds) < 3:
         raise ValueError(
             "A noise floor needs at least three seeds (two give a spread with one degree "
             f"of freedom). Received: seeds={seeds!r}"
         )
-    study = read_study(study_dir)
+    study = read_study(v.check_path("study_dir", study_dir), "study_dir")
     best = _best_row(study)
     rows = []
     for seed in seeds:

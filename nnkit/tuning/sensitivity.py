@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 
+from nnkit import _validation as v
 from nnkit._validation import check_int, check_one_of
 from nnkit.tuning import analysis
 from nnkit.tuning import importance as importance_lib
@@ -95,7 +96,10 @@ def sensitivity_report(
 
     Raises:
         FileNotFoundError: If ``study_dir`` holds no ``study.json``.
-        ValueError: If ``method`` or ``n_bootstrap`` is invalid.
+        TypeError: If ``study_dir`` or ``output_dir`` is not a path, ``seed``
+            or ``n_bootstrap`` not an int, or ``plots`` not a bool.
+        ValueError: If ``method``, ``n_bootstrap`` or ``seed`` is invalid, or
+            a study file is damaged.
 
     Example:
         >>> import math, tempfile
@@ -114,9 +118,13 @@ def sensitivity_report(
         >>> report.path.name
         'report.md'
     """
+    study_dir = v.check_path("study_dir", study_dir)
     check_one_of("method", method, importance_lib.METHODS)
     n_bootstrap = check_int("n_bootstrap", n_bootstrap, minimum=0)
-    study = read_study(study_dir)
+    seed = check_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
+    output_dir = v.check_optional_path("output_dir", output_dir)
+    plots = v.check_bool("plots", plots)
+    study = read_study(study_dir, "study_dir")
     out = pathlib.Path(output_dir) if output_dir is not None else study.directory / "report"
     out.mkdir(parents=True, exist_ok=True)
 

@@ -85,7 +85,9 @@ def _epochs(hypermodel, epochs):
 
 
 def _check_objective(objective):
-    if isinstance(objective, str) or type(objective) is keras_tuner.Objective:
+    if isinstance(objective, str):
+        return v.check_str("objective", objective)
+    if type(objective) is keras_tuner.Objective:
         return objective
     raise TypeError(
         "`objective` must be a metric name such as 'val_loss' or one keras_tuner.Objective. "
@@ -274,13 +276,20 @@ def tune(
     v.check_bool("median_stopping", median_stopping)
     v.check_bool("overwrite", overwrite)
     verbose = v.check_int("verbose", verbose, minimum=0, maximum=2)
-    directory = os.fspath(directory)
-    v.check_str("directory", directory)
+    directory = v.check_path("directory", directory)
     if validation_data is None:
         raise ValueError(
             "tune needs `validation_data` (the objective is measured on it). "
             "Received: validation_data=None"
         )
+    v.check_data("x", x)
+    v.check_data("y", y, allow_none=True)
+    if y is None and hasattr(x, "shape"):
+        raise ValueError(
+            "`y` is required when `x` is an array (only a dataset or generator of (x, y) "
+            "pairs goes without). Received: y=None"
+        )
+    v.check_data("validation_data", validation_data)
     objective = _check_objective(objective)
     callbacks = _check_callbacks(callbacks)
     hypermodel = _hypermodel(build_or_space, x, y, epochs)
@@ -305,7 +314,17 @@ def tune(
         options["max_epochs"] = epochs
     else:
         options["max_trials"] = max_trials
-    result = _CLASSES[kind](**options)
+    try:
+        result = _CLASSES[kind](**options)
+    except ValueError as error:
+        if "optimization direction" not in str(error):
+            raise
+        raise ValueError(
+            "keras-tuner cannot tell whether to minimize or maximize the objective (it knows "
+            "Keras's metric names, e.g. 'val_loss', 'val_accuracy'): pass "
+            "keras_tuner.Objective(name, direction='min' or 'max'). "
+            f"Received: objective={objective!r}"
+        ) from None
     if kind == "hyperband" and max_trials is not None:
         result.oracle.max_trials = max_trials
     callbacks = _callbacks(
