@@ -225,12 +225,12 @@ def _trial_order(trial_id):
     return (0, int(trial_id), "") if trial_id.isdigit() else (1, 0, trial_id)
 
 
-def _trial_records(directory):
+def trial_records(directory):
     root = pathlib.Path(directory) / "trials"
     records = []
     if root.is_dir():
         for path in root.glob("*/trial.json"):
-            records.append(json.loads(path.read_text(encoding="utf-8")))
+            records.append(fmt.load_json(path, fmt.TRIAL_REMEDY))
     return sorted(records, key=lambda r: _trial_order(str(r["trial_id"])))
 
 
@@ -261,7 +261,7 @@ def write_trials_csv(directory):
     """Rebuild ``DIR/trials.csv`` from ``study.json`` and every ``trials/<id>/trial.json``."""
     study = json.loads((pathlib.Path(directory) / "study.json").read_text(encoding="utf-8"))
     hp_names = [spec["name"] for spec in study["hyperparameters"]]
-    records = _trial_records(directory)
+    records = trial_records(directory)
     metrics = {r["trial_id"]: _mean_best(r.get("executions") or []) for r in records}
     metric_names = sorted({name for m in metrics.values() for name in m})
     header = [

@@ -26,6 +26,7 @@ Reading::
 """
 
 import csv
+import json
 import pathlib
 
 import numpy as np
@@ -63,6 +64,34 @@ def cell(value):
 
 def trial_dir(directory, trial_id):
     return pathlib.Path(directory) / "trials" / str(trial_id)
+
+
+TRIAL_REMEDY = (
+    "Restore it from a copy, or delete its trials/<id> folder: that trial then drops out of "
+    "the report (keras-tuner's own record under tuner/ still keeps it from being rerun)."
+)
+STUDY_REMEDY = (
+    "Restore it from a copy, or start afresh in another directory (or with overwrite=True, "
+    "which deletes this study)."
+)
+
+
+def load_json(path, remedy):
+    """The parsed JSON object in ``path``; a ValueError naming the file if it is damaged.
+
+    ``remedy`` says how to recover; the file is left as it is.
+    """
+    path = pathlib.Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(value, dict):
+            raise ValueError(f"a JSON {type(value).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path} is empty, truncated or damaged ({error}); nnkit left it as it is. "
+            f"{remedy}"
+        ) from None
+    return value
 
 
 def load_csv_columns(path):

@@ -131,7 +131,7 @@ class Study:
     def trial_record(self, trial_id):
         """The parsed ``trials/<id>/trial.json`` (per-execution seeds and values)."""
         path = fmt.trial_dir(self.directory, trial_id) / "trial.json"
-        return json.loads(path.read_text(encoding="utf-8"))
+        return fmt.load_json(path, fmt.TRIAL_REMEDY)
 
 
 def read_study(directory, name="directory"):

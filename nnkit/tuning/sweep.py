@@ -1,7 +1,6 @@
 """``tune(...)``: one call that runs a keras-tuner sweep and records it in a study directory."""
 
 import copy
-import json
 import os
 import pathlib
 import shutil
@@ -10,7 +9,9 @@ import keras_tuner
 
 from nnkit import _validation as v
 from nnkit.callbacks import EarlyStopping
+from nnkit.tuning import _study_format as study_format
 from nnkit.tuning._recording import RecordingMixin
+from nnkit.tuning._study import trial_records
 from nnkit.tuning.hypermodel import MLPHyperModel, _has_early_stopping
 from nnkit.tuning.median_stopping import MedianStopping
 from nnkit.tuning.search_space import SearchSpace
@@ -131,7 +132,8 @@ def _prepare_directory(directory, kind, overwrite):
         return
     study = directory / "study.json"
     if study.exists():
-        recorded = json.loads(study.read_text(encoding="utf-8")).get("tuner")
+        recorded = study_format.load_json(study, study_format.STUDY_REMEDY).get("tuner")
+        trial_records(directory)  # a damaged trial record stops the resume before training
         if recorded != kind:
             raise ValueError(
                 f"{directory} holds a study run with tuner={recorded!r}; resuming it with "

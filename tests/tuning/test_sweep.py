@@ -221,6 +221,19 @@ def test_a_killed_sweep_resumes_without_redoing_completed_trials(tmp_path):
     assert len({(r["hp:units"], r["hp:lr"]) for r in rows}) == 5
 
 
+@pytest.mark.parametrize("damaged", ["study.json", "trials/1/trial.json"])
+@pytest.mark.parametrize("content", ["", '{"trial_id": "1", "stat'])
+def test_resuming_a_damaged_study_is_a_clear_error_that_touches_nothing(tmp_path, damaged, content):
+    directory = tmp_path / "study"
+    _tune(_build, directory, max_trials=2, epochs=1)
+    (directory / damaged).write_text(content)
+    before = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"truncated or damaged.*nnkit left it as it is") as info:
+        _tune(_build, directory, max_trials=3, epochs=1)
+    assert str(directory / damaged) in str(info.value)
+    assert {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()} == before
+
+
 def test_resuming_with_another_tuner_is_refused_and_overwrite_starts_afresh(tmp_path):
     directory = tmp_path / "study"
     _tune(_build, directory, max_trials=1, epochs=1)
