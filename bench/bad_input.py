@@ -39,8 +39,6 @@ sys.path.insert(0, str(ROOT))
 
 from tests import _bad_input as harness  # noqa: E402
 
-BACKEND_ONLY = {"distribute.model_parallel": "jax", "distribute.verify_layout": "jax"}
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -57,8 +55,8 @@ def main(argv=None):
     per_name, problems, skipped = {}, [], {}
     start = time.perf_counter()
     for name in names:
-        if name in BACKEND_ONLY and BACKEND_ONLY[name] != backend:
-            skipped[name] = f"{BACKEND_ONLY[name]} backend only"
+        if name in harness.BACKEND_ONLY and harness.BACKEND_ONLY[name] != backend:
+            skipped[name] = f"{harness.BACKEND_ONLY[name]} backend only"
             continue
         with tempfile.TemporaryDirectory() as root:
             error = harness.baseline_works(name, root)

@@ -164,6 +164,11 @@ ABSTRACT = {
 }
 
 
+# Names whose valid call needs another backend: on this one they raise a
+# clear error naming the backend (tested in tests/distribute).
+BACKEND_ONLY = {"distribute.model_parallel": "jax", "distribute.verify_layout": "jax"}
+
+
 class Hang(Exception):
     pass
 

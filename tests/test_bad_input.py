@@ -15,10 +15,6 @@ from tests import _bad_input as harness
 # (name, parameter, probe label) -> why it is accepted as a known failure.
 EXPECTED_FAILURES = {}
 
-# Names whose valid call needs another backend (they raise a clear error
-# naming the backend on this one, tested in tests/distribute).
-BACKEND = {"distribute.model_parallel": "jax", "distribute.verify_layout": "jax"}
-
 FUZZED = sorted(harness.BASELINES)
 
 
@@ -31,8 +27,9 @@ def test_every_public_name_is_fuzzed_or_excluded_with_a_reason():
 
 @pytest.mark.parametrize("key", FUZZED)
 def test_bad_input_gets_a_clear_error(key, tmp_path):
-    if key in BACKEND and keras.backend.backend() != BACKEND[key]:
-        pytest.skip(f"{key} runs on the {BACKEND[key]} backend only")
+    backend = harness.BACKEND_ONLY.get(key)
+    if backend and keras.backend.backend() != backend:
+        pytest.skip(f"{key} runs on the {backend} backend only")
     assert harness.baseline_works(key, str(tmp_path)) is None
     rows = harness.fuzz(key, str(tmp_path))
     parameters = harness.inspect.signature(harness.resolve(key)).parameters

@@ -3,7 +3,6 @@
 The format is described in ``nnkit.tuning._study_format``; ``nnkit.tuning._study`` writes it.
 """
 
-import json
 import math
 import pathlib
 
@@ -146,15 +145,7 @@ def read_study(directory, name="directory"):
             f"{study_path} does not exist: expected a study directory written by "
             f"nnkit.tuning.tune. Received: {name}={str(directory)!r}"
         )
-    try:
-        header = json.loads(study_path.read_text(encoding="utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError(f"a JSON {type(header).__name__}, not an object")
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(
-            f"{study_path} is empty, truncated or not a study header ({error}). nnkit leaves "
-            "it as it is; to start afresh, pass another directory (or move this one away)."
-        ) from None
+    header = fmt.load_json(study_path, fmt.STUDY_REMEDY)
     if header.get("format") != fmt.FORMAT:
         raise ValueError(
             f"Unsupported study format; this nnkit reads format {fmt.FORMAT}. "
