@@ -78,7 +78,7 @@ def load_recipe():
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=40, help="epochs per run for steps to target")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds at the best rate")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds at the best rate, >= 3")
     parser.add_argument("--steps", type=int, default=60, help="steps per timed epoch")
     parser.add_argument("--timed-epochs", type=int, default=3, help="timed epochs per fit")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of A c A timings")
@@ -86,13 +86,20 @@ def parse_args(argv=None):
     parser.add_argument(
         "--optimizers", default=None, help="rows of the recipe's table (default: all)"
     )
+    parser.add_argument(
+        "--out",
+        default=os.path.join("runs", "second_order_bench"),
+        help="the recipe's output folder for the sweep's studies (default runs/second_order_bench)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test (seconds)")
     args = parser.parse_args(argv)
-    for name in ("epochs", "seeds", "steps", "timed_epochs", "repeats"):
+    if args.seeds < 3:
+        parser.error("--seeds must be >= 3 (the recipe's reruns give a noise floor)")
+    for name in ("epochs", "steps", "timed_epochs", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.quick:
-        args.epochs, args.seeds, args.steps, args.timed_epochs, args.repeats = 3, 1, 20, 1, 1
+        args.epochs, args.seeds, args.steps, args.timed_epochs, args.repeats = 3, 3, 20, 1, 1
     return args
 
 
@@ -159,6 +166,7 @@ def main(argv=None):
     # 1. Steps to target, through the recipe's own sweep and reruns.
     recipe_args = recipe.parse_args(
         ["--problems", "autoencoder", "--epochs", str(args.epochs), "--seeds", str(args.seeds)]
+        + ["--out", args.out]
         + (["--optimizers", args.optimizers] if args.optimizers else [])
         + (["--quick"] if args.quick else [])
     )
