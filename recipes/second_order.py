@@ -18,8 +18,8 @@ so another method is one more row). Every optimizer gets the same treatment:
 
 1. a learning-rate sweep through ``nnkit.tuning.tune``: a grid search
    (``tuner="grid"``) whose only knob is ``learning_rate``, a ``Choice``
-   over the optimizer's own grid of ten rates a quarter decade apart, so
-   every rate is tried; the score of a rate is its lowest epoch training
+   over the optimizer's own grid of 15 rates a sixth of a decade apart,
+   so every rate is tried; the score of a rate is its lowest epoch training
    loss (keras-tuner's convention; ``--sweep-seeds`` executions averaged),
    recorded in a study directory ``<out>/studies/<problem>_<optimizer>``;
 2. the best rate rerun with ``--seeds`` seeds by
@@ -38,7 +38,7 @@ width in decades, ``log10(high/low)``, of the report's robust range of
 seed-to-seed standard deviation of the best; wider is more forgiving). The
 report's rule is a noise rule, not the issue's "within 10 % of the best
 loss", so the width of the swept rates scoring within 10 % of the best is
-reported beside it, from the same trials. The report needs ten trials for
+reported beside it, from the same trials. The report needs 15 trials for
 a range: ``--quick`` (two rates) has none.
 
 It prints a table per problem (steps and seconds to target, mean ± standard
@@ -69,6 +69,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
@@ -103,24 +104,27 @@ def make_kfac(learning_rate, model, **settings):
     return KFAC(learning_rate, model=model, **settings)
 
 
-def quarter_decades(lowest):
-    """Ten learning rates a quarter decade apart from ``10**lowest`` (3 significant digits)."""
-    return tuple(float(f"{10.0 ** (lowest + k / 4):.3g}") for k in range(10))
+def sixth_decades(lowest):
+    """15 learning rates a sixth of a decade apart from ``10**lowest`` (3 significant digits).
+
+    Fifteen: the sensitivity report gives a robust range from 15 trials per knob.
+    """
+    return tuple(float(f"{10.0 ** (lowest + k / 6):.3g}") for k in range(15))
 
 
 # One row per optimizer: its factory ((learning rate, model) -> optimizer) and the
-# grid of learning rates its sweep tries (ten, so the sensitivity report gives a
+# grid of learning rates its sweep tries (15, so the sensitivity report gives a
 # robust range). KFAC registers the model it preconditions and takes the exact
 # Gauss-Newton factor of the problem's loss at the output layer.
 OPTIMIZERS = {
-    "adam": (lambda lr, model: keras.optimizers.Adam(lr), quarter_decades(-3.5)),
+    "adam": (lambda lr, model: keras.optimizers.Adam(lr), sixth_decades(-3.5)),
     "sgd_nesterov": (
         lambda lr, model: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
-        quarter_decades(-2.25),
+        sixth_decades(-2.25),
     ),
-    "shampoo": (lambda lr, model: Shampoo(lr), quarter_decades(-3.5)),
-    "soap": (lambda lr, model: SOAP(lr), quarter_decades(-3.5)),
-    "kfac": (lambda lr, model: make_kfac(lr, model), quarter_decades(-2.75)),
+    "shampoo": (lambda lr, model: Shampoo(lr), sixth_decades(-3.5)),
+    "soap": (lambda lr, model: SOAP(lr), sixth_decades(-3.5)),
+    "kfac": (lambda lr, model: make_kfac(lr, model), sixth_decades(-2.75)),
 }
 BASELINE = "adam"
 WITHIN = 0.10  # the issue's sensitivity rule: rates scoring within 10 % of the best
@@ -239,23 +243,31 @@ def _fit_options(problem, data, epochs):
         "y": y,
         "validation_data": (data["x"][:BATCH_SIZE], y[:BATCH_SIZE]),
         "epochs": epochs,
-        "batch_size": BATCH_SIZE,
         "verbose": 0,
         "callbacks": [keras.callbacks.EarlyStopping("loss", patience=epochs)],
     }
 
 
-def hypermodel(problem, optimizer_name, grid):
-    """``build(hp)`` for ``nnkit.tuning.tune``: the problem's model, its only knob the rate."""
-    factory = OPTIMIZERS[optimizer_name][0]
+class RateHyperModel(keras_tuner.HyperModel):
+    """The hypermodel of a sweep: the problem's model and optimizer, its only knob the rate.
 
-    def build(hp):
-        model = build_model(problem)
-        learning_rate = hp.Choice("learning_rate", list(grid))
-        model.compile(factory(learning_rate, model), loss=LOSSES[problem])
+    ``learning_rate`` is a ``Choice`` over ``grid`` (a grid search tries
+    each, in order); ``fit`` trains with the recipe's batch size.
+    """
+
+    def __init__(self, problem, optimizer_name, grid):
+        super().__init__(name=f"{problem}_{optimizer_name}")
+        self.problem, self.optimizer_name, self.grid = problem, optimizer_name, list(grid)
+
+    def build(self, hp):
+        model = build_model(self.problem)
+        learning_rate = hp.Choice("learning_rate", self.grid)
+        factory = OPTIMIZERS[self.optimizer_name][0]
+        model.compile(factory(learning_rate, model), loss=LOSSES[self.problem])
         return model
 
-    return build
+    def fit(self, hp, model, *args, **kwargs):
+        return model.fit(*args, batch_size=BATCH_SIZE, **kwargs)
 
 
 def to_target(run, target):
@@ -300,7 +312,7 @@ def sweep_and_rerun(problem, name, args, data):
     directory = os.path.join(args.out, "studies", f"{problem}_{name}")
     options = _fit_options(problem, data, args.epochs)
     x, y, callbacks = options.pop("x"), options.pop("y"), options.pop("callbacks")
-    build = hypermodel(problem, name, grid)
+    build = RateHyperModel(problem, name, grid)
     tuner = tune(
         build,
         x,

@@ -14,6 +14,7 @@ import pathlib
 import re
 
 import keras
+import keras_tuner
 import matplotlib.image
 import numpy as np
 import pytest
@@ -619,7 +620,7 @@ def test_second_order_quick_run_writes_every_output(second_order, tmp_path, caps
         assert result["sweep"][repr(result["best_learning_rate"])] == best
         # Two trials: the report gives no robust range; the 10 % width is 0 or one step.
         assert result["robust_range"] is None and result["robust_decades"] is None
-        assert result["within_10pct_decades"] in (0.0, pytest.approx(0.25, abs=1e-3))
+        assert result["within_10pct_decades"] in (0.0, pytest.approx(1 / 6, abs=5e-3))
         assert len(result["runs"]) == 3
         for run in result["runs"]:
             assert len(run["loss"]) == len(run["seconds"]) == 3
@@ -644,7 +645,18 @@ def test_second_order_models_and_measures(second_order):
     assert len(kfac.registered_layers) == 8 and kfac.output_fisher == "binary_crossentropy"
     for name, (_, grid) in second_order.OPTIMIZERS.items():
         ratios = np.array(grid[1:]) / np.array(grid[:-1])
-        assert len(grid) == 10 and np.allclose(ratios, 10**0.25, rtol=1e-2), name
+        assert len(grid) == 15 and np.allclose(ratios, 10 ** (1 / 6), rtol=1e-2), name
+    # The sweep's hypermodel: one knob, and fit at the recipe's batch size (15 steps an epoch).
+    hypermodel = second_order.RateHyperModel("autoencoder", "adam", (1e-3, 1e-2))
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+    assert list(hp.values) == ["learning_rate"] and hp["learning_rate"] == 1e-3
+    batches = []
+    counter = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: batches.append(batch)
+    )
+    hypermodel.fit(hp, model, data["x"], data["x"], epochs=1, verbose=0, callbacks=[counter])
+    assert len(batches) == 15
     run = {"loss": [3.0, 2.0, 1.0], "seconds": [0.5, 1.0, 1.5], "steps_per_epoch": 10}
     assert second_order.to_target(run, 2.0) == (20, 1.0)
     assert second_order.to_target(run, 0.5) == (None, None)
