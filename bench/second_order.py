@@ -7,7 +7,9 @@ Questions (issue 12), on the digits deep autoencoder of
 1. ``steps_to_target``: steps (and wall seconds) to reach tuned Adam's final
    training loss, each optimizer at its best learning rate from the recipe's
    sweep, relative to Adam (mean over ``--seeds``). Goal: Shampoo and SOAP
-   ``<= 1/1.5`` of Adam's steps.
+   ``<= 1/1.5`` of Adam's steps. ``--summary`` takes these figures from the
+   autoencoder of a recipe run (its ``summary.json``) instead of sweeping
+   again.
 2. ``step_time``: time of one training step at the default cadences
    (``Shampoo``: roots every 20 steps; ``SOAP``: basis every 10; ``KFAC``:
    inverses every 20), relative to Adam on the same model and batch. Goal:
@@ -85,6 +87,11 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: default)")
     parser.add_argument(
         "--optimizers", default=None, help="rows of the recipe's table (default: all)"
+    )
+    parser.add_argument(
+        "--summary",
+        default=None,
+        help="summary.json of a recipe run: its autoencoder gives the steps to target",
     )
     parser.add_argument(
         "--out",
@@ -170,8 +177,20 @@ def main(argv=None):
         + (["--optimizers", args.optimizers] if args.optimizers else [])
         + (["--quick"] if args.quick else [])
     )
+    if args.summary is None:
+        outcome = recipe.run_problem("autoencoder", recipe_args, data)
+    else:
+        summary = json.loads(pathlib.Path(args.summary).read_text(encoding="utf-8"))
+        outcome = summary["problems"]["autoencoder"]
+        missing = [n for n in recipe_args.optimizers if n not in outcome["optimizers"]]
+        if missing:
+            raise ValueError(
+                f"{args.summary} has no autoencoder results for {missing}. "
+                f"Received: summary={args.summary!r}"
+            )
+        outcome["optimizers"] = {n: outcome["optimizers"][n] for n in recipe_args.optimizers}
+        figures["steps_to_target_from"] = {"summary": args.summary, "args": summary["args"]}
     chosen = {n: c for n, c in PRECONDITIONED.items() if n in recipe_args.optimizers}
-    outcome = recipe.run_problem("autoencoder", recipe_args, data)
     adam = outcome["optimizers"][recipe.BASELINE]
     to_target = {"target_loss": outcome["target_loss"]}
     for name, result in outcome["optimizers"].items():

@@ -232,8 +232,8 @@ def _fit_options(problem, data, epochs):
     """What the sweep and the reruns pass to ``fit`` (and ``tune``): the same for both.
 
     ``tune`` needs validation data, but the objective is the training loss:
-    the first batch of the training set stands in (evaluating the whole set
-    every epoch would slow the sweep); the timed reruns drop it. The sweep
+    the first batch of the training set stands in, evaluated at the last
+    epoch only (``RateHyperModel.fit``); the timed reruns drop it. The sweep
     must run every epoch of every rate, so the patience of its early
     stopping is the whole run.
     """
@@ -252,7 +252,9 @@ class RateHyperModel(keras_tuner.HyperModel):
     """The hypermodel of a sweep: the problem's model and optimizer, its only knob the rate.
 
     ``learning_rate`` is a ``Choice`` over ``grid`` (a grid search tries
-    each, in order); ``fit`` trains with the recipe's batch size.
+    each, in order); ``fit`` trains with the recipe's batch size and
+    evaluates the validation data (which ``tune`` requires; the objective is
+    the training loss) at the last epoch only.
     """
 
     def __init__(self, problem, optimizer_name, grid):
@@ -267,6 +269,7 @@ class RateHyperModel(keras_tuner.HyperModel):
         return model
 
     def fit(self, hp, model, *args, **kwargs):
+        kwargs.setdefault("validation_freq", kwargs.get("epochs", 1))
         return model.fit(*args, batch_size=BATCH_SIZE, **kwargs)
 
 

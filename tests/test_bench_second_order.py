@@ -37,3 +37,13 @@ def test_quick_run_ends_with_one_json_object(capsys, tmp_path):
     expected = refresh["never_seconds_per_step"] + refresh["refresh_seconds"] / 10
     assert math.isclose(refresh["host_choice_seconds_per_step_lower_bound"], expected)
     assert figures["environment"]["backend"] == "tensorflow"
+
+
+def test_summary_must_hold_every_optimizer(tmp_path):
+    # --summary takes steps to target from a recipe run; a row it lacks is an error, not a gap.
+    summary = tmp_path / "summary.json"
+    adam = {"best_learning_rate": 1e-3, "steps_to_target": [30, 0], "seconds_to_target": [1, 0]}
+    outcome = {"target_loss": 0.3, "optimizers": {"adam": adam}}
+    summary.write_text(json.dumps({"args": {}, "problems": {"autoencoder": outcome}}))
+    with pytest.raises(ValueError, match=r"no autoencoder results for \['soap'\]"):
+        load_bench().main(["--quick", "--optimizers", "adam,soap", "--summary", str(summary)])
