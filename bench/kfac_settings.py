@@ -7,7 +7,8 @@ honest best shot. Starting from ``KFAC_SETTINGS`` of ``recipes/second_order.py``
 output layer's factor (``exact`` Gauss-Newton or ``empirical``), the inverse
 cadence (``inverse_every`` 5, 20, 50) and the KL clip (1e-4, 1e-3, 1e-2,
 none); ``--combine`` adds settings made of several changes, written
-``key=value`` joined by ``,``. Each setting trains ``--seeds`` seeds at the
+``key=value`` joined by ``,`` (``--combined-only``: those alone, e.g. a
+damping at another ``--learning-rate``). Each setting trains ``--seeds`` seeds at the
 learning rate and against the target of a recipe run (``--summary``: its
 ``summary.json``: K-FAC's best rate and the target, 1.05 × tuned Adam's final
 training loss), for the recipe's epochs.
@@ -72,6 +73,10 @@ def parse_args(argv=None):
         "--combine", action="append", default=[],
         help="one more setting, e.g. damping=0.1,damping_type=pi (repeatable)",
     )  # fmt: skip
+    parser.add_argument(
+        "--combined-only", action="store_true",
+        help="try only the --combine settings (e.g. a damping at another rate)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
@@ -85,8 +90,10 @@ def parse_args(argv=None):
     return args
 
 
-def settings_to_try(base, combined):
+def settings_to_try(base, combined, combined_only=False):
     """The base settings, each one-setting change of it, then the combined ones."""
+    if combined_only:
+        return list(combined)
     tried = [{}]
     for key, values in CHANGES.items():
         tried += [{key: value} for value in values if value != base[key]]
@@ -127,7 +134,7 @@ def main(argv=None):
     data = recipe.load_data()
     rows = []
     print(f"K-FAC at learning rate {learning_rate:g}, {epochs} epochs, target {target:.4f}")
-    for change in settings_to_try(recipe.KFAC_SETTINGS, args.combine):
+    for change in settings_to_try(recipe.KFAC_SETTINGS, args.combine, args.combined_only):
         row = run_setting(recipe, change, learning_rate, target, args.seeds, epochs, data)
         rows.append(row)
         label = ", ".join(f"{k}={v}" for k, v in change.items()) or "base"
