@@ -7,7 +7,9 @@ Questions (issue 12), on the digits deep autoencoder of
 1. ``steps_to_target``: steps (and wall seconds) to reach tuned Adam's final
    training loss, each optimizer at its best learning rate from the recipe's
    sweep, relative to Adam (mean over ``--seeds``). Goal: Shampoo and SOAP
-   ``<= 1/1.5`` of Adam's steps.
+   ``<= 1/1.5`` of Adam's steps. ``--summary`` takes these figures from the
+   autoencoder of a recipe run (its ``summary.json``) instead of sweeping
+   again.
 2. ``step_time``: time of one training step at the default cadences
    (``Shampoo``: roots every 20 steps; ``SOAP``: basis every 10; ``KFAC``:
    inverses every 20), relative to Adam on the same model and batch. Goal:
@@ -78,7 +80,7 @@ def load_recipe():
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=40, help="epochs per run for steps to target")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds at the best rate")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds at the best rate, >= 3")
     parser.add_argument("--steps", type=int, default=60, help="steps per timed epoch")
     parser.add_argument("--timed-epochs", type=int, default=3, help="timed epochs per fit")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of A c A timings")
@@ -86,13 +88,25 @@ def parse_args(argv=None):
     parser.add_argument(
         "--optimizers", default=None, help="rows of the recipe's table (default: all)"
     )
+    parser.add_argument(
+        "--summary",
+        default=None,
+        help="summary.json of a recipe run: its autoencoder gives the steps to target",
+    )
+    parser.add_argument(
+        "--out",
+        default=os.path.join("runs", "second_order_bench"),
+        help="the recipe's output folder for the sweep's studies (default runs/second_order_bench)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test (seconds)")
     args = parser.parse_args(argv)
-    for name in ("epochs", "seeds", "steps", "timed_epochs", "repeats"):
+    if args.seeds < 3:
+        parser.error("--seeds must be >= 3 (the recipe's reruns give a noise floor)")
+    for name in ("epochs", "steps", "timed_epochs", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.quick:
-        args.epochs, args.seeds, args.steps, args.timed_epochs, args.repeats = 3, 1, 20, 1, 1
+        args.epochs, args.seeds, args.steps, args.timed_epochs, args.repeats = 3, 3, 20, 1, 1
     return args
 
 
@@ -159,11 +173,24 @@ def main(argv=None):
     # 1. Steps to target, through the recipe's own sweep and reruns.
     recipe_args = recipe.parse_args(
         ["--problems", "autoencoder", "--epochs", str(args.epochs), "--seeds", str(args.seeds)]
+        + ["--out", args.out]
         + (["--optimizers", args.optimizers] if args.optimizers else [])
         + (["--quick"] if args.quick else [])
     )
+    if args.summary is None:
+        outcome = recipe.run_problem("autoencoder", recipe_args, data)
+    else:
+        summary = json.loads(pathlib.Path(args.summary).read_text(encoding="utf-8"))
+        outcome = summary["problems"]["autoencoder"]
+        missing = [n for n in recipe_args.optimizers if n not in outcome["optimizers"]]
+        if missing:
+            raise ValueError(
+                f"{args.summary} has no autoencoder results for {missing}. "
+                f"Received: summary={args.summary!r}"
+            )
+        outcome["optimizers"] = {n: outcome["optimizers"][n] for n in recipe_args.optimizers}
+        figures["steps_to_target_from"] = {"summary": args.summary, "args": summary["args"]}
     chosen = {n: c for n, c in PRECONDITIONED.items() if n in recipe_args.optimizers}
-    outcome = recipe.run_problem("autoencoder", recipe_args, data)
     adam = outcome["optimizers"][recipe.BASELINE]
     to_target = {"target_loss": outcome["target_loss"]}
     for name, result in outcome["optimizers"].items():

@@ -16,9 +16,15 @@ SGD with Nesterov momentum, ``nnkit.optimizers.Shampoo``,
 ``nnkit.optimizers.SOAP``, ``nnkit.optimizers.KFAC``; one row per optimizer,
 so another method is one more row). Every optimizer gets the same treatment:
 
-1. a learning-rate sweep over its own log-spaced grid (``--sweep-seeds``
-   seeds per rate, the final training loss averaged over them);
-2. the best rate of the sweep rerun with ``--seeds`` seeds;
+1. a learning-rate sweep through ``nnkit.tuning.tune``: a grid search
+   (``tuner="grid"``) whose only knob is ``learning_rate``, a ``Choice``
+   over the optimizer's own grid of 15 rates a sixth of a decade apart,
+   so every rate is tried; the score of a rate is its lowest epoch training
+   loss (keras-tuner's convention; ``--sweep-seeds`` executions averaged),
+   recorded in a study directory ``<out>/studies/<problem>_<optimizer>``;
+2. the best rate rerun with ``--seeds`` seeds by
+   ``nnkit.tuning.rerun_best`` (which writes the study's ``seeds.csv``, the
+   noise floor of its sensitivity report);
 3. per seed, the steps and the seconds to reach the *target* training loss:
    ``--target-factor`` (default 1.05) × the final loss of tuned Adam (the
    mean over its seeds), so "target reached" means "within 5 % of tuned
@@ -26,9 +32,14 @@ so another method is one more row). Every optimizer gets the same treatment:
 
 The training loss is the epoch's mean mini-batch loss (Keras's ``loss``
 log); a step is one mini-batch. The learning-rate *sensitivity* of each
-optimizer is the width, in decades, of the range of swept rates whose final
-loss lies within 10 % of its best (``log10(max/min)`` of those rates; wider
-is more forgiving).
+optimizer comes from ``nnkit.tuning.sensitivity_report`` on its study: the
+width in decades, ``log10(high/low)``, of the report's robust range of
+``learning_rate`` (the swept rates whose score lies within twice the
+seed-to-seed standard deviation of the best; wider is more forgiving). The
+report's rule is a noise rule, not the issue's "within 10 % of the best
+loss", so the width of the swept rates scoring within 10 % of the best is
+reported beside it, from the same trials. The report needs 15 trials for
+a range: ``--quick`` (two rates) has none.
 
 It prints a table per problem (steps and seconds to target, mean ± standard
 deviation over the seeds, final loss, best rate, sensitivity), says plainly
@@ -40,9 +51,12 @@ which optimizer reached the target in the fewest steps and the least time
                             steps and seconds to target, the sensitivity
     <problem>_loss.png      training loss against steps and against seconds
                             (mean over the seeds, each at its best rate)
+    studies/<problem>_<optimizer>/
+                            the nnkit.tuning study of the sweep, with its
+                            sensitivity report (report/report.md)
 
-``--quick`` runs a few epochs, a two-rate grid and one seed (seconds; the
-recipe test). Run ``python recipes/second_order.py --help`` for the options.
+``--quick`` runs a few epochs, a two-rate grid and three seeds (seconds;
+the recipe test). Run ``python recipes/second_order.py --help`` for the options.
 """
 
 import argparse
@@ -55,10 +69,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 from nnkit.optimizers import KFAC, SOAP, Shampoo  # noqa: E402
+from nnkit.tuning import rerun_best, sensitivity_report, tune  # noqa: E402
 
 PROBLEMS = ("autoencoder", "classifier")
 ENCODER = (48, 32, 16)  # hidden widths before the 8-unit code; the decoder mirrors them
@@ -68,26 +84,53 @@ BATCH_SIZE = 128
 
 LOSSES = {"autoencoder": "binary_crossentropy", "classifier": "categorical_crossentropy"}
 
+
+# KFAC's settings besides the rate. "exact" output_fisher: the Gauss-Newton factor of
+# the problem's loss at the output layer. bench/kfac_settings.py searched them on the
+# autoencoder (docs/second-order.md): only damping and its type mattered, and the
+# first settings' 1e-2 eigen damping were best; kl_clip 1e-4 (instead of 1e-3, which
+# never clipped) gave the lowest final loss, within the seed-to-seed noise.
+KFAC_SETTINGS = {
+    "damping": 1e-2,
+    "damping_type": "eigen",
+    "output_fisher": "exact",
+    "inverse_every": 20,
+    "kl_clip": 1e-4,
+}
+
+
+def make_kfac(learning_rate, model, **settings):
+    """``KFAC`` registered on ``model`` with ``KFAC_SETTINGS``, updated by ``settings``."""
+    settings = {**KFAC_SETTINGS, **settings}
+    if settings["output_fisher"] == "exact":
+        settings["output_fisher"] = LOSSES[model.name]
+    return KFAC(learning_rate, model=model, **settings)
+
+
+def sixth_decades(lowest):
+    """15 learning rates a sixth of a decade apart from ``10**lowest`` (3 significant digits).
+
+    Fifteen: the sensitivity report gives a robust range from 15 trials per knob.
+    """
+    return tuple(float(f"{10.0 ** (lowest + k / 6):.3g}") for k in range(15))
+
+
 # One row per optimizer: its factory ((learning rate, model) -> optimizer) and the
-# grid of learning rates its sweep tries. KFAC registers the model it preconditions
-# and takes the exact Gauss-Newton factor of the problem's loss at the output layer.
+# grid of learning rates its sweep tries (15, so the sensitivity report gives a
+# robust range). KFAC registers the model it preconditions and takes the exact
+# Gauss-Newton factor of the problem's loss at the output layer.
 OPTIMIZERS = {
-    "adam": (lambda lr, model: keras.optimizers.Adam(lr), (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
+    "adam": (lambda lr, model: keras.optimizers.Adam(lr), sixth_decades(-3.5)),
     "sgd_nesterov": (
         lambda lr, model: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
-        (0.01, 0.03, 0.1, 0.3, 1.0),
+        sixth_decades(-2.25),
     ),
-    "shampoo": (lambda lr, model: Shampoo(lr), (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
-    "soap": (lambda lr, model: SOAP(lr), (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
-    "kfac": (
-        lambda lr, model: KFAC(
-            lr, model=model, damping=1e-2, damping_type="eigen", output_fisher=LOSSES[model.name]
-        ),
-        (3e-3, 1e-2, 3e-2, 0.1, 0.3),
-    ),
+    "shampoo": (lambda lr, model: Shampoo(lr), sixth_decades(-3.5)),
+    "soap": (lambda lr, model: SOAP(lr), sixth_decades(-3.5)),
+    "kfac": (lambda lr, model: make_kfac(lr, model), sixth_decades(-2.75)),
 }
 BASELINE = "adam"
-WITHIN = 0.10  # sensitivity: rates whose final loss is within 10 % of the best
+WITHIN = 0.10  # the issue's sensitivity rule: rates scoring within 10 % of the best
 
 
 def parse_args(argv=None):
@@ -96,7 +139,9 @@ def parse_args(argv=None):
         "deep autoencoder (and the digits MLP classifier as the control)."
     )
     parser.add_argument("--epochs", type=int, default=60, help="epochs per run (default 60)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds at the best rate (default 3)")
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="seeds at the best rate, >= 3 (default 3)"
+    )
     parser.add_argument(
         "--sweep-seeds", type=int, default=1, help="seeds per swept rate (default 1)"
     )
@@ -119,7 +164,7 @@ def parse_args(argv=None):
         "--quick", action="store_true", help="a few epochs, two rates, one seed (seconds)"
     )
     args = parser.parse_args(argv)
-    for name in ("epochs", "seeds", "sweep_seeds"):
+    for name in ("epochs", "sweep_seeds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not (math.isfinite(args.target_factor) and args.target_factor > 0):
@@ -134,7 +179,9 @@ def parse_args(argv=None):
     if not args.problems or any(name not in PROBLEMS for name in args.problems):
         parser.error(f"--problems: choose from {list(PROBLEMS)}")
     if args.quick:
-        args.epochs, args.seeds, args.sweep_seeds = min(args.epochs, 3), 1, 1
+        args.epochs, args.seeds, args.sweep_seeds = min(args.epochs, 3), 3, 1
+    if args.seeds < 3:
+        parser.error("--seeds must be >= 3 (nnkit.tuning.rerun_best's noise floor needs three)")
     return args
 
 
@@ -146,9 +193,10 @@ def load_data():
     return {"x": x, "labels": labels}
 
 
-def build_model(problem, seed):
-    """The autoencoder or the classifier, seeded."""
-    keras.utils.set_random_seed(seed)
+def build_model(problem, seed=None):
+    """The autoencoder or the classifier, seeded unless ``seed`` is None (the tuner seeds)."""
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     layers = [keras.Input((64,))]
     if problem == "autoencoder":
         layers += [keras.layers.Dense(width, activation="tanh") for width in ENCODER]
@@ -161,30 +209,71 @@ def build_model(problem, seed):
     return keras.Sequential(layers, name=problem)
 
 
-class _Clock(keras.callbacks.Callback):
-    """Seconds since the start of training at every epoch end (compilation included)."""
+class _Recorder(keras.callbacks.Callback):
+    """Per training run: the loss and the seconds since its start at every epoch end.
+
+    The seconds include compilation. One recorder follows every run it is
+    passed to (``rerun_best`` trains once per seed).
+    """
+
+    def __init__(self, steps_per_epoch):
+        super().__init__()
+        self.steps_per_epoch = steps_per_epoch
+        self.runs = []
 
     def on_train_begin(self, logs=None):
-        self.start, self.seconds = time.perf_counter(), []
+        self.start = time.perf_counter()
+        self.runs.append({"loss": [], "seconds": [], "steps_per_epoch": self.steps_per_epoch})
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.start)
+        value = float(logs["loss"])
+        self.runs[-1]["loss"].append(value if math.isfinite(value) else float("inf"))
+        self.runs[-1]["seconds"].append(time.perf_counter() - self.start)
 
 
-def train(problem, optimizer_name, learning_rate, seed, epochs, data):
-    """One run: ``{"loss": [per epoch], "seconds": [per epoch], "steps_per_epoch": n}``."""
-    model = build_model(problem, seed)
-    factory, _ = OPTIMIZERS[optimizer_name]
-    model.compile(factory(learning_rate, model), loss=LOSSES[problem])
+def _fit_options(problem, data, epochs):
+    """What the sweep and the reruns pass to ``fit`` (and ``tune``): the same for both.
+
+    ``tune`` needs validation data, but the objective is the training loss:
+    the first batch of the training set stands in, evaluated at the last
+    epoch only (``RateHyperModel.fit``); the timed reruns drop it. The sweep
+    must run every epoch of every rate, so the patience of its early
+    stopping is the whole run.
+    """
     y = data["x"] if problem == "autoencoder" else data["labels"]
-    clock = _Clock()
-    history = model.fit(
-        data["x"], y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0, callbacks=[clock]
-    )
-    losses = [float(value) for value in history.history["loss"]]
-    losses = [value if math.isfinite(value) else float("inf") for value in losses]
-    steps_per_epoch = math.ceil(len(data["x"]) / BATCH_SIZE)
-    return {"loss": losses, "seconds": clock.seconds, "steps_per_epoch": steps_per_epoch}
+    return {
+        "x": data["x"],
+        "y": y,
+        "validation_data": (data["x"][:BATCH_SIZE], y[:BATCH_SIZE]),
+        "epochs": epochs,
+        "verbose": 0,
+        "callbacks": [keras.callbacks.EarlyStopping("loss", patience=epochs)],
+    }
+
+
+class RateHyperModel(keras_tuner.HyperModel):
+    """The hypermodel of a sweep: the problem's model and optimizer, its only knob the rate.
+
+    ``learning_rate`` is a ``Choice`` over ``grid`` (a grid search tries
+    each, in order); ``fit`` trains with the recipe's batch size and
+    evaluates the validation data (which ``tune`` requires; the objective is
+    the training loss) at the last epoch only.
+    """
+
+    def __init__(self, problem, optimizer_name, grid):
+        super().__init__(name=f"{problem}_{optimizer_name}")
+        self.problem, self.optimizer_name, self.grid = problem, optimizer_name, list(grid)
+
+    def build(self, hp):
+        model = build_model(self.problem)
+        learning_rate = hp.Choice("learning_rate", self.grid)
+        factory = OPTIMIZERS[self.optimizer_name][0]
+        model.compile(factory(learning_rate, model), loss=LOSSES[self.problem])
+        return model
+
+    def fit(self, hp, model, *args, **kwargs):
+        kwargs.setdefault("validation_freq", kwargs.get("epochs", 1))
+        return model.fit(*args, batch_size=BATCH_SIZE, **kwargs)
 
 
 def to_target(run, target):
@@ -195,14 +284,77 @@ def to_target(run, target):
     return None, None
 
 
-def sensitivity(sweep):
-    """Decades of swept rates within ``WITHIN`` of the best final loss (0.0: only the best)."""
+def decades(rates):
+    """``log10(max/min)`` of some learning rates, or None when there are none."""
+    if rates is None or len(rates) == 0:
+        return None
+    return float(math.log10(max(rates) / min(rates)))
+
+
+def within_best(sweep, within=WITHIN):
+    """The swept rates whose score lies within ``within`` (relative) of the best."""
     finite = {lr: loss for lr, loss in sweep.items() if math.isfinite(loss)}
     if not finite:
-        return 0.0
+        return []
     best = min(finite.values())
-    good = [lr for lr, loss in finite.items() if loss <= best * (1.0 + WITHIN)]
-    return float(math.log10(max(good) / min(good)))
+    return sorted(lr for lr, loss in finite.items() if loss <= best * (1.0 + within))
+
+
+def sweep_scores(tuner):
+    """``{learning rate: score}`` of every trial (``inf`` for a failed, diverged one)."""
+    scores = {}
+    for trial in tuner.oracle.trials.values():
+        score = trial.score
+        finite = score is not None and math.isfinite(score)
+        scores[trial.hyperparameters.values["learning_rate"]] = score if finite else math.inf
+    return dict(sorted(scores.items()))
+
+
+def sweep_and_rerun(problem, name, args, data):
+    """The ``nnkit.tuning`` sweep of one optimizer, its reruns at the best rate, its report."""
+    grid = OPTIMIZERS[name][1]
+    if args.quick:
+        grid = grid[4:6]
+    directory = os.path.join(args.out, "studies", f"{problem}_{name}")
+    options = _fit_options(problem, data, args.epochs)
+    x, y, callbacks = options.pop("x"), options.pop("y"), options.pop("callbacks")
+    build = RateHyperModel(problem, name, grid)
+    tuner = tune(
+        build,
+        x,
+        y,
+        validation_data=options.pop("validation_data"),
+        directory=directory,
+        tuner="grid",
+        max_trials=None,
+        epochs=args.epochs,
+        seed=0,
+        executions_per_trial=args.sweep_seeds,
+        objective="loss",
+        callbacks=callbacks,
+        max_consecutive_failed_trials=len(grid),  # the top rates may all diverge
+        overwrite=True,
+    )
+    sweep = sweep_scores(tuner)
+    recorder = _Recorder(math.ceil(len(x) / BATCH_SIZE))
+    options = _fit_options(problem, data, args.epochs)
+    del options["validation_data"]  # the reruns' seconds are training only
+    options["callbacks"] = [recorder]
+    rerun_best(directory, build, seeds=tuple(range(args.seeds)), **options)
+    report = sensitivity_report(directory, n_bootstrap=0)
+    robust = report.robust_ranges.get("learning_rate")
+    good = within_best(sweep)
+    return {
+        "study": directory,
+        "sweep": {repr(lr): loss for lr, loss in sweep.items()},
+        "best_learning_rate": tuner.get_best_hyperparameters()[0]["learning_rate"],
+        "robust_range": None if robust is None else [min(robust), max(robust)],
+        "robust_decades": decades(robust),
+        "noise": report.noise,
+        "within_10pct": [min(good), max(good)] if good else None,
+        "within_10pct_decades": decades(good),
+        "runs": recorder.runs,
+    }
 
 
 def _mean_std(values):
@@ -216,27 +368,9 @@ def run_problem(problem, args, data):
     """Sweep, rerun at the best rate and measure steps/seconds to target, per optimizer."""
     results = {}
     for name in args.optimizers:
-        grid = OPTIMIZERS[name][1]
-        if args.quick:
-            grid = grid[1:3]
-        sweep = {}
-        for lr in grid:
-            finals = [
-                train(problem, name, lr, 1000 + s, args.epochs, data)["loss"][-1]
-                for s in range(args.sweep_seeds)
-            ]
-            sweep[lr] = float(np.mean(finals))
-        best_lr = min(sweep, key=lambda lr: (sweep[lr], lr))
-        runs = [
-            train(problem, name, best_lr, seed, args.epochs, data) for seed in range(args.seeds)
-        ]
-        results[name] = {
-            "sweep": {repr(lr): loss for lr, loss in sweep.items()},
-            "best_learning_rate": best_lr,
-            "sensitivity_decades": sensitivity(sweep),
-            "runs": runs,
-            "final_loss": _mean_std([run["loss"][-1] for run in runs]),
-        }
+        result = sweep_and_rerun(problem, name, args, data)
+        result["final_loss"] = _mean_std([run["loss"][-1] for run in result["runs"]])
+        results[name] = result
     target = args.target_factor * results[BASELINE]["final_loss"][0]
     for result in results.values():
         reached = [to_target(run, target) for run in result["runs"]]
@@ -253,20 +387,28 @@ def _fmt(pair, digits=0):
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _width(value):
+    return "–" if value is None else f"{value:.2f}"
+
+
 def report(problem, outcome, seeds):
     """The printed table and the plain verdict."""
     lines = [f"== {problem}: target training loss {outcome['target_loss']:.4f} (tuned Adam's)"]
     lines.append(
         f"{'optimizer':<14}{'best lr':>9}  {'steps to target':>17}  {'seconds to target':>17}  "
-        f"{'final loss':>17}  {'lr range (dec)':>14}"
+        f"{'final loss':>17}  {'robust (dec)':>12}  {'10 % (dec)':>10}"
     )
     results = outcome["optimizers"]
     for name, r in results.items():
         lines.append(
-            f"{name:<14}{r['best_learning_rate']:>9.0e}  {_fmt(r['steps_to_target']):>17}  "
+            f"{name:<14}{r['best_learning_rate']:>9.3g}  {_fmt(r['steps_to_target']):>17}  "
             f"{_fmt(r['seconds_to_target'], 2):>17}  {_fmt(r['final_loss'], 4):>17}  "
-            f"{r['sensitivity_decades']:>14.2f}"
+            f"{_width(r['robust_decades']):>12}  {_width(r['within_10pct_decades']):>10}"
         )
+    lines.append(
+        "robust: width of the sensitivity report's robust range of learning_rate (within 2σ "
+        "of the best); 10 %: width of the swept rates within 10 % of the best"
+    )
     for name, r in results.items():
         if r["seeds_reaching_target"] < seeds:
             lines.append(f"{name}: {r['seeds_reaching_target']}/{seeds} seeds reached the target")

@@ -18,15 +18,15 @@ def load_bench():
 
 
 @pytest.mark.slow
-def test_quick_run_ends_with_one_json_object(capsys):
+def test_quick_run_ends_with_one_json_object(capsys, tmp_path):
     # Adam and SOAP keep the smoke test short; the full run has every row.
-    figures = load_bench().main(["--quick", "--optimizers", "adam,soap"])
+    figures = load_bench().main(["--quick", "--optimizers", "adam,soap", "--out", str(tmp_path)])
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last_line) == json.loads(json.dumps(figures))
     to_target = figures["steps_to_target"]
     assert set(to_target) == {"target_loss", "adam", "soap"}
     assert to_target["adam"]["steps_ratio"] == 1.0  # the reference
-    assert to_target["adam"]["seeds_reaching_target"] == 1
+    assert to_target["adam"]["seeds_reaching_target"] == 3  # rerun_best's three seeds
     assert set(figures["step_time"]) == set(figures["refresh"]) == {"soap"}
     step = figures["step_time"]["soap"]
     assert step["ratio_to_adam"] > 0 and step["seconds_per_step"] > 0
@@ -37,3 +37,13 @@ def test_quick_run_ends_with_one_json_object(capsys):
     expected = refresh["never_seconds_per_step"] + refresh["refresh_seconds"] / 10
     assert math.isclose(refresh["host_choice_seconds_per_step_lower_bound"], expected)
     assert figures["environment"]["backend"] == "tensorflow"
+
+
+def test_summary_must_hold_every_optimizer(tmp_path):
+    # --summary takes steps to target from a recipe run; a row it lacks is an error, not a gap.
+    summary = tmp_path / "summary.json"
+    adam = {"best_learning_rate": 1e-3, "steps_to_target": [30, 0], "seconds_to_target": [1, 0]}
+    outcome = {"target_loss": 0.3, "optimizers": {"adam": adam}}
+    summary.write_text(json.dumps({"args": {}, "problems": {"autoencoder": outcome}}))
+    with pytest.raises(ValueError, match=r"no autoencoder results for \['soap'\]"):
+        load_bench().main(["--quick", "--optimizers", "adam,soap", "--summary", str(summary)])

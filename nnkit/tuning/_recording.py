@@ -168,7 +168,7 @@ class RecordingMixin(TunerHooks):
 
     Args (keyword-only; the rest go to the keras-tuner tuner):
         study_dir: The study directory.
-        tuner_kind: ``"random"``, ``"bayesian"``, ``"hyperband"`` or
+        tuner_kind: ``"random"``, ``"bayesian"``, ``"hyperband"``, ``"grid"`` or
             ``"custom"``, for ``study.json``.
         sweep_seed: The sweep's seed (``None``: executions are not seeded).
     """

@@ -36,7 +36,7 @@ HP_TYPES = ("float", "int", "choice", "boolean", "fixed")
 SAMPLINGS = ("linear", "log", "reverse_log")
 STATUSES = ("completed", "failed", "stopped", "invalid")
 DIRECTIONS = ("min", "max")
-TUNERS = ("random", "bayesian", "hyperband", "custom")
+TUNERS = ("random", "bayesian", "hyperband", "grid", "custom")
 FIXED_COLUMNS = (
     "trial_id",
     "status",

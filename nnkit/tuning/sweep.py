@@ -16,7 +16,7 @@ from nnkit.tuning.hypermodel import MLPHyperModel, _has_early_stopping
 from nnkit.tuning.median_stopping import MedianStopping
 from nnkit.tuning.search_space import SearchSpace
 
-TUNERS = ("random", "bayesian", "hyperband")
+TUNERS = ("random", "bayesian", "hyperband", "grid")
 #: Folder of keras-tuner's own project inside the study directory.
 TUNER_FOLDER = "tuner"
 _STUDY_FILES = ("study.json", "trials.csv", "seeds.csv")
@@ -35,10 +35,15 @@ class RecordingHyperband(RecordingMixin, keras_tuner.Hyperband):
     """``keras_tuner.Hyperband`` that writes the nnkit study directory."""
 
 
+class RecordingGridSearch(RecordingMixin, keras_tuner.GridSearch):
+    """``keras_tuner.GridSearch`` that writes the nnkit study directory."""
+
+
 _CLASSES = {
     "random": RecordingRandomSearch,
     "bayesian": RecordingBayesianOptimization,
     "hyperband": RecordingHyperband,
+    "grid": RecordingGridSearch,
 }
 
 
@@ -209,11 +214,12 @@ def tune(
             Required.
         directory: The study directory (created if needed). Keyword-only.
             Required.
-        tuner: ``"random"``, ``"bayesian"`` or ``"hyperband"``.
-            Defaults to ``"random"``.
-        max_trials: Number of trials, an int ``>= 1`` (for Hyperband a cap
-            on its schedule; ``None`` runs the whole schedule). Defaults to
-            ``20``.
+        tuner: ``"random"``, ``"bayesian"``, ``"hyperband"`` or ``"grid"``
+            (every combination of the ``Choice`` values and stepped ranges,
+            in order: e.g. a learning-rate grid). Defaults to ``"random"``.
+        max_trials: Number of trials, an int ``>= 1`` (for Hyperband and
+            grid a cap on the schedule or the grid; ``None`` runs all of
+            it). Defaults to ``20``.
         epochs: Epochs per trial (Hyperband's ``max_epochs``); ``None`` for
             the ``MLPHyperModel``'s, or 20. Defaults to ``None``.
         seed: Seed of the sweep, an int ``>= 0``, or ``None``.
@@ -241,8 +247,8 @@ def tune(
             Defaults to ``0``.
 
     Returns:
-        The keras-tuner tuner (a ``RandomSearch``, ``BayesianOptimization``
-        or ``Hyperband`` subclass) after the search:
+        The keras-tuner tuner (a ``RandomSearch``, ``BayesianOptimization``,
+        ``Hyperband`` or ``GridSearch`` subclass) after the search:
         ``tuner.get_best_hyperparameters()``, ``tuner.get_best_models()``
         work as usual.
 
@@ -270,7 +276,7 @@ def tune(
     """
     kind = v.check_one_of("tuner", tuner, TUNERS)
     max_trials = v.check_optional_int("max_trials", max_trials, minimum=1)
-    if max_trials is None and kind != "hyperband":
+    if max_trials is None and kind not in ("hyperband", "grid"):
         raise ValueError(f"`max_trials` is required for tuner={kind!r}. Received: max_trials=None")
     seed = v.check_optional_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
     executions_per_trial = v.check_positive_int("executions_per_trial", executions_per_trial)
@@ -314,7 +320,7 @@ def tune(
     }
     if kind == "hyperband":
         options["max_epochs"] = epochs
-    else:
+    elif max_trials is not None or kind != "grid":
         options["max_trials"] = max_trials
     try:
         result = _CLASSES[kind](**options)

@@ -199,8 +199,8 @@ def test_bad_specs(kwargs, match):
 def test_bad_header_and_trial(tmp_path):
     with pytest.raises(ValueError, match="unique"):
         study_header([SPECS[0], SPECS[0]])
-    with pytest.raises(ValueError, match="tuner='grid'"):
-        study_header(SPECS, tuner="grid")
+    with pytest.raises(ValueError, match="tuner='sobol'"):
+        study_header(SPECS, tuner="sobol")
     with pytest.raises(ValueError, match="status='done'"):
         write_trial(tmp_path, dict(_trials()[0], status="done"), update_csv=False)
 

@@ -180,6 +180,24 @@ def test_other_tuners_write_the_same_study(tmp_path, kind, trials):
         assert rows[3]["epochs_run"] == "2"
 
 
+def test_grid_tries_every_choice_in_order(tmp_path):
+    def build(hp):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        lr = hp.Choice("lr", [0.3, 0.01, 0.1])
+        model.compile(keras.optimizers.SGD(lr), loss="mse", run_eagerly=True)
+        return model
+
+    directory = tmp_path / "grid"
+    tuner = _tune(build, directory, tuner="grid", max_trials=None, epochs=1)
+    assert json.loads((directory / "study.json").read_text())["tuner"] == "grid"
+    rows = _rows(directory)
+    assert [float(row["hp:lr"]) for row in rows] == [0.3, 0.01, 0.1]
+    assert all(row["status"] == "completed" for row in rows)
+    assert len(tuner.oracle.trials) == 3  # the grid is exhausted: no fourth trial
+    capped = _tune(build, tmp_path / "capped", tuner="grid", max_trials=2, epochs=1)
+    assert len(capped.oracle.trials) == 2
+
+
 # -- resume after a kill ----------------------------------------------------------------------
 
 
@@ -345,7 +363,7 @@ def test_median_stopped_trials_are_recorded_as_stopped(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"tuner": "grid"}, ValueError, "tuner='grid'"),
+        ({"tuner": "sobol"}, ValueError, "tuner='sobol'"),
         ({"max_trials": 0}, ValueError, "max_trials=0"),
         ({"seed": -1}, ValueError, "seed=-1"),
         ({"validation_data": None}, ValueError, "validation_data=None"),
