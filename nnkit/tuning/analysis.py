@@ -104,9 +104,25 @@ def robust_range(study, rows, mask, name):
     )
 
 
+def _choice_edge_warning(name, spec, value):
+    # A grid of numbers (e.g. learning rates as a Choice): its ends are edges too.
+    values = spec.get("values") or []
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) < 3 or len(numbers) != len(values) or value not in (min(numbers), max(numbers)):
+        return None
+    side = "lowest" if value == min(numbers) else "highest"
+    return (
+        f"The best `{name}` ({_fmt(value)}) is the {side} of its choices "
+        f"[{_fmt(min(numbers))} … {_fmt(max(numbers))}]: the optimum may be beyond it; "
+        "add values on that side."
+    )
+
+
 def edge_warning(study, name, value):
     """A sentence when the best value lies at an edge of the searched range, else None."""
     spec = study.spec(name)
+    if spec["type"] == "choice" and value is not None:
+        return _choice_edge_warning(name, spec, value)
     if not is_numeric(spec) or value is None or spec["min"] == spec["max"]:
         return None
     low, high = encode(spec, spec["min"]), encode(spec, spec["max"])

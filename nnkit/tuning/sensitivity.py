@@ -217,19 +217,30 @@ def _markdown(study, report, rows, mask, threshold, sign, noise_source, values, 
         lines += ["No hyperparameter took more than one value; nothing to rank.", ""]
     else:
         result = report.importance
+        if result.n_bootstrap:
+            about = (
+                f"Interval: 5th–95th percentile over {result.n_bootstrap} bootstrap resamples of "
+                f'the {result.n_trials} trials. "Top two" is how often the knob ranks in the top '
+                "two across resamples."
+            )
+        else:
+            about = (
+                f"No bootstrap resamples (n_bootstrap=0): the importances of the "
+                f"{result.n_trials} trials come without intervals."
+            )
         lines += [
-            f"Method: {result.method}. Interval: 5th–95th percentile over {result.n_bootstrap} "
-            f'bootstrap resamples of the {result.n_trials} trials. "Top two" is how often the '
-            "knob ranks in the top two across resamples.",
+            f"Method: {result.method}. {about}",
             "",
             "| rank | hyperparameter | importance | 90 % interval | top two |",
             "|---:|---|---:|---|---:|",
         ]
         for rank, name in enumerate(result.names, 1):
+            interval, top_two = "–", "–"
+            if result.n_bootstrap:
+                interval = f"{result.low[name]:.3f} – {result.high[name]:.3f}"
+                top_two = f"{result.top_two_share[name]:.0%}"
             lines.append(
-                f"| {rank} | `{name}` | {result.point[name]:.3f} | "
-                f"{result.low[name]:.3f} – {result.high[name]:.3f} | "
-                f"{result.top_two_share[name]:.0%} |"
+                f"| {rank} | `{name}` | {result.point[name]:.3f} | {interval} | {top_two} |"
             )
         lines += ["", _image(report, "importance", "importance.png"), ""]
     if report.warnings:

@@ -314,3 +314,21 @@ def test_every_line_of_a_knob_plot_is_in_its_legend(tmp_path, monkeypatch, seeds
         assert sorted(legend) == sorted(labels), name
         expected = "within 2σ of the best" if seeds else "best 10 % cut-off"
         assert expected in legend
+
+
+def test_no_bootstrap_gives_importances_without_intervals_not_nan(tmp_path):
+    write_random_study(tmp_path, SPECS, _bowl, n_trials=40, seed=0)
+    report = sensitivity_report(tmp_path, n_bootstrap=0, plots=False)
+    text = report.path.read_text()
+    assert "nan" not in text.lower()
+    assert "No bootstrap resamples (n_bootstrap=0)" in text
+    assert "| 1 | `lr` |" in text
+
+
+def test_a_best_value_at_the_end_of_a_numeric_choice_grid_is_warned(tmp_path):
+    grid = [0.001, 0.003, 0.01, 0.03]
+    specs = [{"name": "lr", "type": "choice", "values": grid}]
+    write_random_study(tmp_path, specs, lambda v, rng: -v["lr"] + 0.001 * rng.normal(),
+                       n_trials=20, seed=0)  # fmt: skip
+    report = sensitivity_report(tmp_path, n_bootstrap=0, plots=False)
+    assert any("highest of its choices" in w and "`lr` (0.03)" in w for w in report.warnings)
