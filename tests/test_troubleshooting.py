@@ -61,7 +61,7 @@ def _fit(callbacks, x=X, **kwargs):
 
 def _nan_x():
     x = X.copy()
-    x[:8] = np.nan  # the first batch: a NaN in the data
+    x[:8] = np.nan  # the first batch (fit with shuffle=False): a NaN in the data
     return x
 
 
@@ -74,21 +74,20 @@ def unknown_direction():
 
 
 def nan_gradients():
-    return _warning(
-        lambda: _fit([GradientNormMonitor(every_n_steps=1)], x=_nan_x()), RuntimeWarning
-    )
+    monitor = GradientNormMonitor(every_n_steps=1)
+    return _warning(lambda: _fit([monitor], x=_nan_x(), shuffle=False), RuntimeWarning)
 
 
 def nan_stop(capsys):
     monitor = GradientNormMonitor(every_n_steps=1, on_nonfinite="stop")
-    _fit([monitor], x=_nan_x())
+    _fit([monitor], x=_nan_x(), shuffle=False)
     assert monitor.stop_message in capsys.readouterr().out  # printed, not only stored
     return monitor.stop_message
 
 
 def nan_skip():
     monitor = GradientNormMonitor(every_n_steps=1, on_nonfinite="skip")
-    return _warning(lambda: _fit([monitor], x=_nan_x()), RuntimeWarning)
+    return _warning(lambda: _fit([monitor], x=_nan_x(), shuffle=False), RuntimeWarning)
 
 
 def unknown_class():
