@@ -21,10 +21,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) recipes/digits_mlp.py --out runs/digits
 
-# The docs build runs first so that pytest's summary line closes the output.
+# Lint, format and the docs build run first so that pytest's summary line closes the output.
 # `-n auto`: one pytest-xdist worker per core; every test is independent of
 # the others (own tmp_path, free ports, own processes).
 test: $(STAMP)
+	$(VENV)/bin/ruff check --quiet nnkit tests recipes bench
+	$(VENV)/bin/ruff format --check --quiet nnkit tests recipes bench
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .site
 	$(PY) -m pytest -n auto
 
@@ -46,6 +48,7 @@ test-keras-next:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nnkit tests recipes bench
+	$(VENV)/bin/ruff format --check nnkit tests recipes bench
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir .site

@@ -61,7 +61,9 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as root:
             error = harness.baseline_works(name, root)
             if error:
-                problems.append({"name": name, "parameter": None, "outcome": f"valid call: {error}"})
+                problems.append(
+                    {"name": name, "parameter": None, "outcome": f"valid call: {error}"}
+                )
                 continue
             rows = harness.fuzz(name, root)
         counts = harness.summary(outcome for *_, outcome in rows)

@@ -87,7 +87,9 @@ def parse_args(argv=None):
     parser.add_argument("--depth", type=int, default=4, help="residual blocks")
     parser.add_argument("--seed", type=int, default=0, help="seed of data and weights")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: default)")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 1 round, 4 steps, tiny model")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 1 round, 4 steps, tiny model"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.steps, args.epochs, args.width, args.depth = 1, 4, 2, 16, 2
@@ -124,7 +126,9 @@ def run(args):
     configs = ["baseline", *CONFIGS]
     models = {config: build(config, args) for config in configs}
     for config in configs:  # warm-up
-        models[config].fit(x, y, batch_size=BATCH, epochs=1, callbacks=callbacks_of(config), verbose=0)
+        models[config].fit(
+            x, y, batch_size=BATCH, epochs=1, callbacks=callbacks_of(config), verbose=0
+        )
 
     step_s = {config: [] for config in configs}
     ratios = {config: [] for config in CONFIGS}
@@ -169,7 +173,9 @@ def main(argv=None):
     load_before = load_average()
     results, params = run(args)
     load_after = load_average()
-    print(f"\n{'config':<12}{'ms/step':>10}{'ratio':>9}{'min':>9}{'max':>9}{'best':>9}{'target':>9}")
+    print(
+        f"\n{'config':<12}{'ms/step':>10}{'ratio':>9}{'min':>9}{'max':>9}{'best':>9}{'target':>9}"
+    )
     for config, r in results.items():
         target = TARGETS.get(config)
         print(

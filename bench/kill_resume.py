@@ -118,8 +118,10 @@ def _arm_hook(callback, kill):
     def hook(*args, **kwargs):
         index = args[0] if args else kwargs.get("epoch", kwargs.get("batch"))
         here = (callback._nnkit_epoch, index) if name.startswith("on_train_batch") else (index,)
-        target = (kill["epoch"], kill["batch"]) if name.startswith("on_train_batch") else (
-            kill["epoch"],
+        target = (
+            (kill["epoch"], kill["batch"])
+            if name.startswith("on_train_batch")
+            else (kill["epoch"],)
         )
         if here == target and kill["when"] == "before":
             _kill()

@@ -213,7 +213,7 @@ def main(argv=None):
     if "kfac" in recipe_args.optimizers:
         make_kfac = recipe.OPTIMIZERS["kfac"][0]
         configs["kfac"] = (
-            lambda: (lambda model: make_kfac(1e-3, model)),
+            lambda: lambda model: make_kfac(1e-3, model),
             contextlib.nullcontext,
         )
     figures["step_time"] = {

@@ -67,8 +67,12 @@ def parse_args(argv=None):
     parser.add_argument("--drop-path", type=float, default=0.2, help="default 0.2")
     parser.add_argument("--alpha", type=float, default=0.2, help="MixUp's alpha (default 0.2)")
     parser.add_argument("--smoothing", type=float, default=0.1, help="default 0.1")
-    parser.add_argument("--train-fraction", type=float, default=0.5,
-                        help="fraction of digits used for training (default 0.5; the rest tests)")
+    parser.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.5,
+        help="fraction of digits used for training (default 0.5; the rest tests)",
+    )
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--out", default="runs/generalization", help="output directory")
     args = parser.parse_args(argv)
@@ -113,12 +117,16 @@ def train(technique, x, y, args, learning_rate, seed, validation=None):
     callbacks = []
     if technique == "swa":
         start = min(int(0.75 * args.epochs), args.epochs - 1)
-        callbacks.append(StochasticWeightAveraging(start, learning_rate=Constant(0.2 * learning_rate)))
+        callbacks.append(
+            StochasticWeightAveraging(start, learning_rate=Constant(0.2 * learning_rate))
+        )
     trained.compile(
         keras.optimizers.SGD(CosineAnnealing(learning_rate, total), momentum=0.9),
         loss=SparseCategoricalCrossentropy(from_logits=True, label_smoothing=smoothing),
     )
-    trained.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0, callbacks=callbacks)
+    trained.fit(
+        x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0, callbacks=callbacks
+    )
     return model
 
 
@@ -131,7 +139,9 @@ def tune_baseline(data, args):
     x, y = data["train"]
     x_fit, x_val, y_fit, y_val = train_test_split(x, y, test_size=0.25, stratify=y, random_state=1)
     grid = LEARNING_RATES[1:2] if args.quick else LEARNING_RATES
-    scores = {lr: accuracy(train("baseline", x_fit, y_fit, args, lr, 0), x_val, y_val) for lr in grid}
+    scores = {
+        lr: accuracy(train("baseline", x_fit, y_fit, args, lr, 0), x_val, y_val) for lr in grid
+    }
     return max(scores, key=scores.get), scores
 
 
@@ -156,7 +166,9 @@ def report(summary, seeds):
         lines.append(f"\n{scenario} (test accuracy, mean ± std over {seeds} seed(s)):")
         for technique, row in rows.items():
             delta = "" if technique == "baseline" else f"  {100 * row['vs_baseline']:+.2f} pp"
-            lines.append(f"  {technique:<16} {100 * row['mean']:6.2f} ± {100 * row['std']:.2f} %{delta}")
+            lines.append(
+                f"  {technique:<16} {100 * row['mean']:6.2f} ± {100 * row['std']:.2f} %{delta}"
+            )
         others = {t: r for t, r in rows.items() if t != "baseline"}
         helped = [t for t, r in others.items() if r["vs_baseline"] > rows["baseline"]["std"]]
         if helped:
@@ -176,8 +188,12 @@ def plot(summary, path):
     axes = figure.subplots(1, len(summary), squeeze=False)[0]
     for ax, (scenario, rows) in zip(axes, summary.items(), strict=True):
         names = list(rows)
-        ax.bar(names, [100 * rows[n]["mean"] for n in names],
-               yerr=[100 * rows[n]["std"] for n in names], capsize=3)
+        ax.bar(
+            names,
+            [100 * rows[n]["mean"] for n in names],
+            yerr=[100 * rows[n]["std"] for n in names],
+            capsize=3,
+        )
         low = min(100 * rows[n]["mean"] - 100 * rows[n]["std"] for n in names)
         ax.set_ylim(max(0.0, low - 2), 100)
         ax.set_title(scenario)

@@ -120,16 +120,30 @@ LATE[("losses.SparseCategoricalCrossentropy", "axis")] = (
     "any axis can be the class axis; it is checked against the data at the call"
 )
 
-_LOSSES = "losses.ContrastiveLoss losses.SmoothL1 losses.SparseCategoricalCrossentropy losses.TripletLoss"
+_LOSSES = (
+    "losses.ContrastiveLoss losses.SmoothL1 losses.SparseCategoricalCrossentropy losses.TripletLoss"
+)
 _valid(_LOSSES, "name", "None", "Keras names the loss after its class (keras.losses.Loss)")
 _valid(_LOSSES, "dtype", "None", "the default: Keras's floatx")
 _valid(_LOSSES, "reduction", "None", "Keras's reduction=None: no reduction, as 'none'")
-_valid("diagnostics.DiagnosisRules", "exploding_threshold jump_factor update_ratio_band", "None",
-       "None turns the rule off (documented)")
-_valid("layers.DenseBlock layers.ResidualBlock models.mlp initializers.for_activation", "activation",
-       "None", "None is the linear activation, as in keras.layers.Dense")
-_valid("models.mlp distribute.mlp_layout_map", "output_units", "None",
-       "None: no output layer, the last block is the output (documented)")
+_valid(
+    "diagnostics.DiagnosisRules",
+    "exploding_threshold jump_factor update_ratio_band",
+    "None",
+    "None turns the rule off (documented)",
+)
+_valid(
+    "layers.DenseBlock layers.ResidualBlock models.mlp initializers.for_activation",
+    "activation",
+    "None",
+    "None is the linear activation, as in keras.layers.Dense",
+)
+_valid(
+    "models.mlp distribute.mlp_layout_map",
+    "output_units",
+    "None",
+    "None: no output layer, the last block is the output (documented)",
+)
 _valid("tuning.MLPHyperModel", "patience", "None", "None: no early stopping (documented)")
 _valid("optimizers.KFAC", "kl_clip", "None", "None: no KL clipping (documented)")
 _valid("optimizers.KFAC", "name", "None", "Keras names the optimizer")
@@ -524,8 +538,11 @@ def _fit(model, callbacks=(), epochs=2, loss="mse", optimizer="sgd"):
     import keras
 
     x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
-    y = np.random.default_rng(1).normal(size=(16, model.outputs[0].shape[-1] if getattr(
-        model, "outputs", None) else 1)).astype("float32")
+    y = (
+        np.random.default_rng(1)
+        .normal(size=(16, model.outputs[0].shape[-1] if getattr(model, "outputs", None) else 1))
+        .astype("float32")
+    )
     if not model.compiled:
         model.compile(optimizer=keras.optimizers.get(optimizer), loss=loss)
     history = model.fit(x, y, batch_size=8, epochs=epochs, validation_data=(x, y),
@@ -588,7 +605,9 @@ def exercise(key, result, kwargs):
     elif isinstance(result, keras.callbacks.Callback):
         import keras as k
 
-        model = k.Sequential([k.Input((4,)), k.layers.Dense(4, activation="tanh"), k.layers.Dense(1)])
+        model = k.Sequential(
+            [k.Input((4,)), k.layers.Dense(4, activation="tanh"), k.layers.Dense(1)]
+        )
         callbacks = [result]
         if isinstance(result, BackupAndRestore):
             callbacks = [result]
@@ -617,7 +636,9 @@ def _kind(key, parameter, value):
     if parameter.name in DATA:
         return "data"
     default = parameter.default
-    sample = value if value is not None else (None if default is inspect.Parameter.empty else default)
+    sample = (
+        value if value is not None else (None if default is inspect.Parameter.empty else default)
+    )
     if isinstance(sample, bool):
         return "bool"
     if isinstance(sample, int):
@@ -670,7 +691,11 @@ def _raised_in_nnkit(error):
     while traceback is not None:
         last = traceback.tb_frame.f_code.co_filename
         traceback = traceback.tb_next
-    return last is not None and f"{os.sep}nnkit{os.sep}" in last and f"{os.sep}tests{os.sep}" not in last
+    return (
+        last is not None
+        and f"{os.sep}nnkit{os.sep}" in last
+        and f"{os.sep}tests{os.sep}" not in last
+    )
 
 
 def judge_error(error, name, value):
@@ -755,7 +780,9 @@ def fuzz(key, root=None):
 
 def summary(outcomes):
     """Counts of the outcome classes (tried, clear, unclear, silent, hang, accepted, rejected)."""
-    counts = dict.fromkeys(("tried", "clear", "unclear", "silent", "hang", "accepted", "rejected"), 0)
+    counts = dict.fromkeys(
+        ("tried", "clear", "unclear", "silent", "hang", "accepted", "rejected"), 0
+    )
     for outcome in outcomes:
         counts["tried"] += 1
         counts[outcome.split(":")[0]] += 1

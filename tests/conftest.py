@@ -15,9 +15,7 @@ LOGICAL_CPUS = 2
 #: ``pytest.mark.filterwarnings`` for tests that run Keras's *own* callbacks
 #: (``keras.callbacks.ReduceLROnPlateau``, ``BackupAndRestore``...), whose
 #: host reads use ``keras.ops.convert_to_numpy`` and warn under numpy 2.
-KERAS_NUMPY2 = (
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-)
+KERAS_NUMPY2 = "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 
 
 def _quiet_keras_saving():

@@ -43,8 +43,15 @@ EXAMPLES = {
     "schedules.Scaled": lambda: S.Scaled(S.StepDecay(0.1, 5), scale=0.5),
     # callbacks
     "callbacks.EarlyStopping": lambda: C.EarlyStopping(
-        "val_loss", 0.001, 3, mode="min", baseline=100.0, restore_best_weights=True,
-        start_from_epoch=1, divergence_threshold=1e6, smoothing=0.5,
+        "val_loss",
+        0.001,
+        3,
+        mode="min",
+        baseline=100.0,
+        restore_best_weights=True,
+        start_from_epoch=1,
+        divergence_threshold=1e6,
+        smoothing=0.5,
     ),  # fmt: skip
     "callbacks.ReduceLROnPlateau": lambda: C.ReduceLROnPlateau(
         "val_loss", 0.5, 3, mode="min", min_delta=0.001, cooldown=1, min_lr=1e-5
@@ -73,12 +80,23 @@ EXAMPLES = {
     # layers
     "layers.DropPath": lambda: LY.DropPath(0.2, seed=4, name="skip"),
     "layers.DenseBlock": lambda: LY.DenseBlock(
-        16, activation="selu", normalization="layer", dropout=0.1,
-        kernel_initializer="lecun_uniform", kernel_regularizer="l2", name="hidden",
+        16,
+        activation="selu",
+        normalization="layer",
+        dropout=0.1,
+        kernel_initializer="lecun_uniform",
+        kernel_regularizer="l2",
+        name="hidden",
     ),  # fmt: skip
     "layers.ResidualBlock": lambda: LY.ResidualBlock(
-        16, activation="gelu", normalization="batch", dropout=0.1, pre_activation=True,
-        zero_init_residual=True, kernel_initializer=None, kernel_regularizer="l1",
+        16,
+        activation="gelu",
+        normalization="batch",
+        dropout=0.1,
+        pre_activation=True,
+        zero_init_residual=True,
+        kernel_initializer=None,
+        kernel_regularizer="l1",
     ),  # fmt: skip
     "layers.MCDropout": lambda: LY.MCDropout(0.25, noise_shape=(None, 16), seed=3),
     # models (train-step wrappers)
@@ -98,16 +116,29 @@ EXAMPLES = {
     ),
     # optimizers
     "optimizers.KFAC": lambda: O.KFAC(
-        0.05, damping=1e-2, damping_type="eigen", momentum=0.5, factor_decay=0.9,
-        inverse_every=5, kl_clip=None, max_update_norm=1.0, output_fisher="mean_squared_error",
+        0.05,
+        damping=1e-2,
+        damping_type="eigen",
+        momentum=0.5,
+        factor_decay=0.9,
+        inverse_every=5,
+        kl_clip=None,
+        max_update_norm=1.0,
+        output_fisher="mean_squared_error",
     ),  # fmt: skip
     # tuning
     "tuning.SearchSpace": lambda: T.SearchSpace(
         T.SearchSpace().restrict(learning_rate=(1e-3, 1e-2)).fixed(depth=2).knobs
     ),
     "tuning.MLPHyperModel": lambda: T.MLPHyperModel(
-        8, 3, space=T.SearchSpace().drop("residual"), output_activation="softmax",
-        loss="categorical_crossentropy", metrics=["accuracy"], epochs=10, train_size=100,
+        8,
+        3,
+        space=T.SearchSpace().drop("residual"),
+        output_activation="softmax",
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        epochs=10,
+        train_size=100,
         patience=3,
     ),  # fmt: skip
     "tuning.MedianStopping": lambda: T.MedianStopping(
@@ -117,12 +148,20 @@ EXAMPLES = {
     # Small blocks and damping keep the factors well conditioned over the harness's 8 steps, so
     # a mirrored run's last-bit differences stay small in the roots and bases.
     "optimizers.Shampoo": lambda: O.Shampoo(
-        0.02, graft="adam", damping=1e-2, precondition_every=2, start_preconditioning_step=2,
+        0.02,
+        graft="adam",
+        damping=1e-2,
+        precondition_every=2,
+        start_preconditioning_step=2,
         max_preconditioner_dim=12,
     ),  # fmt: skip
     "optimizers.SOAP": lambda: O.SOAP(
-        0.02, epsilon=1e-4, precondition_every=2, start_preconditioning_step=3,
-        max_preconditioner_dim=4, weight_decay=0.01,
+        0.02,
+        epsilon=1e-4,
+        precondition_every=2,
+        start_preconditioning_step=3,
+        max_preconditioner_dim=4,
+        weight_decay=0.01,
     ),  # fmt: skip
     # meta
     "meta.MAML": lambda: ML.MAML(_net(), 0.05, 2, first_order=True, transductive=False),

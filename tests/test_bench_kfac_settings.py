@@ -26,9 +26,7 @@ def test_one_change_at_a_time_then_the_combined_ones(bench):
     assert {"damping": 1e-2} not in singles  # the base value is not tried twice
     assert {"kl_clip": None} in singles and {"output_fisher": "empirical"} in singles
     assert len(singles) == 2 + 2 + 1 + 2 + 3
-    assert bench.settings_to_try(base, [{"damping": 0.1}], combined_only=True) == [
-        {"damping": 0.1}
-    ]
+    assert bench.settings_to_try(base, [{"damping": 0.1}], combined_only=True) == [{"damping": 0.1}]
 
 
 def test_arguments(bench):

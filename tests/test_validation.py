@@ -17,7 +17,13 @@ def test_check_number_accepts_numpy_scalars_and_0d_arrays(value, expected):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(np.int64(7), 7), (np.int8(-2), -2), (np.array(4), 4), (np.float32(8.0), 8), (np.array(9.0), 9)],
+    [
+        (np.int64(7), 7),
+        (np.int8(-2), -2),
+        (np.array(4), 4),
+        (np.float32(8.0), 8),
+        (np.array(9.0), 9),
+    ],
 )
 def test_check_int_accepts_numpy_scalars_and_0d_arrays(value, expected):
     result = v.check_int("steps", value)
@@ -76,5 +82,7 @@ def test_seeds_take_any_int64():
     assert nnkit.layers.DropPath(0.1, seed=2**60).seed == 2**60
     assert nnkit.meta.sinusoid_family().batches(seed=2**62).seed == 2**62
     assert nnkit.meta.sinusoid_family().sample(1, seed=2**62)[1].shape == (1, 10, 1)
-    with pytest.raises(ValueError, match=r"`seed` must be at most .* Received: seed=18446744073709551616"):
+    with pytest.raises(
+        ValueError, match=r"`seed` must be at most .* Received: seed=18446744073709551616"
+    ):
         nnkit.layers.DropPath(0.1, seed=2**64)

@@ -122,8 +122,7 @@ ASSUMPTIONS = {
     ),
     "build-shapes": (
         "model",
-        "a model built by build(shape) or its first call records the shapes in "
-        "_build_shapes_dict",
+        "a model built by build(shape) or its first call records the shapes in _build_shapes_dict",
     ),
     "multi-worker-symbolic-build": (
         "multi_worker",

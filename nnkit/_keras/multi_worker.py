@@ -24,7 +24,6 @@ left alone, with a warning. The replacements are marked, wrap Keras's own
 function (``__wrapped__``) and are removed by ``remove``.
 """
 
-
 import contextlib
 import functools
 import logging

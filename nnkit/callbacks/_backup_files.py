@@ -376,7 +376,9 @@ def _read_v1(directory, manifest_path, document, *, previous):
         position = (document["epoch"], document["batch"])
         plain, digest = document["callbacks"], document["arrays_sha256"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-        raise BackupError(f"{manifest_path!r} or {metadata_path!r} is unreadable ({error!r}).") from None
+        raise BackupError(
+            f"{manifest_path!r} or {metadata_path!r} is unreadable ({error!r})."
+        ) from None
     if position != saved_at:
         raise BackupError(
             f"{manifest_path!r} was written for epoch/batch {position}, but the weights are "

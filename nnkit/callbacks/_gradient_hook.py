@@ -192,7 +192,9 @@ class GradientHook(StepMeasurement):
         # would become part of every step.
         self.count = self._variable("count", (), "int64")
         self.step = self._variable("step", (), "int64", start["step"])
-        self.nonfinite_steps = self._variable("nonfinite_steps", (), "int64", start["nonfinite_steps"])
+        self.nonfinite_steps = self._variable(
+            "nonfinite_steps", (), "int64", start["nonfinite_steps"]
+        )
         self.first_step = self._variable("first_step", (), "int64", start["first_step"])
         self.first_group = self._variable("first_group", (), "int32", start["first_group"])
         self.own = [

@@ -229,4 +229,3 @@ class StepMeasurement:
             value = ops.expand_dims(ops.cast(value, buffer.dtype), 0)
             start = [index] if len(buffer.shape) == 1 else [index, ops.zeros_like(index)]
             buffer.assign(ops.slice_update(buffer.value, start, value))
-

@@ -217,6 +217,7 @@ class EarlyStopping(MonitorCallback):
             (the smoothed value) and ``improved`` (take the best weights);
             the caller stores it and stops training when ``act``.
         """
+
         def unchanged(reason, *, act=False, value=self.smoothed, wait=self.wait):
             return Decision(act, reason, value, self.best, self.best_epoch, wait)
 

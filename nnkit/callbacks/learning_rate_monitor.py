@@ -1,6 +1,5 @@
 """Log the learning rate the optimizer actually used, without a per-batch hook."""
 
-
 import keras
 
 from nnkit import _validation as v

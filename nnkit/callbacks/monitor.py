@@ -254,7 +254,9 @@ class MonitorCallback(StatefulCallback):
         return float(array.reshape(()))
 
     def _missing(self, available, *, at_end=False):
-        where = f"in the logs of any of {self._epochs_read} epochs" if at_end else "in the epoch logs"
+        where = (
+            f"in the logs of any of {self._epochs_read} epochs" if at_end else "in the epoch logs"
+        )
         message = (
             f"{type(self).__name__} monitors `{self.monitor}`, which is not {where}. "
             f"Logged keys: {', '.join(available) if available else '(none)'}. Check the "

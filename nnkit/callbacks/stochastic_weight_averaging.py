@@ -238,7 +238,9 @@ class StochasticWeightAveraging(StatefulCallback):
         if self.average is None:
             self.average = weights
         else:
-            self.average = [a + (w - a) / (count + 1) for a, w in zip(self.average, weights, strict=True)]
+            self.average = [
+                a + (w - a) / (count + 1) for a, w in zip(self.average, weights, strict=True)
+            ]
         self.averaged_epochs.append(int(epoch))
 
     def on_train_end(self, logs=None):

@@ -298,7 +298,9 @@ def first_nonfinite_group(nonfinite):
     """
     received = v.check_data("nonfinite", nonfinite)
     if isinstance(nonfinite, dict):
-        raise TypeError(f"`nonfinite` must be a 1-D array of counts. Received: nonfinite={nonfinite!r}")
+        raise TypeError(
+            f"`nonfinite` must be a 1-D array of counts. Received: nonfinite={nonfinite!r}"
+        )
     nonfinite = ops.convert_to_tensor(nonfinite)
     if len(nonfinite.shape) != 1:
         raise ValueError(

@@ -87,7 +87,9 @@ def _digit_classes(digits, rotations):
     return np.concatenate(xs)[..., None], np.concatenate(ys)
 
 
-def digits_tasks(split, *, ways=5, shots=1, queries=15, rotations=(0,), test_digits=(5, 6, 7, 8, 9)):
+def digits_tasks(
+    split, *, ways=5, shots=1, queries=15, rotations=(0,), test_digits=(5, 6, 7, 8, 9)
+):
     """Few-shot tasks carved from scikit-learn's digits, with classes split by digit.
 
     The meta-training split (``"train"``) has the digits not in

@@ -209,7 +209,9 @@ class MetaLearner(keras.Model):
         inner = self.model.compute_output_spec(
             keras.KerasTensor((None, *x_query.shape[2:]), dtype=x_query.dtype)
         )
-        return keras.KerasTensor((x_query.shape[0], x_query.shape[1], *inner.shape[1:]), inner.dtype)
+        return keras.KerasTensor(
+            (x_query.shape[0], x_query.shape[1], *inner.shape[1:]), inner.dtype
+        )
 
     def build(self, input_shape=None):
         """Nothing to build: the wrapped model is built and the learner's own variables exist."""

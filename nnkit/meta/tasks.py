@@ -30,7 +30,9 @@ def generator(seed):
     if seed is None:
         return np.random.default_rng()
     if isinstance(seed, (list, tuple)):
-        return np.random.default_rng([v.check_int("seed", s, minimum=0, limit=v.SEED_LIMIT) for s in seed])
+        return np.random.default_rng(
+            [v.check_int("seed", s, minimum=0, limit=v.SEED_LIMIT) for s in seed]
+        )
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(
             "`seed` must be None, an int >= 0, a list of ints or a numpy Generator. "

@@ -74,7 +74,9 @@ def split_batch(x, y, sample_weight, parts):
     pieces = []
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         fraction = ops.cast(hi - lo, "float32") / ops.cast(rows, "float32")
-        pieces.append(((_take(x, lo, hi), _take(y, lo, hi), _take(sample_weight, lo, hi)), fraction))
+        pieces.append(
+            ((_take(x, lo, hi), _take(y, lo, hi), _take(sample_weight, lo, hi)), fraction)
+        )
     return pieces
 
 
@@ -85,8 +87,7 @@ def _accumulate(total, grads, fraction):
     if total is None:
         return weighted
     return [
-        b if a is None else a if b is None else a + b
-        for a, b in zip(total, weighted, strict=True)
+        b if a is None else a if b is None else a + b for a, b in zip(total, weighted, strict=True)
     ]
 
 
@@ -150,9 +151,7 @@ def _tensorflow_step(model, settings, data):
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     if replicas > 1:  # compute_loss divided by the replicas; the log shows the replica's loss
         loss = loss * ops.cast(replicas, loss.dtype)
-    keras_trainer.loss_tracker(model).update_state(
-        loss, sample_weight=tf.shape(_first_rows(x))[0]
-    )
+    keras_trainer.loss_tracker(model).update_state(loss, sample_weight=tf.shape(_first_rows(x))[0])
     return model.compute_metrics(x, y, _join(predictions), sample_weight=sample_weight)
 
 
@@ -192,9 +191,7 @@ def _jax_metrics(model, metrics_variables, loss, x, y, y_pred, sample_weight):
     """Update the loss tracker and the compiled metrics statelessly, as Keras's JAX step does."""
     mapping = list(zip(model.metrics_variables, metrics_variables, strict=True))
     with keras.StatelessScope(state_mapping=mapping) as scope:
-        keras_trainer.loss_tracker(model).update_state(
-            loss, sample_weight=_first_rows(x).shape[0]
-        )
+        keras_trainer.loss_tracker(model).update_state(loss, sample_weight=_first_rows(x).shape[0])
         logs = model.compute_metrics(x, y, y_pred, sample_weight)
     updated = []
     for variable in model.metrics_variables:

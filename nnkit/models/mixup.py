@@ -186,8 +186,7 @@ class MixUp(TrainingWrapper):
                     f"shape {tuple(tensor.shape)}"
                 )
             centers = [
-                keras.random.randint((), 0, tensor.shape[a], seed=self.seed_generator)
-                for a in axes
+                keras.random.randint((), 0, tensor.shape[a], seed=self.seed_generator) for a in axes
             ]
             mixed_tensor, weight = _mixing.cutmix_inputs(tensor, weight, permutation, centers)
             mixed = keras.tree.pack_sequence_as(x, [mixed_tensor])

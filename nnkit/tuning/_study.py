@@ -319,4 +319,3 @@ def write_study(directory, study, trials, curves=None, seeds=None):
     write_trials_csv(directory)
     if seeds is not None:
         write_seeds(directory, seeds)
-

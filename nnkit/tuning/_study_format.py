@@ -50,7 +50,6 @@ HP_PREFIX = "hp:"
 METRIC_PREFIX = "metric:"
 
 
-
 def cell(value):
     """How one value is written in a CSV cell: empty for None, ``nan``/``inf`` kept."""
     if isinstance(value, np.generic):
@@ -88,8 +87,7 @@ def load_json(path, remedy):
             raise ValueError(f"a JSON {type(value).__name__}, not an object")
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError(
-            f"{path} is empty, truncated or damaged ({error}); nnkit left it as it is. "
-            f"{remedy}"
+            f"{path} is empty, truncated or damaged ({error}); nnkit left it as it is. {remedy}"
         ) from None
     return value
 

@@ -171,7 +171,9 @@ def _read_trials(directory, specs):
     trials, metric_names = [], []
     if loaded is not None:
         columns, body = loaded
-        metric_names = [c[len(fmt.METRIC_PREFIX) :] for c in columns if c.startswith(fmt.METRIC_PREFIX)]
+        metric_names = [
+            c[len(fmt.METRIC_PREFIX) :] for c in columns if c.startswith(fmt.METRIC_PREFIX)
+        ]
         for cells in body:
             row = dict(zip(columns, cells, strict=True))
             hps = {}

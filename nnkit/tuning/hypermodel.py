@@ -39,7 +39,9 @@ def _smoothed(loss, smoothing):
         return SparseCategoricalCrossentropy(label_smoothing=smoothing)
     if loss == "categorical_crossentropy":
         return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
-    if isinstance(loss, (keras.losses.SparseCategoricalCrossentropy, SparseCategoricalCrossentropy)):
+    if isinstance(
+        loss, (keras.losses.SparseCategoricalCrossentropy, SparseCategoricalCrossentropy)
+    ):
         config = loss.get_config()
         config["label_smoothing"] = smoothing
         config.pop("fn", None)

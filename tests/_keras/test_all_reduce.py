@@ -132,7 +132,9 @@ def test_errors():
     agg.remove_transform(handle)
     agg.remove_transform(handle)  # idempotent
     assert not shadow.is_shadowed(optimizer, agg.METHOD)
-    agg.add_transform(optimizer, lambda grads_and_vars: grads_and_vars[:0], owner="gradient_monitor")
+    agg.add_transform(
+        optimizer, lambda grads_and_vars: grads_and_vars[:0], owner="gradient_monitor"
+    )
     with pytest.raises(ValueError, match="got 1, returned 0"):
         train(tf.distribute.get_strategy(), optimizer)
 

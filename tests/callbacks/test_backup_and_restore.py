@@ -385,7 +385,9 @@ def test_the_first_save_after_a_0_1_backup_replaces_its_files(v1_dir):
     backup = BackupAndRestore(v1_dir, delete_checkpoint=False)
     _fit(_model(True), [backup, *_callbacks()], epochs=INTERRUPT_AT + 2)
     assert _manifest(v1_dir)["format_version"] == 2
-    assert not any(name.endswith((".bkp", ".npz")) and "backup-" not in name for name in os.listdir(v1_dir))
+    assert not any(
+        name.endswith((".bkp", ".npz")) and "backup-" not in name for name in os.listdir(v1_dir)
+    )
 
 
 def test_corrupt_manifest_falls_back_to_the_previous_backup(backup_dir):
@@ -495,7 +497,16 @@ def _change_arrays(d):
         (_remove_arrays, r"backup-\d+.npz'.*is missing"),
         (_change_arrays, r"backup-\d+.npz' is damaged"),
     ],
-    ids=["missing", "empty", "foreign", "truncated-manifest", "future", "truncated-weights", "no-arrays", "arrays"],
+    ids=[
+        "missing",
+        "empty",
+        "foreign",
+        "truncated-manifest",
+        "future",
+        "truncated-weights",
+        "no-arrays",
+        "arrays",
+    ],
 )
 def test_damaged_backup_without_fallback_raises_a_clear_error_and_touches_nothing(
     backup_dir, damage, match
@@ -618,7 +629,9 @@ class OwnDirectory(keras.callbacks.Callback):
         self.seen = {}
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.seen[epoch] = sorted(os.listdir(self.directory)) if os.path.isdir(self.directory) else []
+        self.seen[epoch] = (
+            sorted(os.listdir(self.directory)) if os.path.isdir(self.directory) else []
+        )
 
 
 def test_a_worker_other_than_the_chief_reads_the_shared_backup_and_writes_its_own(
@@ -666,7 +679,9 @@ def test_state_that_is_not_json_is_refused():
     with pytest.raises(TypeError, match=r"X:0.get_state\(\)\['rate'\].*float32"):
         files.encode_states({"X:0": {"rate": np.float32(0.5)}}, {})
     arrays = {}
-    plain = files.encode_states({"X:0": {"w": [np.ones(2)], "one": np.zeros(1), "empty": []}}, arrays)
+    plain = files.encode_states(
+        {"X:0": {"w": [np.ones(2)], "one": np.zeros(1), "empty": []}}, arrays
+    )
     assert plain == {
         "X:0": {"w": {"__ndarrays__": ["a0"]}, "one": {"__ndarray__": "a1"}, "empty": []}
     }

@@ -37,7 +37,9 @@ def _fit(callbacks, epochs=3, jit_compile=False):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype("float32")
     y = (x @ np.array([1.0, -2.0, 0.5, 0.0], "float32"))[:, None]
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, "relu"), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, "relu"), keras.layers.Dense(1)]
+    )
     model.compile(
         optimizer=keras.optimizers.SGD(CosineAnnealing(0.05, epochs * 4)),
         loss="mse",

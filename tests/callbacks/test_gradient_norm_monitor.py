@@ -226,7 +226,9 @@ def test_per_layer_figures_reach_the_logs_on_request():
     monitor = GradientNormMonitor(every_n_steps=3, log_layers=True)
     history = _fit(_model(), monitor, x, y, batch_size=4, epochs=1)
     per_layer = {
-        f"{kind}/seq/{layer}" for kind in ("grad_norm", "update_ratio") for layer in ("hidden", "out")
+        f"{kind}/seq/{layer}"
+        for kind in ("grad_norm", "update_ratio")
+        for layer in ("hidden", "out")
     }
     assert per_layer <= set(history.history)
 

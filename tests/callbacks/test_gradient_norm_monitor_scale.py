@@ -276,7 +276,9 @@ def test_jax_backend(tmp_path):
     np.testing.assert_allclose(ratios, 0.1 * np.array(expected) / np.array(weight_norms), rtol=1e-4)
 
     assert out["steps"] == list(range(0, 32, 10))
-    assert {"grad_norm", "grad_norm_min", "grad_norm_max", "nonfinite_grads"} <= set(out["log_keys"])
+    assert {"grad_norm", "grad_norm_min", "grad_norm_max", "nonfinite_grads"} <= set(
+        out["log_keys"]
+    )
     own, after = out["variables_after"]
     assert own == after == out["loaded_variables"]
     assert out["patched_after"] == []

@@ -49,9 +49,21 @@ def test_keras_callback_tests_pass_against_nnkit(tmp_path):
     ini.write_text("[pytest]\nmarkers =\n    requires_trainable_backend: keras\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [
-        sys.executable, "-m", "pytest", "-c", str(ini), "--rootdir", str(tmp_path),
-        "-p", "no:cacheprovider", "-p", "tests.callbacks._keras_swap", "-q", "-rf",
-        "-W", "ignore::DeprecationWarning",
+        sys.executable,
+        "-m",
+        "pytest",
+        "-c",
+        str(ini),
+        "--rootdir",
+        str(tmp_path),
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "tests.callbacks._keras_swap",
+        "-q",
+        "-rf",
+        "-W",
+        "ignore::DeprecationWarning",
         *(str(KERAS_TESTS / name) for name in FILES),
     ]
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
@@ -72,6 +84,15 @@ def test_every_public_attribute_of_keras_exists(name, tmp_path):
     ours = getattr(nnkit.callbacks, name)(*args)
     public = {a for a in vars(theirs) if not a.startswith("_")}
     assert public and not [a for a in sorted(public) if not hasattr(ours, a)]
-    for attribute in public & {"monitor", "patience", "min_delta", "save_freq", "backup_dir",
-                               "wait", "stopped_epoch", "cooldown_counter", "best_weights"}:
+    for attribute in public & {
+        "monitor",
+        "patience",
+        "min_delta",
+        "save_freq",
+        "backup_dir",
+        "wait",
+        "stopped_epoch",
+        "cooldown_counter",
+        "best_weights",
+    }:
         assert getattr(ours, attribute) == getattr(theirs, attribute), attribute

@@ -26,8 +26,17 @@ def _bench():
 @pytest.mark.slow
 def test_ten_kill_points_resume_identically(capsys):
     figures = _bench().main(
-        ["--quick", "--points", "10", "--per-case", "5", "--seed", "11",
-         "--orders", "backup-first,mixed"]
+        [
+            "--quick",
+            "--points",
+            "10",
+            "--per-case",
+            "5",
+            "--seed",
+            "11",
+            "--orders",
+            "backup-first,mixed",
+        ]
     )
     assert figures["tried"] >= 10
     assert figures["differing"] == 0, figures["cases_differing"]
@@ -38,7 +47,17 @@ def test_ten_kill_points_resume_identically(capsys):
 def test_the_harness_catches_keras_backup_and_restore(capsys):
     """A control: Keras's BackupAndRestore restores no callback state, so runs differ."""
     figures = _bench().main(
-        ["--quick", "--points", "2", "--per-case", "2", "--seed", "1",
-         "--orders", "backup-first", "--keras-backup"]
+        [
+            "--quick",
+            "--points",
+            "2",
+            "--per-case",
+            "2",
+            "--seed",
+            "1",
+            "--orders",
+            "backup-first",
+            "--keras-backup",
+        ]
     )
     assert figures["tried"] >= 2 and figures["differing"] >= 1, figures

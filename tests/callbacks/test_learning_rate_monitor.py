@@ -228,9 +228,7 @@ def test_loss_scale_optimizer_under_mixed_precision(mixed_precision):
     inner = model.optimizer.inner_optimizer
     steps = int(inner.iterations.numpy())  # steps with non-finite gradients are skipped
     assert steps > 0
-    assert history.history["lr"][-1] == pytest.approx(
-        0.1 * 0.5 ** ((steps - 1) // 3), rel=1e-5
-    )
+    assert history.history["lr"][-1] == pytest.approx(0.1 * 0.5 ** ((steps - 1) // 3), rel=1e-5)
     assert [s for s, _ in monitor.samples] == list(range(0, steps, 2))
     np.testing.assert_allclose(
         [r for _, r in monitor.samples],
@@ -340,9 +338,7 @@ def test_small_fit_with_jit_compile():
     model = _model(keras.optimizers.SGD(CosineAnnealing(0.1, total_steps=12)), jit_compile=True)
     monitor = LearningRateMonitor(every_n_steps=3)
     history = model.fit(x, x, batch_size=2, epochs=3, callbacks=[monitor], verbose=0)
-    np.testing.assert_allclose(
-        history.history["lr"], _cosine([3, 7, 11], total=12), rtol=1e-5
-    )
+    np.testing.assert_allclose(history.history["lr"], _cosine([3, 7, 11], total=12), rtol=1e-5)
     assert [s for s, _ in monitor.samples] == [0, 3, 6, 9]
     # Rates really used: SGD on mse((w - 1)^2), one step per batch.
     w = 0.0

@@ -31,7 +31,9 @@ def _model(learning_rate=0.05, batch_norm=False):
     layers = [keras.Input((3,))]
     if batch_norm:
         layers.append(keras.layers.BatchNormalization(momentum=0.5))
-    model = keras.Sequential([*layers, keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [*layers, keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)]
+    )
     model.compile(keras.optimizers.SGD(learning_rate, momentum=0.5), loss="mse")
     return model
 
@@ -52,7 +54,16 @@ class Record(keras.callbacks.Callback):
 
 def _fit(model, callbacks, epochs=7, **kwargs):
     x, y = _data()
-    return model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=callbacks, **kwargs)
+    return model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize(("start", "period"), [(2, 2), (0, 1), (5, 3)])
@@ -62,7 +73,9 @@ def test_average_is_the_mean_of_the_recorded_weights(start, period):
     _fit(model, [record, swa])
     epochs = [e for e in range(7) if e >= start and (e - start) % period == 0]
     assert swa.averaged_epochs == epochs == averaging_epochs(start, period, 7)
-    for got, *seen in zip(model.trainable_variables, *(record.weights[e] for e in epochs), strict=True):
+    for got, *seen in zip(
+        model.trainable_variables, *(record.weights[e] for e in epochs), strict=True
+    ):
         np.testing.assert_allclose(to_numpy(got), np.mean(seen, axis=0), rtol=1e-6, atol=1e-7)
 
 
@@ -105,8 +118,12 @@ def test_batch_norm_statistics_are_recomputed_at_the_end():
     _fit(model, [swa], epochs=3)
     norm = model.layers[0]
     batches = x.reshape(4, 4, 3).astype("float64")
-    np.testing.assert_allclose(to_numpy(norm.moving_mean), batches.mean(axis=1).mean(axis=0), rtol=1e-5)
-    np.testing.assert_allclose(to_numpy(norm.moving_variance), batches.var(axis=1).mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(norm.moving_mean), batches.mean(axis=1).mean(axis=0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        to_numpy(norm.moving_variance), batches.var(axis=1).mean(axis=0), rtol=1e-5
+    )
     assert norm.momentum == 0.5  # restored
 
 

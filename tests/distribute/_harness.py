@@ -463,9 +463,7 @@ def record_variables():
     def creator(next_creator, **kwargs):
         variable = next_creator(**kwargs)
         stack = traceback.extract_stack()[:-1]
-        site = next(
-            (f for f in reversed(stack) if not _machinery(f)), None
-        )
+        site = next((f for f in reversed(stack) if not _machinery(f)), None)
         nnkit_frame = next((f for f in reversed(stack) if "/nnkit/" in f.filename), None)
         created.append(
             Created(
@@ -517,10 +515,7 @@ def _stable(name):
 
 def _named(prefix, variables):
     """``{prefix/i/path: value}``; the index keeps names unique once suffixes are gone."""
-    return {
-        f"{prefix}/{i}/{_stable(w.path)}": np.asarray(w)
-        for i, w in enumerate(variables)
-    }
+    return {f"{prefix}/{i}/{_stable(w.path)}": np.asarray(w) for i, w in enumerate(variables)}
 
 
 def _scope(strategy):

@@ -150,15 +150,21 @@ def test_scaling_argument_errors():
         scale_learning_rate(0.1, 256, 1024, warmup_steps=-1)
     with pytest.raises(TypeError, match="Received: base_lr=np.True_"):
         scale_learning_rate(np.bool_(True), 256, 1024)
-    with pytest.raises(ValueError, match="`base_lr` must be a finite number. Received: base_lr=np.float32"):
+    with pytest.raises(
+        ValueError, match="`base_lr` must be a finite number. Received: base_lr=np.float32"
+    ):
         scale_learning_rate(np.float32("inf"), 256, 1024)
-    with pytest.raises(ValueError, match=r"`warmup_steps` must be at most 2\*\*53.*warmup_steps=1e\+308"):
+    with pytest.raises(
+        ValueError, match=r"`warmup_steps` must be at most 2\*\*53.*warmup_steps=1e\+308"
+    ):
         scale_learning_rate(0.1, 256, 1024, warmup_steps=1e308)
 
 
 def test_numpy_scalars_are_accepted_like_python_numbers():
     # np.float32(0.5) used to raise "must be a number".
-    lr = scale_learning_rate(np.float32(0.5), np.int64(256), np.array(1024), warmup_steps=np.int32(4))
+    lr = scale_learning_rate(
+        np.float32(0.5), np.int64(256), np.array(1024), warmup_steps=np.int32(4)
+    )
     reference = scale_learning_rate(0.5, 256, 1024, warmup_steps=4)
     assert [float(lr(t)) for t in (0, 2, 4, 50)] == pytest.approx([0.5, 1.25, 2.0, 2.0])
     assert lr.get_config() == reference.get_config()

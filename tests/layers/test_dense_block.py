@@ -184,5 +184,7 @@ def test_activation_without_a_standard_initializer_needs_an_explicit_one():
 
 def test_unknown_normalization_error_lists_none():
     # Issue 15 #13: the message left out that None (no normalization) is allowed.
-    with pytest.raises(ValueError, match=r"'batch', 'layer' or None\. Received: normalization='group'"):
+    with pytest.raises(
+        ValueError, match=r"'batch', 'layer' or None\. Received: normalization='group'"
+    ):
         DenseBlock(4, normalization="group")

@@ -66,7 +66,9 @@ def test_residual_block_skips_the_branch_per_sample(pre_activation):
     skipped = np.all(np.isclose(y, relu(shortcut), atol=1e-6), axis=1)
     assert 0.4 < skipped.mean() < 0.6
     if pre_activation:
-        np.testing.assert_allclose(y[~skipped], shortcut[~skipped] + 2 * branch[~skipped], atol=1e-5)
+        np.testing.assert_allclose(
+            y[~skipped], shortcut[~skipped] + 2 * branch[~skipped], atol=1e-5
+        )
 
 
 def test_mlp_decays_the_rate_linearly_over_depth():

@@ -168,7 +168,9 @@ def test_mc_predict_bad_arguments(kwargs, error, fragment):
 
 def test_mc_predict_names_batch_size_when_it_is_a_flag_or_zero():
     model, _, _ = _linear_model(0.5)
-    with pytest.raises(TypeError, match="`batch_size` must be an integer.*Received: batch_size=True"):
+    with pytest.raises(
+        TypeError, match="`batch_size` must be an integer.*Received: batch_size=True"
+    ):
         mc_predict(model, np.ones((2, 6), "float32"), batch_size=True)
     with pytest.raises(ValueError, match="`batch_size` must be >= 1. Received: batch_size=0"):
         mc_predict(model, np.ones((2, 6), "float32"), batch_size=0)

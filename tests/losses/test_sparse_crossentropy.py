@@ -19,8 +19,10 @@ def one_hot_smoothed(labels, logits, eps, from_logits=True):
     """−Σ_k q_k log p_k with q = (1 − ε)·onehot(y) + ε/C, the definition (float64)."""
     z = np.asarray(logits, "float64")
     if from_logits:
-        log_p = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(
-            -1, keepdims=True
+        log_p = (
+            z
+            - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+            - z.max(-1, keepdims=True)
         )
     else:
         log_p = np.log(z / z.sum(-1, keepdims=True))

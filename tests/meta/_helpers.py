@@ -42,7 +42,9 @@ def meta_gradient(learner, inputs, y_query):
             for extra in learner.losses:
                 value = value + extra
         grads = tape.gradient(value, variables)
-    return float(to_numpy(value)), {id(w): to_numpy(g) for w, g in zip(variables, grads, strict=True)}
+    return float(to_numpy(value)), {
+        id(w): to_numpy(g) for w, g in zip(variables, grads, strict=True)
+    }
 
 
 def host(variable):

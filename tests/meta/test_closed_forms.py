@@ -59,7 +59,9 @@ def maml_gradient(theta, tasks, y_query, steps, second_order, rates=None):
     """Numpy meta-gradient of K-step MAML on the linear model (and the meta-loss)."""
     rates = np.full_like(theta, ALPHA) if rates is None else rates
     total, loss = np.zeros_like(theta), 0.0
-    for xs, ys, xq, yq in zip(tasks["x_support"], tasks["y_support"], tasks["x_query"], y_query, strict=True):
+    for xs, ys, xq, yq in zip(
+        tasks["x_support"], tasks["y_support"], tasks["x_query"], y_query, strict=True
+    ):
         adapted, jacobian = theta, np.eye(len(theta))
         for _ in range(steps):
             adapted = adapted - rates * grad(adapted, xs, ys)
@@ -74,9 +76,13 @@ def one_fit_step(learner, tasks, y_query, learning_rate=1.0):
     """The change of every trainable variable after one ``fit`` step with plain SGD."""
     learner.compile(keras.optimizers.SGD(learning_rate), loss="mse")
     before = [host(w) for w in learner.trainable_variables]
-    history = learner.fit(tasks, y_query, batch_size=len(y_query), epochs=1, shuffle=False, verbose=0)
+    history = learner.fit(
+        tasks, y_query, batch_size=len(y_query), epochs=1, shuffle=False, verbose=0
+    )
     after = [host(w) for w in learner.trainable_variables]
-    deltas = {id(w): a - b for w, a, b in zip(learner.trainable_variables, after, before, strict=True)}
+    deltas = {
+        id(w): a - b for w, a, b in zip(learner.trainable_variables, after, before, strict=True)
+    }
     return deltas, history.history["loss"][0]
 
 
@@ -156,7 +162,9 @@ def _anil_net(seed=0):
 def _anil_meta_loss(body, head, tasks, y_query):
     """Numpy meta-loss of one-step ANIL (second order is implied by differentiating it)."""
     total = 0.0
-    for xs, ys, xq, yq in zip(tasks["x_support"], tasks["y_support"], tasks["x_query"], y_query, strict=True):
+    for xs, ys, xq, yq in zip(
+        tasks["x_support"], tasks["y_support"], tasks["x_query"], y_query, strict=True
+    ):
         adapted = head - ALPHA * grad(head, xs @ body, ys)
         total += mse(adapted, xq @ body, yq)
     return total / len(y_query)
@@ -191,13 +199,21 @@ def test_anil_adapts_the_head_only_and_differentiates_through_it():
 
     _, grads = meta_gradient(learner, tasks, y_query)
     kernel, bias = (grads[id(x)] for x in net.get_layer("head").trainable_variables)
-    np.testing.assert_allclose(np.vstack([kernel, bias[None, :]]), head_expected, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(grads[id(net.get_layer("body").kernel)], body_expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.vstack([kernel, bias[None, :]]), head_expected, rtol=RTOL, atol=ATOL
+    )
+    np.testing.assert_allclose(
+        grads[id(net.get_layer("body").kernel)], body_expected, rtol=1e-4, atol=1e-5
+    )
 
     adapted = learner.adapt(tasks["x_support"][0], tasks["y_support"][0])
-    np.testing.assert_array_equal(host(adapted.get_layer("body").kernel), host(net.get_layer("body").kernel))
+    np.testing.assert_array_equal(
+        host(adapted.get_layer("body").kernel), host(net.get_layer("body").kernel)
+    )
     expected_head = head - ALPHA * grad(head, x64["x_support"][0] @ body, x64["y_support"][0])
-    got = np.vstack([host(adapted.get_layer("head").kernel), host(adapted.get_layer("head").bias)[None, :]])
+    got = np.vstack(
+        [host(adapted.get_layer("head").kernel), host(adapted.get_layer("head").bias)[None, :]]
+    )
     np.testing.assert_allclose(got, expected_head, rtol=1e-5, atol=1e-6)
 
 

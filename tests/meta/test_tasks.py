@@ -18,7 +18,10 @@ def test_few_shot_tasks_use_distinct_classes_and_disjoint_examples():
         assert not set(support) & set(query)
         # Five distinct source classes, relabelled 0..4 consistently across support and query.
         mapping = {}
-        for index, label in [*zip(support, inputs["y_support"][t], strict=True), *zip(query, y_query[t], strict=True)]:
+        for index, label in [
+            *zip(support, inputs["y_support"][t], strict=True),
+            *zip(query, y_query[t], strict=True),
+        ]:
             assert mapping.setdefault(int(label), labels[index]) == labels[index]
         assert sorted(mapping) == [0, 1, 2, 3, 4] and len(set(mapping.values())) == 5
         assert np.bincount(inputs["y_support"][t]).tolist() == [2] * 5

@@ -56,7 +56,9 @@ def expected_run(steps, learning_rates, adaptive, splits=1, rho=RHO):
 def linear_model():
     model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(1)])
     theta = initial_theta()
-    model.set_weights([theta[:FEATURES, None].astype("float32"), theta[FEATURES:].astype("float32")])
+    model.set_weights(
+        [theta[:FEATURES, None].astype("float32"), theta[FEATURES:].astype("float32")]
+    )
     return model
 
 

@@ -30,7 +30,9 @@ def _data(rows=8, features=4):
 def _linear():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(CLASSES)])
     rng = np.random.default_rng(5)
-    model.set_weights([rng.normal(size=(4, CLASSES)).astype("float32"), np.zeros(CLASSES, "float32")])
+    model.set_weights(
+        [rng.normal(size=(4, CLASSES)).astype("float32"), np.zeros(CLASSES, "float32")]
+    )
     return model
 
 
@@ -41,7 +43,9 @@ def soft_cross_entropy(logits, soft):
     return -(soft * log_p).sum(-1)
 
 
-@pytest.mark.parametrize("shape", [(8, 4), (8, 3, 5), (8, 2, 3, 2)], ids=["rank2", "rank3", "rank4"])
+@pytest.mark.parametrize(
+    "shape", [(8, 4), (8, 3, 5), (8, 2, 3, 2)], ids=["rank2", "rank3", "rank4"]
+)
 def test_mixed_batch_is_the_convex_combination(shape):
     x = np.random.default_rng(0).normal(size=shape).astype("float32")
     y = np.arange(8)
@@ -107,7 +111,9 @@ def test_fit_trains_on_the_mixed_batch_with_soft_targets(jit_compile):
     history = mixed.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     logits = model.predict(lam * x + (1 - lam) * x[partner], verbose=0)
     soft = lam * np.eye(CLASSES)[y] + (1 - lam) * np.eye(CLASSES)[y[partner]]
-    assert history.history["loss"][0] == pytest.approx(soft_cross_entropy(logits, soft).mean(), rel=1e-5)
+    assert history.history["loss"][0] == pytest.approx(
+        soft_cross_entropy(logits, soft).mean(), rel=1e-5
+    )
     hits = logits.argmax(-1)
     majority = y if lam >= 0.5 else y[partner]  # metrics see the label with more weight
     want_accuracy = (hits == majority).mean()

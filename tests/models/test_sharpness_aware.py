@@ -119,7 +119,9 @@ def test_backup_and_restore_resumes_the_same_run(tmp_path):
         return sam
 
     def fit(sam, *callbacks):
-        return sam.fit(x, y, batch_size=4, epochs=4, shuffle=False, verbose=0, callbacks=list(callbacks))
+        return sam.fit(
+            x, y, batch_size=4, epochs=4, shuffle=False, verbose=0, callbacks=list(callbacks)
+        )
 
     reference = model()
     reference_history = fit(reference)

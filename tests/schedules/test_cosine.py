@@ -103,14 +103,34 @@ def test_large_step_counts_stay_accurate():
         (dict(max_learning_rate=0.1, total_steps=2.5), ValueError, "total_steps=2.5"),
         (dict(max_learning_rate=0.1, total_steps="10"), TypeError, "total_steps='10'"),
         (dict(max_learning_rate=0.1, total_steps=10, min_learning_rate=0.2), ValueError, "0.2"),
-        (dict(max_learning_rate=0.1, total_steps=10, warmup_steps=10), ValueError, "warmup_steps=10"),
+        (
+            dict(max_learning_rate=0.1, total_steps=10, warmup_steps=10),
+            ValueError,
+            "warmup_steps=10",
+        ),
         (dict(max_learning_rate=0.1, total_steps=10, cycle_steps=0), ValueError, "cycle_steps=0"),
         (dict(max_learning_rate=0.1, total_steps=10, cycle_mult=2.0), ValueError, "cycle_steps"),
-        (dict(max_learning_rate=0.1, total_steps=10, cycle_steps=2, cycle_mult=0.5), ValueError, "0.5"),
-        (dict(max_learning_rate=0.1, total_steps=10, cycle_steps=2, cycle_decay=0.0), ValueError, "cycle_decay=0.0"),
-        (dict(max_learning_rate=0.1, total_steps=100, cycle_steps=1e308), ValueError, "cycle_steps=1e+308"),
+        (
+            dict(max_learning_rate=0.1, total_steps=10, cycle_steps=2, cycle_mult=0.5),
+            ValueError,
+            "0.5",
+        ),
+        (
+            dict(max_learning_rate=0.1, total_steps=10, cycle_steps=2, cycle_decay=0.0),
+            ValueError,
+            "cycle_decay=0.0",
+        ),
+        (
+            dict(max_learning_rate=0.1, total_steps=100, cycle_steps=1e308),
+            ValueError,
+            "cycle_steps=1e+308",
+        ),
         (dict(max_learning_rate=0.1, total_steps=10**400), ValueError, f"total_steps={10**400}"),
-        (dict(max_learning_rate=0.1, total_steps=10, cycle_steps=np.bool_(True)), TypeError, "cycle_steps=np.True_"),
+        (
+            dict(max_learning_rate=0.1, total_steps=10, cycle_steps=np.bool_(True)),
+            TypeError,
+            "cycle_steps=np.True_",
+        ),
     ],
 )
 def test_bad_arguments_are_rejected_with_the_received_value(kwargs, error, fragment):

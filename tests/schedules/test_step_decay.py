@@ -45,7 +45,11 @@ def test_multistep_decay_at_milestones(evaluate):
         (lambda: StepDecay(0.1, step_size=1e308), ValueError, "step_size=1e+308"),
         (lambda: StepDecay(10**400, step_size=10), ValueError, "initial_learning_rate="),
         (lambda: StepDecay(0.1, step_size=np.bool_(True)), TypeError, "step_size=np.True_"),
-        (lambda: StepDecay(np.float64("nan"), step_size=10), ValueError, "initial_learning_rate=np.float64(nan)"),
+        (
+            lambda: StepDecay(np.float64("nan"), step_size=10),
+            ValueError,
+            "initial_learning_rate=np.float64(nan)",
+        ),
     ],
 )
 def test_bad_arguments(make, error, fragment):

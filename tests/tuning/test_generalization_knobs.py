@@ -36,7 +36,12 @@ def test_knobs_are_appended_and_off_by_default():
     space = SearchSpace().with_generalization()
     assert space.names == SearchSpace().names + NEW
     defaults = space.defaults()
-    assert [defaults[n] for n in ("sam", "swa", "mixup", "label_smoothing")] == [False, False, False, 0.0]
+    assert [defaults[n] for n in ("sam", "swa", "mixup", "label_smoothing")] == [
+        False,
+        False,
+        False,
+        0.0,
+    ]
     assert defaults["drop_path"] is None  # residual is off by default
     model = _hypermodel(space).build(keras_tuner.HyperParameters())
     assert not isinstance(model, (MixUp, SharpnessAwareMinimization))
@@ -81,4 +86,6 @@ def test_label_smoothing_needs_a_cross_entropy():
     categorical = MLPHyperModel(
         4, 3, space=space, loss=keras.losses.CategoricalCrossentropy(), train_size=16
     )
-    assert categorical.build(keras_tuner.HyperParameters()).loss.get_config()["label_smoothing"] == 0.1
+    assert (
+        categorical.build(keras_tuner.HyperParameters()).loss.get_config()["label_smoothing"] == 0.1
+    )

@@ -371,7 +371,11 @@ def test_median_stopped_trials_are_recorded_as_stopped(tmp_path):
         ({"median_stopping": 1}, TypeError, "median_stopping=1"),
         ({"callbacks": "early"}, TypeError, "'early'"),
         # Used to hang (int(1e308) executions); now rejected before anything runs.
-        ({"executions_per_trial": 1e308}, ValueError, r"`executions_per_trial` must be at most 2\*\*53.*executions_per_trial=1e\+308"),
+        (
+            {"executions_per_trial": 1e308},
+            ValueError,
+            r"`executions_per_trial` must be at most 2\*\*53.*executions_per_trial=1e\+308",
+        ),
         ({"executions_per_trial": True}, TypeError, "executions_per_trial=True"),
         ({"executions_per_trial": 0}, ValueError, "executions_per_trial=0"),
     ],
