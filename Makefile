@@ -27,7 +27,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check --quiet nnkit tests recipes bench
 	$(VENV)/bin/ruff format --check --quiet nnkit tests recipes bench
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .site
+	$(VENV)/bin/mkdocs build --strict --site-dir .site
 	$(PY) -m pytest -n auto
 
 # The probes of nnkit/_keras and the fast suite against Keras's newest

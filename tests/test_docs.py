@@ -99,3 +99,79 @@ def test_schedule_plots_come_from_the_committed_script():
     script = (DOCS / "scripts" / "plot_schedules.py").read_text()
     for image in re.findall(r"\(img/([^)]+)\.png\)", (DOCS / "schedules.md").read_text()):
         assert f'"{image}"' in script, f"img/{image}.png is not drawn by plot_schedules.py"
+
+
+# -- the front door: README, the home page and the nav (issue 20) --------------------------
+
+README = ROOT / "README.md"
+STAGES = [
+    "Home",
+    "Getting started",
+    "Forward pass",
+    "Loss",
+    "Backprop health",
+    "Update",
+    "Generalization",
+    "Scale",
+    "Tuning and search",
+    "Meta-learning",
+    "Reference",
+]
+
+
+def _nav_sections():
+    nav = (ROOT / "mkdocs.yml").read_text().split("\nnav:\n", 1)[1].split("\n\n", 1)[0]
+    return re.findall(r"^  - ([^:]+):", nav, flags=re.MULTILINE)
+
+
+def _guide_pages():
+    nav = (ROOT / "mkdocs.yml").read_text().split("\nnav:\n", 1)[1].split("\n\n", 1)[0]
+    return [page for page in re.findall(r": (\S+\.md)$", nav, flags=re.MULTILINE)]
+
+
+def test_the_nav_is_grouped_by_stage_of_the_training_loop():
+    assert _nav_sections() == STAGES
+
+
+def test_the_home_page_links_every_guide_page_and_states_both_backends():
+    home = (DOCS / "index.md").read_text()
+    missing = [
+        page
+        for page in _guide_pages()
+        if not page.startswith("api/") and page != "index.md" and f"]({page})" not in home
+    ]
+    assert not missing, f"docs/index.md does not link {missing}"
+    assert "TensorFlow" in home and "JAX backend" in home
+
+
+def test_the_readme_shows_every_subpackage_and_recipe():
+    readme = README.read_text()
+    table = readme.split("## What is in it", 1)[1].split("\n\n")[2]
+    missing = [sub for sub in nnkit.SUBPACKAGES if f"`{sub}/`" not in table]
+    assert not missing, f"README's stage table lacks {missing}"
+    recipes = sorted(path.name for path in (ROOT / "recipes").glob("*.py"))
+    unlisted = [name for name in recipes if f"`{name}`" not in readme]
+    assert not unlisted, f"README does not list the recipes {unlisted}"
+    for command in ("make demo", "make test"):
+        assert f"\n{command}" in readme, f"README lost the set-up command {command!r}"
+
+
+def test_the_readme_names_the_parts_of_every_stage():
+    """The parts a reader looks for first (issue 20: none of them was in the README)."""
+    readme = README.read_text()
+    for subpackage in ("optimizers", "meta", "models"):
+        module = importlib.import_module(f"nnkit.{subpackage}")
+        missing = [name for name in module.__all__ if f"`{name}`" not in readme]
+        assert not missing, f"README lacks nnkit.{subpackage}'s {missing}"
+    for name in ("StochasticWeightAveraging", "DropPath", "GradientNormMonitor"):
+        assert f"`{name}`" in readme
+
+
+def test_the_docs_build_and_the_formatter_are_strict_in_make_test():
+    """`--quiet` hid the warnings that `--strict` counts; the format check runs in `make test`."""
+    makefile = (ROOT / "Makefile").read_text()
+    builds = re.findall(r"mkdocs build[^\n]*", makefile)
+    assert builds and all("--strict" in b and "--quiet" not in b for b in builds), builds
+    for target in ("test", "lint"):
+        recipe = makefile.split(f"\n{target}: ", 1)[1].split("\n\n", 1)[0]
+        assert "ruff format --check" in recipe, f"make {target} does not check the format"

@@ -82,7 +82,8 @@ def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_MKDOCS_2_WARNING": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(out)],
+        # No --quiet: it hides the warnings that --strict counts (issue 20).
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -91,6 +92,8 @@ def site(tmp_path_factory):
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING -")]
+    assert not warnings, warnings
     pages = {}
     for path in out.rglob("*.html"):
         page = _Page()
@@ -213,3 +216,32 @@ def test_the_checks_catch_what_they_look_for():
     )
     assert _resolve("index.html", "https://keras.io/") is None
     assert _resolve("index.html", "#principles") == ("index.html", "principles")
+
+
+# An API entry's heading id: nnkit.<subpackage>.<Class>.<member>.
+_MEMBER_ID = re.compile(r"^nnkit\.(\w+)\.([A-Z]\w*)\.(\w+)$")
+
+
+def test_api_pages_list_nnkit_members_only(site):
+    """No API entry documents a member that a Keras (or other foreign) base class defines."""
+    import importlib
+
+    _, pages = site
+    foreign, checked = [], 0
+    for name, page in pages.items():
+        if not name.startswith("api/"):
+            continue
+        for anchor in sorted(page.ids):
+            match = _MEMBER_ID.match(anchor)
+            if not match:
+                continue
+            subpackage, class_name, member = match.groups()
+            cls = getattr(importlib.import_module(f"nnkit.{subpackage}"), class_name)
+            checked += 1
+            for base in cls.__mro__[1:]:
+                if base is not object and not base.__module__.startswith("nnkit"):
+                    if member in vars(base):
+                        foreign.append(f"{anchor} (defined by {base.__module__}.{base.__name__})")
+                        break
+    assert checked > 20
+    assert not foreign, "API pages document foreign members:\n" + "\n".join(foreign)

@@ -76,8 +76,7 @@ def multi_worker_fit_is_broken():
     once ``fix_multi_worker_fit`` is applied, on a Keras that fixed the
     bug, and off the TensorFlow backend.
 
-    Args:
-        None: it probes the installed Keras as it is now.
+    It takes no arguments: it probes the installed Keras as it is now.
 
     Returns:
         True when at least one of the two functions fails.
@@ -105,8 +104,7 @@ def fix_multi_worker_fit():
     nothing broken and returns False. ``nnkit.distribute.strategy`` calls it
     when it builds a ``MultiWorkerMirroredStrategy``. Call it before ``fit``.
 
-    Args:
-        None: it acts on the installed Keras, process-wide.
+    It takes no arguments: it acts on the installed Keras, process-wide.
 
     Returns:
         True when it patched something now; False when Keras works already
@@ -135,8 +133,7 @@ def remove_multi_worker_fit_fix():
     A ``train_function`` traced while the fix was applied keeps it; set
     ``model.train_function = None`` (or compile again) to trace anew.
 
-    Args:
-        None: it acts on the installed Keras, process-wide.
+    It takes no arguments: it acts on the installed Keras, process-wide.
 
     Returns:
         True when a patched function was restored, False when none was
