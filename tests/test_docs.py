@@ -175,3 +175,10 @@ def test_the_docs_build_and_the_formatter_are_strict_in_make_test():
     for target in ("test", "lint"):
         recipe = makefile.split(f"\n{target}: ", 1)[1].split("\n\n", 1)[0]
         assert "ruff format --check" in recipe, f"make {target} does not check the format"
+
+
+def test_the_recipes_page_describes_every_recipe():
+    page = (DOCS / "recipes.md").read_text()
+    recipes = sorted(path.name for path in (ROOT / "recipes").glob("*.py"))
+    missing = [name for name in recipes if f"`recipes/{name}`" not in page]
+    assert not missing, f"docs/recipes.md does not describe {missing}"
