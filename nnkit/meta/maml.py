@@ -2,8 +2,7 @@
 
 import keras
 
-from nnkit.meta.learner import OPTIONS, MetaLearner
-from nnkit.models._wrapper import keyword_only
+from nnkit.meta.learner import MetaLearner
 
 
 @keras.saving.register_keras_serializable(package="nnkit")
@@ -72,26 +71,6 @@ class MAML(MetaLearner):
         Finn, Abbeel and Levine, "Model-Agnostic Meta-Learning for Fast
         Adaptation of Deep Networks", ICML 2017 (first order: section 5.2).
     """
-
-    @keyword_only(*OPTIONS)
-    def __init__(
-        self,
-        model,
-        *,
-        inner_learning_rate=0.01,
-        inner_steps=1,
-        first_order=False,
-        transductive=True,
-        **kwargs,
-    ):
-        super().__init__(
-            model,
-            inner_learning_rate=inner_learning_rate,
-            inner_steps=inner_steps,
-            first_order=first_order,
-            transductive=transductive,
-            **kwargs,
-        )
 
     def get_config(self):
         return {**super().get_config(), "first_order": self.first_order}
