@@ -42,6 +42,19 @@ def split_inputs(inputs):
     )
 
 
+def _check_no_batch_transform(learner, model):
+    """Refuse an inner wrapper whose ``prepare_batch`` transforms batches of examples."""
+    inner = model
+    while isinstance(inner, TrainingWrapper):
+        if type(inner).prepare_batch is not TrainingWrapper.prepare_batch:
+            raise ValueError(
+                f"{learner} trains on batches of tasks, and {type(inner).__name__} transforms "
+                "batches of examples (its prepare_batch would mix or cut whole tasks): wrap "
+                f"the model without it. Received: model={model.name!r}"
+            )
+        inner = inner.model
+
+
 class _Compiled:
     """Compiled functions of one learner, by number of steps (a plain holder Keras does not track)."""
 
@@ -67,7 +80,8 @@ class MetaLearner(TrainingWrapper):
     wrappers' config handling, ``built`` rule, errors and keyword-only
     options. It adapts with its own compiled loss, so it is the outermost
     wrapper: ``MAML(SharpnessAwareMinimization(m))`` takes sharpness-aware
-    steps on the meta-loss.
+    steps on the meta-loss. An inner wrapper that transforms the batch
+    (``MixUp``) is refused: a batch of tasks is not a batch of examples.
 
     The learner's input is a batch of tasks, a dict ``{"x_support": (tasks,
     shots, ...), "y_support": (tasks, shots, ...), "x_query": (tasks, queries,
@@ -100,9 +114,9 @@ class MetaLearner(TrainingWrapper):
     Raises:
         TypeError: If ``model`` is not a ``keras.Model`` or an argument has
             the wrong type.
-        ValueError: If ``model`` is not built or has no trainable variables,
-            a number is out of range, or the backend is neither TensorFlow
-            nor JAX.
+        ValueError: If ``model`` is not built, has no trainable variables or
+            is a wrapper that transforms the batch (``MixUp``), a number is out
+            of range, or the backend is neither TensorFlow nor JAX.
 
     Example:
     >>> import keras
@@ -139,6 +153,7 @@ class MetaLearner(TrainingWrapper):
             raise ValueError(
                 f"`model` has no trainable variables to adapt. Received: model={model.name!r}"
             )
+        _check_no_batch_transform(type(self).__name__, model)
         super().__init__(model, **kwargs)
         self.inner_learning_rate = v.check_positive_number(
             "inner_learning_rate", inner_learning_rate

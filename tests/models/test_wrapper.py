@@ -134,6 +134,11 @@ def test_a_meta_learner_inside_a_wrapper_says_to_wrap_the_other_way():
         sam.fit(tasks, y_query, batch_size=4, verbose=0)
 
 
+def test_a_meta_learner_refuses_an_inner_batch_transform():
+    with pytest.raises(ValueError, match="MAML trains on batches of tasks, and MixUp transforms"):
+        MAML(SharpnessAwareMinimization(MixUp(_net(), seed=0), rho=0.05))
+
+
 def test_the_base_knows_no_wrapper():
     tree = ast.parse(inspect.getsource(_wrapper))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
