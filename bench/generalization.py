@@ -104,9 +104,9 @@ def build(config, args):
     model = mlp(FEATURES, [args.width] * args.depth, residual=True, drop_path=drop_path,
                 output_units=CLASSES)  # fmt: skip
     if config == "sam":
-        model = SharpnessAwareMinimization(model, 0.05)
+        model = SharpnessAwareMinimization(model, rho=0.05)
     elif config == "mixup":
-        model = MixUp(model, 0.2, seed=args.seed)
+        model = MixUp(model, alpha=0.2, seed=args.seed)
     model.compile(
         keras.optimizers.SGD(0.01, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -148,15 +148,15 @@ def make_model(config, seed):
         algorithm, steps = config
         net = network(seed)
         if algorithm == "maml":
-            model = MAML(net, 0.01, steps)
+            model = MAML(net, inner_learning_rate=0.01, inner_steps=steps)
         elif algorithm == "fomaml":
-            model = MAML(net, 0.01, steps, first_order=True)
+            model = MAML(net, inner_learning_rate=0.01, inner_steps=steps, first_order=True)
         elif algorithm == "metasgd":
-            model = MetaSGD(net, 0.01, steps, first_order=True)
+            model = MetaSGD(net, inner_learning_rate=0.01, inner_steps=steps, first_order=True)
         elif algorithm == "anil":
-            model = ANIL(net, "head", 0.01, steps)
+            model = ANIL(net, head="head", inner_learning_rate=0.01, inner_steps=steps)
         else:
-            model = Reptile(net, 0.01, steps)
+            model = Reptile(net, inner_learning_rate=0.01, inner_steps=steps)
     model.compile(keras.optimizers.Adam(1e-3), loss="mse")
     return model
 

@@ -110,9 +110,9 @@ def train(technique, x, y, args, learning_rate, seed, validation=None):
     model = mlp(64, [args.width] * args.depth, residual=True, drop_path=drop_path, output_units=10)
     trained = model
     if technique == "sam":
-        trained = SharpnessAwareMinimization(model, args.rho)
+        trained = SharpnessAwareMinimization(model, rho=args.rho)
     elif technique == "mixup":
-        trained = MixUp(model, args.alpha, seed=seed)
+        trained = MixUp(model, alpha=args.alpha, seed=seed)
     smoothing = args.smoothing if technique == "label_smoothing" else 0.0
     callbacks = []
     if technique == "swa":

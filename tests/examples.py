@@ -101,10 +101,10 @@ EXAMPLES = {
     "layers.MCDropout": lambda: LY.MCDropout(0.25, noise_shape=(None, 16), seed=3),
     # models (train-step wrappers)
     "models.SharpnessAwareMinimization": lambda: M.SharpnessAwareMinimization(
-        M.mlp(16, [8], output_units=2), 0.1, adaptive=True, num_batch_splits=2, name="sam"
+        M.mlp(16, [8], output_units=2), rho=0.1, adaptive=True, num_batch_splits=2, name="sam"
     ),
     "models.MixUp": lambda: M.MixUp(
-        M.mlp(16, [8], output_units=2), 0.4, mode="cutmix", seed=5, name="mix"
+        M.mlp(16, [8], output_units=2), alpha=0.4, mode="cutmix", seed=5, name="mix"
     ),
     # regularizers
     "regularizers.L1": lambda: R.L1(0.001),
@@ -164,12 +164,30 @@ EXAMPLES = {
         weight_decay=0.01,
     ),  # fmt: skip
     # meta
-    "meta.MAML": lambda: ML.MAML(_net(), 0.05, 2, first_order=True, transductive=False),
+    "meta.MAML": lambda: ML.MAML(
+        _net(), inner_learning_rate=0.05, inner_steps=2, first_order=True, transductive=False
+    ),
     # One inner step: with two, the harness's SGD(0.05) on the rates diverges to NaN in
     # three steps (on one device too), which the mirrored test once read as replica drift.
-    "meta.MetaSGD": lambda: ML.MetaSGD(_net(), 0.05, 1, True, False, rate_shape="variable"),
-    "meta.ANIL": lambda: ML.ANIL(_net(), "head", 0.05, 2, first_order=True, transductive=False),
-    "meta.Reptile": lambda: ML.Reptile(_net(), 0.05, 3, transductive=False),
+    "meta.MetaSGD": lambda: ML.MetaSGD(
+        _net(),
+        inner_learning_rate=0.05,
+        inner_steps=1,
+        first_order=True,
+        transductive=False,
+        rate_shape="variable",
+    ),
+    "meta.ANIL": lambda: ML.ANIL(
+        _net(),
+        head="head",
+        inner_learning_rate=0.05,
+        inner_steps=2,
+        first_order=True,
+        transductive=False,
+    ),
+    "meta.Reptile": lambda: ML.Reptile(
+        _net(), inner_learning_rate=0.05, inner_steps=3, transductive=False
+    ),
 }
 
 # Base classes that are public for subclassing but never instantiated directly.

@@ -24,6 +24,7 @@ TensorFlow backend only.
 
 import keras
 
+from nnkit._backend import require_backend
 from nnkit._keras import shadow
 
 METHOD = "_all_reduce_sum_gradients"
@@ -35,12 +36,12 @@ def target_optimizer(optimizer):
     Raises ``ValueError`` on a non-TensorFlow backend and ``TypeError`` for
     anything but a Keras optimizer.
     """
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "Transforming gradients after the cross-replica all-reduce needs the TensorFlow "
-            "backend (tf.distribute); on JAX use keras.distribution, whose gradients are "
-            f"already global. Received: backend={keras.backend.backend()!r}"
-        )
+    require_backend(
+        "Transforming gradients after the cross-replica all-reduce",
+        ("tensorflow",),
+        reason="the all-reduce is tf.distribute's; on JAX use keras.distribution, whose "
+        "gradients are already global",
+    )
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise TypeError(
             f"`optimizer` must be a keras.optimizers.Optimizer, not {type(optimizer).__name__}. "

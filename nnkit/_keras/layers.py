@@ -16,10 +16,22 @@ Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
 
 import contextlib
 
+import keras
+
 
 def walk(layer, *, include_self=True, recursive=True):
     """Every layer nested in ``layer`` (itself first with ``include_self``), each once."""
     return list(layer._flatten_layers(include_self=include_self, recursive=recursive))
+
+
+def batch_norm_layers(model):
+    """Every ``keras.layers.BatchNormalization`` in ``model`` (itself included), nested ones too.
+
+    Subclasses included. The one copy: synchronizing batch normalization
+    (``nnkit.distribute``) and recomputing its statistics
+    (``nnkit.callbacks``) look for the same layers.
+    """
+    return [layer for layer in walk(model) if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def seed_generators(layer):

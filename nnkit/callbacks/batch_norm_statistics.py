@@ -4,16 +4,7 @@ import keras
 import numpy as np
 
 from nnkit import _validation as v
-from nnkit._keras import layers as keras_layers
-
-
-def batch_norm_layers(model):
-    """Every ``keras.layers.BatchNormalization`` nested in ``model`` (subclasses included)."""
-    return [
-        layer
-        for layer in keras_layers.walk(model)
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
+from nnkit._keras.layers import batch_norm_layers
 
 
 def _inputs(element):

@@ -5,6 +5,7 @@ import warnings
 import keras
 
 from nnkit import _validation as v
+from nnkit._backend import require_backend
 from nnkit._keras import shadow, train_function
 from nnkit._messages import say
 from nnkit.callbacks import _gradient_logs as logs_lib
@@ -203,13 +204,11 @@ class GradientNormMonitor(StatefulCallback):
     # -- hooks ---------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        backend = keras.backend.backend()
-        if backend not in SUPPORTED_BACKENDS:
-            raise ValueError(
-                "GradientNormMonitor measures the gradients inside the compiled train step "
-                f"of the TensorFlow and JAX backends only. Received: backend={backend!r} "
-                "(set KERAS_BACKEND=tensorflow or jax)"
-            )
+        require_backend(
+            "GradientNormMonitor",
+            SUPPORTED_BACKENDS,
+            reason="it measures the gradients inside their compiled train steps",
+        )
         super().on_train_begin(logs)
         model = self.model
         self._hook = self._pending = None

@@ -2,16 +2,8 @@
 
 import keras
 
-from nnkit._keras import layers as keras_layers
-
-
-def batch_norm_layers(model):
-    """Every ``keras.layers.BatchNormalization`` in ``model`` (itself included), nested ones too."""
-    return [
-        layer
-        for layer in keras_layers.walk(model)
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
+from nnkit._backend import require_backend
+from nnkit._keras.layers import batch_norm_layers
 
 
 def synchronize_batch_norm(model):
@@ -59,12 +51,12 @@ def synchronize_batch_norm(model):
     >>> synchronize_batch_norm(model)  # nothing left to convert
     []
     """
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "Synchronized batch normalization is a tf.distribute feature (TensorFlow backend). "
-            "On JAX, keras.distribution.DataParallel already computes statistics over the "
-            f"global batch. Received: backend={keras.backend.backend()!r}"
-        )
+    require_backend(
+        "synchronize_batch_norm",
+        ("tensorflow",),
+        reason="synchronized batch normalization is a tf.distribute feature; on JAX, "
+        "keras.distribution.DataParallel already computes statistics over the global batch",
+    )
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(
             f"`model` must be a keras.Model or keras.layers.Layer, not {type(model).__name__}. "

@@ -17,21 +17,20 @@ import re
 import keras
 
 from nnkit import _validation as v
+from nnkit._backend import require_backend
 
 #: ``min_size`` default: kernels with at least 2**20 entries (4 MiB in float32) are sharded.
 DEFAULT_MIN_SIZE = 2**20
 
 
 def _require_jax(what):
-    backend = keras.backend.backend()
-    if backend != "jax":
-        raise RuntimeError(
-            f"{what} needs the JAX backend: keras.distribution (ModelParallel, "
-            f"LayoutMap) is implemented only there and is silently ignored on the "
-            f"{backend!r} backend, which is the current one. Set the environment "
-            f"variable KERAS_BACKEND=jax before keras is first imported (or, on "
-            f"TensorFlow, use data parallelism with a tf.distribute strategy)."
-        )
+    require_backend(
+        what,
+        ("jax",),
+        reason="keras.distribution (ModelParallel, LayoutMap) is implemented only there and "
+        "is silently ignored on the other backends (on TensorFlow, use data parallelism "
+        "with a tf.distribute strategy)",
+    )
 
 
 def _check_mesh(name, value):
@@ -265,7 +264,7 @@ def model_parallel(layout_map, *, batch_axis="batch"):
         A ``keras.distribution.ModelParallel``.
 
     Raises:
-        RuntimeError: If the Keras backend is not JAX (``keras.distribution``
+        ValueError: If the Keras backend is not JAX (``keras.distribution``
             would be silently ignored).
         TypeError: If ``layout_map`` is not a ``LayoutMap``.
         ValueError: If ``batch_axis`` is not an axis of the layout map's mesh.
@@ -318,7 +317,7 @@ def verify_layout(model, layout_map):
         layout map placed, in the model's variable order.
 
     Raises:
-        RuntimeError: If the Keras backend is not JAX.
+        ValueError: If the Keras backend is not JAX.
         TypeError: If an argument has the wrong type.
         ValueError: If a key matches no variable of the model, or a matched
             variable's sharding differs from its layout.

@@ -5,6 +5,7 @@ from typing import NamedTuple
 import keras
 
 from nnkit import _validation as v
+from nnkit._backend import require_backend
 from nnkit._keras import all_reduce
 from nnkit._keras import layers as keras_layers
 from nnkit._keras import model as keras_model
@@ -193,12 +194,12 @@ def check(model, strategy=None, *, raise_on_error=True):
     >>> check(model, raise_on_error=False).codes()
     ['steps_per_execution']
     """
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "`check` covers tf.distribute strategies on the TensorFlow backend. On JAX, "
-            "keras.distribution has none of these traps. "
-            f"Received: backend={keras.backend.backend()!r}"
-        )
+    require_backend(
+        "nnkit.distribute.check",
+        ("tensorflow",),
+        reason="it covers tf.distribute strategies; on JAX, keras.distribution has none of "
+        "these traps",
+    )
     import tensorflow as tf
 
     if not isinstance(model, keras.Model):

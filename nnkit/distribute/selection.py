@@ -14,6 +14,7 @@ import os
 import keras
 
 from nnkit import _validation as v
+from nnkit._backend import require_backend
 from nnkit._messages import say
 from nnkit.distribute.multi_worker import fix_multi_worker_fit
 
@@ -378,13 +379,12 @@ def strategy(kind="auto", *, devices=None, tpu=None, verbose=1):
         v.check_instance("kind", kind, tf.distribute.Strategy, "a string or tf.distribute.Strategy")
         return _announce(kind, "given", f"the given {type(kind).__name__}", verbose)
     kind = _check_kind(kind)
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "nnkit.distribute.strategy() builds tf.distribute strategies, which only the "
-            "TensorFlow backend uses. On the JAX backend use keras.distribution "
-            "(DataParallel, ModelParallel). "
-            f"Received: kind={kind!r} with KERAS_BACKEND={keras.backend.backend()!r}"
-        )
+    require_backend(
+        f"nnkit.distribute.strategy(kind={kind!r})",
+        ("tensorflow",),
+        reason="it builds tf.distribute strategies; on the JAX backend use "
+        "keras.distribution (DataParallel, ModelParallel)",
+    )
     devices = _check_devices(devices)
     if tpu is not None:
         v.check_str("tpu", tpu, allow_empty=True)

@@ -15,21 +15,20 @@ JAX, ``jax.value_and_grad`` nested inside the trainer's own
 
 import keras
 
+from nnkit._backend import require_backend
+
 #: Backends the meta-learners run on.
 SUPPORTED = ("tensorflow", "jax")
 
 
 def check_supported():
     """Raise a clear error on a backend without nested differentiation support here."""
-    backend = keras.backend.backend()
-    if backend not in SUPPORTED:
-        raise RuntimeError(
-            f"nnkit.meta runs on the TensorFlow and JAX backends only; the Keras backend is "
-            f"{backend!r}. The inner loop needs nested gradients (tf.GradientTape or "
-            "jax.grad) and PyTorch's are not wired up: set KERAS_BACKEND=tensorflow or "
-            "KERAS_BACKEND=jax before Keras is first imported."
-        )
-    return backend
+    return require_backend(
+        "nnkit.meta",
+        SUPPORTED,
+        reason="the inner loop needs nested gradients (tf.GradientTape or jax.grad) and "
+        "PyTorch's are not wired up",
+    )
 
 
 def value_and_grad(fn, params):

@@ -3,7 +3,8 @@
 import keras
 
 from nnkit import _validation as v
-from nnkit.meta.learner import MetaLearner
+from nnkit.meta.learner import OPTIONS, MetaLearner
+from nnkit.models._wrapper import keyword_only
 
 
 def _check_head(model, head):
@@ -55,7 +56,8 @@ class ANIL(MetaLearner):
     Args:
         model: The built ``keras.Model`` to meta-train. Required.
         head: The name (or list of names) of the model's top-level layers
-            whose variables are adapted. Required.
+            whose variables are adapted. Keyword-only, as every option (by
+            position: deprecated). Required.
         inner_learning_rate: The inner step size α, > 0. Defaults to ``0.01``.
         inner_steps: Inner steps in training and evaluation, >= 1.
             Defaults to ``1``.
@@ -65,12 +67,12 @@ class ANIL(MetaLearner):
         **kwargs: ``keras.Model`` arguments (``name``, ...).
 
     Raises:
-        RuntimeError: On a backend other than TensorFlow and JAX.
         TypeError: If ``model`` is not a ``keras.Model``, ``head`` is not a
             name or list of names, or an argument has the wrong type.
         ValueError: If ``model`` is not built, ``head`` names a layer the
-            model does not have (or one without trainable variables), or a
-            number is out of range.
+            model does not have (or one without trainable variables), a
+            number is out of range, or the backend is neither TensorFlow nor
+            JAX.
 
     Example:
     >>> import keras
@@ -86,9 +88,11 @@ class ANIL(MetaLearner):
         Towards Understanding the Effectiveness of MAML", ICLR 2020.
     """
 
+    @keyword_only("head", *OPTIONS)
     def __init__(
         self,
         model,
+        *,
         head,
         inner_learning_rate=0.01,
         inner_steps=1,
@@ -96,8 +100,6 @@ class ANIL(MetaLearner):
         transductive=True,
         **kwargs,
     ):
-        if isinstance(model, dict):
-            model = keras.saving.deserialize_keras_object(model)
         super().__init__(
             model,
             inner_learning_rate=inner_learning_rate,

@@ -1,7 +1,5 @@
 """The ``keras.Model`` wrapper that every meta-learner is: fit on tasks, adapt to a new one."""
 
-import json
-
 import keras
 import numpy as np
 from keras import ops
@@ -9,6 +7,10 @@ from keras import ops
 from nnkit import _validation as v
 from nnkit._arrays import to_numpy
 from nnkit.meta import _adaptation, _backend
+from nnkit.models._wrapper import TrainingWrapper, keyword_only
+
+#: The options every learner takes after ``model``, in their former positional order.
+OPTIONS = ("inner_learning_rate", "inner_steps", "first_order", "transductive")
 
 #: The keys of a batch of tasks (the model's input), in order.
 INPUT_KEYS = ("x_support", "y_support", "x_query")
@@ -40,6 +42,19 @@ def split_inputs(inputs):
     )
 
 
+def _check_no_batch_transform(learner, model):
+    """Refuse an inner wrapper whose ``prepare_batch`` transforms batches of examples."""
+    inner = model
+    while isinstance(inner, TrainingWrapper):
+        if type(inner).prepare_batch is not TrainingWrapper.prepare_batch:
+            raise ValueError(
+                f"{learner} trains on batches of tasks, and {type(inner).__name__} transforms "
+                "batches of examples (its prepare_batch would mix or cut whole tasks): wrap "
+                f"the model without it. Received: model={model.name!r}"
+            )
+        inner = inner.model
+
+
 class _Compiled:
     """Compiled functions of one learner, by number of steps (a plain holder Keras does not track)."""
 
@@ -47,7 +62,7 @@ class _Compiled:
         self.functions = {}
 
 
-class MetaLearner(keras.Model):
+class MetaLearner(TrainingWrapper):
     """Base class of the meta-learners: a ``keras.Model`` around the model being meta-trained.
 
     Subclass it only to write a new algorithm; use ``MAML``,
@@ -56,6 +71,17 @@ class MetaLearner(keras.Model):
     hooks: the inner learning rate of each trainable variable
     (``None``: not adapted), whether the inner gradient is stopped, and what
     its forward pass returns and adds to the loss.
+
+    It is one of nnkit's model wrappers (on the base of
+    ``SharpnessAwareMinimization`` and ``MixUp``): its own hook is the
+    forward pass, ``call``, which runs the adaptation, and its gradient step
+    is the chain's (Keras's own, which differentiates the meta-loss through
+    ``call``, unless an inner wrapper overrides it). It shares the
+    wrappers' config handling, ``built`` rule, errors and keyword-only
+    options. It adapts with its own compiled loss, so it is the outermost
+    wrapper: ``MAML(SharpnessAwareMinimization(m))`` takes sharpness-aware
+    steps on the meta-loss. An inner wrapper that transforms the batch
+    (``MixUp``) is refused: a batch of tasks is not a batch of examples.
 
     The learner's input is a batch of tasks, a dict ``{"x_support": (tasks,
     shots, ...), "y_support": (tasks, shots, ...), "x_query": (tasks, queries,
@@ -72,6 +98,7 @@ class MetaLearner(keras.Model):
         model: The built ``keras.Model`` to meta-train (Sequential,
             functional, or a subclassed model with ``get_config``). Required.
         inner_learning_rate: The inner (adaptation) step size α, > 0.
+            Keyword-only, as every option (by position: deprecated).
             Defaults to ``0.01``.
         inner_steps: Adaptation steps during training and evaluation, an int
             >= 1. Defaults to ``1``.
@@ -85,11 +112,11 @@ class MetaLearner(keras.Model):
         **kwargs: ``keras.Model`` arguments (``name``, ``trainable``, ``dtype``).
 
     Raises:
-        RuntimeError: On a backend other than TensorFlow and JAX.
         TypeError: If ``model`` is not a ``keras.Model`` or an argument has
             the wrong type.
-        ValueError: If ``model`` is not built or has no trainable variables,
-            or a number is out of range.
+        ValueError: If ``model`` is not built, has no trainable variables or
+            is a wrapper that transforms the batch (``MixUp``), a number is out
+            of range, or the backend is neither TensorFlow nor JAX.
 
     Example:
     >>> import keras
@@ -103,9 +130,11 @@ class MetaLearner(keras.Model):
         Adaptation of Deep Networks", ICML 2017.
     """
 
+    @keyword_only(*OPTIONS)
     def __init__(
         self,
         model,
+        *,
         inner_learning_rate=0.01,
         inner_steps=1,
         first_order=False,
@@ -113,8 +142,6 @@ class MetaLearner(keras.Model):
         **kwargs,
     ):
         _backend.check_supported()
-        if isinstance(model, dict):
-            model = keras.saving.deserialize_keras_object(model)
         v.check_instance("model", model, keras.Model, "a built keras.Model")
         if not model.built:
             raise ValueError(
@@ -126,8 +153,8 @@ class MetaLearner(keras.Model):
             raise ValueError(
                 f"`model` has no trainable variables to adapt. Received: model={model.name!r}"
             )
-        super().__init__(**kwargs)
-        self.model = model
+        _check_no_batch_transform(type(self).__name__, model)
+        super().__init__(model, **kwargs)
         self.inner_learning_rate = v.check_positive_number(
             "inner_learning_rate", inner_learning_rate
         )
@@ -135,7 +162,6 @@ class MetaLearner(keras.Model):
         self.first_order = v.check_bool("first_order", first_order)
         self.transductive = v.check_bool("transductive", transductive)
         self._meta_compiled = _Compiled()
-        self.built = True
 
     # -- what a subclass decides --------------------------------------------------
 
@@ -159,7 +185,9 @@ class MetaLearner(keras.Model):
         if loss is None:
             raise ValueError(
                 f"{type(self).__name__} adapts with its compiled loss: call compile(optimizer, "
-                "loss=...) first (loading a saved learner compiles it)."
+                "loss=...) first (loading a saved learner compiles it). A meta-learner is the "
+                "outermost wrapper: write MAML(SharpnessAwareMinimization(model)), not "
+                "SharpnessAwareMinimization(MAML(model))."
             )
         if isinstance(loss, (dict, list, tuple)):
             raise ValueError(
@@ -212,10 +240,6 @@ class MetaLearner(keras.Model):
         return keras.KerasTensor(
             (x_query.shape[0], x_query.shape[1], *inner.shape[1:]), inner.dtype
         )
-
-    def build(self, input_shape=None):
-        """Nothing to build: the wrapped model is built and the learner's own variables exist."""
-        self.built = True
 
     # -- adaptation to new tasks ---------------------------------------------------
 
@@ -302,21 +326,9 @@ class MetaLearner(keras.Model):
     # -- serialization -----------------------------------------------------------
 
     def get_config(self):
-        config = super().get_config()
-        # Through JSON: the nested model's config holds tuples (shapes).
-        model = json.loads(json.dumps(keras.saving.serialize_keras_object(self.model)))
-        config.update(
-            model=model,
-            inner_learning_rate=self.inner_learning_rate,
-            inner_steps=self.inner_steps,
-            transductive=self.transductive,
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        model = keras.saving.deserialize_keras_object(
-            config.pop("model"), custom_objects=custom_objects
-        )
-        return cls(model, **config)
+        return {
+            **super().get_config(),
+            "inner_learning_rate": self.inner_learning_rate,
+            "inner_steps": self.inner_steps,
+            "transductive": self.transductive,
+        }

@@ -32,7 +32,9 @@ class MAML(MetaLearner):
 
     Args:
         model: The built ``keras.Model`` to meta-train. Required.
-        inner_learning_rate: The inner step size α, > 0. Defaults to ``0.01``.
+        inner_learning_rate: The inner step size α, > 0.
+            Keyword-only, as every option (by position: deprecated).
+            Defaults to ``0.01``.
         inner_steps: Inner steps K in training and evaluation, >= 1
             (``adapt`` and ``predict_adapted`` take other counts). Defaults
             to ``1``.
@@ -44,10 +46,10 @@ class MAML(MetaLearner):
         **kwargs: ``keras.Model`` arguments (``name``, ...).
 
     Raises:
-        RuntimeError: On a backend other than TensorFlow and JAX.
         TypeError: If ``model`` is not a ``keras.Model`` or an argument has
             the wrong type.
-        ValueError: If ``model`` is not built, or a number is out of range.
+        ValueError: If ``model`` is not built, a number is out of range, or
+            the backend is neither TensorFlow nor JAX.
 
     Example:
     >>> import keras, numpy as np
@@ -69,24 +71,6 @@ class MAML(MetaLearner):
         Finn, Abbeel and Levine, "Model-Agnostic Meta-Learning for Fast
         Adaptation of Deep Networks", ICML 2017 (first order: section 5.2).
     """
-
-    def __init__(
-        self,
-        model,
-        inner_learning_rate=0.01,
-        inner_steps=1,
-        first_order=False,
-        transductive=True,
-        **kwargs,
-    ):
-        super().__init__(
-            model,
-            inner_learning_rate=inner_learning_rate,
-            inner_steps=inner_steps,
-            first_order=first_order,
-            transductive=transductive,
-            **kwargs,
-        )
 
     def get_config(self):
         return {**super().get_config(), "first_order": self.first_order}

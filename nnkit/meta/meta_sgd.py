@@ -3,7 +3,8 @@
 import keras
 
 from nnkit import _validation as v
-from nnkit.meta.learner import MetaLearner, read
+from nnkit.meta.learner import OPTIONS, MetaLearner, read
+from nnkit.models._wrapper import keyword_only
 
 #: ``rate_shape`` options: one rate per weight (the paper), or one per variable.
 RATE_SHAPES = ("element", "variable")
@@ -32,7 +33,9 @@ class MetaSGD(MetaLearner):
 
     Args:
         model: The built ``keras.Model`` to meta-train. Required.
-        inner_learning_rate: The initial inner rates, > 0. Defaults to ``0.01``.
+        inner_learning_rate: The initial inner rates, > 0.
+            Keyword-only, as every option (by position: deprecated).
+            Defaults to ``0.01``.
         inner_steps: Inner steps in training and evaluation, >= 1.
             Defaults to ``1``.
         first_order: Drop the second-order term. Defaults to ``False``.
@@ -42,7 +45,6 @@ class MetaSGD(MetaLearner):
         **kwargs: ``keras.Model`` arguments (``name``, ...).
 
     Raises:
-        RuntimeError: On a backend other than TensorFlow and JAX.
         TypeError: If ``model`` is not a ``keras.Model`` or an argument has
             the wrong type.
         ValueError: If ``model`` is not built, ``rate_shape`` is unknown, or
@@ -63,9 +65,11 @@ class MetaSGD(MetaLearner):
         Few-Shot Learning", 2017 (arXiv:1707.09835).
     """
 
+    @keyword_only(*OPTIONS, "rate_shape")
     def __init__(
         self,
         model,
+        *,
         inner_learning_rate=0.01,
         inner_steps=1,
         first_order=False,

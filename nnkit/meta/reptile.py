@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from nnkit.meta.learner import MetaLearner
+from nnkit.models._wrapper import keyword_only
 
 
 @keras.saving.register_keras_serializable(package="nnkit")
@@ -31,7 +32,9 @@ class Reptile(MetaLearner):
 
     Args:
         model: The built ``keras.Model`` to meta-train. Required.
-        inner_learning_rate: The inner SGD step size α, > 0. Defaults to ``0.01``.
+        inner_learning_rate: The inner SGD step size α, > 0.
+            Keyword-only, as every option (by position: deprecated).
+            Defaults to ``0.01``.
         inner_steps: Inner steps in training and evaluation, >= 1.
             Defaults to ``5``.
         transductive: Query pass in training mode (see ``MAML``).
@@ -39,10 +42,10 @@ class Reptile(MetaLearner):
         **kwargs: ``keras.Model`` arguments (``name``, ...).
 
     Raises:
-        RuntimeError: On a backend other than TensorFlow and JAX.
         TypeError: If ``model`` is not a ``keras.Model`` or an argument has
             the wrong type.
-        ValueError: If ``model`` is not built, or a number is out of range.
+        ValueError: If ``model`` is not built, a number is out of range, or
+            the backend is neither TensorFlow nor JAX.
 
     Example:
     >>> import keras, numpy as np
@@ -63,7 +66,10 @@ class Reptile(MetaLearner):
         Algorithms", 2018 (arXiv:1803.02999).
     """
 
-    def __init__(self, model, inner_learning_rate=0.01, inner_steps=5, transductive=True, **kwargs):
+    @keyword_only("inner_learning_rate", "inner_steps", "transductive")
+    def __init__(
+        self, model, *, inner_learning_rate=0.01, inner_steps=5, transductive=True, **kwargs
+    ):
         super().__init__(
             model,
             inner_learning_rate=inner_learning_rate,

@@ -1,17 +1,32 @@
-"""The base of nnkit's train-step wrappers (``SharpnessAwareMinimization``, ``MixUp``).
+"""The one base of nnkit's model wrappers: ``SharpnessAwareMinimization``, ``MixUp``, the meta-learners.
 
-A wrapper is a ``keras.Model`` around the user's model: ``call`` is the
-inner model's, so ``predict`` and ``evaluate`` are unchanged, and only
-``train_step`` differs. A train step of any wrapper runs, in order:
+A wrapper is a ``keras.Model`` around the user's model (``self.model``).
+Its train step is Keras's, cut at two public hooks that a subclass
+overrides; the base never knows a subclass:
 
-1. ``prepare_batch(data)``: the wrappers' batch transforms, innermost
-   first (``MixUp`` mixes the batch here);
-2. the gradient step: sharpness-aware (two gradient evaluations) when a
-   ``SharpnessAwareMinimization`` is in the chain, else Keras's own.
+1. ``prepare_batch(data)``: the batch the step trains on. The base returns
+   the inner wrapper's (innermost first), else ``data``; ``MixUp`` mixes the
+   batch here.
+2. ``gradient_step(trainer, *args)``: computes the gradients of the loss
+   of ``trainer`` (the outermost wrapper, the one compiled and fit: its
+   optimizer, loss and metrics) and applies them. The base hands over to
+   the inner wrapper, else runs Keras's own step on ``trainer``;
+   ``SharpnessAwareMinimization`` overrides it with its two-pass step.
 
-So wrappers nest in either order (``SharpnessAwareMinimization(MixUp(m))``
+So in a chain of wrappers the outermost override of each hook wins and the
+order of nesting does not matter (``SharpnessAwareMinimization(MixUp(m))``
 and ``MixUp(SharpnessAwareMinimization(m))`` train alike); compile and fit
-the outermost one.
+the outermost one. ``call`` is the inner model's, so ``predict`` and
+``evaluate`` are unchanged; the meta-learners override ``call`` (the
+adaptation runs in the forward pass) and keep Keras's gradient step.
+
+What every wrapper shares: ``model`` is a ``keras.Model`` (else
+``TypeError``) and the only positional argument, every option is
+keyword-only (`keyword_only` keeps older positional calls working, with a
+``DeprecationWarning``); the wrapper is built when its model is (building
+the wrapper builds the model); ``get_config`` is Keras's (``name``,
+``trainable``, ``dtype``) plus the serialized ``model`` and the subclass's
+options, and ``from_config`` rebuilds the model first.
 
 Targets mixed from two label sets travel as `MixedTargets`; the
 wrappers' ``compute_loss`` and ``compute_metrics`` weigh the two sets, so the
@@ -19,6 +34,9 @@ user's loss is used unchanged, whatever its kind (sparse or not).
 """
 
 import collections
+import functools
+import json
+import warnings
 
 import keras
 from keras import ops
@@ -54,8 +72,58 @@ def _second_sample_weight(targets, sample_weight):
     return targets.second_sample_weight
 
 
+def keyword_only(*names):
+    """Decorate a wrapper's ``__init__(self, model, *, ...)``: ``names`` may still come by position.
+
+    ``names`` are the options that an older release took positionally after
+    ``model``, in that order. Passing them so still works for one release,
+    with a ``DeprecationWarning`` that names the keywords to use.
+    """
+
+    def decorate(init):
+        @functools.wraps(init)
+        def wrapper(self, model, *args, **kwargs):
+            if args:
+                owner = type(self).__name__
+                if len(args) > len(names):
+                    raise TypeError(
+                        f"{owner} takes `model` and at most {len(names)} deprecated positional "
+                        f"options ({', '.join(names)}); pass options by keyword. "
+                        f"Received: {1 + len(args)} positional arguments"
+                    )
+                given = dict(zip(names, args, strict=False))
+                twice = sorted(set(given) & set(kwargs))
+                if twice:
+                    raise TypeError(
+                        f"{owner} got {', '.join(twice)} both by position and by keyword. "
+                        f"Received: {len(args)} positional options and keywords {sorted(kwargs)}"
+                    )
+                keywords = ", ".join(f"{name}={value!r}" for name, value in given.items())
+                warnings.warn(
+                    f"Passing {', '.join(given)} to {owner} by position is deprecated and will "
+                    f"stop working in the next release; pass it by keyword: "
+                    f"{owner}(model, {keywords}).",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                kwargs.update(given)
+            return init(self, model, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 class TrainingWrapper(keras.Model):
-    """A model that trains ``model`` with a different train step; ``call`` is ``model``'s."""
+    """A ``keras.Model`` that trains ``model`` through two hooks; see the module documentation.
+
+    Args:
+        model: The ``keras.Model`` to wrap. Required.
+        **kwargs: ``keras.Model`` arguments (``name``, ``trainable``, ``dtype``).
+
+    Raises:
+        TypeError: If ``model`` is not a ``keras.Model``.
+    """
 
     def __init__(self, model, **kwargs):
         v.check_instance("model", model, keras.Model, "a keras.Model")
@@ -63,6 +131,12 @@ class TrainingWrapper(keras.Model):
         self.model = model
         if model.built:
             self.built = True
+
+    def build(self, input_shape=None):
+        """Build the wrapped model (a wrapper creates no variables of its own here)."""
+        if not self.model.built:
+            self.model.build(input_shape)
+        self.built = True
 
     # -- forward -----------------------------------------------------------------
 
@@ -72,19 +146,51 @@ class TrainingWrapper(keras.Model):
     def compute_output_spec(self, inputs, training=None):
         return self.model.compute_output_spec(inputs, training=training)
 
-    # -- the train step ------------------------------------------------------------
+    # -- the train step: two hooks ---------------------------------------------------
 
     def prepare_batch(self, data):
-        """The batch the gradient step trains on (the inner wrappers' transforms first)."""
+        """The batch the gradient step trains on: the inner wrappers' transforms, innermost first.
+
+        Override it to transform the batch (``MixUp``); call
+        ``super().prepare_batch(data)`` first so inner wrappers still apply.
+        It runs inside the compiled step.
+
+        Args:
+            data: The batch ``fit`` gives the train step (``x``, ``(x, y)``
+                or ``(x, y, sample_weight)``).
+
+        Returns:
+            The batch, in the same form.
+        """
         if isinstance(self.model, TrainingWrapper):
             return self.model.prepare_batch(data)
         return data
 
-    def sharpness_aware(self):
-        """The ``SharpnessAwareMinimization`` of the chain (outermost), or ``None``."""
+    def gradient_step(self, trainer, *args):
+        """Compute the gradients of ``trainer``'s loss on a batch and apply them; return the logs.
+
+        Override it to change how the gradient the optimizer applies is
+        computed (``SharpnessAwareMinimization``). The base hands over to the
+        inner wrapper, so the outermost override in a chain wins; without
+        one it is Keras's own train step on ``trainer``.
+
+        Args:
+            trainer: The outermost wrapper, the model being fit: its
+                ``optimizer``, ``compute_loss`` and ``compute_metrics`` are
+                the ones to use, and its ``trainable_variables`` are the
+                weights to update.
+            *args: ``(data,)`` on TensorFlow; ``(state, data)`` on JAX,
+                where ``state`` is ``(trainable, non_trainable,
+                optimizer_variables, metrics_variables)`` as in Keras's
+                stateless JAX step. ``data`` is the prepared batch.
+
+        Returns:
+            What Keras's ``train_step`` returns on the backend: the logs
+            (TensorFlow), or ``(logs, state)`` (JAX).
+        """
         if isinstance(self.model, TrainingWrapper):
-            return self.model.sharpness_aware()
-        return None
+            return self.model.gradient_step(trainer, *args)
+        return super(TrainingWrapper, trainer).train_step(*args)
 
     def train_step(self, *args):
         # TensorFlow calls train_step(data), JAX train_step(state, data).
@@ -93,12 +199,7 @@ class TrainingWrapper(keras.Model):
             state, data = self._prepare_stateless(*state, data)
         else:
             data = self.prepare_batch(data)
-        settings = self.sharpness_aware()
-        if settings is None:
-            return super().train_step(*state, data)
-        from nnkit.models import _sam_step
-
-        return _sam_step.train_step(self, settings, *state, data)
+        return self.gradient_step(self, *state, data)
 
     def _prepare_stateless(self, state, data):
         """JAX: ``prepare_batch`` with the non-trainable state (seed generators) of ``state``."""
@@ -144,14 +245,19 @@ class TrainingWrapper(keras.Model):
     # -- config --------------------------------------------------------------------
 
     def get_config(self):
-        return {
-            "model": keras.saving.serialize_keras_object(self.model),
-            "name": self.name,
-            "trainable": self.trainable,
-        }
+        """Keras's config (``name``, ``trainable``, ``dtype``) and the serialized ``model``.
+
+        A subclass adds its options: ``{**super().get_config(), "rho": self.rho}``.
+        """
+        config = super().get_config()
+        # Through JSON: the nested model's config holds tuples (shapes).
+        config["model"] = json.loads(json.dumps(keras.saving.serialize_keras_object(self.model)))
+        return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        config["model"] = keras.saving.deserialize_keras_object(config["model"])
-        return cls(**config)
+        model = keras.saving.deserialize_keras_object(
+            config.pop("model"), custom_objects=custom_objects
+        )
+        return cls(model, **config)

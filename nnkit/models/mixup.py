@@ -5,7 +5,7 @@ from keras import ops
 
 from nnkit import _validation as v
 from nnkit.models import _mixing
-from nnkit.models._wrapper import MixedTargets, TrainingWrapper
+from nnkit.models._wrapper import MixedTargets, TrainingWrapper, keyword_only
 
 
 def _single_tensor(x):
@@ -78,7 +78,8 @@ class MixUp(TrainingWrapper):
     Args:
         model: The ``keras.Model`` to train. Required.
         alpha: ``α``, a finite number ``> 0`` (``0.2`` to ``0.4`` for
-            MixUp, ``1.0`` for CutMix in the papers). Defaults to ``0.2``.
+            MixUp, ``1.0`` for CutMix in the papers). Keyword-only (by
+            position: deprecated). Defaults to ``0.2``.
         mode: ``"mixup"`` or ``"cutmix"``. Keyword-only.
             Defaults to ``"mixup"``.
         seed: An int ``>= 0`` seeding the draws of ``λ``, ``π`` and the box,
@@ -117,7 +118,8 @@ class MixUp(TrainingWrapper):
         Classifiers with Localizable Features", ICCV 2019.
     """
 
-    def __init__(self, model, alpha=0.2, *, mode="mixup", seed=None, **kwargs):
+    @keyword_only("alpha")
+    def __init__(self, model, *, alpha=0.2, mode="mixup", seed=None, **kwargs):
         alpha = v.check_positive_number("alpha", alpha)
         mode = v.check_one_of("mode", mode, _mixing.MODES)
         seed = v.check_optional_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)

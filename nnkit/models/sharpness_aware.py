@@ -3,9 +3,9 @@
 import keras
 
 from nnkit import _validation as v
-from nnkit.models._wrapper import TrainingWrapper
-
-_BACKENDS = ("tensorflow", "jax")
+from nnkit._backend import require_backend
+from nnkit.models import _sam_step
+from nnkit.models._wrapper import TrainingWrapper, keyword_only
 
 
 @keras.saving.register_keras_serializable(package="nnkit")
@@ -56,11 +56,17 @@ class SharpnessAwareMinimization(TrainingWrapper):
     exactly like one device with ``num_batch_splits = R · m``; only ``g'``
     is all-reduced, by the optimizer as usual.
 
+    It overrides the wrappers' ``gradient_step`` hook, so in a chain of
+    wrappers the gradient is sharpness-aware whatever the nesting order
+    (``MixUp``), and ``MAML(SharpnessAwareMinimization(m))`` perturbs the
+    weights against the meta-loss (a meta-learner adapts with its own
+    compiled loss, so it goes outside).
+
     Args:
         model: The ``keras.Model`` to train. Required.
         rho: The neighbourhood radius ``ρ``, a finite number ``> 0``
             (typically 0.05 for SAM, 0.5 to 2 for adaptive SAM).
-            Defaults to ``0.05``.
+            Keyword-only (by position: deprecated). Defaults to ``0.05``.
         adaptive: Scale the perturbation by ``|w|`` (ASAM), which makes
             it invariant to rescaling a layer's weights. Keyword-only.
             Defaults to ``False``.
@@ -97,13 +103,13 @@ class SharpnessAwareMinimization(TrainingWrapper):
         ``keras.models.experimental.SharpnessAwareMinimization``.
     """
 
-    def __init__(self, model, rho=0.05, *, adaptive=False, num_batch_splits=1, **kwargs):
-        backend = keras.backend.backend()
-        if backend not in _BACKENDS:
-            raise ValueError(
-                "SharpnessAwareMinimization computes its gradients with the TensorFlow or JAX "
-                f"backend. Received: backend={backend!r}"
-            )
+    @keyword_only("rho")
+    def __init__(self, model, *, rho=0.05, adaptive=False, num_batch_splits=1, **kwargs):
+        require_backend(
+            "SharpnessAwareMinimization",
+            ("tensorflow", "jax"),
+            reason="its two gradient evaluations per step are written for their train steps",
+        )
         rho = v.check_positive_number("rho", rho)
         adaptive = v.check_bool("adaptive", adaptive)
         num_batch_splits = v.check_positive_int("num_batch_splits", num_batch_splits)
@@ -112,8 +118,9 @@ class SharpnessAwareMinimization(TrainingWrapper):
         self.adaptive = adaptive
         self.num_batch_splits = num_batch_splits
 
-    def sharpness_aware(self):
-        return self
+    def gradient_step(self, trainer, *args):
+        """The sharpness-aware step (see the class documentation) of ``trainer``'s loss."""
+        return _sam_step.train_step(trainer, self, *args)
 
     def get_config(self):
         return {

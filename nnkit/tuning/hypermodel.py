@@ -96,8 +96,8 @@ class MLPHyperModel(keras_tuner.HyperModel):
 
     The opt-in generalization knobs (``SearchSpace().with_generalization()``),
     absent from the default space: ``drop_path`` goes to ``mlp``;
-    ``mixup`` wraps the model in ``MixUp(model, mixup_alpha)`` and ``sam``
-    in ``SharpnessAwareMinimization(..., sam_rho)`` (the compiled model is
+    ``mixup`` wraps the model in ``MixUp(model, alpha=mixup_alpha)`` and ``sam``
+    in ``SharpnessAwareMinimization(..., rho=sam_rho)`` (the compiled model is
     then the wrapper); ``label_smoothing > 0`` replaces a sparse
     cross-entropy ``loss`` by ``nnkit.losses.SparseCategoricalCrossentropy``
     (a categorical one by Keras's, with ``label_smoothing``); ``swa`` adds
@@ -271,9 +271,9 @@ class MLPHyperModel(keras_tuner.HyperModel):
         values = self.space.sample(hp)
         model = self.build_model(values)
         if values.get("mixup"):
-            model = MixUp(model, values["mixup_alpha"])
+            model = MixUp(model, alpha=values["mixup_alpha"])
         if values.get("sam"):
-            model = SharpnessAwareMinimization(model, values["sam_rho"])
+            model = SharpnessAwareMinimization(model, rho=values["sam_rho"])
         model.compile(
             optimizer=self.build_optimizer(values),
             loss=self.build_loss(values),

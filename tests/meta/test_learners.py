@@ -93,11 +93,11 @@ def test_transductive_query_pass_is_a_choice(transductive):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda net: MAML(net, 0.05, 2),
-        lambda net: MAML(net, 0.05, first_order=True),
-        lambda net: MetaSGD(net, 0.05, rate_shape="variable"),
-        lambda net: ANIL(net, "head", 0.05),
-        lambda net: Reptile(net, 0.05, 2),
+        lambda net: MAML(net, inner_learning_rate=0.05, inner_steps=2),
+        lambda net: MAML(net, inner_learning_rate=0.05, first_order=True),
+        lambda net: MetaSGD(net, inner_learning_rate=0.05, rate_shape="variable"),
+        lambda net: ANIL(net, head="head", inner_learning_rate=0.05),
+        lambda net: Reptile(net, inner_learning_rate=0.05, inner_steps=2),
     ],
     ids=["maml", "fomaml", "meta_sgd", "anil", "reptile"],
 )
@@ -158,5 +158,5 @@ def test_clear_errors():
 
 def test_other_backends_get_a_clear_error(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
-    with pytest.raises(RuntimeError, match="TensorFlow and JAX backends only.*torch"):
+    with pytest.raises(ValueError, match="TensorFlow and JAX backends only.*torch"):
         _backend.check_supported()

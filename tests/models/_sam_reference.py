@@ -71,7 +71,7 @@ def sam_model(adaptive=False, splits=1, learning_rate=0.1, **compile_kwargs):
     from nnkit.models import SharpnessAwareMinimization
 
     sam = SharpnessAwareMinimization(
-        linear_model(), RHO, adaptive=adaptive, num_batch_splits=splits
+        linear_model(), rho=RHO, adaptive=adaptive, num_batch_splits=splits
     )
     sam.compile(keras.optimizers.SGD(learning_rate), loss="mse", **compile_kwargs)
     return sam
@@ -103,7 +103,7 @@ def check_batch_norm_first_pass_only():
     inner = keras.Sequential([keras.Input((FEATURES,)), dense, norm, keras.layers.Dense(1)])
     kernel, bias = (np.asarray(w) for w in dense.get_weights())
     h = x.astype("float64") @ kernel + bias  # the normalized input at θ
-    sam = SharpnessAwareMinimization(inner, 0.5)
+    sam = SharpnessAwareMinimization(inner, rho=0.5)
     sam.compile(keras.optimizers.SGD(0.1), loss="mse")
     sam.fit(x, y, batch_size=ROWS, epochs=1, shuffle=False, verbose=0)
     mean, variance = (np.asarray(w) for w in norm.get_weights()[2:])

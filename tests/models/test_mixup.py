@@ -171,8 +171,8 @@ def test_nests_with_sharpness_aware_minimization():
     x, y = _data()
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     for wrapper in (
-        SharpnessAwareMinimization(MixUp(_linear(), seed=0), 0.05),
-        MixUp(SharpnessAwareMinimization(_linear(), 0.05), seed=0),
+        SharpnessAwareMinimization(MixUp(_linear(), seed=0), rho=0.05),
+        MixUp(SharpnessAwareMinimization(_linear(), rho=0.05), seed=0),
     ):
         wrapper.compile("sgd", loss=loss)
         history = wrapper.fit(x, y, batch_size=4, epochs=2, verbose=0)
@@ -226,7 +226,7 @@ x_mixed, targets, _ = mixed.mix(x, np.arange(8))
 lam, partner = float(targets.weight), np.asarray(targets.second)
 assert np.allclose(x_mixed, lam * x + (1 - lam) * x[partner], atol=1e-6)
 loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-for wrapper in (SharpnessAwareMinimization(MixUp(inner, seed=1), 0.05),):
+for wrapper in (SharpnessAwareMinimization(MixUp(inner, seed=1), rho=0.05),):
     wrapper.compile("sgd", loss=loss)
     h = wrapper.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert np.all(np.isfinite(h.history["loss"])), h.history

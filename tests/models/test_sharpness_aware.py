@@ -85,7 +85,7 @@ def test_mirrored_strategy_perturbs_per_replica():
 def test_schedule_and_gradient_norm_monitor_see_the_perturbed_gradient():
     """The rate follows the schedule; the monitor reports ‖g'‖ = ‖∇L(θ + ε)‖, not ‖g‖."""
     x, y = ref.data()
-    sam = SharpnessAwareMinimization(ref.linear_model(), ref.RHO)
+    sam = SharpnessAwareMinimization(ref.linear_model(), rho=ref.RHO)
     sam.compile(keras.optimizers.SGD(StepDecay(0.1, 1, 0.5)), loss="mse")
     monitor = GradientNormMonitor(1)
     history = sam.fit(
@@ -114,7 +114,7 @@ def test_backup_and_restore_resumes_the_same_run(tmp_path):
     x, y = ref.data()
 
     def model():
-        sam = SharpnessAwareMinimization(ref.linear_model(), ref.RHO, adaptive=True)
+        sam = SharpnessAwareMinimization(ref.linear_model(), rho=ref.RHO, adaptive=True)
         sam.compile(keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
         return sam
 
