@@ -213,7 +213,7 @@ def apply_regularization(model, regularizer, *, include=None, exclude=None, over
     for _, layer, plan in plans:
         for attribute, variables in plan:
             for holder in _holders(layer, attribute):
-                setattr(holder, attribute, regularizer)
+                keras_layers.set_regularizer(holder, attribute, regularizer)
             for variable in variables:
                 variable.regularizer = regularizer
                 applied.append(variable.path)
