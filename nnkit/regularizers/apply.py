@@ -6,6 +6,7 @@ import keras
 
 from nnkit import _validation as v
 from nnkit._keras import layers as keras_layers
+from nnkit._parameters import is_statistics_channel
 
 # Layer attribute -> names of the weights it regularizes. Biases, the
 # gamma/beta of normalization layers and activity regularizers are never
@@ -62,7 +63,7 @@ def _holders(layer, attribute):
 
 def _plan(path, layer):
     """``[(attribute, [variables])]`` for one layer, or raise if a kernel would be missed."""
-    kernels = [w for w in layer.weights if w.name in _KERNEL_NAMES]
+    kernels = [w for w in layer.weights if w.name in _KERNEL_NAMES and not is_statistics_channel(w)]
     plan, covered = [], set()
     for attribute, names in _KERNEL_ATTRIBUTES.items():
         if not hasattr(layer, attribute):
