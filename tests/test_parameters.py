@@ -9,6 +9,11 @@ inner step are compared with independent computations over a list of
 kernels and biases built by hand in the test (no predicate involved).
 """
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -20,8 +25,10 @@ from nnkit.meta import MAML, MetaSGD
 from nnkit.models import SharpnessAwareMinimization, _sam_step
 from nnkit.optimizers import KFAC
 from nnkit.regularizers import apply_regularization
+from tests.distribute._mirrored import mirrored_strategy
 from tests.meta._helpers import linear_tasks
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ["kfac", "float8"]
 RHO, LR = 0.5, 0.1
 
@@ -111,6 +118,69 @@ def test_gradient_norm_monitor_measures_the_parameters_gradient(kind, by):
     np.testing.assert_allclose(monitor.history["global_norm"][0], _norm(grads), rtol=1e-5)
     np.testing.assert_allclose(monitor.history["grad_norms"][0], want, rtol=1e-5)
     np.testing.assert_allclose(monitor.history["weight_norms"][0], want_weights, rtol=1e-6)
+
+
+_JAX_MONITOR = """
+    import keras, numpy as np, jax, jax.numpy as jnp
+    from nnkit.callbacks import GradientNormMonitor
+    from nnkit.optimizers import KFAC
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 4)), rng.normal(size=(16, 2))
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, "tanh"), keras.layers.Dense(2)]
+    )
+    optimizer = KFAC(0.1, model=model, inverse_every=2)
+    hand = [np.asarray(w.numpy(), np.float64) for l in model.layers for w in (l.kernel, l.bias)]
+
+    def loss(p):
+        return jnp.mean((jnp.tanh(x @ p[0] + p[1]) @ p[2] + p[3] - y) ** 2)
+
+    g = [np.asarray(a) for a in jax.grad(loss)(hand)]
+    norm = lambda arrays: np.sqrt(sum(np.sum(a ** 2) for a in arrays))
+    monitor = GradientNormMonitor(every_n_steps=1)
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(x.astype("float32"), y.astype("float32"), batch_size=16, epochs=1,
+              shuffle=False, verbose=0, callbacks=[monitor])
+    np.testing.assert_allclose(monitor.history["global_norm"][0], norm(g), rtol=1e-5)
+    np.testing.assert_allclose(monitor.history["grad_norms"][0], [norm(g[:2]), norm(g[2:])],
+                               rtol=1e-5)
+    print("ok")
+"""
+
+
+def test_gradient_norm_monitor_on_a_jax_kfac_model_measures_the_parameters_gradient():
+    """JAX (a subprocess): the same figures, against jax.grad of the loss written in numpy terms."""
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_JAX_MONITOR)], capture_output=True, text=True,
+        env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "ok"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Under a tf.distribute strategy the monitor reads the gradients at Keras's "
+    "all-reduce, which KFAC feeds its preconditioned direction (measured: per-layer norms "
+    "0.709, 0.283 instead of 0.497, 0.586); the channels are left out, but the figures are "
+    "not the loss gradient's. Left for the KFAC / composition work of issue 21.",
+)
+def test_gradient_norm_monitor_on_a_mirrored_kfac_model_measures_the_global_gradient():
+    """Two replicas: the all-reduced parameter gradient, as on one device."""
+    x, y = _data()
+    with mirrored_strategy().scope():
+        model, optimizer = _model("kfac")
+    grads = _gradient(model, x, y, _by_hand(model))
+    monitor = GradientNormMonitor(every_n_steps=1)
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0, callbacks=[monitor])
+    np.testing.assert_allclose(monitor.history["global_norm"][0], _norm(grads), rtol=1e-5)
+    want = [_norm(grads[:2]), _norm(grads[2:])]
+    np.testing.assert_allclose(monitor.history["grad_norms"][0], want, rtol=1e-5)
 
 
 def test_sam_perturbs_only_the_parameters_of_a_float8_model():
