@@ -10,8 +10,9 @@ loss, and their value is not a weight of the model.
 
 Every nnkit part that measures, perturbs, averages, regularizes or adapts
 "the model's weights" (the gradient monitor, SAM, SWA, the regularizers, the
-meta-learners, the distribute checks) takes them from here, so none of them
-mistakes such a channel for a parameter. Where a part must keep Keras's full
+meta-learners) takes them from here, so none of them mistakes such a channel
+for a parameter. (``nnkit.distribute.check`` reads only non-trainable state
+and batch-normalization layers, so it has no parameter list to filter.) Where a part must keep Keras's full
 list (the gradients a train step computes for every trainable variable), it
 filters both sides with ``is_parameter``. ``apply_regularization`` picks
 kernels whatever the layer's current ``trainable`` flag (a frozen layer may be
