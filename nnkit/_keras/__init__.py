@@ -19,7 +19,8 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
 - ``fit``: ``callback-model``, ``fit-initial-epoch``, ``model-strategy``,
   ``fit-shared-params``.
 - ``metrics``: ``metric-direction``.
-- ``layers``: ``flatten-layers``, ``seed-generators``, ``late-weights``.
+- ``layers``: ``flatten-layers``, ``seed-generators``, ``late-weights``,
+  ``late-regularizer``.
 - ``model``: ``functional-inputs``, ``build-shapes``.
 - ``multi_worker``: ``multi-worker-symbolic-build``,
   ``multi-worker-reduce-per-replica``, ``multi-worker-mode``.
@@ -114,6 +115,11 @@ ASSUMPTIONS = {
         "layers",
         "a built layer takes new weights from add_weight while layer._tracker is unlocked, "
         "and layer._untrack_variable removes them again",
+    ),
+    "late-regularizer": (
+        "layers",
+        "a layer's get_config saves its <weight>_regularizer attribute as it is when called, "
+        "so setting it on a built layer is what passing it to the constructor would have done",
     ),
     "functional-inputs": (
         "model",

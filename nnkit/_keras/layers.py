@@ -62,3 +62,12 @@ def unlocked(layer):
 def remove_weight(layer, variable):
     """Take a weight added in ``unlocked`` off ``layer`` again (``late-weights``)."""
     layer._untrack_variable(variable)
+
+
+def set_regularizer(layer, attribute, regularizer):
+    """Set ``layer``'s constructor argument ``attribute`` (``"kernel_regularizer"``, ...).
+
+    Keras has no public setter for a built layer's regularizer arguments; this
+    writes the attribute its ``get_config`` reads (``late-regularizer``).
+    """
+    setattr(layer, attribute, regularizer)

@@ -37,6 +37,13 @@ ORDER = (
     "gradient_monitor",
     # The train-function variants of nnkit.\_keras.train_function.
     "train_function",
+    # nnkit.initializers.lsuv: records the arguments of each Dense/Conv layer's
+    # `call` for one forward pass, and hands the call on. It must be outside
+    # "kfac" because K-FAC's capturing call replaces the layer's computation
+    # (it never calls on): inside it, the recorder would never run; outside it,
+    # LSUV sees the registered layer's real output (K-FAC's tap is the
+    # identity in the forward pass).
+    "lsuv",
     # nnkit.optimizers.KFAC: the capturing call of a registered Dense/Conv2D
     # layer and its save/load without the statistics channels (layer methods
     # no other part patches).

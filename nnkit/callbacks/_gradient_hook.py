@@ -48,6 +48,7 @@ from nnkit._keras import all_reduce, shadow
 from nnkit._keras import fit as keras_fit
 from nnkit._keras import layers as keras_layers
 from nnkit._keras import optimizer as keras_optimizer
+from nnkit._parameters import is_parameter, parameters
 from nnkit.callbacks._gradient_step import StepMeasurement
 from nnkit.callbacks._optimizer import to_numpy
 from nnkit.diagnostics import (
@@ -83,7 +84,10 @@ def variables_exist(model):
 def create_hook(
     model, *, by, restored_groups, every_n_steps, skip, start, scheduled, steps, patch_apply
 ):
-    """``(hook, group names)``: a ``GradientHook`` for ``model``'s trainable variables now.
+    """``(hook, group names)``: a ``GradientHook`` for ``model``'s parameters now.
+
+    Parameters are the trainable variables less statistics channels
+    (``nnkit._parameters``: K-FAC's factor statistics, float8 scales).
 
     ``restored_groups`` are the group names of a restored state (``[]``
     when none), which must match the model's.
@@ -92,7 +96,7 @@ def create_hook(
 
     strategy = keras_fit.explicit_strategy(model)  # TensorFlow only
     outer = model.optimizer
-    variables = list(model.trainable_variables)
+    variables = parameters(model)
     groups = group_variables(variables, by=by)
     if restored_groups and list(restored_groups) != list(groups.names):
         raise ValueError(
@@ -127,7 +131,8 @@ class GradientHook(StepMeasurement):
     """Measure the gradients ``optimizer.apply`` receives; see ``GradientNormMonitor``.
 
     ``variables`` are the variables the groups were computed for (the model's
-    trainable variables); ``start`` holds the initial values of ``step``,
+    parameters: its trainable variables less statistics channels, which
+    ``apply`` receives too and which are handed on but never measured); ``start`` holds the initial values of ``step``,
     ``nonfinite_steps``, ``first_step`` and ``first_group``. ``outer`` is the
     optimizer the model holds (a ``LossScaleOptimizer`` around ``optimizer``,
     or ``optimizer`` itself); ``strategy`` the model's ``tf.distribute``
@@ -264,15 +269,21 @@ class GradientHook(StepMeasurement):
         return VariableGroups(self.groups.names, index)
 
     def _received(self, grads, trainable_variables):
-        """``(variables, groups, measured)``: what ``apply`` received, unscaled."""
+        """``(variables, groups, measured)``: the parameters ``apply`` received, unscaled.
+
+        A statistics channel's "gradient" is a statistic, not a derivative of
+        the loss: it is left out of every measurement (``apply`` still gets it).
+        """
         opt = self.optimizer
-        variables = (
+        received = (
             keras_optimizer.trainable_variables(opt)
             if trainable_variables is None
             else list(trainable_variables)
         )
+        kept = [k for k, w in enumerate(received) if is_parameter(w)]
+        variables = [received[k] for k in kept]
         groups = self._groups_for(variables)
-        measured = grads
+        measured = [grads[k] for k in kept]
         if opt.loss_scale_factor is not None:  # apply() unscales by this factor
             measured = [None if g is None else g / opt.loss_scale_factor for g in grads]
         return variables, groups, measured

@@ -9,6 +9,7 @@ from nnkit import _validation as v
 from nnkit._arrays import to_numpy
 from nnkit._keras import optimizer as keras_optimizer
 from nnkit._keras import train_function
+from nnkit._parameters import parameters
 from nnkit.callbacks import _optimizer
 from nnkit.callbacks._stateful import StatefulCallback
 from nnkit.callbacks.batch_norm_statistics import batch_norm_layers, recompute_batch_norm
@@ -54,7 +55,9 @@ class StochasticWeightAveraging(StatefulCallback):
     (``use_ema``), which decays exponentially from step 0 and never
     recomputes batch-norm statistics.
 
-    Formula, with ``w_e`` the trainable weights at the end of epoch ``e``
+    Formula, with ``w_e`` the parameters at the end of epoch ``e`` (the
+    trainable weights less statistics channels such as K-FAC's factor
+    statistics or a float8 layer's scales, which keep their last value)
     and ``E = {start_epoch, start_epoch + period, …}`` the averaged epochs
     seen so far (``n = |E|``)::
 
@@ -74,14 +77,14 @@ class StochasticWeightAveraging(StatefulCallback):
     ``None`` keeps the optimizer's rate.
 
     At the end of training (``on_train_end``) the average is assigned to
-    the trainable weights and, when the model has batch normalization,
+    the parameters and, when the model has batch normalization,
     `recompute_batch_norm` runs on ``batch_norm_data``; without data
     a warning says that the statistics are the last epoch's. Call
     ``recompute_batch_norm(model, x)`` yourself to recompute them at any
     time. The average is resumable: ``get_state`` holds it, so
     ``BackupAndRestore`` resumes an interrupted run with the same average.
 
-    Cost: one host read of the trainable weights per averaged epoch (no
+    Cost: one host read of the parameters per averaged epoch (no
     per-batch hook), one assignment at the end, and one forward pass over
     ``batch_norm_data``.
 
@@ -158,7 +161,7 @@ class StochasticWeightAveraging(StatefulCallback):
 
     def _reset_state(self):
         self.averaged_epochs = []
-        self.average = None  # [np.ndarray float64] per trainable variable
+        self.average = None  # [np.ndarray float64] per parameter (nnkit._parameters)
         self._replaced_rate = None  # the float rate set aside (float-rate optimizers)
 
     def get_state(self):
@@ -233,7 +236,7 @@ class StochasticWeightAveraging(StatefulCallback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch < self.start_epoch or (epoch - self.start_epoch) % self.period:
             return
-        weights = [to_numpy(w).astype("float64") for w in self.model.trainable_variables]
+        weights = [to_numpy(w).astype("float64") for w in parameters(self.model)]
         count = len(self.averaged_epochs)
         if self.average is None:
             self.average = weights
@@ -267,7 +270,7 @@ class StochasticWeightAveraging(StatefulCallback):
         normalization and there are no data).
         """
         model = self.model
-        variables = model.trainable_variables
+        variables = parameters(model)
         if self.average is None or len(self.average) != len(variables):
             raise ValueError(
                 "StochasticWeightAveraging has no average for this model's weights "

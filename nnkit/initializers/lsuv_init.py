@@ -10,7 +10,11 @@ import numpy as np
 from nnkit import _validation as v
 from nnkit._arrays import to_numpy
 from nnkit._keras import layers as keras_layers
+from nnkit._keras import shadow
 from nnkit.initializers.lsuv_report import LSUVLayerResult, LSUVReport
+
+#: The owner of LSUV's patches in ``nnkit._keras.shadow.ORDER``.
+_OWNER = "lsuv"
 
 # The layers LSUV rescales: a single `kernel` that maps the input linearly,
 # followed by an optional fused `activation`. Other layers (normalization,
@@ -77,30 +81,31 @@ def _check_batch(model, batch):
 def _recording(layers):
     """Record the arguments each of ``layers`` receives in its ``call``.
 
-    Keras has no forward hooks, so each layer's ``call`` is shadowed by an
-    instance attribute for the duration of the block and always restored.
+    Keras has no forward hooks, so each layer's ``call`` is shadowed
+    (``nnkit._keras.shadow``, owner ``"lsuv"``) for the duration of the block
+    and always restored. The recorder hands the call on unchanged, so another
+    nnkit part's patch on the same layer (K-FAC's) stays in place and runs.
     """
     calls = {id(layer): [] for layer in layers}
     order = []
 
-    def recorder(layer, call):
-        def record(*args, **kwargs):
+    def recorder(layer):
+        def record(call_next, *args, **kwargs):
             if not calls[id(layer)]:
                 order.append(layer)
             calls[id(layer)].append((args, kwargs))
-            return call(*args, **kwargs)
+            return call_next(*args, **kwargs)
 
         return record
 
-    patched = []
+    patches = []
     try:
         for layer in layers:
-            object.__setattr__(layer, "call", recorder(layer, layer.call))
-            patched.append(layer)
+            patches.append(shadow.shadow(layer, "call", recorder(layer), owner=_OWNER))
         yield calls, order
     finally:
-        for layer in patched:
-            object.__delattr__(layer, "call")
+        for patch in patches:
+            shadow.unshadow(patch)
 
 
 @contextlib.contextmanager

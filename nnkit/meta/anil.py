@@ -3,6 +3,7 @@
 import keras
 
 from nnkit import _validation as v
+from nnkit._parameters import parameters
 from nnkit.meta.learner import OPTIONS, MetaLearner
 from nnkit.models._wrapper import keyword_only
 
@@ -24,7 +25,7 @@ def _check_head(model, head):
                 f"`head` names a layer that is not in the model: {name!r}. The model's "
                 f"layers: {known}. Received: head={head!r}"
             )
-        trainable = model.get_layer(name).trainable_variables
+        trainable = parameters(model.get_layer(name))
         if not trainable:
             raise ValueError(
                 f"`head` layer {name!r} has no trainable variables to adapt. Received: head={head!r}"

@@ -6,6 +6,7 @@ from keras import ops
 
 from nnkit import _validation as v
 from nnkit._arrays import to_numpy
+from nnkit._parameters import is_parameter, parameters
 from nnkit.meta import _adaptation, _backend
 from nnkit.models._wrapper import TrainingWrapper, keyword_only
 
@@ -149,7 +150,7 @@ class MetaLearner(TrainingWrapper):
                 "it a keras.Input or call model.build(input_shape). "
                 f"Received: model={model.name!r} (not built)"
             )
-        if not model.trainable_variables:
+        if not parameters(model):
             raise ValueError(
                 f"`model` has no trainable variables to adapt. Received: model={model.name!r}"
             )
@@ -166,8 +167,15 @@ class MetaLearner(TrainingWrapper):
     # -- what a subclass decides --------------------------------------------------
 
     def _meta_rates(self):
-        """The inner rate of each trainable variable of ``model``, ``None`` when not adapted."""
-        return [self.inner_learning_rate] * len(self.model.trainable_variables)
+        """The inner rate of each trainable variable of ``model``, ``None`` when not adapted.
+
+        Only parameters are adapted (``nnkit._parameters``): a statistics
+        channel (a float8 layer's scales) keeps its value.
+        """
+        return [
+            self.inner_learning_rate if is_parameter(w) else None
+            for w in self.model.trainable_variables
+        ]
 
     def _meta_outputs(self, params, adapted, y_pred, training):
         """What the forward pass returns (and adds with ``add_loss``); MAML: ``y_pred``."""

@@ -3,6 +3,7 @@
 import keras
 
 from nnkit import _validation as v
+from nnkit._parameters import is_parameter, parameters
 from nnkit.meta.learner import OPTIONS, MetaLearner, read
 from nnkit.models._wrapper import keyword_only
 
@@ -96,11 +97,14 @@ class MetaSGD(MetaLearner):
                 name=f"meta_sgd_rate_{index}",
                 aggregation="none",
             )
-            for index, w in enumerate(self.model.trainable_variables)
+            for index, w in enumerate(parameters(self.model))
         ]
 
     def _meta_rates(self):
-        return [read(rate) for rate in self.inner_rates]
+        rates = iter(self.inner_rates)  # one per parameter; a statistics channel is not adapted
+        return [
+            read(next(rates)) if is_parameter(w) else None for w in self.model.trainable_variables
+        ]
 
     def get_config(self):
         return {

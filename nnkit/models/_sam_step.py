@@ -6,7 +6,8 @@ default):
 1. pass 1 at the weights ``w``: loss, predictions and the gradient ``g``;
    the model's non-trainable state (batch-norm moving statistics,
    seed-generator states) is updated as in Keras's own step;
-2. ``ε = perturbation(g, w)`` (`perturbation`);
+2. ``ε = perturbation(g, w)`` (`perturbation`), over the parameters only
+   (statistics channels, ``nnkit._parameters``, are not perturbed);
 3. pass 2 at ``w + ε``: the gradient ``g'``, computed *statelessly* from
    the non-trainable state as it was before pass 1, and that state's
    updates discarded: batch normalization normalizes with the batch's
@@ -25,6 +26,7 @@ import keras
 from keras import ops
 
 from nnkit._keras import trainer as keras_trainer
+from nnkit._parameters import is_parameter
 from nnkit.models._wrapper import map_rows
 
 #: Added to ‖g‖ so that a zero gradient gives ε = 0 (the reference implementations' 1e-12).
@@ -50,6 +52,21 @@ def perturbation(grads, weights, rho, adaptive):
         None if s is None else ops.cast((ops.abs(w) * s if adaptive else s) * scale, w.dtype)
         for s, w in zip(scaled, weights, strict=True)
     ]
+
+
+def parameter_perturbation(variables, grads, weights, rho, adaptive):
+    """``perturbation`` over the parameters among ``variables``; ``None`` for every other one.
+
+    A statistics channel (``nnkit._parameters``: K-FAC's, float8's scales) is
+    trainable only to receive a statistic as its "gradient": it is neither
+    perturbed nor part of ``‖g‖``.
+    """
+    kept = [k for k, variable in enumerate(variables) if is_parameter(variable)]
+    eps = perturbation([grads[k] for k in kept], [weights[k] for k in kept], rho, adaptive)
+    full = [None] * len(variables)
+    for k, e in zip(kept, eps, strict=True):
+        full[k] = e
+    return full
 
 
 def _first_rows(x):
@@ -131,7 +148,7 @@ def _tensorflow_step(model, settings, data):
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
         weights = [ops.convert_to_tensor(w.value) for w in variables]
-        eps = perturbation(grads, weights, settings.rho, settings.adaptive)
+        eps = parameter_perturbation(variables, grads, weights, settings.rho, settings.adaptive)
         perturbed = [w if e is None else w + e for w, e in zip(weights, eps, strict=True)]
         mapping = list(zip(variables, perturbed, strict=True))
         mapping += list(zip(state, start, strict=True))
@@ -170,7 +187,9 @@ def _jax_step(model, settings, state, data):
         kwargs = {"training": True, "optimizer_variables": optimizer_variables}
         (_, aux), grads = grad_fn(trainable, non_trainable, metrics_variables, *args, **kwargs)
         loss, pred, next_non_trainable, next_metrics = aux
-        eps = perturbation(grads, trainable, settings.rho, settings.adaptive)
+        eps = parameter_perturbation(
+            model.trainable_variables, grads, trainable, settings.rho, settings.adaptive
+        )
         perturbed = [w if e is None else w + e for w, e in zip(trainable, eps, strict=True)]
         # From the state before pass 1; what pass 2 would change is dropped.
         _, grads_2 = grad_fn(perturbed, non_trainable, metrics_variables, *args, **kwargs)

@@ -31,10 +31,13 @@ class SharpnessAwareMinimization(TrainingWrapper):
     reports the gradient the optimizer applies, ``g'`` below, not ``g``).
 
     Formula, per step, with ``L`` the training loss of the batch, ``w`` the
-    weights and ``T = diag(|w|)`` (``adaptive=True``, ASAM) or ``T = I``::
+    parameters (the trainable weights less statistics channels such as
+    K-FAC's factor statistics or a float8 layer's scales, which are neither
+    perturbed nor part of ``‖·‖``) and ``T = diag(|w|)`` (``adaptive=True``,
+    ASAM) or ``T = I``::
 
         g  = ∇L(w)
-        ε  = ρ · T² g / ‖T g‖        (ρ · g / ‖g‖ for SAM; ‖·‖ over all weights, + 1e-12)
+        ε  = ρ · T² g / ‖T g‖        (ρ · g / ‖g‖ for SAM; ‖·‖ over all parameters, + 1e-12)
         g' = ∇L(w + ε)
         w ← base_optimizer_update(w, g')
 

@@ -6,6 +6,7 @@ import keras
 
 from nnkit import _validation as v
 from nnkit._keras import layers as keras_layers
+from nnkit._parameters import is_statistics_channel
 
 # Layer attribute -> names of the weights it regularizes. Biases, the
 # gamma/beta of normalization layers and activity regularizers are never
@@ -62,7 +63,7 @@ def _holders(layer, attribute):
 
 def _plan(path, layer):
     """``[(attribute, [variables])]`` for one layer, or raise if a kernel would be missed."""
-    kernels = [w for w in layer.weights if w.name in _KERNEL_NAMES]
+    kernels = [w for w in layer.weights if w.name in _KERNEL_NAMES and not is_statistics_channel(w)]
     plan, covered = [], set()
     for attribute, names in _KERNEL_ATTRIBUTES.items():
         if not hasattr(layer, attribute):
@@ -213,7 +214,7 @@ def apply_regularization(model, regularizer, *, include=None, exclude=None, over
     for _, layer, plan in plans:
         for attribute, variables in plan:
             for holder in _holders(layer, attribute):
-                setattr(holder, attribute, regularizer)
+                keras_layers.set_regularizer(holder, attribute, regularizer)
             for variable in variables:
                 variable.regularizer = regularizer
                 applied.append(variable.path)

@@ -576,6 +576,22 @@ def test_late_weights():
     assert [w.name for w in layer.weights] == ["kernel", "bias"]
 
 
+@probe("late-regularizer")
+def test_late_regularizer():
+    """get_config saves a built layer's *_regularizer attribute as set after construction."""
+    regularizer = keras.regularizers.L2(0.5)
+    for layer, attribute in (
+        (keras.layers.Dense(2), "kernel_regularizer"),
+        (keras.layers.DepthwiseConv2D(3), "depthwise_regularizer"),
+        (keras.layers.Embedding(4, 2), "embeddings_regularizer"),
+        (keras.layers.SimpleRNNCell(2), "recurrent_regularizer"),
+    ):
+        assert layer.get_config()[attribute] is None
+        layers.set_regularizer(layer, attribute, regularizer)
+        saved = layer.get_config()[attribute]
+        assert keras.regularizers.deserialize(saved).get_config() == {"l2": 0.5}, attribute
+
+
 # -- trainer -------------------------------------------------------------------------
 
 

@@ -265,3 +265,49 @@ def test_shared_layer_and_zero_variance_raise_and_restore_the_layers():
     with pytest.raises(ValueError, match=r"output variance on `batch` is 0\.0"):
         lsuv(model, np.zeros((16, 32), "float32"))
     assert model.layers[0].activation is keras.activations.tanh
+
+
+def _layer_state(model):
+    """What registration may change on each layer: its own attributes and its weights."""
+    return [(sorted(vars(layer)), [id(w) for w in layer.weights]) for layer in model.layers]
+
+
+def test_lsuv_on_a_kfac_registered_model_then_fit_and_unregister():
+    """LSUV shadows `call` through nnkit's one patch chain, outside K-FAC's capturing call."""
+    from nnkit.optimizers import KFAC
+
+    x = _batch(256, seed=1)
+    y = np.tanh(x[:, :1]).astype("float32")
+
+    keras.utils.set_random_seed(0)
+    plain = _tanh_mlp(depth=3, width=16, head=True)
+    keras.utils.set_random_seed(0)
+    model = _tanh_mlp(depth=3, width=16, head=True)
+    before = _layer_state(model)
+    weights = [w.path for w in model.weights]
+
+    expected = lsuv(plain, x, seed=0)
+    optimizer = KFAC(0.05, model=model, inverse_every=2)
+    report = lsuv(model, x, seed=0)
+
+    # The same result as on the unregistered model: K-FAC's call is the layer's output.
+    fields = ("initial_variance", "final_variance", "iterations", "converged")
+    assert [[getattr(row, f) for f in fields] for row in report.layers] == [
+        [getattr(row, f) for f in fields] for row in expected.layers
+    ]
+    for a, b in zip(plain.layers, model.layers, strict=True):
+        np.testing.assert_array_equal(a.kernel.numpy(), b.kernel.numpy())
+        np.testing.assert_array_equal(a.bias.numpy(), b.bias.numpy())
+    # K-FAC's patch is still in place, alone.
+    from nnkit._keras import shadow
+
+    assert all(shadow.owners(layer, "call") == ["kfac"] for layer in model.layers)
+
+    model.compile(optimizer=optimizer, loss="mse")
+    history = model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+
+    optimizer.unregister()
+    assert _layer_state(model) == before
+    assert [w.path for w in model.weights] == weights
+    assert all("call" not in vars(layer) for layer in model.layers)
