@@ -88,7 +88,16 @@ class KFAC(keras.optimizers.Optimizer):
     ``model`` registers the model (or call ``register`` later, e.g.
     after ``keras.saving.load_model``): its layers' calls are shadowed to
     capture the statistics (see ``docs/kfac.md``); the model code is not
-    changed and a saved model loads without nnkit. Under
+    changed and a saved model loads without nnkit. An unregistered KFAC
+    refuses to train (``ValueError`` at its first ``apply``, i.e. the first
+    ``fit`` step, before any weight changes) instead of silently taking
+    SGD steps, and so does a KFAC applied to another model's variables. A
+    loaded model is not registered again automatically: Keras gives an
+    optimizer no reference to the model it is compiled into (not in
+    ``compile``, ``build`` nor ``apply``), and registering adds weights to
+    the model's layers, which must happen before the train step is traced;
+    reaching the model would take a process-wide patch of ``keras.Model``
+    or stack inspection, so ``fit`` says what to call instead. Under
     ``tf.distribute`` the statistics and gradients are all-reduced and every
     replica's state is the first replica's (``"only_first_replica"``).
     Keras's ``clipnorm``/``clipvalue``/``global_clipnorm`` act on ``ν·Δ``.
@@ -96,8 +105,9 @@ class KFAC(keras.optimizers.Optimizer):
     Args:
         learning_rate: A float, a ``keras.optimizers.schedules.LearningRateSchedule``
             (any nnkit schedule) or a callable. Defaults to ``0.01``.
-        model: A built Keras model to register, or ``None`` (``get_config``
-            stores ``None``: register a loaded model again). Defaults to ``None``.
+        model: A built Keras model to register, or ``None`` (then call
+            ``register`` before training; ``get_config`` stores ``None``: register
+            a loaded model again). Defaults to ``None``.
         damping: ``λ`` > 0. Defaults to ``1e-3``.
         damping_type: ``"pi"``, ``"tikhonov"`` or ``"eigen"``. Defaults to ``"pi"``.
         momentum: ``μ`` in ``[0, 1)``. Defaults to ``0.9``.
@@ -117,7 +127,9 @@ class KFAC(keras.optimizers.Optimizer):
     Raises:
         ValueError: For an out-of-range or unknown argument, both ``kl_clip``
             and ``max_update_norm``, an unsupported Keras argument, a model that
-            is not built, or an ``output_fisher`` the model's last layer cannot take.
+            is not built, or an ``output_fisher`` the model's last layer cannot take;
+            at the first ``apply`` (the first ``fit`` step), when no model is
+            registered or the variables are not the registered model's.
         TypeError: For an argument of the wrong type.
 
     Example:
@@ -292,6 +304,30 @@ class KFAC(keras.optimizers.Optimizer):
 
     # -- the step ---------------------------------------------------------------
 
+    def _check_model(self, variables):
+        """Refuse to train unregistered, or on variables that are not the registered model's."""
+        model = self._kfac.model
+        if model is None:
+            raise ValueError(
+                "KFAC is not registered with a model, so it would train as plain SGD with "
+                "momentum. Call `optimizer.register(model)` before `fit` (a model loaded with "
+                "keras.saving.load_model needs it again: a saved KFAC does not store its "
+                "model), or pass it as KFAC(..., model=model). Received: an unregistered "
+                f"KFAC applied to {_paths(variables)}"
+            )
+        given = {id(v) for v in variables}
+        missing = [b.name for b in self._kfac.blocks if id(b.kernel) not in given]
+        own = [v for v in model.trainable_variables if id(v) not in self._kfac.channel_ids()]
+        if missing or not any(id(v) in given for v in own):
+            raise ValueError(
+                f"This KFAC optimizer is registered with model {model.name!r} but is applied "
+                f"to another model's variables ({_paths(variables)}), which lack the "
+                f"registered layers {missing or [v.path for v in own][:3]}. A KFAC optimizer "
+                "preconditions the model it is registered with: give the other model its own "
+                "KFAC(..., model=other), or call `optimizer.unregister()` and then "
+                "`optimizer.register(other)`."
+            )
+
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         """Keras's stateless step (JAX); reads a ``LossScaleOptimizer``'s scale where it is current."""
         self._kfac.loss_scale = factors.read_loss_scale(self)
@@ -307,6 +343,7 @@ class KFAC(keras.optimizers.Optimizer):
             if trainable_variables is None
             else list(trainable_variables)
         )
+        self._check_model(variables)
         if not self.built:
             self.build(variables)
             self.built = True
@@ -388,3 +425,10 @@ class KFAC(keras.optimizers.Optimizer):
         for key in _UNSUPPORTED:
             config.pop(key, None)
         return config
+
+
+def _paths(variables, shown=3):
+    """A short description of ``variables`` by path, for error messages."""
+    paths = [getattr(v, "path", getattr(v, "name", "?")) for v in variables]
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return f"variables {paths[:shown]}{more}"
