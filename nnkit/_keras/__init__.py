@@ -19,7 +19,8 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
 - ``fit``: ``callback-model``, ``fit-initial-epoch``, ``model-strategy``,
   ``fit-shared-params``.
 - ``metrics``: ``metric-direction``.
-- ``layers``: ``flatten-layers``, ``seed-generators``, ``late-weights``.
+- ``layers``: ``flatten-layers``, ``seed-generators``, ``late-weights``,
+  ``dense-call``, ``conv-call``, ``layer-own-variables``.
 - ``model``: ``functional-inputs``, ``build-shapes``.
 - ``multi_worker``: ``multi-worker-symbolic-build``,
   ``multi-worker-reduce-per-replica``, ``multi-worker-mode``.
@@ -114,6 +115,24 @@ ASSUMPTIONS = {
         "layers",
         "a built layer takes new weights from add_weight while layer._tracker is unlocked, "
         "and layer._untrack_variable removes them again",
+    ),
+    "dense-call": (
+        "layers",
+        "Layer.__call__ runs layer.call as looked up on the instance, and a Dense layer "
+        "(no LoRA, not quantized) computes activation(inputs @ kernel + bias) from its public "
+        "kernel, bias and activation, whatever `training` is",
+    ),
+    "conv-call": (
+        "layers",
+        "a Conv2D layer (groups=1, no LoRA, not quantized) computes activation("
+        "convolution_op(inputs, kernel) + bias), the bias broadcast over the channels axis "
+        "of data_format, whatever `training` is",
+    ),
+    "layer-own-variables": (
+        "layers",
+        "saving and loading a model call each layer's save_own_variables(store) / "
+        "load_own_variables(store), looked up on the instance, with keys '0', '1', ... in "
+        "layer.weights order",
     ),
     "functional-inputs": (
         "model",
