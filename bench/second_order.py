@@ -22,8 +22,9 @@ Questions (issue 12), on the digits deep autoencoder of
    host-side choice would switch between). ``refresh_seconds = always −
    never``; the host-side alternative costs at least ``never + refresh/f``
    per step (``f = precondition_every``; the host's switching not counted),
-   against ``cond``'s measured step. (Shampoo and SOAP only: KFAC's refresh
-   is the same ``ops.cond`` pattern, but not behind ``forced_refresh``.)
+   against ``cond``'s measured step. (Shampoo and SOAP here: KFAC's refresh
+   goes through the same ``SecondOrderOptimizer.periodic``, so
+   ``forced_refresh`` fixes it too, but this bench does not time it.)
 
 Method for step times: each configuration is a fresh model (same seed) fitted
 for ``1 + --epochs`` epochs of ``--steps`` steps on the digits repeated; a

@@ -12,7 +12,7 @@ from keras import ops
 
 from nnkit import _validation as v
 from nnkit.optimizers import _kronecker as kron
-from nnkit.optimizers._base import SecondOrderOptimizer, every
+from nnkit.optimizers._base import SecondOrderOptimizer, every, state_name
 
 
 class Factors:
@@ -24,12 +24,6 @@ class Factors:
         # side that is not preconditioned.
         self.left = left
         self.right = right
-
-
-def slug(variable):
-    """A name fragment for the optimizer variables of ``variable`` (its path, or its name)."""
-    name = getattr(variable, "path", None) or variable.name
-    return name.replace("/", "_").replace(":", "_")
 
 
 class FactoredOptimizer(SecondOrderOptimizer):
@@ -76,7 +70,7 @@ class FactoredOptimizer(SecondOrderOptimizer):
     def _make_factors(self, variable, plan):
         if plan is None:
             return None
-        name = slug(variable)
+        name = state_name(variable)
         left, right = {}, {}
         for i, j in plan.blocks:
             rows, cols = plan.block_shape(i, j)

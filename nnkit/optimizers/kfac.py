@@ -1,6 +1,5 @@
 """K-FAC: Kronecker-factored approximate curvature, as a Keras optimizer inside ``model.fit``."""
 
-import contextlib
 import warnings
 
 import keras
@@ -9,7 +8,6 @@ from keras import ops
 
 from nnkit import _validation as v
 from nnkit._keras import optimizer as keras_optimizer
-from nnkit._keras.fit import explicit_strategy
 from nnkit._validation import (
     check_instance,
     check_number,
@@ -18,11 +16,12 @@ from nnkit._validation import (
     check_positive_int,
     check_positive_number,
 )
+from nnkit.distribute import replicas
 from nnkit.optimizers import _kfac_capture as capture
-from nnkit.optimizers import _kfac_factors as factors
 from nnkit.optimizers import _kfac_math as kmath
-from nnkit.optimizers import _kfac_replicas as replicas
-from nnkit.optimizers._base import check_learning_rate
+from nnkit.optimizers._base import SecondOrderOptimizer, state_name
+from nnkit.optimizers._kfac_factors import FactorState
+from nnkit.optimizers._kfac_registration import Registration
 
 _UNSUPPORTED = {
     "gradient_accumulation_steps": "accumulate by raising the batch size instead",
@@ -31,25 +30,8 @@ _UNSUPPORTED = {
 }
 
 
-class _Registration:
-    """What ``KFAC`` knows of its model; a plain object, so no tracker adopts the model."""
-
-    def __init__(self):
-        self.model = None
-        self.blocks = []
-        self.fallback = []
-        self.momenta = {}  # id(model variable) -> momentum variable
-        self.factors = {}  # id(block) -> {"a", "g", "curvature": [...]}
-        self.counter = None  # factor updates so far (drives bias correction and the cadence)
-        self.pending = []  # saved factor values awaiting registration (see load_own_variables)
-        self.loss_scale = None  # the LossScaleOptimizer's scale, read where it is current
-
-    def channel_ids(self):
-        return {id(c) for block in self.blocks for c in block.channels}
-
-
 @keras.saving.register_keras_serializable(package="nnkit")
-class KFAC(keras.optimizers.Optimizer):
+class KFAC(SecondOrderOptimizer):
     """Kronecker-factored approximate curvature (K-FAC) for Dense and Conv2D layers.
 
     Use it where the curvature is badly conditioned and first-order methods
@@ -179,9 +161,7 @@ class KFAC(keras.optimizers.Optimizer):
                 )
             kwargs.pop(key, None)
         super().__init__(
-            learning_rate=check_learning_rate(learning_rate),
-            name=None if name is None else v.check_str("name", name),
-            **kwargs,
+            learning_rate, name=None if name is None else v.check_str("name", name), **kwargs
         )
         self.damping = check_positive_number("damping", damping)
         self.damping_type = check_one_of("damping_type", damping_type, kmath.DAMPING_TYPES)
@@ -201,7 +181,8 @@ class KFAC(keras.optimizers.Optimizer):
                 f"kl_clip={kl_clip!r}, max_update_norm={max_update_norm!r}"
             )
         self.output_fisher = check_one_of("output_fisher", output_fisher, kmath.OUTPUT_FISHERS)
-        self._kfac = factors.Registration()
+        self._kfac = Registration()
+        self._factors = FactorState(self)
         if model is not None:
             self.register(model)
 
@@ -254,18 +235,13 @@ class KFAC(keras.optimizers.Optimizer):
                 stacklevel=2,
             )
         if self.built:
-            with self._kfac_scope(model):
+            with self._kfac.scope():
                 self.build(list(model.trainable_variables))
 
     def unregister(self):
         """Undo ``register``: the layers are as before; the factor variables stay."""
         capture.remove(self._kfac.model, self._kfac.blocks)
         self._kfac.model, self._kfac.blocks, self._kfac.fallback = None, [], []
-
-    @staticmethod
-    def _kfac_scope(model):
-        strategy = explicit_strategy(model)
-        return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
     # -- state ------------------------------------------------------------------
 
@@ -282,14 +258,10 @@ class KFAC(keras.optimizers.Optimizer):
         for variable in variables:
             if id(variable) in channels or id(variable) in state.momenta:
                 continue
-            state.momenta[id(variable)] = self.add_variable(
-                shape=variable.shape,
-                initializer="zeros",
-                dtype=variable.dtype,
-                aggregation="only_first_replica",
-                name=f"kfac_momentum_{factors.clean(variable.path)}",
+            state.momenta[id(variable)] = self.add_state(
+                f"kfac_momentum_{state_name(variable)}", variable.shape
             )
-        factors.make_factors(self)
+        self._factors.create(state.blocks)
 
     def load_own_variables(self, store):
         """Keras's loading, plus: factor state saved by a registered optimizer waits for
@@ -298,39 +270,15 @@ class KFAC(keras.optimizers.Optimizer):
         if saved > count and not self._kfac.blocks:
             for index, variable in enumerate(self.variables):
                 variable.assign(store[str(index)])
-            self._kfac.pending = [np.asarray(store[str(i)]) for i in range(count, saved)]
+            self._factors.pending = [np.asarray(store[str(i)]) for i in range(count, saved)]
             return
         super().load_own_variables(store)
 
     # -- the step ---------------------------------------------------------------
 
-    def _check_model(self, variables):
-        """Refuse to train unregistered, or on variables that are not the registered model's."""
-        model = self._kfac.model
-        if model is None:
-            raise ValueError(
-                "KFAC is not registered with a model, so it would train as plain SGD with "
-                "momentum. Call `optimizer.register(model)` before `fit` (a model loaded with "
-                "keras.saving.load_model needs it again: a saved KFAC does not store its "
-                "model), or pass it as KFAC(..., model=model). Received: an unregistered "
-                f"KFAC applied to {_paths(variables)}"
-            )
-        given = {id(v) for v in variables}
-        missing = [b.name for b in self._kfac.blocks if id(b.kernel) not in given]
-        own = [v for v in model.trainable_variables if id(v) not in self._kfac.channel_ids()]
-        if missing or not any(id(v) in given for v in own):
-            raise ValueError(
-                f"This KFAC optimizer is registered with model {model.name!r} but is applied "
-                f"to another model's variables ({_paths(variables)}), which lack the "
-                f"registered layers {missing or [v.path for v in own][:3]}. A KFAC optimizer "
-                "preconditions the model it is registered with: give the other model its own "
-                "KFAC(..., model=other), or call `optimizer.unregister()` and then "
-                "`optimizer.register(other)`."
-            )
-
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         """Keras's stateless step (JAX); reads a ``LossScaleOptimizer``'s scale where it is current."""
-        self._kfac.loss_scale = factors.read_loss_scale(self)
+        self._kfac.loss_scale = self._kfac.outer_loss_scale(self)
         try:
             return super().stateless_apply(optimizer_variables, grads, trainable_variables)
         finally:
@@ -343,7 +291,7 @@ class KFAC(keras.optimizers.Optimizer):
             if trainable_variables is None
             else list(trainable_variables)
         )
-        self._check_model(variables)
+        self._kfac.check_applied_to(variables)
         if not self.built:
             self.build(variables)
             self.built = True
@@ -359,7 +307,15 @@ class KFAC(keras.optimizers.Optimizer):
         reduced = replicas.all_reduce([grads[i] for i in present], "sum")
         for i, g in zip(present, reduced, strict=True):
             grads[i] = g
-        curvature = factors.update_curvature(self, received, count) if state.blocks else {}
+        curvature = {}
+        if state.blocks:
+            loss_scale = state.loss_scale
+            curvature = self._factors.update(
+                state.blocks,
+                received,
+                count=count,
+                loss_scale=state.outer_loss_scale(self) if loss_scale is None else loss_scale,
+            )
         directions = list(grads)
         index = {id(v): i for i, v in enumerate(variables)}
         for block in state.blocks:
@@ -396,16 +352,11 @@ class KFAC(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         """Keras's SGD momentum rule on the (preconditioned, rescaled) direction."""
-        position = keras_optimizer.variable_index(self, variable)
-        model_variable = keras_optimizer.trainable_variables(self)[position]
+        model_variable = keras_optimizer.trainable_variables(self)[self.index_of(variable)]
         m = self._kfac.momenta[id(model_variable)]
-        learning_rate = ops.cast(learning_rate, variable.dtype)
-        gradient = ops.cast(gradient, variable.dtype)
-        momentum = ops.cast(self.momentum, variable.dtype)
-        self.assign(
-            m, ops.subtract(ops.multiply(m, momentum), ops.multiply(gradient, learning_rate))
-        )
-        self.assign_add(variable, m)
+        step = ops.multiply(ops.cast(gradient, m.dtype), ops.cast(learning_rate, m.dtype))
+        self.assign(m, ops.subtract(ops.multiply(m, ops.cast(self.momentum, m.dtype)), step))
+        self.assign_add(variable, ops.cast(m, variable.dtype))
 
     def get_config(self):
         config = super().get_config()
@@ -425,10 +376,3 @@ class KFAC(keras.optimizers.Optimizer):
         for key in _UNSUPPORTED:
             config.pop(key, None)
         return config
-
-
-def _paths(variables, shown=3):
-    """A short description of ``variables`` by path, for error messages."""
-    paths = [getattr(v, "path", getattr(v, "name", "?")) for v in variables]
-    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
-    return f"variables {paths[:shown]}{more}"

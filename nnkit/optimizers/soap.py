@@ -5,8 +5,8 @@ from keras import ops
 
 from nnkit import _validation as v
 from nnkit.optimizers import _kronecker as kron
-from nnkit.optimizers._base import check_beta
-from nnkit.optimizers._factored import FactoredOptimizer, slug
+from nnkit.optimizers._base import check_beta, state_name
+from nnkit.optimizers._factored import FactoredOptimizer
 
 
 class _State:
@@ -148,7 +148,7 @@ class SOAP(FactoredOptimizer):
         super().build(var_list)
         self._states = []
         for variable, factors in zip(var_list, self._factors, strict=True):
-            name = slug(variable)
+            name = state_name(variable)
             first = self.add_state(f"{name}_momentum", variable.shape)
             second = self.add_state(f"{name}_velocity", variable.shape)
             bases = None
