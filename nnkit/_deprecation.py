@@ -34,3 +34,10 @@ def renamed(kwargs, old, new, value, default, *, owner, stacklevel=3):
         stacklevel=stacklevel,
     )
     return old_value
+
+
+def no_other_arguments(kwargs, *, owner):
+    """Raise the ``TypeError`` Python raises for an unknown keyword, once the old names are taken."""
+    if kwargs:
+        name = next(iter(kwargs))
+        raise TypeError(f"{owner}.__init__() got an unexpected keyword argument {name!r}")

@@ -10,10 +10,10 @@ periodic``: a value-returning ``cond`` followed by unconditional
 assignments).
 
 For a block, with this step's statistics ``Â`` and ``Ĝ`` (all-reduced over
-replicas) and ``β = factor_decay``, after ``t`` factor updates::
+replicas) and ``β = statistics_decay``, after ``t`` factor updates::
 
     A ← β·A + (1 − β)·Â,   G ← β·G + (1 − β)·Ĝ
-    every ``inverse_every`` updates: curvature ← f(A / (1 − βᵗ), G / (1 − βᵗ))
+    every ``refresh_every`` updates: curvature ← f(A / (1 − βᵗ), G / (1 − βᵗ))
 
 where ``f`` is ``_kfac_math.curvature`` (damped inverses or eigenbases).
 """
@@ -90,7 +90,7 @@ class FactorState:
         g_stats = [ops.cast(received[id(b.output_channel)], "float32") for b in blocks]
         reduced = replicas.all_reduce(a_stats + g_stats, "mean")
         a_stats, g_stats = reduced[: len(a_stats)], reduced[len(a_stats) :]
-        decay = optimizer.factor_decay
+        decay = optimizer.statistics_decay
         updates = ops.convert_to_tensor(self.counter)
         entries = [self.entries[id(b)] for b in blocks]
         for block, entry, a_stat, g_stat in zip(blocks, entries, a_stats, g_stats, strict=True):
@@ -131,7 +131,7 @@ class FactorState:
                 )
             return flat(fresh)
 
-        due = every(updates + 1, optimizer.inverse_every)
+        due = every(updates + 1, optimizer.refresh_every)
         packed = optimizer.periodic(due, refresh, keep, refresh=True)
         values, start = [], 0
         for shape in shapes:

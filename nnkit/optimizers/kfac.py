@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from nnkit import _validation as v
+from nnkit._deprecation import renamed
 from nnkit._keras import optimizer as keras_optimizer
 from nnkit._validation import (
     check_instance,
@@ -42,8 +43,8 @@ class KFAC(SecondOrderOptimizer):
     its inputs with the bias as the homogeneous coordinate ``ã = [a, 1]``
     and ``G = E[g gᵀ]`` of the gradients with respect to its pre-activation
     (per example; a Conv2D's patches follow Grosse & Martens 2016). Both are
-    moving averages (``factor_decay``, bias-corrected); every
-    ``inverse_every`` factor updates the damped inverses are recomputed.
+    moving averages (``statistics_decay``, bias-corrected); every
+    ``refresh_every`` factor updates the damped inverses are recomputed.
     For a block with gradient ``∇ = [∇W; ∇b]``::
 
         "pi":       Δ = (A + π√λ·I)⁻¹ ∇ (G + √λ/π·I)⁻¹,  π = √((tr A/dim A) / (tr G/dim G))
@@ -93,9 +94,10 @@ class KFAC(SecondOrderOptimizer):
         damping: ``λ`` > 0. Defaults to ``1e-3``.
         damping_type: ``"pi"``, ``"tikhonov"`` or ``"eigen"``. Defaults to ``"pi"``.
         momentum: ``μ`` in ``[0, 1)``. Defaults to ``0.9``.
-        factor_decay: The moving averages' decay in ``[0, 1)``. Defaults to ``0.95``.
-        inverse_every: Factor updates between two inverse refreshes (≥ 1).
-            Defaults to ``20``.
+        statistics_decay: The moving averages' decay in ``[0, 1)`` (formerly
+            ``factor_decay``). Defaults to ``0.95``.
+        refresh_every: Factor updates between two inverse refreshes (≥ 1;
+            formerly ``inverse_every``). Defaults to ``20``.
         kl_clip: ``κ`` > 0 of the KL clipping, or ``None``. Defaults to ``1e-3``.
         max_update_norm: ``c`` > 0 of the norm constraint, or ``None`` (at most one
             of ``kl_clip`` and ``max_update_norm``). Defaults to ``None``.
@@ -104,7 +106,9 @@ class KFAC(SecondOrderOptimizer):
         name: The optimizer's name. Defaults to ``"kfac"``.
         **kwargs: Keras's optimizer arguments (``weight_decay``, ``clipnorm``,
             ``use_ema``, ...), except ``gradient_accumulation_steps`` and
-            ``loss_scale_factor``.
+            ``loss_scale_factor``; and, for one release with a
+            ``DeprecationWarning``, the old names ``factor_decay`` and
+            ``inverse_every`` (see ``docs/naming.md``).
 
     Raises:
         ValueError: For an out-of-range or unknown argument, both ``kl_clip``
@@ -146,14 +150,18 @@ class KFAC(SecondOrderOptimizer):
         damping=1e-3,
         damping_type="pi",
         momentum=0.9,
-        factor_decay=0.95,
-        inverse_every=20,
+        statistics_decay=0.95,
+        refresh_every=20,
         kl_clip=1e-3,
         max_update_norm=None,
         output_fisher="empirical",
         name="kfac",
         **kwargs,
     ):
+        statistics_decay = renamed(kwargs, "factor_decay", "statistics_decay",
+                                   statistics_decay, 0.95, owner="KFAC")  # fmt: skip
+        refresh_every = renamed(kwargs, "inverse_every", "refresh_every", refresh_every, 20,
+                                owner="KFAC")  # fmt: skip
         for key, advice in _UNSUPPORTED.items():
             if kwargs.get(key) is not None:
                 raise ValueError(
@@ -167,10 +175,10 @@ class KFAC(SecondOrderOptimizer):
         self.damping_type = check_one_of("damping_type", damping_type, kmath.DAMPING_TYPES)
         self.momentum = check_number("momentum", momentum, minimum=0.0, maximum=1.0,
                                      max_inclusive=False)  # fmt: skip
-        self.factor_decay = check_number(
-            "factor_decay", factor_decay, minimum=0.0, maximum=1.0, max_inclusive=False
+        self.statistics_decay = check_number(
+            "statistics_decay", statistics_decay, minimum=0.0, maximum=1.0, max_inclusive=False
         )
-        self.inverse_every = check_positive_int("inverse_every", inverse_every)
+        self.refresh_every = check_positive_int("refresh_every", refresh_every)
         self.kl_clip = check_optional_number("kl_clip", kl_clip, minimum=0.0, min_inclusive=False)
         self.max_update_norm = check_optional_number(
             "max_update_norm", max_update_norm, minimum=0.0, min_inclusive=False
@@ -366,8 +374,8 @@ class KFAC(SecondOrderOptimizer):
                 "damping": self.damping,
                 "damping_type": self.damping_type,
                 "momentum": self.momentum,
-                "factor_decay": self.factor_decay,
-                "inverse_every": self.inverse_every,
+                "statistics_decay": self.statistics_decay,
+                "refresh_every": self.refresh_every,
                 "kl_clip": self.kl_clip,
                 "max_update_norm": self.max_update_norm,
                 "output_fisher": self.output_fisher,

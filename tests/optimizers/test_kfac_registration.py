@@ -21,7 +21,7 @@ def _model(seed=0, name=None):
     )
 
 
-SETTINGS = dict(damping=1e-2, momentum=0.0, factor_decay=0.0, inverse_every=1, kl_clip=None)
+SETTINGS = dict(damping=1e-2, momentum=0.0, statistics_decay=0.0, refresh_every=1, kl_clip=None)
 
 
 def test_an_unregistered_kfac_refuses_to_train_and_names_the_fix():
@@ -50,7 +50,7 @@ def test_a_kfac_registered_with_another_model_names_both():
 
 
 def test_a_reloaded_model_refuses_until_registered_then_takes_kfac_steps(tmp_path):
-    # momentum=0 and factor_decay=0 with a refresh every step: one step depends on the
+    # momentum=0 and statistics_decay=0 with a refresh every step: one step depends on the
     # weights only, so a reloaded KFAC and a fresh one must take the same step.
     x, y = _data(seed=2)
     model = _model(seed=3)
