@@ -579,6 +579,14 @@ def exercise(key, result, kwargs):
     elif isinstance(result, keras.losses.Loss):
         y_true, y_pred = _LOSS_DATA[name]()
         _finite(result(y_true, y_pred), "the loss")
+    elif isinstance(result, keras.optimizers.Optimizer) and name == "KFAC":
+        # KFAC trains only the model it is registered with (it refuses a bare variable).
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        result.register(model)
+        model.compile(optimizer=result, loss="mse")
+        x = np.random.default_rng(0).normal(size=(6, 3)).astype("float32")
+        model.fit(x, x[:, :2], batch_size=2, epochs=1, verbose=0)
+        _finite(model.layers[0].kernel.numpy(), "the updated kernel")
     elif isinstance(result, keras.optimizers.Optimizer):
         variable = keras.Variable(np.ones((3, 2), "float32"))
         for _ in range(3):
