@@ -2,8 +2,8 @@
 
 Question: how much slower is a training step of the same ``fit`` with
 ``nnkit.callbacks.GradientNormMonitor`` attached? Target (issue): ``<= 1.03``
-at the default cadence (``every_n_steps=10``); the figure at
-``every_n_steps=1`` is printed too.
+at the default cadence (``sample_every=10``); the figure at
+``sample_every=1`` is printed too.
 
 Models, on seeded random data, TensorFlow backend on CPU: ``mlp``, a small
 MLP (64 inputs, 3 Dense layers 64-64-10, batch 64, about 9k parameters) and
@@ -11,7 +11,7 @@ MLP (64 inputs, 3 Dense layers 64-64-10, batch 64, about 9k parameters) and
 Configurations, one model instance each (same initial weights, same data and
 batches, Adam, ``jit_compile`` left at Keras's default): ``baseline`` (no
 callbacks), ``monitor`` (``GradientNormMonitor()``) and ``monitor_n1``
-(``GradientNormMonitor(every_n_steps=1)``).
+(``GradientNormMonitor(sample_every=1)``).
 
 Method: step time EXCLUDING tracing. The monitor patches the optimizer and
 retraces the train function at ``on_train_begin`` of every ``fit`` (and
@@ -182,7 +182,7 @@ def callbacks_of(config):
     if config == "monitor":
         return [GradientNormMonitor()]
     if config == "monitor_n1":
-        return [GradientNormMonitor(every_n_steps=1)]
+        return [GradientNormMonitor(sample_every=1)]
     return []
 
 
@@ -313,7 +313,7 @@ def bench_in_graph(name, args):
             best[key] = min(best[key], (time.perf_counter() - start) / calls)
     monitor.on_train_end()
     base = best["baseline"]
-    n = monitor.every_n_steps
+    n = monitor.sample_every
     return {
         "baseline_ms": round(base * 1e3, 4),
         "plain_ratio": round(best["plain"] / base, 4),
@@ -373,9 +373,9 @@ def main(argv=None):
     within = all(ratio <= TARGET for ratio in default.values())
     print(
         f"load average {load_before} -> {load_after} on {os.cpu_count()} CPUs\n"
-        f"target: ratio <= {TARGET} at the default cadence (every_n_steps=10): "
+        f"target: ratio <= {TARGET} at the default cadence (sample_every=10): "
         + ", ".join(f"{n} {r:.4f}" for n, r in default.items())
-        + f" -> {'within' if within else 'NOT within'} target; every_n_steps=1: "
+        + f" -> {'within' if within else 'NOT within'} target; sample_every=1: "
         + ", ".join(f"{n} {r:.4f}" for n, r in every_step.items())
         + "\nin-graph (train functions called directly, fastest block): "
         + "; ".join(
@@ -389,7 +389,7 @@ def main(argv=None):
     figures = {
         "benchmark": "gradient_monitor_overhead",
         "target_ratio": TARGET,
-        "default_every_n_steps": GradientNormMonitor().every_n_steps,
+        "default_sample_every": GradientNormMonitor().sample_every,
         "all_within_target": within,
         "ratio_default": default,
         "ratio_every_step": every_step,

@@ -5,7 +5,7 @@ honest best shot. Starting from ``KFAC_SETTINGS`` of ``recipes/second_order.py``
 (same model, data, loss and batch), it changes one setting at a time: damping
 ``λ`` (1e-3, 1e-2, 1e-1), damping type (``tikhonov``, ``pi``, ``eigen``), the
 output layer's factor (``exact`` Gauss-Newton or ``empirical``), the inverse
-cadence (``inverse_every`` 5, 20, 50) and the KL clip (1e-4, 1e-3, 1e-2,
+cadence (``refresh_every`` 5, 20, 50) and the KL clip (1e-4, 1e-3, 1e-2,
 none); ``--combine`` adds settings made of several changes, written
 ``key=value`` joined by ``,`` (``--combined-only``: those alone, e.g. a
 damping at another ``--learning-rate``). Each setting trains ``--seeds`` seeds at the
@@ -40,7 +40,7 @@ CHANGES = {
     "damping": (1e-3, 1e-2, 1e-1),
     "damping_type": ("tikhonov", "pi", "eigen"),
     "output_fisher": ("exact", "empirical"),
-    "inverse_every": (5, 20, 50),
+    "refresh_every": (5, 20, 50),
     "kl_clip": (1e-4, 1e-3, 1e-2, None),
 }
 

@@ -206,8 +206,8 @@ def train(job):
             monitor="val_loss", patience=3, min_delta=0.003, restore_best_weights=True
         ),
         "plateau": cb.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_delta=0.01),
-        "lr": cb.LearningRateMonitor(every_n_steps=4),
-        "grad": cb.GradientNormMonitor(every_n_steps=4),
+        "lr": cb.LearningRateMonitor(sample_every=4),
+        "grad": cb.GradientNormMonitor(sample_every=4),
     }
     if job["keras_backup"]:
         made["backup"] = keras.callbacks.BackupAndRestore(

@@ -21,9 +21,10 @@ Questions (issue 12), on the digits deep autoencoder of
    ``nnkit.optimizers._base.forced_refresh``: the two train functions a
    host-side choice would switch between). ``refresh_seconds = always −
    never``; the host-side alternative costs at least ``never + refresh/f``
-   per step (``f = precondition_every``; the host's switching not counted),
-   against ``cond``'s measured step. (Shampoo and SOAP only: KFAC's refresh
-   is the same ``ops.cond`` pattern, but not behind ``forced_refresh``.)
+   per step (``f = refresh_every``; the host's switching not counted),
+   against ``cond``'s measured step. (Shampoo and SOAP here: KFAC's refresh
+   goes through the same ``SecondOrderOptimizer.periodic``, so
+   ``forced_refresh`` fixes it too, but this bench does not time it.)
 
 Method for step times: each configuration is a fresh model (same seed) fitted
 for ``1 + --epochs`` epochs of ``--steps`` steps on the digits repeated; a
@@ -233,11 +234,11 @@ def main(argv=None):
                 else (lambda o=optimizer, f=forced: forced_refresh(o, f))
             )
             times[mode] = step_time(recipe, optimizer, data, args, context)
-        every = cls(1e-3).precondition_every
+        every = cls(1e-3).refresh_every
         refresh_seconds = times["always"] - times["never"]
         host = times["never"] + refresh_seconds / every
         refresh[name] = {
-            "precondition_every": every,
+            "refresh_every": every,
             "cond_seconds_per_step": times["cond"],
             "never_seconds_per_step": times["never"],
             "always_seconds_per_step": times["always"],

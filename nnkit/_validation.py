@@ -114,6 +114,45 @@ def check_optional_number(name, value, **bounds):
     return None if value is None else check_number(name, value, **bounds)
 
 
+def check_learning_rate(learning_rate, *, optional=False, allow_zero=False, allow_callable=True):
+    """A learning rate, as every nnkit component takes one (the one validator for it).
+
+    Accepts a ``keras.optimizers.schedules.LearningRateSchedule`` (any nnkit
+    schedule) or its serialized config (a dict, as in an optimizer's
+    config, deserialized here), a number > 0 (>= 0 with ``allow_zero``), a
+    callable (unless ``allow_callable=False``; Keras's optimizers take one)
+    and, with ``optional``, ``None``.
+    """
+    import keras
+
+    schedule = keras.optimizers.schedules.LearningRateSchedule
+    if learning_rate is None and optional:
+        return None
+    if isinstance(learning_rate, dict):
+        # A serialized schedule, as in an optimizer's config.
+        try:
+            learning_rate = keras.optimizers.schedules.deserialize(learning_rate)
+        except (TypeError, ValueError, KeyError) as error:
+            raise TypeError(
+                "`learning_rate` must be a number, a LearningRateSchedule or a serialized "
+                f"schedule (a dict with 'class_name' and 'config'), not an other dict "
+                f"({error}). {_received('learning_rate', learning_rate)}"
+            ) from None
+    if isinstance(learning_rate, schedule):
+        return learning_rate
+    if allow_callable and callable(learning_rate):
+        return learning_rate
+    if _is_real(plain_number(learning_rate)):
+        return check_number("learning_rate", learning_rate, minimum=0.0, min_inclusive=allow_zero)
+    expected = ["None"] if optional else []
+    expected += ["a number", "a keras.optimizers.schedules.LearningRateSchedule"]
+    expected += ["a callable"] if allow_callable else []
+    raise TypeError(
+        f"`learning_rate` must be {', '.join(expected[:-1])} or {expected[-1]} (e.g. an "
+        f"nnkit.schedules.CosineAnnealing). {_received('learning_rate', learning_rate)}"
+    )
+
+
 def check_int(name, value, *, minimum=None, maximum=None, limit=MAX_INT):
     """Return ``value`` as a Python int within the given (inclusive) bounds.
 

@@ -371,7 +371,7 @@ def gradient_monitor(args):
     # the progress bar); the per-layer figures go to gradient_norms.csv.
     if args.monitor_every is None:
         return GradientNormMonitor()
-    return GradientNormMonitor(every_n_steps=args.monitor_every)
+    return GradientNormMonitor(sample_every=args.monitor_every)
 
 
 def write_gradient_report(report, out):
@@ -498,9 +498,7 @@ def main(argv=None):
         f"stop reason: {metrics['stop_reason']}; {metrics['wall_seconds']:.1f} s)"
     )
     if monitor is not None:
-        print(
-            f"gradient report ({len(report.steps)} samples, every {monitor.every_n_steps} steps):"
-        )
+        print(f"gradient report ({len(report.steps)} samples, every {monitor.sample_every} steps):")
         print(report)
     print(f"wrote {', '.join(sorted(os.listdir(args.out)))} to {os.path.abspath(args.out)}")
     return metrics

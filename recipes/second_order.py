@@ -94,7 +94,7 @@ KFAC_SETTINGS = {
     "damping": 1e-2,
     "damping_type": "eigen",
     "output_fisher": "exact",
-    "inverse_every": 20,
+    "refresh_every": 20,
     "kl_clip": 1e-4,
 }
 

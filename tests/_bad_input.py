@@ -349,9 +349,9 @@ BASELINES = {
                                           "verbose": 0, "mode": "min", "baseline": 10.0,
                                           "restore_best_weights": True, "start_from_epoch": 0,
                                           "divergence_threshold": 1e6, "smoothing": 0.5},
-    "callbacks.GradientNormMonitor": lambda c: {"every_n_steps": 2, "by": "layer", "on_nonfinite": "warn",
+    "callbacks.GradientNormMonitor": lambda c: {"sample_every": 2, "by": "layer", "on_nonfinite": "warn",
                                                 "log_dir": c.directory("grads"), "verbose": 0},
-    "callbacks.LearningRateMonitor": lambda c: {"log_name": "lr", "every_n_steps": 2,
+    "callbacks.LearningRateMonitor": lambda c: {"log_name": "lr", "sample_every": 2,
                                                 "log_dir": c.directory("lr")},
     "callbacks.ReduceLROnPlateau": lambda c: {"monitor": "val_loss", "factor": 0.5, "patience": 1,
                                               "verbose": 0, "mode": "min", "min_delta": 0.001,
@@ -579,6 +579,14 @@ def exercise(key, result, kwargs):
     elif isinstance(result, keras.losses.Loss):
         y_true, y_pred = _LOSS_DATA[name]()
         _finite(result(y_true, y_pred), "the loss")
+    elif isinstance(result, keras.optimizers.Optimizer) and name == "KFAC":
+        # KFAC trains only the model it is registered with (it refuses a bare variable).
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        result.register(model)
+        model.compile(optimizer=result, loss="mse")
+        x = np.random.default_rng(0).normal(size=(6, 3)).astype("float32")
+        model.fit(x, x[:, :2], batch_size=2, epochs=1, verbose=0)
+        _finite(model.layers[0].kernel.numpy(), "the updated kernel")
     elif isinstance(result, keras.optimizers.Optimizer):
         variable = keras.Variable(np.ones((3, 2), "float32"))
         for _ in range(3):

@@ -57,7 +57,7 @@ EXAMPLES = {
         "val_loss", 0.5, 3, mode="min", min_delta=0.001, cooldown=1, min_lr=1e-5
     ),
     "callbacks.LearningRateMonitor": lambda: C.LearningRateMonitor(
-        "lr", every_n_steps=10, log_dir="logs"
+        "lr", sample_every=10, log_dir="logs"
     ),
     "callbacks.GradientNormMonitor": lambda: C.GradientNormMonitor(
         2, by="variable", on_nonfinite="stop", rules=D.DiagnosisRules(window=3), log_dir="logs"
@@ -120,8 +120,8 @@ EXAMPLES = {
         damping=1e-2,
         damping_type="eigen",
         momentum=0.5,
-        factor_decay=0.9,
-        inverse_every=5,
+        statistics_decay=0.9,
+        refresh_every=5,
         kl_clip=None,
         max_update_norm=1.0,
         output_fisher="mean_squared_error",
@@ -150,15 +150,15 @@ EXAMPLES = {
     "optimizers.Shampoo": lambda: O.Shampoo(
         0.02,
         graft="adam",
-        damping=1e-2,
-        precondition_every=2,
+        relative_damping=1e-2,
+        refresh_every=2,
         start_preconditioning_step=2,
         max_preconditioner_dim=12,
     ),  # fmt: skip
     "optimizers.SOAP": lambda: O.SOAP(
         0.02,
         epsilon=1e-4,
-        precondition_every=2,
+        refresh_every=2,
         start_preconditioning_step=3,
         max_preconditioner_dim=4,
         weight_decay=0.01,

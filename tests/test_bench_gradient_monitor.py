@@ -37,7 +37,7 @@ def test_quick_run_ends_with_one_json_object(capsys):
     assert {
         "benchmark",
         "target_ratio",
-        "default_every_n_steps",
+        "default_sample_every",
         "all_within_target",
         "ratio_default",
         "ratio_every_step",
@@ -46,7 +46,7 @@ def test_quick_run_ends_with_one_json_object(capsys):
         "environment",
     } <= set(figures)
     assert figures["benchmark"] == "gradient_monitor_overhead"
-    assert figures["default_every_n_steps"] == 10
+    assert figures["default_sample_every"] == 10
     assert set(figures["models"]) == {"mlp"}
     mlp = figures["models"]["mlp"]
     assert mlp["params"] == 16 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10  # the --quick widths

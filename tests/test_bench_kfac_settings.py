@@ -18,7 +18,7 @@ def bench():
 
 def test_one_change_at_a_time_then_the_combined_ones(bench):
     base = {"damping": 1e-2, "damping_type": "eigen", "output_fisher": "exact",
-            "inverse_every": 20, "kl_clip": 1e-3}  # fmt: skip
+            "refresh_every": 20, "kl_clip": 1e-3}  # fmt: skip
     tried = bench.settings_to_try(base, [{"damping": 0.1, "damping_type": "pi"}])
     assert tried[0] == {} and tried[-1] == {"damping": 0.1, "damping_type": "pi"}
     singles = tried[1:-1]

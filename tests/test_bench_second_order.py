@@ -31,7 +31,7 @@ def test_quick_run_ends_with_one_json_object(capsys, tmp_path):
     step = figures["step_time"]["soap"]
     assert step["ratio_to_adam"] > 0 and step["seconds_per_step"] > 0
     refresh = figures["refresh"]["soap"]
-    assert refresh["precondition_every"] == 10
+    assert refresh["refresh_every"] == 10
     for key in ("cond_seconds_per_step", "never_seconds_per_step", "always_seconds_per_step"):
         assert math.isfinite(refresh[key]) and refresh[key] > 0, key
     expected = refresh["never_seconds_per_step"] + refresh["refresh_seconds"] / 10

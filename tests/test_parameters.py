@@ -53,7 +53,7 @@ def _model(kind, inputs=4, outputs=2):
     if kind == "float8":
         model.layers[0].quantize("float8")
         return model, keras.optimizers.SGD(LR)
-    return model, KFAC(LR, model=model, inverse_every=2)
+    return model, KFAC(LR, model=model, refresh_every=2)
 
 
 def _by_hand(model):
@@ -102,7 +102,7 @@ def test_gradient_norm_monitor_measures_the_parameters_gradient(kind, by):
     hand = _by_hand(model)
     grads = _gradient(model, x, y, hand)
     weights = [w.numpy().astype(np.float64) for w in hand]
-    monitor = GradientNormMonitor(every_n_steps=1, by=by)
+    monitor = GradientNormMonitor(sample_every=1, by=by)
     model.compile(optimizer=optimizer, loss="mse")
     model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0, callbacks=[monitor])
 
@@ -131,7 +131,7 @@ _JAX_MONITOR = """
     model = keras.Sequential(
         [keras.Input((4,)), keras.layers.Dense(3, "tanh"), keras.layers.Dense(2)]
     )
-    optimizer = KFAC(0.1, model=model, inverse_every=2)
+    optimizer = KFAC(0.1, model=model, refresh_every=2)
     hand = [np.asarray(w.numpy(), np.float64) for l in model.layers for w in (l.kernel, l.bias)]
 
     def loss(p):
@@ -139,7 +139,7 @@ _JAX_MONITOR = """
 
     g = [np.asarray(a) for a in jax.grad(loss)(hand)]
     norm = lambda arrays: np.sqrt(sum(np.sum(a ** 2) for a in arrays))
-    monitor = GradientNormMonitor(every_n_steps=1)
+    monitor = GradientNormMonitor(sample_every=1)
     model.compile(optimizer=optimizer, loss="mse")
     model.fit(x.astype("float32"), y.astype("float32"), batch_size=16, epochs=1,
               shuffle=False, verbose=0, callbacks=[monitor])
@@ -175,7 +175,7 @@ def test_gradient_norm_monitor_on_a_mirrored_kfac_model_measures_the_global_grad
     with mirrored_strategy().scope():
         model, optimizer = _model("kfac")
     grads = _gradient(model, x, y, _by_hand(model))
-    monitor = GradientNormMonitor(every_n_steps=1)
+    monitor = GradientNormMonitor(sample_every=1)
     model.compile(optimizer=optimizer, loss="mse")
     model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0, callbacks=[monitor])
     np.testing.assert_allclose(monitor.history["global_norm"][0], _norm(grads), rtol=1e-5)

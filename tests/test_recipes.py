@@ -457,9 +457,9 @@ def test_monitor_gradients_is_off_by_default(recipe, tmp_path):
 
 def test_monitor_flags(recipe, capsys):
     args = recipe.parse_args(["--monitor-gradients"])
-    assert recipe.gradient_monitor(args).every_n_steps == GradientNormMonitor().every_n_steps
+    assert recipe.gradient_monitor(args).sample_every == GradientNormMonitor().sample_every
     args = recipe.parse_args(["--monitor-gradients", "--monitor-every", "3"])
-    assert recipe.gradient_monitor(args).every_n_steps == 3
+    assert recipe.gradient_monitor(args).sample_every == 3
     assert recipe.gradient_monitor(recipe.parse_args([])) is None
     for bad in (["--monitor-every", "3"], ["--monitor-gradients", "--monitor-every", "0"]):
         with pytest.raises(SystemExit) as exit_info:

@@ -74,19 +74,19 @@ def unknown_direction():
 
 
 def nan_gradients():
-    monitor = GradientNormMonitor(every_n_steps=1)
+    monitor = GradientNormMonitor(sample_every=1)
     return _warning(lambda: _fit([monitor], x=_nan_x(), shuffle=False), RuntimeWarning)
 
 
 def nan_stop(capsys):
-    monitor = GradientNormMonitor(every_n_steps=1, on_nonfinite="stop")
+    monitor = GradientNormMonitor(sample_every=1, on_nonfinite="stop")
     _fit([monitor], x=_nan_x(), shuffle=False)
     assert monitor.stop_message in capsys.readouterr().out  # printed, not only stored
     return monitor.stop_message
 
 
 def nan_skip():
-    monitor = GradientNormMonitor(every_n_steps=1, on_nonfinite="skip")
+    monitor = GradientNormMonitor(sample_every=1, on_nonfinite="skip")
     return _warning(lambda: _fit([monitor], x=_nan_x(), shuffle=False), RuntimeWarning)
 
 

@@ -86,3 +86,29 @@ def test_seeds_take_any_int64():
         ValueError, match=r"`seed` must be at most .* Received: seed=18446744073709551616"
     ):
         nnkit.layers.DropPath(0.1, seed=2**64)
+
+
+def test_check_learning_rate_is_the_one_rate_validator():
+    import keras
+
+    from nnkit.schedules import Constant
+
+    schedule = Constant(0.1)
+    assert v.check_learning_rate(0.1) == 0.1
+    assert v.check_learning_rate(schedule) is schedule
+    restored = v.check_learning_rate(keras.optimizers.schedules.serialize(schedule))
+    assert isinstance(restored, Constant) and restored.learning_rate == 0.1
+    assert v.check_learning_rate(len) is len  # a callable, as Keras's optimizers take
+    with pytest.raises(ValueError, match="learning_rate=0"):
+        v.check_learning_rate(0)
+    with pytest.raises(TypeError, match="learning_rate=True"):
+        v.check_learning_rate(True)
+    with pytest.raises(TypeError, match="other dict"):
+        v.check_learning_rate({"rate": 0.1})
+    # The stochastic weight averaging rate: None, 0 and schedules; no callables.
+    assert v.check_learning_rate(None, optional=True) is None
+    assert v.check_learning_rate(0.0, optional=True, allow_zero=True) == 0.0
+    with pytest.raises(TypeError, match="None, a number or a keras"):
+        v.check_learning_rate(len, optional=True, allow_zero=True, allow_callable=False)
+    with pytest.raises(TypeError, match="learning_rate=None"):
+        v.check_learning_rate(None)

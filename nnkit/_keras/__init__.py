@@ -20,7 +20,7 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
   ``fit-shared-params``.
 - ``metrics``: ``metric-direction``.
 - ``layers``: ``flatten-layers``, ``seed-generators``, ``late-weights``,
-  ``late-regularizer``.
+  ``late-regularizer``, ``dense-call``, ``conv-call``, ``layer-own-variables``.
 - ``model``: ``functional-inputs``, ``build-shapes``.
 - ``multi_worker``: ``multi-worker-symbolic-build``,
   ``multi-worker-reduce-per-replica``, ``multi-worker-mode``.
@@ -120,6 +120,24 @@ ASSUMPTIONS = {
         "layers",
         "a layer's get_config saves its <weight>_regularizer attribute as it is when called, "
         "so setting it on a built layer is what passing it to the constructor would have done",
+    ),
+    "dense-call": (
+        "layers",
+        "Layer.__call__ runs layer.call as looked up on the instance, and a Dense layer "
+        "(no LoRA, not quantized) computes activation(inputs @ kernel + bias) from its public "
+        "kernel, bias and activation, whatever `training` is",
+    ),
+    "conv-call": (
+        "layers",
+        "a Conv2D layer (groups=1, no LoRA, not quantized) computes activation("
+        "convolution_op(inputs, kernel) + bias), the bias broadcast over the channels axis "
+        "of data_format, whatever `training` is",
+    ),
+    "layer-own-variables": (
+        "layers",
+        "saving and loading a model call each layer's save_own_variables(store) / "
+        "load_own_variables(store), looked up on the instance, with keys '0', '1', ... in "
+        "layer.weights order",
     ),
     "functional-inputs": (
         "model",

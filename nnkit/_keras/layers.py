@@ -12,6 +12,24 @@ Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
   layer's own, and ``model.trainable_weights``), and
   ``layer._untrack_variable(variable)`` removes such a weight again, leaving
   the tracker locked as it was.
+
+Three more that ``KFAC``'s capture (``nnkit/optimizers/_kfac_capture.py``)
+rests on: it shadows a registered layer's ``call`` with the same computation
+written from the layer's public attributes plus an identity tap, and its
+``save_own_variables``/``load_own_variables`` to leave its channels out.
+
+- ``dense-call``: ``Layer.__call__`` runs ``layer.call`` as looked up on the
+  instance (so a shadow takes effect), and a ``Dense`` layer without LoRA or
+  quantization computes ``activation(inputs @ kernel + bias)`` from its
+  public ``kernel``, ``bias`` (``None`` without one) and ``activation``,
+  whatever ``training`` is.
+- ``conv-call``: a ``Conv2D`` layer (``groups=1``, no LoRA, not quantized)
+  computes ``activation(convolution_op(inputs, kernel) + bias)``, the bias
+  broadcast along the channels axis of ``data_format``.
+- ``layer-own-variables``: saving a model calls each layer's
+  ``save_own_variables(store)`` and loading its ``load_own_variables(store)``,
+  looked up on the instance, with the keys ``"0"``, ``"1"``, … in
+  ``layer.weights`` order.
 """
 
 import contextlib

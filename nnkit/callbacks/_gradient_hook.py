@@ -82,7 +82,7 @@ def variables_exist(model):
 
 
 def create_hook(
-    model, *, by, restored_groups, every_n_steps, skip, start, scheduled, steps, patch_apply
+    model, *, by, restored_groups, sample_every, skip, start, scheduled, steps, patch_apply
 ):
     """``(hook, group names)``: a ``GradientHook`` for ``model``'s parameters now.
 
@@ -104,14 +104,14 @@ def create_hook(
             f"Received: state groups={list(restored_groups)!r}, "
             f"model groups={list(groups.names)!r}"
         )
-    capacity = math.ceil(steps / every_n_steps) + 1 if steps else UNKNOWN_CAPACITY
+    capacity = math.ceil(steps / sample_every) + 1 if steps else UNKNOWN_CAPACITY
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         hook = GradientHook(
             _optimizer.unwrap(outer),
             variables,
             groups,
             capacity=capacity,
-            every_n_steps=every_n_steps,
+            sample_every=sample_every,
             skip=skip,
             start=start,
             outer=outer,
@@ -146,7 +146,7 @@ class GradientHook(StepMeasurement):
         groups,
         *,
         capacity,
-        every_n_steps,
+        sample_every,
         skip,
         start,
         outer=None,
@@ -178,7 +178,7 @@ class GradientHook(StepMeasurement):
         self.groups = groups
         self._group_of = {id(w): k for w, k in zip(variables, groups.index, strict=True)}
         self.capacity = capacity
-        self.every_n_steps = every_n_steps
+        self.sample_every = sample_every
         self.skip = skip
         self.clipped = clips(optimizer)
         # Counters are int32 on JAX (int64 needs jax_enable_x64).

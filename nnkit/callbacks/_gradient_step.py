@@ -158,7 +158,7 @@ class StepMeasurement:
             return tuple(values)
 
         if sample is None:  # "pure" mode: the cadence is decided in-graph
-            sample = ops.equal(step % self.every_n_steps, 0)
+            sample = ops.equal(step % self.sample_every, 0)
             if self.sample_first:  # no sample yet (not even a restored one): take this one
                 sample = ops.logical_or(sample, ops.equal(self.count.value, 0))
             values = ops.cond(sample, measure, zeros)

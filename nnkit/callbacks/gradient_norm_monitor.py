@@ -6,6 +6,7 @@ import keras
 
 from nnkit import _validation as v
 from nnkit._backend import require_backend
+from nnkit._deprecation import no_other_arguments, renamed
 from nnkit._keras import shadow, train_function
 from nnkit._messages import say
 from nnkit.callbacks import _gradient_logs as logs_lib
@@ -38,7 +39,7 @@ class GradientNormMonitor(StatefulCallback):
     optimizer instance's ``apply`` and traces two train functions from it,
     restored at ``on_train_end``. A *plain* step only checks whether each
     group's gradients are finite (``Σ g·0``, which cannot overflow); a
-    *sampling* step, every ``every_n_steps``-th batch (``step % N == 0``,
+    *sampling* step, every ``sample_every``-th batch (``step % N == 0``,
     counting from the optimizer's raw iteration), the run's first batch and
     the last batch of an epoch the cadence would leave without one, measures
     with ``gradient_norms``: the global norm ``‖g‖ = √(Σ_i ‖g_i‖²)``, the group
@@ -63,8 +64,9 @@ class GradientNormMonitor(StatefulCallback):
     batch count for each.
 
     Args:
-        every_n_steps: Sample every ``N``-th step, an int ``>= 1``; ``1``
-            samples every step. Defaults to ``10``.
+        sample_every: Sample every ``N``-th step, an int ``>= 1``; ``1``
+            samples every step (formerly ``every_n_steps``, which still works
+            for one release with a ``DeprecationWarning``). Defaults to ``10``.
         by: Group variables by ``"layer"`` or ``"variable"``. Defaults to
             ``"layer"``.
         on_nonfinite: ``"warn"`` (a warning at the epoch end naming the first
@@ -85,7 +87,7 @@ class GradientNormMonitor(StatefulCallback):
 
     Raises:
         TypeError: If an argument has the wrong type.
-        ValueError: If ``every_n_steps < 1`` or a string option is unknown;
+        ValueError: If ``sample_every < 1`` or a string option is unknown;
             at ``fit``, for ``on_nonfinite="skip"`` under a ``tf.distribute``
             strategy, when another monitor is attached to the optimizer, or on
             a backend other than TensorFlow and JAX.
@@ -97,7 +99,7 @@ class GradientNormMonitor(StatefulCallback):
     ...     [keras.Input((2,)), keras.layers.Dense(3, name="a"), keras.layers.Dense(1, name="b")],
     ...     name="net")
     >>> model.compile(keras.optimizers.SGD(0.1), loss="mse")
-    >>> monitor = GradientNormMonitor(every_n_steps=2)
+    >>> monitor = GradientNormMonitor(sample_every=2)
     >>> history = model.fit(np.ones((8, 2)), np.ones((8, 1)), batch_size=2, epochs=2,
     ...                     callbacks=[monitor], verbose=0)
     >>> sorted(k for k in history.history if k != "loss")
@@ -119,7 +121,7 @@ class GradientNormMonitor(StatefulCallback):
 
     def __init__(
         self,
-        every_n_steps=10,
+        sample_every=10,
         *,
         by="layer",
         on_nonfinite="warn",
@@ -127,9 +129,13 @@ class GradientNormMonitor(StatefulCallback):
         log_dir=None,
         verbose=0,
         log_layers=False,
+        **kwargs,
     ):
         super().__init__()
-        self.every_n_steps = v.check_int("every_n_steps", every_n_steps, minimum=1)
+        sample_every = renamed(kwargs, "every_n_steps", "sample_every", sample_every, 10,
+                               owner="GradientNormMonitor")  # fmt: skip
+        no_other_arguments(kwargs, owner="GradientNormMonitor")
+        self.sample_every = v.check_int("sample_every", sample_every, minimum=1)
         self.by = v.check_one_of("by", by, ("layer", "variable"))
         self.on_nonfinite = v.check_one_of("on_nonfinite", on_nonfinite, _POLICIES)
         if rules is not None:
@@ -238,7 +244,7 @@ class GradientNormMonitor(StatefulCallback):
             self.model,
             by=self.by,
             restored_groups=self.layers,
-            every_n_steps=self.every_n_steps,
+            sample_every=self.sample_every,
             skip=self.on_nonfinite == "skip",
             start=self._start,
             scheduled=self._scheduled,
@@ -300,7 +306,7 @@ class GradientNormMonitor(StatefulCallback):
             functions = self._functions
         steps = (self.params or {}).get("steps")
         sample = (
-            self._next_step % self.every_n_steps == 0
+            self._next_step % self.sample_every == 0
             or not (self._sampled_run or self.history["steps"])  # a sample exists
             or (steps is not None and batch == steps - 1 and not self._sampled_epoch)
         )
@@ -316,7 +322,7 @@ class GradientNormMonitor(StatefulCallback):
         # a variable there is safe. JAX: see _stop_check_jax.
         if keras.backend.backend() == "jax":
             return
-        if self.on_nonfinite != "stop" or self._hook is None or (batch + 1) % self.every_n_steps:
+        if self.on_nonfinite != "stop" or self._hook is None or (batch + 1) % self.sample_every:
             return
         if self._hook.counters()[0] > self._at_begin:
             self._stop()
@@ -331,7 +337,7 @@ class GradientNormMonitor(StatefulCallback):
         """
         if self.on_nonfinite != "stop" or self._hook is None or batch == 0:
             return
-        if batch % self.every_n_steps:
+        if batch % self.sample_every:
             return
         self.model.jax_state_sync()
         if self._hook.counters()[0] > self._at_begin:
@@ -431,7 +437,7 @@ class GradientNormMonitor(StatefulCallback):
 
     def get_config(self):
         return {
-            "every_n_steps": self.every_n_steps,
+            "sample_every": self.sample_every,
             "by": self.by,
             "on_nonfinite": self.on_nonfinite,
             "rules": None if self.rules is None else self.rules.get_config(),

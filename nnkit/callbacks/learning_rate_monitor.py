@@ -3,6 +3,7 @@
 import keras
 
 from nnkit import _validation as v
+from nnkit._deprecation import no_other_arguments, renamed
 from nnkit.callbacks import _optimizer
 from nnkit.callbacks._stateful import StatefulCallback
 
@@ -25,7 +26,7 @@ class LearningRateMonitor(StatefulCallback):
     ``optimizer.iterations`` while it runs) uses ``schedule(j·G + G − 1)``.
     A float rate is the value of the optimizer's learning-rate variable.
 
-    With ``every_n_steps=N`` the callback also records, at each epoch end,
+    With ``sample_every=N`` the callback also records, at each epoch end,
     the rate of every update ``j`` of the epoch with ``j % N == 0`` as
     ``(j, η)`` in ``self.samples`` (reset by each ``fit``), evaluating the
     schedule once for all of them (read from ``optimizer.iterations`` once per
@@ -50,17 +51,18 @@ class LearningRateMonitor(StatefulCallback):
             monitor logging under ``"learning_rate"`` would show one rate in
             ``CSVLogger`` and another in TensorBoard for the same epoch.
             Defaults to ``"lr"``.
-        every_n_steps: Record the rate of every ``N``-th optimizer update,
-            an int ``>= 1``, or ``None`` for the epoch value only. Defaults
-            to ``None``.
+        sample_every: Record the rate of every ``N``-th optimizer update,
+            an int ``>= 1``, or ``None`` for the epoch value only (formerly
+            ``every_n_steps``, which still works for one release with a
+            ``DeprecationWarning``). Defaults to ``None``.
         log_dir: Directory to write the samples to as TensorBoard scalars
-            (tag ``log_name``, step ``j``); needs ``every_n_steps``. ``None``
+            (tag ``log_name``, step ``j``); needs ``sample_every``. ``None``
             writes nothing. Defaults to ``None``.
 
     Raises:
         TypeError: If an argument has the wrong type.
-        ValueError: If ``log_name`` is empty, ``every_n_steps < 1``, or
-            ``log_dir`` is given without ``every_n_steps``.
+        ValueError: If ``log_name`` is empty, ``sample_every < 1``, or
+            ``log_dir`` is given without ``sample_every``.
 
     Example:
     >>> import keras, numpy as np
@@ -69,7 +71,7 @@ class LearningRateMonitor(StatefulCallback):
     >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     >>> optimizer = keras.optimizers.SGD(StepDecay(0.1, step_size=2, factor=0.5))
     >>> model.compile(optimizer, loss="mse")
-    >>> monitor = LearningRateMonitor(every_n_steps=1)
+    >>> monitor = LearningRateMonitor(sample_every=1)
     >>> history = model.fit(np.ones((8, 2)), np.zeros((8, 1)), batch_size=4, epochs=2,
     ...                     callbacks=[monitor], verbose=0)
     >>> [round(lr, 4) for lr in history.history["lr"]]
@@ -87,17 +89,20 @@ class LearningRateMonitor(StatefulCallback):
 
     _not_copied = ("_writer",)
 
-    def __init__(self, log_name="lr", *, every_n_steps=None, log_dir=None):
+    def __init__(self, log_name="lr", *, sample_every=None, log_dir=None, **kwargs):
         super().__init__()
+        sample_every = renamed(kwargs, "every_n_steps", "sample_every", sample_every, None,
+                               owner="LearningRateMonitor")  # fmt: skip
+        no_other_arguments(kwargs, owner="LearningRateMonitor")
         self.log_name = v.check_str("log_name", log_name)
-        self.every_n_steps = v.check_optional_int("every_n_steps", every_n_steps, minimum=1)
+        self.sample_every = v.check_optional_int("sample_every", sample_every, minimum=1)
         if log_dir is not None:
             log_dir = v.check_optional_path("log_dir", log_dir)
-            if self.every_n_steps is None:
+            if self.sample_every is None:
                 raise ValueError(
-                    "`log_dir` needs `every_n_steps` (the epoch value already reaches "
+                    "`log_dir` needs `sample_every` (the epoch value already reaches "
                     "keras.callbacks.TensorBoard through the logs). "
-                    f"Received: log_dir={log_dir!r}, every_n_steps=None"
+                    f"Received: log_dir={log_dir!r}, sample_every=None"
                 )
         self.log_dir = log_dir
         self.samples = []
@@ -121,7 +126,7 @@ class LearningRateMonitor(StatefulCallback):
         self._last_end = int(state["last_end"])
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.every_n_steps is not None:
+        if self.sample_every is not None:
             optimizer = _optimizer.unwrap(self.model.optimizer)
             self._epoch_start = _optimizer.raw_iterations(optimizer)
 
@@ -130,7 +135,7 @@ class LearningRateMonitor(StatefulCallback):
         raw, rate = _optimizer.last_used_rate(optimizer)
         if logs is not None:
             logs[self.log_name] = rate
-        if self.every_n_steps is not None:
+        if self.sample_every is not None:
             self._sample(optimizer, raw)
 
     def on_train_end(self, logs=None):
@@ -143,7 +148,7 @@ class LearningRateMonitor(StatefulCallback):
         # Without on_epoch_begin (hooks driven by hand) continue from the last epoch.
         start = self._epoch_start if self._epoch_start is not None else self._last_end
         self._epoch_start, self._last_end = None, raw
-        n = self.every_n_steps
+        n = self.sample_every
         first = -(-(start // accumulation) // n) * n  # first multiple of n >= first update
         updates = range(first, raw // accumulation, n)
         if not updates:
@@ -178,6 +183,6 @@ class LearningRateMonitor(StatefulCallback):
     def get_config(self):
         return {
             "log_name": self.log_name,
-            "every_n_steps": self.every_n_steps,
+            "sample_every": self.sample_every,
             "log_dir": self.log_dir,
         }

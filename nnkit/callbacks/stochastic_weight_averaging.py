@@ -14,27 +14,9 @@ from nnkit.callbacks import _optimizer
 from nnkit.callbacks._stateful import StatefulCallback
 from nnkit.callbacks.batch_norm_statistics import batch_norm_layers, recompute_batch_norm
 from nnkit.schedules import Constant, JoinSchedules
-from nnkit.schedules.base import deserialize_schedule, serialize_schedule
+from nnkit.schedules.base import serialize_schedule
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
-
-
-def _check_learning_rate(learning_rate):
-    """``None``, a schedule (or its config), or a number ``>= 0`` (a constant rate)."""
-    if learning_rate is None:
-        return None
-    if isinstance(learning_rate, dict):
-        learning_rate = deserialize_schedule(learning_rate)
-    if isinstance(learning_rate, _Schedule):
-        return learning_rate
-    number = v.plain_number(learning_rate)
-    if isinstance(number, (int, float)) and not isinstance(number, bool):
-        return v.check_non_negative_number("learning_rate", learning_rate)
-    raise TypeError(
-        "`learning_rate` must be None, a number (a constant rate) or a "
-        "keras.optimizers.schedules.LearningRateSchedule (e.g. a cyclic "
-        f"nnkit.schedules.CosineAnnealing). Received: learning_rate={learning_rate!r}"
-    )
 
 
 def averaging_epochs(start_epoch, period, epochs):
@@ -150,7 +132,9 @@ class StochasticWeightAveraging(StatefulCallback):
         super().__init__()
         self.start_epoch = v.check_non_negative_int("start_epoch", start_epoch)
         self.period = v.check_positive_int("period", period)
-        self.learning_rate = _check_learning_rate(learning_rate)
+        self.learning_rate = v.check_learning_rate(
+            learning_rate, optional=True, allow_zero=True, allow_callable=False
+        )
         self.batch_norm_data = v.check_data("batch_norm_data", batch_norm_data, allow_none=True)
         self.batch_size = v.check_positive_int("batch_size", batch_size)
         self._swa_optimizer = None

@@ -18,6 +18,7 @@ with the alternative, a host-side choice between two traced train functions
 """
 
 import contextlib
+import re
 
 import keras
 from keras import ops
@@ -26,23 +27,12 @@ from nnkit import _validation as v
 from nnkit._keras import optimizer as keras_optimizer
 
 
-def check_learning_rate(learning_rate):
-    """A float rate (ints accepted), a ``LearningRateSchedule`` or a callable."""
-    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-        return learning_rate
-    if isinstance(learning_rate, dict):
-        # A serialized schedule, as in an optimizer's config.
-        try:
-            return keras.optimizers.schedules.deserialize(learning_rate)
-        except (TypeError, ValueError, KeyError) as error:
-            raise TypeError(
-                "`learning_rate` must be a number, a LearningRateSchedule, a callable or a "
-                f"serialized schedule (a dict with 'class_name' and 'config'), not an other "
-                f"dict ({error}). Received: learning_rate={learning_rate!r}"
-            ) from None
-    if callable(learning_rate):
-        return learning_rate
-    return v.check_positive_number("learning_rate", learning_rate)
+def state_name(variable):
+    """A name fragment for the optimizer state of ``variable`` (its path, or its name; or a
+    string), every character that is not a letter, digit or ``_`` replaced by ``_``."""
+    if not isinstance(variable, str):
+        variable = getattr(variable, "path", None) or variable.name
+    return re.sub(r"\W", "_", variable)
 
 
 def check_beta(name, value):
@@ -60,21 +50,22 @@ class SecondOrderOptimizer(keras.optimizers.Optimizer):
     def __init__(self, learning_rate, *, weight_decay=None, **kwargs):
         weight_decay = v.check_optional_number("weight_decay", weight_decay, minimum=0.0)
         super().__init__(
-            learning_rate=check_learning_rate(learning_rate), weight_decay=weight_decay, **kwargs
+            learning_rate=v.check_learning_rate(learning_rate), weight_decay=weight_decay, **kwargs
         )
         self._forced_refresh = None
 
-    def add_state(self, name, shape, initializer="zeros"):
+    def add_state(self, name, shape, initializer="zeros", *, dtype="float32"):
         """A float32 optimizer variable of ``shape``, named ``nnkit_optimizer_<name>``.
 
         Its aggregation is ``"only_first_replica"``: under ``tf.distribute`` it
         is written only in the update of each replica's copy, from the
         all-reduced gradients, so every replica holds the same value.
+        ``dtype="int32"`` is for counters; state that holds numbers is float32.
         """
         return self.add_variable(
             shape=tuple(shape),
             initializer=initializer,
-            dtype="float32",
+            dtype=dtype,
             aggregation="only_first_replica",
             name=f"nnkit_optimizer_{name}",
         )

@@ -3,16 +3,19 @@
 It owns the settings both share (statistics decay and cadence, refresh
 cadence, start, blocking), makes the factor statistics ``L`` and ``R`` of
 every block of every preconditioned variable (``nnkit.optimizers._kronecker``
-decides the layout) and updates them every ``statistics_every`` steps. The
+decides the layout) and updates them every ``sample_every`` steps. The
 subclass adds what it derives from the statistics (Shampoo: inverse roots;
 SOAP: eigenbases) and the update rule.
 """
 
+import inspect
+
 from keras import ops
 
 from nnkit import _validation as v
+from nnkit._deprecation import renamed
 from nnkit.optimizers import _kronecker as kron
-from nnkit.optimizers._base import SecondOrderOptimizer, every
+from nnkit.optimizers._base import SecondOrderOptimizer, every, state_name
 
 
 class Factors:
@@ -26,12 +29,6 @@ class Factors:
         self.right = right
 
 
-def slug(variable):
-    """A name fragment for the optimizer variables of ``variable`` (its path, or its name)."""
-    name = getattr(variable, "path", None) or variable.name
-    return name.replace("/", "_").replace(":", "_")
-
-
 class FactoredOptimizer(SecondOrderOptimizer):
     """Kronecker-factor statistics of every variable with a layout, updated on a cadence."""
 
@@ -40,20 +37,26 @@ class FactoredOptimizer(SecondOrderOptimizer):
         learning_rate,
         *,
         statistics_decay,
-        statistics_every,
-        precondition_every,
+        sample_every,
+        refresh_every,
         start_preconditioning_step,
         max_preconditioner_dim,
         blocking,
         weight_decay,
         **kwargs,
     ):
+        # The names before this release (one release, with a DeprecationWarning).
+        owner, defaults = type(self).__name__, _defaults(type(self))
+        sample_every = renamed(kwargs, "statistics_every", "sample_every", sample_every,
+                               defaults["sample_every"], owner=owner, stacklevel=4)  # fmt: skip
+        refresh_every = renamed(kwargs, "precondition_every", "refresh_every", refresh_every,
+                                defaults["refresh_every"], owner=owner, stacklevel=4)  # fmt: skip
         super().__init__(learning_rate, weight_decay=weight_decay, **kwargs)
         self.statistics_decay = v.check_number(
             "statistics_decay", statistics_decay, minimum=0.0, maximum=1.0
         )
-        self.statistics_every = v.check_positive_int("statistics_every", statistics_every)
-        self.precondition_every = v.check_positive_int("precondition_every", precondition_every)
+        self.sample_every = v.check_positive_int("sample_every", sample_every)
+        self.refresh_every = v.check_positive_int("refresh_every", refresh_every)
         self.start_preconditioning_step = v.check_positive_int(
             "start_preconditioning_step", start_preconditioning_step
         )
@@ -76,7 +79,7 @@ class FactoredOptimizer(SecondOrderOptimizer):
     def _make_factors(self, variable, plan):
         if plan is None:
             return None
-        name = slug(variable)
+        name = state_name(variable)
         left, right = {}, {}
         for i, j in plan.blocks:
             rows, cols = plan.block_shape(i, j)
@@ -94,7 +97,7 @@ class FactoredOptimizer(SecondOrderOptimizer):
         """Assign and return ``(left, right)``: ``{block: β·S + G Gᵀ}`` on statistics steps.
 
         Statistics are taken at steps ``1, 1 + s, 1 + 2s, …`` (``s =
-        statistics_every``), so the first refresh always has some.
+        sample_every``), so the first refresh always has some.
         """
         keys = [("left", key) for key in factors.left] + [("right", key) for key in factors.right]
         stored = [getattr(factors, side)[key] for side, key in keys]
@@ -106,10 +109,10 @@ class FactoredOptimizer(SecondOrderOptimizer):
                 for (side, key), value in zip(keys, current, strict=True)
             )
 
-        if self.statistics_every == 1:
+        if self.sample_every == 1:
             new = accumulated()
         else:
-            due = every(step, self.statistics_every)
+            due = every(step, self.sample_every)
             new = self.periodic(due, accumulated, lambda: current)
         for variable, value in zip(stored, new, strict=True):
             self.assign(variable, value)
@@ -120,7 +123,7 @@ class FactoredOptimizer(SecondOrderOptimizer):
 
     def refresh_due(self, step):
         """Whether ``step`` recomputes the preconditioner: ``start, start + f, …``."""
-        return every(step, self.precondition_every, self.start_preconditioning_step)
+        return every(step, self.refresh_every, self.start_preconditioning_step)
 
     def preconditioning(self, step):
         """Whether ``step`` is preconditioned (``step >= start_preconditioning_step``)."""
@@ -131,14 +134,20 @@ class FactoredOptimizer(SecondOrderOptimizer):
         config.update(
             {
                 "statistics_decay": self.statistics_decay,
-                "statistics_every": self.statistics_every,
-                "precondition_every": self.precondition_every,
+                "sample_every": self.sample_every,
+                "refresh_every": self.refresh_every,
                 "start_preconditioning_step": self.start_preconditioning_step,
                 "max_preconditioner_dim": self.max_preconditioner_dim,
                 "blocking": self.blocking,
             }
         )
         return config
+
+
+def _defaults(cls):
+    """``{argument: default}`` of ``cls.__init__`` (a subclass's own defaults)."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not p.empty}
 
 
 def frobenius(x):

@@ -263,6 +263,21 @@ def _load_without(layer, channels):
     return load_own_variables
 
 
+def _channel(layer, dim, side):
+    """The ``(dim, dim)`` float32 statistics channel ``kfac_<side>_statistic`` on ``layer``
+    (inside ``unlocked``)."""
+    return layer.add_weight(
+        shape=(dim, dim),
+        initializer="zeros",
+        dtype="float32",
+        trainable=True,
+        autocast=False,
+        aggregation="only_first_replica",
+        overwrite_with_gradient=True,
+        name=f"kfac_{side}_statistic",
+    )
+
+
 def make_blocks(model, planned, output_fisher):
     """Add the channels to and patch every planned layer; return the ``Block`` list.
 
@@ -279,26 +294,8 @@ def make_blocks(model, planned, output_fisher):
             input_dim = _prod(kernel.shape[:-1]) + (bias is not None)
             output_dim = int(kernel.shape[-1])
             with keras_layers.unlocked(layer):
-                input_channel = layer.add_weight(
-                    shape=(input_dim, input_dim),
-                    initializer="zeros",
-                    dtype="float32",
-                    trainable=True,
-                    autocast=False,
-                    aggregation="only_first_replica",
-                    overwrite_with_gradient=True,
-                    name="kfac_input_statistic",
-                )
-                output_channel = layer.add_weight(
-                    shape=(output_dim, output_dim),
-                    initializer="zeros",
-                    dtype="float32",
-                    trainable=True,
-                    autocast=False,
-                    aggregation="only_first_replica",
-                    overwrite_with_gradient=True,
-                    name="kfac_output_statistic",
-                )
+                input_channel = _channel(layer, input_dim, "input")
+                output_channel = _channel(layer, output_dim, "output")
             block = Block(
                 layer,
                 kind,

@@ -20,6 +20,8 @@ homogeneous coordinate ``ã = [a, 1]``:
 
 from keras import ops
 
+from nnkit.optimizers import _kronecker as kron
+
 DAMPING_TYPES = ("pi", "tikhonov", "eigen")
 #: ``output_fisher`` values: the empirical factor, or the Gauss-Newton (here
 #: equal to the true Fisher) output factor of a Keras loss.
@@ -118,10 +120,6 @@ def output_fisher_statistic(preactivation, loss):
     raise ValueError(f"`loss` must be one of {OUTPUT_FISHERS[1:]}. Received: loss={loss!r}")
 
 
-def _symmetric(matrix):
-    return (matrix + ops.transpose(matrix)) * 0.5
-
-
 def _mean_eigenvalue(matrix):
     return ops.trace(matrix) / ops.cast(ops.shape(matrix)[0], "float32")
 
@@ -132,12 +130,13 @@ def curvature(a, g, *, damping, damping_type):
     ``"pi"``/``"tikhonov"``: ``[(A + π√λ·I)⁻¹, (G + √λ/π·I)⁻¹]`` (``π = 1``
     for ``"tikhonov"``; ``π = √((tr A / dim A) / (tr G / dim G))``).
     ``"eigen"``: ``[Q_A, α, Q_G, γ]`` (eigenvalues clipped at 0; λ is
-    added in ``precondition``).
+    added in ``precondition``), from the shared canonical eigendecomposition
+    of ``_kronecker`` (descending, sign-fixed: every replica computes the same).
     """
-    a, g = _symmetric(a), _symmetric(g)
+    a, g = kron.symmetric(a), kron.symmetric(g)
     if damping_type == "eigen":
-        alpha, q_a = ops.eigh(a)
-        gamma, q_g = ops.eigh(g)
+        alpha, q_a = kron.eigh(a)
+        gamma, q_g = kron.eigh(g)
         return [q_a, ops.maximum(alpha, 0.0), q_g, ops.maximum(gamma, 0.0)]
     root = damping**0.5
     if damping_type == "pi":

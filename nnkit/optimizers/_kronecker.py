@@ -115,7 +115,8 @@ def accumulate(statistic, block, side, decay):
     return decay * statistic + outer
 
 
-def _symmetric(matrix):
+def symmetric(matrix):
+    """``(M + Mᵀ) / 2``: a matrix made exactly symmetric before a decomposition."""
     return 0.5 * (matrix + ops.transpose(matrix))
 
 
@@ -128,7 +129,7 @@ def _positive_pivots(vectors):
 
 def eigh(matrix):
     """``(λ, Q)`` of a symmetric matrix, canonicalized: λ descending, each column's pivot > 0."""
-    values, vectors = ops.eigh(_symmetric(matrix))
+    values, vectors = ops.eigh(symmetric(matrix))
     values, vectors = ops.flip(values, axis=0), ops.flip(vectors, axis=1)
     return values, _positive_pivots(vectors)
 
@@ -147,7 +148,7 @@ def inverse_root(statistic, exponent, damping):
     powers = ops.exp(-exponent * ops.log(damped))
     root = ops.matmul(vectors * ops.expand_dims(powers, 0), ops.transpose(vectors))
     identity = ops.eye(ops.shape(statistic)[0], dtype=statistic.dtype)
-    return ops.where(top > 0, _symmetric(root), identity)
+    return ops.where(top > 0, symmetric(root), identity)
 
 
 def initial_basis(statistic):

@@ -1,6 +1,5 @@
 """K-FAC: Kronecker-factored approximate curvature, as a Keras optimizer inside ``model.fit``."""
 
-import contextlib
 import warnings
 
 import keras
@@ -8,8 +7,8 @@ import numpy as np
 from keras import ops
 
 from nnkit import _validation as v
+from nnkit._deprecation import renamed
 from nnkit._keras import optimizer as keras_optimizer
-from nnkit._keras.fit import explicit_strategy
 from nnkit._validation import (
     check_instance,
     check_number,
@@ -18,11 +17,12 @@ from nnkit._validation import (
     check_positive_int,
     check_positive_number,
 )
+from nnkit.distribute import replicas
 from nnkit.optimizers import _kfac_capture as capture
-from nnkit.optimizers import _kfac_factors as factors
 from nnkit.optimizers import _kfac_math as kmath
-from nnkit.optimizers import _kfac_replicas as replicas
-from nnkit.optimizers._base import check_learning_rate
+from nnkit.optimizers._base import SecondOrderOptimizer, state_name
+from nnkit.optimizers._kfac_factors import FactorState
+from nnkit.optimizers._kfac_registration import Registration
 
 _UNSUPPORTED = {
     "gradient_accumulation_steps": "accumulate by raising the batch size instead",
@@ -31,25 +31,8 @@ _UNSUPPORTED = {
 }
 
 
-class _Registration:
-    """What ``KFAC`` knows of its model; a plain object, so no tracker adopts the model."""
-
-    def __init__(self):
-        self.model = None
-        self.blocks = []
-        self.fallback = []
-        self.momenta = {}  # id(model variable) -> momentum variable
-        self.factors = {}  # id(block) -> {"a", "g", "curvature": [...]}
-        self.counter = None  # factor updates so far (drives bias correction and the cadence)
-        self.pending = []  # saved factor values awaiting registration (see load_own_variables)
-        self.loss_scale = None  # the LossScaleOptimizer's scale, read where it is current
-
-    def channel_ids(self):
-        return {id(c) for block in self.blocks for c in block.channels}
-
-
 @keras.saving.register_keras_serializable(package="nnkit")
-class KFAC(keras.optimizers.Optimizer):
+class KFAC(SecondOrderOptimizer):
     """Kronecker-factored approximate curvature (K-FAC) for Dense and Conv2D layers.
 
     Use it where the curvature is badly conditioned and first-order methods
@@ -60,8 +43,8 @@ class KFAC(keras.optimizers.Optimizer):
     its inputs with the bias as the homogeneous coordinate ``ã = [a, 1]``
     and ``G = E[g gᵀ]`` of the gradients with respect to its pre-activation
     (per example; a Conv2D's patches follow Grosse & Martens 2016). Both are
-    moving averages (``factor_decay``, bias-corrected); every
-    ``inverse_every`` factor updates the damped inverses are recomputed.
+    moving averages (``statistics_decay``, bias-corrected); every
+    ``refresh_every`` factor updates the damped inverses are recomputed.
     For a block with gradient ``∇ = [∇W; ∇b]``::
 
         "pi":       Δ = (A + π√λ·I)⁻¹ ∇ (G + √λ/π·I)⁻¹,  π = √((tr A/dim A) / (tr G/dim G))
@@ -88,7 +71,16 @@ class KFAC(keras.optimizers.Optimizer):
     ``model`` registers the model (or call ``register`` later, e.g.
     after ``keras.saving.load_model``): its layers' calls are shadowed to
     capture the statistics (see ``docs/kfac.md``); the model code is not
-    changed and a saved model loads without nnkit. Under
+    changed and a saved model loads without nnkit. An unregistered KFAC
+    refuses to train (``ValueError`` at its first ``apply``, i.e. the first
+    ``fit`` step, before any weight changes) instead of silently taking
+    SGD steps, and so does a KFAC applied to another model's variables. A
+    loaded model is not registered again automatically: Keras gives an
+    optimizer no reference to the model it is compiled into (not in
+    ``compile``, ``build`` nor ``apply``), and registering adds weights to
+    the model's layers, which must happen before the train step is traced;
+    reaching the model would take a process-wide patch of ``keras.Model``
+    or stack inspection, so ``fit`` says what to call instead. Under
     ``tf.distribute`` the statistics and gradients are all-reduced and every
     replica's state is the first replica's (``"only_first_replica"``).
     Keras's ``clipnorm``/``clipvalue``/``global_clipnorm`` act on ``ν·Δ``.
@@ -96,14 +88,16 @@ class KFAC(keras.optimizers.Optimizer):
     Args:
         learning_rate: A float, a ``keras.optimizers.schedules.LearningRateSchedule``
             (any nnkit schedule) or a callable. Defaults to ``0.01``.
-        model: A built Keras model to register, or ``None`` (``get_config``
-            stores ``None``: register a loaded model again). Defaults to ``None``.
+        model: A built Keras model to register, or ``None`` (then call
+            ``register`` before training; ``get_config`` stores ``None``: register
+            a loaded model again). Defaults to ``None``.
         damping: ``λ`` > 0. Defaults to ``1e-3``.
         damping_type: ``"pi"``, ``"tikhonov"`` or ``"eigen"``. Defaults to ``"pi"``.
         momentum: ``μ`` in ``[0, 1)``. Defaults to ``0.9``.
-        factor_decay: The moving averages' decay in ``[0, 1)``. Defaults to ``0.95``.
-        inverse_every: Factor updates between two inverse refreshes (≥ 1).
-            Defaults to ``20``.
+        statistics_decay: The moving averages' decay in ``[0, 1)`` (formerly
+            ``factor_decay``). Defaults to ``0.95``.
+        refresh_every: Factor updates between two inverse refreshes (≥ 1;
+            formerly ``inverse_every``). Defaults to ``20``.
         kl_clip: ``κ`` > 0 of the KL clipping, or ``None``. Defaults to ``1e-3``.
         max_update_norm: ``c`` > 0 of the norm constraint, or ``None`` (at most one
             of ``kl_clip`` and ``max_update_norm``). Defaults to ``None``.
@@ -112,12 +106,16 @@ class KFAC(keras.optimizers.Optimizer):
         name: The optimizer's name. Defaults to ``"kfac"``.
         **kwargs: Keras's optimizer arguments (``weight_decay``, ``clipnorm``,
             ``use_ema``, ...), except ``gradient_accumulation_steps`` and
-            ``loss_scale_factor``.
+            ``loss_scale_factor``; and, for one release with a
+            ``DeprecationWarning``, the old names ``factor_decay`` and
+            ``inverse_every`` (see ``docs/naming.md``).
 
     Raises:
         ValueError: For an out-of-range or unknown argument, both ``kl_clip``
             and ``max_update_norm``, an unsupported Keras argument, a model that
-            is not built, or an ``output_fisher`` the model's last layer cannot take.
+            is not built, or an ``output_fisher`` the model's last layer cannot take;
+            at the first ``apply`` (the first ``fit`` step), when no model is
+            registered or the variables are not the registered model's.
         TypeError: For an argument of the wrong type.
 
     Example:
@@ -152,14 +150,18 @@ class KFAC(keras.optimizers.Optimizer):
         damping=1e-3,
         damping_type="pi",
         momentum=0.9,
-        factor_decay=0.95,
-        inverse_every=20,
+        statistics_decay=0.95,
+        refresh_every=20,
         kl_clip=1e-3,
         max_update_norm=None,
         output_fisher="empirical",
         name="kfac",
         **kwargs,
     ):
+        statistics_decay = renamed(kwargs, "factor_decay", "statistics_decay",
+                                   statistics_decay, 0.95, owner="KFAC")  # fmt: skip
+        refresh_every = renamed(kwargs, "inverse_every", "refresh_every", refresh_every, 20,
+                                owner="KFAC")  # fmt: skip
         for key, advice in _UNSUPPORTED.items():
             if kwargs.get(key) is not None:
                 raise ValueError(
@@ -167,18 +169,16 @@ class KFAC(keras.optimizers.Optimizer):
                 )
             kwargs.pop(key, None)
         super().__init__(
-            learning_rate=check_learning_rate(learning_rate),
-            name=None if name is None else v.check_str("name", name),
-            **kwargs,
+            learning_rate, name=None if name is None else v.check_str("name", name), **kwargs
         )
         self.damping = check_positive_number("damping", damping)
         self.damping_type = check_one_of("damping_type", damping_type, kmath.DAMPING_TYPES)
         self.momentum = check_number("momentum", momentum, minimum=0.0, maximum=1.0,
                                      max_inclusive=False)  # fmt: skip
-        self.factor_decay = check_number(
-            "factor_decay", factor_decay, minimum=0.0, maximum=1.0, max_inclusive=False
+        self.statistics_decay = check_number(
+            "statistics_decay", statistics_decay, minimum=0.0, maximum=1.0, max_inclusive=False
         )
-        self.inverse_every = check_positive_int("inverse_every", inverse_every)
+        self.refresh_every = check_positive_int("refresh_every", refresh_every)
         self.kl_clip = check_optional_number("kl_clip", kl_clip, minimum=0.0, min_inclusive=False)
         self.max_update_norm = check_optional_number(
             "max_update_norm", max_update_norm, minimum=0.0, min_inclusive=False
@@ -189,7 +189,8 @@ class KFAC(keras.optimizers.Optimizer):
                 f"kl_clip={kl_clip!r}, max_update_norm={max_update_norm!r}"
             )
         self.output_fisher = check_one_of("output_fisher", output_fisher, kmath.OUTPUT_FISHERS)
-        self._kfac = factors.Registration()
+        self._kfac = Registration()
+        self._factors = FactorState(self)
         if model is not None:
             self.register(model)
 
@@ -242,18 +243,13 @@ class KFAC(keras.optimizers.Optimizer):
                 stacklevel=2,
             )
         if self.built:
-            with self._kfac_scope(model):
+            with self._kfac.scope():
                 self.build(list(model.trainable_variables))
 
     def unregister(self):
         """Undo ``register``: the layers are as before; the factor variables stay."""
         capture.remove(self._kfac.model, self._kfac.blocks)
         self._kfac.model, self._kfac.blocks, self._kfac.fallback = None, [], []
-
-    @staticmethod
-    def _kfac_scope(model):
-        strategy = explicit_strategy(model)
-        return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
     # -- state ------------------------------------------------------------------
 
@@ -270,14 +266,10 @@ class KFAC(keras.optimizers.Optimizer):
         for variable in variables:
             if id(variable) in channels or id(variable) in state.momenta:
                 continue
-            state.momenta[id(variable)] = self.add_variable(
-                shape=variable.shape,
-                initializer="zeros",
-                dtype=variable.dtype,
-                aggregation="only_first_replica",
-                name=f"kfac_momentum_{factors.clean(variable.path)}",
+            state.momenta[id(variable)] = self.add_state(
+                f"kfac_momentum_{state_name(variable)}", variable.shape
             )
-        factors.make_factors(self)
+        self._factors.create(state.blocks)
 
     def load_own_variables(self, store):
         """Keras's loading, plus: factor state saved by a registered optimizer waits for
@@ -286,7 +278,7 @@ class KFAC(keras.optimizers.Optimizer):
         if saved > count and not self._kfac.blocks:
             for index, variable in enumerate(self.variables):
                 variable.assign(store[str(index)])
-            self._kfac.pending = [np.asarray(store[str(i)]) for i in range(count, saved)]
+            self._factors.pending = [np.asarray(store[str(i)]) for i in range(count, saved)]
             return
         super().load_own_variables(store)
 
@@ -294,7 +286,7 @@ class KFAC(keras.optimizers.Optimizer):
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         """Keras's stateless step (JAX); reads a ``LossScaleOptimizer``'s scale where it is current."""
-        self._kfac.loss_scale = factors.read_loss_scale(self)
+        self._kfac.loss_scale = self._kfac.outer_loss_scale(self)
         try:
             return super().stateless_apply(optimizer_variables, grads, trainable_variables)
         finally:
@@ -307,6 +299,7 @@ class KFAC(keras.optimizers.Optimizer):
             if trainable_variables is None
             else list(trainable_variables)
         )
+        self._kfac.check_applied_to(variables)
         if not self.built:
             self.build(variables)
             self.built = True
@@ -322,7 +315,15 @@ class KFAC(keras.optimizers.Optimizer):
         reduced = replicas.all_reduce([grads[i] for i in present], "sum")
         for i, g in zip(present, reduced, strict=True):
             grads[i] = g
-        curvature = factors.update_curvature(self, received, count) if state.blocks else {}
+        curvature = {}
+        if state.blocks:
+            loss_scale = state.loss_scale
+            curvature = self._factors.update(
+                state.blocks,
+                received,
+                count=count,
+                loss_scale=state.outer_loss_scale(self) if loss_scale is None else loss_scale,
+            )
         directions = list(grads)
         index = {id(v): i for i, v in enumerate(variables)}
         for block in state.blocks:
@@ -359,16 +360,11 @@ class KFAC(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         """Keras's SGD momentum rule on the (preconditioned, rescaled) direction."""
-        position = keras_optimizer.variable_index(self, variable)
-        model_variable = keras_optimizer.trainable_variables(self)[position]
+        model_variable = keras_optimizer.trainable_variables(self)[self.index_of(variable)]
         m = self._kfac.momenta[id(model_variable)]
-        learning_rate = ops.cast(learning_rate, variable.dtype)
-        gradient = ops.cast(gradient, variable.dtype)
-        momentum = ops.cast(self.momentum, variable.dtype)
-        self.assign(
-            m, ops.subtract(ops.multiply(m, momentum), ops.multiply(gradient, learning_rate))
-        )
-        self.assign_add(variable, m)
+        step = ops.multiply(ops.cast(gradient, m.dtype), ops.cast(learning_rate, m.dtype))
+        self.assign(m, ops.subtract(ops.multiply(m, ops.cast(self.momentum, m.dtype)), step))
+        self.assign_add(variable, ops.cast(m, variable.dtype))
 
     def get_config(self):
         config = super().get_config()
@@ -378,8 +374,8 @@ class KFAC(keras.optimizers.Optimizer):
                 "damping": self.damping,
                 "damping_type": self.damping_type,
                 "momentum": self.momentum,
-                "factor_decay": self.factor_decay,
-                "inverse_every": self.inverse_every,
+                "statistics_decay": self.statistics_decay,
+                "refresh_every": self.refresh_every,
                 "kl_clip": self.kl_clip,
                 "max_update_norm": self.max_update_norm,
                 "output_fisher": self.output_fisher,

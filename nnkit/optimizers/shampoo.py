@@ -4,9 +4,10 @@ import keras
 from keras import ops
 
 from nnkit import _validation as v
+from nnkit._deprecation import renamed
 from nnkit.optimizers import _kronecker as kron
-from nnkit.optimizers._base import check_beta
-from nnkit.optimizers._factored import FactoredOptimizer, frobenius, slug
+from nnkit.optimizers._base import check_beta, state_name
+from nnkit.optimizers._factored import FactoredOptimizer, frobenius
 
 GRAFTS = ("adam", "rmsprop", "sgd")
 
@@ -28,7 +29,7 @@ class Shampoo(FactoredOptimizer):
     ``tanh``/sigmoid networks, large-batch training): Shampoo approximates
     full-matrix AdaGrad by a Kronecker product of two small factors per
     weight matrix, at a cost per step of a few matrix products per layer
-    and, every ``precondition_every`` steps, one eigendecomposition per
+    and, every ``refresh_every`` steps, one eigendecomposition per
     factor. The *graft* (Adam by default) sets the size of every step, so
     Adam's learning rates carry over. 0-D and 1-D variables (biases,
     normalization scales), and variables none of whose sides is
@@ -49,9 +50,9 @@ class Shampoo(FactoredOptimizer):
         w ← w − η · (‖D‖ / ‖P‖) · P                  for t ≥ t₀, per block
         w ← w − η · D                                for t < t₀ and without a layout
 
-    with ``s = statistics_every``, ``f = precondition_every``, ``t₀ =
+    with ``s = sample_every``, ``f = refresh_every``, ``t₀ =
     start_preconditioning_step``, ``β = statistics_decay`` (1: a plain sum
-    ``L = Σ G Gᵀ``), ``ε_d = damping`` and ``e = exponent`` (default
+    ``L = Σ G Gᵀ``), ``ε_d = relative_damping`` and ``e = exponent`` (default
     ``1/(2k)`` for ``k`` preconditioned sides: ``−1/4`` for a matrix). A side
     of length 1 is never preconditioned; with ``blocking=False`` a side
     longer than ``max_preconditioner_dim`` is not either (identity factor).
@@ -74,11 +75,15 @@ class Shampoo(FactoredOptimizer):
         epsilon: The graft's ``ε``, ``> 0``. Defaults to ``1e-7``.
         statistics_decay: ``β`` of the factor statistics, in ``[0, 1]``.
             Defaults to ``1.0`` (a sum).
-        damping: ``ε_d``, relative to the largest eigenvalue of each factor,
-            ``> 0``. Defaults to ``1e-6``.
+        relative_damping: ``ε_d``, relative to the largest eigenvalue of each
+            factor, ``> 0`` (formerly ``damping``, which still works for one
+            release with a ``DeprecationWarning``; KFAC's ``damping`` is
+            absolute). Defaults to ``1e-6``.
         exponent: ``e`` in ``(0, 1]``, or ``None`` for ``1/(2k)``. Defaults to ``None``.
-        statistics_every: ``s``, an int ``>= 1``. Defaults to ``1``.
-        precondition_every: ``f``, an int ``>= 1``. Defaults to ``20``.
+        sample_every: ``s``, an int ``>= 1`` (formerly ``statistics_every``).
+            Defaults to ``1``.
+        refresh_every: ``f``, an int ``>= 1`` (formerly ``precondition_every``).
+            Defaults to ``20``.
         start_preconditioning_step: ``t₀``, an int ``>= 1``. Defaults to ``20``.
         max_preconditioner_dim: Longest preconditioned side (block length),
             an int ``>= 1``. Defaults to ``1024``.
@@ -88,7 +93,9 @@ class Shampoo(FactoredOptimizer):
             before the update), ``>= 0`` or ``None``. Defaults to ``None``.
         **kwargs: Keras's other optimizer arguments (``clipnorm``,
             ``global_clipnorm``, ``clipvalue``, ``use_ema``,
-            ``gradient_accumulation_steps``, ``loss_scale_factor``, ``name``, …).
+            ``gradient_accumulation_steps``, ``loss_scale_factor``, ``name``, …);
+            and, for one release with a ``DeprecationWarning``, the old names
+            ``statistics_every``, ``precondition_every`` and ``damping`` (see ``docs/naming.md``).
 
     Raises:
         TypeError: If an argument has the wrong type (bools are not numbers).
@@ -99,7 +106,7 @@ class Shampoo(FactoredOptimizer):
     >>> import keras, numpy as np
     >>> from nnkit.optimizers import Shampoo
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    >>> optimizer = Shampoo(0.01, precondition_every=2, start_preconditioning_step=2)
+    >>> optimizer = Shampoo(0.01, refresh_every=2, start_preconditioning_step=2)
     >>> model.compile(optimizer, loss="mse")
     >>> x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
     >>> history = model.fit(x, x[:, :3], batch_size=8, epochs=2, verbose=0)
@@ -126,21 +133,23 @@ class Shampoo(FactoredOptimizer):
         beta_2=0.999,
         epsilon=1e-7,
         statistics_decay=1.0,
-        damping=1e-6,
+        relative_damping=1e-6,
         exponent=None,
-        statistics_every=1,
-        precondition_every=20,
+        sample_every=1,
+        refresh_every=20,
         start_preconditioning_step=20,
         max_preconditioner_dim=1024,
         blocking=True,
         weight_decay=None,
         **kwargs,
     ):
+        relative_damping = renamed(kwargs, "damping", "relative_damping", relative_damping,
+                                   1e-6, owner="Shampoo")  # fmt: skip
         super().__init__(
             learning_rate,
             statistics_decay=statistics_decay,
-            statistics_every=statistics_every,
-            precondition_every=precondition_every,
+            sample_every=sample_every,
+            refresh_every=refresh_every,
             start_preconditioning_step=start_preconditioning_step,
             max_preconditioner_dim=max_preconditioner_dim,
             blocking=blocking,
@@ -151,7 +160,7 @@ class Shampoo(FactoredOptimizer):
         self.beta_1 = check_beta("beta_1", beta_1)
         self.beta_2 = check_beta("beta_2", beta_2)
         self.epsilon = v.check_positive_number("epsilon", epsilon)
-        self.damping = v.check_positive_number("damping", damping)
+        self.relative_damping = v.check_positive_number("relative_damping", relative_damping)
         self.exponent = v.check_optional_number(
             "exponent", exponent, minimum=0.0, min_inclusive=False, maximum=1.0
         )
@@ -162,7 +171,7 @@ class Shampoo(FactoredOptimizer):
         super().build(var_list)
         self._moments, self._roots = [], []
         for variable, factors in zip(var_list, self._factors, strict=True):
-            name = slug(variable)
+            name = state_name(variable)
             first = self.add_state(f"{name}_momentum", variable.shape)
             second = None
             if self.graft != "sgd":
@@ -223,7 +232,9 @@ class Shampoo(FactoredOptimizer):
         def recomputed():
             statistics = {**{("left", k): s for k, s in left.items()}}
             statistics.update({("right", k): s for k, s in right.items()})
-            return tuple(kron.inverse_root(statistics[key], exponent, self.damping) for key in keys)
+            return tuple(
+                kron.inverse_root(statistics[key], exponent, self.relative_damping) for key in keys
+            )
 
         new = self.periodic(self.refresh_due(step), recomputed, lambda: current, refresh=True)
         for key, value in zip(keys, new, strict=True):
@@ -255,7 +266,7 @@ class Shampoo(FactoredOptimizer):
                 "beta_1": self.beta_1,
                 "beta_2": self.beta_2,
                 "epsilon": self.epsilon,
-                "damping": self.damping,
+                "relative_damping": self.relative_damping,
                 "exponent": self.exponent,
             }
         )

@@ -5,8 +5,8 @@ from keras import ops
 
 from nnkit import _validation as v
 from nnkit.optimizers import _kronecker as kron
-from nnkit.optimizers._base import check_beta
-from nnkit.optimizers._factored import FactoredOptimizer, slug
+from nnkit.optimizers._base import check_beta, state_name
+from nnkit.optimizers._factored import FactoredOptimizer
 
 
 class _State:
@@ -29,7 +29,7 @@ class SOAP(FactoredOptimizer):
     per-coordinate scaling fits better), and rotates the step back. It
     costs a few matrix products per matrix and step, and one power
     iteration with a QR decomposition per factor every
-    ``precondition_every`` steps (an eigendecomposition only the first
+    ``refresh_every`` steps (an eigendecomposition only the first
     time). 0-D and 1-D variables, and variables none of whose sides is
     preconditioned, follow AdamW.
 
@@ -48,7 +48,7 @@ class SOAP(FactoredOptimizer):
         Q ← qr(S · Q[:, π]),  V ← V[π]              at t = t₀ + f, t₀ + 2f, …
                                                   (π sorts diag(Qᵀ S Q) descending)
 
-    with ``s = statistics_every``, ``f = precondition_every``, ``t₀ =
+    with ``s = sample_every``, ``f = refresh_every``, ``t₀ =
     start_preconditioning_step``, ``β = statistics_decay``, ``λ =
     weight_decay`` and ``k`` the steps since the moments were last reset
     (``t − t₀`` after ``t₀``, ``t`` until then): Adam restarts in the first
@@ -75,8 +75,10 @@ class SOAP(FactoredOptimizer):
         epsilon: Adam's ``ε``, ``> 0``. Defaults to ``1e-8``.
         statistics_decay: ``β`` of the factor statistics, in ``[0, 1]``.
             Defaults to ``0.95``.
-        statistics_every: ``s``, an int ``>= 1``. Defaults to ``1``.
-        precondition_every: ``f``, an int ``>= 1``. Defaults to ``10``.
+        sample_every: ``s``, an int ``>= 1`` (formerly ``statistics_every``).
+            Defaults to ``1``.
+        refresh_every: ``f``, an int ``>= 1`` (formerly ``precondition_every``).
+            Defaults to ``10``.
         start_preconditioning_step: ``t₀``, an int ``>= 1``. Defaults to ``1``.
         max_preconditioner_dim: Longest preconditioned side (block length),
             an int ``>= 1``. Defaults to ``1024``.
@@ -86,7 +88,9 @@ class SOAP(FactoredOptimizer):
             Defaults to ``0.01``.
         **kwargs: Keras's other optimizer arguments (``clipnorm``,
             ``global_clipnorm``, ``clipvalue``, ``use_ema``,
-            ``gradient_accumulation_steps``, ``loss_scale_factor``, ``name``, …).
+            ``gradient_accumulation_steps``, ``loss_scale_factor``, ``name``, …);
+            and, for one release with a ``DeprecationWarning``, the old names
+            ``statistics_every`` and ``precondition_every`` (see ``docs/naming.md``).
 
     Raises:
         TypeError: If an argument has the wrong type (bools are not numbers).
@@ -96,13 +100,13 @@ class SOAP(FactoredOptimizer):
     >>> import keras, numpy as np
     >>> from nnkit.optimizers import SOAP
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    >>> optimizer = SOAP(0.01, precondition_every=2)
+    >>> optimizer = SOAP(0.01, refresh_every=2)
     >>> model.compile(optimizer, loss="mse")
     >>> x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
     >>> history = model.fit(x, x[:, :3], batch_size=8, epochs=2, verbose=0)
     >>> int(optimizer.iterations.numpy())
     4
-    >>> SOAP.from_config(optimizer.get_config()).precondition_every
+    >>> SOAP.from_config(optimizer.get_config()).refresh_every
     2
 
     References:
@@ -119,8 +123,8 @@ class SOAP(FactoredOptimizer):
         beta_2=0.95,
         epsilon=1e-8,
         statistics_decay=0.95,
-        statistics_every=1,
-        precondition_every=10,
+        sample_every=1,
+        refresh_every=10,
         start_preconditioning_step=1,
         max_preconditioner_dim=1024,
         blocking=True,
@@ -130,8 +134,8 @@ class SOAP(FactoredOptimizer):
         super().__init__(
             learning_rate,
             statistics_decay=statistics_decay,
-            statistics_every=statistics_every,
-            precondition_every=precondition_every,
+            sample_every=sample_every,
+            refresh_every=refresh_every,
             start_preconditioning_step=start_preconditioning_step,
             max_preconditioner_dim=max_preconditioner_dim,
             blocking=blocking,
@@ -148,7 +152,7 @@ class SOAP(FactoredOptimizer):
         super().build(var_list)
         self._states = []
         for variable, factors in zip(var_list, self._factors, strict=True):
-            name = slug(variable)
+            name = state_name(variable)
             first = self.add_state(f"{name}_momentum", variable.shape)
             second = self.add_state(f"{name}_velocity", variable.shape)
             bases = None

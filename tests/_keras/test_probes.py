@@ -592,6 +592,90 @@ def test_late_regularizer():
         assert keras.regularizers.deserialize(saved).get_config() == {"l2": 0.5}, attribute
 
 
+def _called_through_instance(layer, x):
+    """Whether ``layer(x)`` runs a ``call`` shadowed on the instance (and its output)."""
+    seen = []
+
+    def wrapper(call_next, *args, **kwargs):
+        seen.append(True)
+        return call_next(*args, **kwargs)
+
+    patch = shadow.shadow(layer, "call", wrapper, owner="kfac")
+    try:
+        out = layer(x)
+    finally:
+        shadow.unshadow(patch)
+    return bool(seen), out
+
+
+@probe("dense-call")
+def test_dense_call():
+    """A Dense layer is activation(x @ kernel + bias); Layer.__call__ finds an instance call."""
+    x = np.random.default_rng(0).normal(size=(4, 3, 5)).astype("float32")
+    for use_bias, activation in [(True, "tanh"), (False, None)]:
+        keras.utils.set_random_seed(1)
+        layer = keras.layers.Dense(2, use_bias=use_bias, activation=activation)
+        layer.build((None, 3, 5))
+        s = x @ layer.kernel.numpy() + (0.0 if layer.bias is None else layer.bias.numpy())
+        expected = np.tanh(s) if activation else s
+        for training in (True, False):
+            np.testing.assert_allclose(layer(x, training=training), expected, rtol=1e-5, atol=1e-6)
+        seen, out = _called_through_instance(layer, x)
+        assert seen
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@probe("conv-call")
+def test_conv_call():
+    """A Conv2D layer is activation(convolution_op(x, kernel) + bias over the channels axis)."""
+    x = np.random.default_rng(2).normal(size=(2, 6, 6, 3)).astype("float32")
+    keras.utils.set_random_seed(3)
+    layer = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu")
+    layer.build((None, 6, 6, 3))
+    s = keras.ops.convert_to_numpy(layer.convolution_op(x, layer.kernel))
+    expected = np.maximum(s + layer.bias.numpy().reshape(1, 1, 1, 4), 0.0)
+    for training in (True, False):
+        np.testing.assert_allclose(layer(x, training=training), expected, rtol=1e-5, atol=1e-5)
+    # convolution_op is the convolution itself: one output pixel, by hand ("same" with
+    # stride 2 on 6 pixels pads one row and column after, none before).
+    window = x[:, :3, :3, :]
+    by_hand = np.einsum("nijc,ijcf->nf", window, layer.kernel.numpy())
+    np.testing.assert_allclose(s[:, 0, 0, :], by_hand, rtol=1e-4, atol=1e-5)
+    seen, _ = _called_through_instance(layer, x)
+    assert seen
+
+
+@probe("layer-own-variables")
+def test_layer_own_variables(tmp_path):
+    """save/load call the instance's *_own_variables with keys "0", "1", … in weights order."""
+    net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    dense = net.layers[0]
+    written, read = {}, {}
+
+    def save(call_next, store):
+        call_next(store)
+        written.update({key: np.asarray(store[key]) for key in store.keys()})
+
+    def load(call_next, store):
+        read.update({key: np.asarray(store[key]) for key in store.keys()})
+        return call_next(store)
+
+    patches = [
+        shadow.shadow(dense, "save_own_variables", save, owner="kfac"),
+        shadow.shadow(dense, "load_own_variables", load, owner="kfac"),
+    ]
+    try:
+        net.save(tmp_path / "net.keras")
+        net.load_weights(tmp_path / "net.keras")
+    finally:
+        for patch in patches:
+            shadow.unshadow(patch)
+    assert sorted(written) == sorted(read) == ["0", "1"]
+    for key, weight in zip(["0", "1"], dense.weights, strict=True):
+        np.testing.assert_array_equal(written[key], weight.numpy())
+        np.testing.assert_array_equal(read[key], weight.numpy())
+
+
 # -- trainer -------------------------------------------------------------------------
 
 

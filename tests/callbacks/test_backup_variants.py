@@ -25,7 +25,7 @@ def _run(backup_dir, *, shuffle, steps_per_execution, extra=()):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(0.05), loss="mse", steps_per_execution=steps_per_execution)
     stop = EarlyStopping("loss", patience=10, restore_best_weights=True)
-    monitor = LearningRateMonitor(every_n_steps=1)
+    monitor = LearningRateMonitor(sample_every=1)
     history = model.fit(
         x, y, batch_size=8, epochs=5, shuffle=shuffle, verbose=0,
         callbacks=[BackupAndRestore(backup_dir), stop, monitor, *extra],

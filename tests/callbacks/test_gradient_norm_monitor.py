@@ -88,7 +88,7 @@ def test_norms_match_gradient_tape(kind, jit):
     model = _model(kind)
     expected_global, expected = _tape_norms(model, x, y)
     weights = _weight_norms(model)
-    monitor = GradientNormMonitor(every_n_steps=1, log_layers=True)
+    monitor = GradientNormMonitor(sample_every=1, log_layers=True)
     history = _fit(model, monitor, x, y, jit=jit)
     assert monitor.layers == list(expected)
     assert monitor.history["steps"] == [0, 1]
@@ -111,7 +111,7 @@ def test_loss_scale_optimizer_reports_unscaled_norms():
     try:
         model = _model()
         optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.0))
-        monitor = GradientNormMonitor(every_n_steps=1)
+        monitor = GradientNormMonitor(sample_every=1)
         _fit(model, monitor, x, y, optimizer=optimizer, epochs=4)
     finally:
         keras.config.set_dtype_policy(previous)
@@ -129,7 +129,7 @@ def test_loss_scale_optimizer_reports_unscaled_norms():
 def test_post_clip_norms_are_at_most_the_clip_value(clip):
     x, y = _data()
     model = _model()
-    monitor = GradientNormMonitor(every_n_steps=1)
+    monitor = GradientNormMonitor(sample_every=1)
     history = _fit(model, monitor, x, y, optimizer=keras.optimizers.SGD(0.0, **{clip: 0.05}))
     assert min(monitor.history["global_norm"]) > 0.05
     clipped = np.asarray(monitor.history["clipped_global_norm"])
@@ -145,7 +145,7 @@ def test_update_ratio_matches_weights_before_and_after():
     x, y = _data()
     model = _model()
     before = [np.asarray(w.value).copy() for w in model.trainable_variables]
-    monitor = GradientNormMonitor(every_n_steps=1)
+    monitor = GradientNormMonitor(sample_every=1)
     _fit(model, monitor, x, y, optimizer=keras.optimizers.SGD(0.1), epochs=1)
     after = [np.asarray(w.value) for w in model.trainable_variables]
     for k in range(2):  # layer k owns variables 2k (kernel) and 2k+1 (bias)
@@ -164,7 +164,7 @@ def _bad_data():
 
 def test_warn_names_the_first_step_and_layer():
     x, y = _bad_data()
-    monitor = GradientNormMonitor(every_n_steps=2)
+    monitor = GradientNormMonitor(sample_every=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         history = _fit(_model(), monitor, x, y, batch_size=8, epochs=1)
@@ -177,7 +177,7 @@ def test_warn_names_the_first_step_and_layer():
 
 def test_stop_ends_training_early():
     x, y = _bad_data()
-    monitor = GradientNormMonitor(every_n_steps=1, on_nonfinite="stop")
+    monitor = GradientNormMonitor(sample_every=1, on_nonfinite="stop")
     history = _fit(_model(), monitor, x, y, batch_size=8, epochs=5)
     assert len(history.history["loss"]) == 1
     assert monitor.nonfinite_steps >= 1
@@ -186,7 +186,7 @@ def test_stop_ends_training_early():
 def test_skip_leaves_weights_finite_and_skips_the_step():
     x, y = _bad_data()
     model = _model()
-    monitor = GradientNormMonitor(every_n_steps=1, on_nonfinite="skip")
+    monitor = GradientNormMonitor(sample_every=1, on_nonfinite="skip")
     with pytest.warns(RuntimeWarning, match="skipped 1 update") as caught:
         history = _fit(model, monitor, x, y, optimizer=keras.optimizers.Adam(0.01),
                        batch_size=8, epochs=2)  # fmt: skip
@@ -202,7 +202,7 @@ def test_skip_leaves_weights_finite_and_skips_the_step():
 
 def test_logs_reach_history_csv_and_tensorboard(tmp_path):
     x, y = _data(32)
-    monitor = GradientNormMonitor(every_n_steps=3, log_dir=str(tmp_path / "tb"))
+    monitor = GradientNormMonitor(sample_every=3, log_dir=str(tmp_path / "tb"))
     csv_path = tmp_path / "log.csv"
     history = _fit(_model(), monitor, x, y, batch_size=4, epochs=2,
                    callbacks=[keras.callbacks.CSVLogger(str(csv_path))])  # fmt: skip
@@ -223,7 +223,7 @@ def test_logs_reach_history_csv_and_tensorboard(tmp_path):
 
 def test_per_layer_figures_reach_the_logs_on_request():
     x, y = _data(32)
-    monitor = GradientNormMonitor(every_n_steps=3, log_layers=True)
+    monitor = GradientNormMonitor(sample_every=3, log_layers=True)
     history = _fit(_model(), monitor, x, y, batch_size=4, epochs=1)
     per_layer = {
         f"{kind}/seq/{layer}"
@@ -239,7 +239,7 @@ def test_removal_restores_the_optimizer_and_saving(tmp_path):
     model.compile(keras.optimizers.Adam(0.01), loss="mse")
     model.fit(x, y, epochs=1, verbose=0)
     count = len(model.optimizer.variables)
-    monitor = GradientNormMonitor(every_n_steps=1)
+    monitor = GradientNormMonitor(sample_every=1)
     hooks = []
     grab = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: hooks.append(monitor._hook))
     model.fit(x, y, epochs=1, verbose=0, callbacks=[monitor, grab])
@@ -261,7 +261,7 @@ def test_gradient_accumulation_measures_micro_batches():
     x, y = _data()
     model = _model()
     _, expected = _tape_norms(model, x[:8], y[:8])
-    monitor = GradientNormMonitor(every_n_steps=1)
+    monitor = GradientNormMonitor(sample_every=1)
     optimizer = keras.optimizers.SGD(0.0, gradient_accumulation_steps=2)
     _fit(model, monitor, x, y, optimizer=optimizer, batch_size=8, epochs=1)
     assert monitor.history["steps"] == [0, 1]
@@ -271,7 +271,7 @@ def test_gradient_accumulation_measures_micro_batches():
 
 def test_state_copies_and_report(tmp_path):
     x, y = _data()
-    monitor = GradientNormMonitor(every_n_steps=1, by="variable", rules=DiagnosisRules(window=2))
+    monitor = GradientNormMonitor(sample_every=1, by="variable", rules=DiagnosisRules(window=2))
     assert copy.deepcopy(monitor).get_config() == monitor.get_config()
     _fit(_model(), monitor, x, y, epochs=3)
     assert len(monitor.layers) == 4  # one group per variable
@@ -296,8 +296,8 @@ def test_config_round_trip():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"every_n_steps": 0}, ValueError, "every_n_steps"),
-        ({"every_n_steps": True}, TypeError, "every_n_steps"),
+        ({"sample_every": 0}, ValueError, "sample_every"),
+        ({"sample_every": True}, TypeError, "sample_every"),
         ({"by": "block"}, ValueError, "by='block'"),
         ({"on_nonfinite": "ignore"}, ValueError, "on_nonfinite='ignore'"),
         ({"rules": {}}, TypeError, "rules"),
@@ -311,10 +311,10 @@ def test_invalid_arguments(kwargs, error, match):
 
 
 def test_skip_catches_a_bad_step_between_samples():
-    """Step 2 is not a sample step at every_n_steps=3: the cheap per-step check still sees it."""
+    """Step 2 is not a sample step at sample_every=3: the cheap per-step check still sees it."""
     x, y = _bad_data()
     model = _model()
-    monitor = GradientNormMonitor(every_n_steps=3, on_nonfinite="skip")
+    monitor = GradientNormMonitor(sample_every=3, on_nonfinite="skip")
     with pytest.warns(RuntimeWarning, match="skipped 1 update"):
         _fit(model, monitor, x, y, optimizer=keras.optimizers.Adam(0.01), batch_size=8, epochs=1)
     assert all(np.all(np.isfinite(np.asarray(w.value))) for w in model.trainable_variables)

@@ -54,7 +54,7 @@ def test_an_ordinary_subclassed_model_is_monitored(custom_step, build):
             model.build((None, 64))  # Keras marks it built without creating variables
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(keras.optimizers.SGD(0.0), loss)
-    monitor = GradientNormMonitor(every_n_steps=1)
+    monitor = GradientNormMonitor(sample_every=1)
     model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[monitor])
     assert monitor.layers == ["net/hidden", "net/out"]
     with tf.GradientTape() as tape:
@@ -82,7 +82,7 @@ def test_epochs_without_a_sample_repeat_the_last_figures_when_steps_are_unknown(
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat()
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(0.01), loss="mse")
-    monitor = GradientNormMonitor(every_n_steps=10)
+    monitor = GradientNormMonitor(sample_every=10)
     history = model.fit(
         data, steps_per_epoch=3, epochs=3, shuffle=False, verbose=0, callbacks=[monitor]
     )
@@ -97,10 +97,10 @@ def test_a_huge_finite_gradient_is_not_called_non_finite():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
     model.layers[-1].kernel.assign([[1e-20]])
     model.compile(keras.optimizers.SGD(0.0), loss="mae")  # gradient = x = 1e20, finite
-    for every_n_steps in (1, 3):  # the sampling step and the plain step
-        monitor = GradientNormMonitor(every_n_steps=every_n_steps, on_nonfinite="skip")
+    for sample_every in (1, 3):  # the sampling step and the plain step
+        monitor = GradientNormMonitor(sample_every=sample_every, on_nonfinite="skip")
         model.fit(x, y, batch_size=1, epochs=1, verbose=0, callbacks=[monitor])
-        assert monitor.nonfinite_steps == 0, every_n_steps
+        assert monitor.nonfinite_steps == 0, sample_every
     assert int(model.optimizer.iterations.numpy()) == 8  # no step skipped
 
 
@@ -113,7 +113,7 @@ def test_stop_says_where_the_first_nan_is(capsys):
         name="seq",
     )
     model.compile(keras.optimizers.SGD(0.01), loss="mse")
-    monitor = GradientNormMonitor(every_n_steps=1, on_nonfinite="stop")
+    monitor = GradientNormMonitor(sample_every=1, on_nonfinite="stop")
     history = model.fit(
         x, x[:, :1], batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[monitor]
     )

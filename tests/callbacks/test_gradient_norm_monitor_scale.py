@@ -48,14 +48,14 @@ def _build(optimizer="sgd", clipnorm=None):
     return model
 
 
-def _run(strategy, *, every_n_steps=1, optimizer="sgd", epochs=2):
+def _run(strategy, *, sample_every=1, optimizer="sgd", epochs=2):
     x, y = _data()
     if strategy is None:
         model = _build(optimizer)
     else:
         with strategy.scope():
             model = _build(optimizer)
-    monitor = GradientNormMonitor(every_n_steps=every_n_steps)
+    monitor = GradientNormMonitor(sample_every=sample_every)
     history = model.fit(
         x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0, callbacks=[monitor]
     )
@@ -66,12 +66,12 @@ def _mirrored():
     return mirrored_strategy(("CPU:0", "CPU:1"))
 
 
-@pytest.mark.parametrize(("optimizer", "every_n_steps"), [("sgd", 1), ("adam", 3)])
-def test_mirrored_norms_are_those_of_the_aggregated_gradients(optimizer, every_n_steps):
-    single, expected, _ = _run(None, every_n_steps=every_n_steps, optimizer=optimizer)
-    mirrored, monitor, history = _run(_mirrored(), every_n_steps=every_n_steps, optimizer=optimizer)
+@pytest.mark.parametrize(("optimizer", "sample_every"), [("sgd", 1), ("adam", 3)])
+def test_mirrored_norms_are_those_of_the_aggregated_gradients(optimizer, sample_every):
+    single, expected, _ = _run(None, sample_every=sample_every, optimizer=optimizer)
+    mirrored, monitor, history = _run(_mirrored(), sample_every=sample_every, optimizer=optimizer)
     assert monitor.history["steps"] == expected.history["steps"]
-    assert len(monitor.history["steps"]) == len(range(0, 8, every_n_steps))
+    assert len(monitor.history["steps"]) == len(range(0, 8, sample_every))
     for name in ("global_norm", "grad_norms", "weight_norms", "update_ratios"):
         np.testing.assert_allclose(
             monitor.history[name], expected.history[name], rtol=1e-5, atol=1e-7, err_msg=name
@@ -138,15 +138,15 @@ def test_backup_and_restore_resumes_the_monitor(tmp_path):
         return model.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
                          callbacks=[monitor, backup, *extra])  # fmt: skip
 
-    reference = GradientNormMonitor(every_n_steps=3)
+    reference = GradientNormMonitor(sample_every=3)
     _build("adam").fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
                        callbacks=[reference])  # fmt: skip
 
-    first = GradientNormMonitor(every_n_steps=3)
+    first = GradientNormMonitor(sample_every=3)
     with pytest.raises(_Interrupted):
         fit(_build("adam"), first, [_InterruptAt(1)])
     assert first.history["steps"] == [0, 3, 6]
-    resumed = GradientNormMonitor(every_n_steps=3)  # a new process: fresh objects
+    resumed = GradientNormMonitor(sample_every=3)  # a new process: fresh objects
     fit(_build("adam"), resumed)
     assert resumed.history["steps"] == reference.history["steps"] == [0, 3, 6, 9, 12, 15]
     for name in ("global_norm", "grad_norms", "update_ratios"):
@@ -182,7 +182,7 @@ _JAX_SCRIPT = textwrap.dedent(
     # 1. SGD moves every weight by -lr * g: the norms follow from the weights.
     model = build()
     names = [w.path for w in model.trainable_variables]
-    monitor = GradientNormMonitor(every_n_steps=1)
+    monitor = GradientNormMonitor(sample_every=1)
     w0 = [np.array(w) for w in model.get_weights()]
     model.fit(x[:16], y[:16], batch_size=16, epochs=1, shuffle=False, verbose=0,
               callbacks=[monitor])
@@ -225,7 +225,7 @@ _JAX_SCRIPT = textwrap.dedent(
     bad = x.copy()
     bad[20] = np.nan
     model = build(keras.optimizers.Adam(0.01))
-    monitor = GradientNormMonitor(every_n_steps=3, on_nonfinite="skip")
+    monitor = GradientNormMonitor(sample_every=3, on_nonfinite="skip")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(bad, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
@@ -239,7 +239,7 @@ _JAX_SCRIPT = textwrap.dedent(
 
     # 4. "stop" ends training at the next check.
     model = build()
-    monitor = GradientNormMonitor(every_n_steps=1, on_nonfinite="stop")
+    monitor = GradientNormMonitor(sample_every=1, on_nonfinite="stop")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         history = model.fit(bad, y, batch_size=16, epochs=3, shuffle=False, verbose=0,
@@ -295,7 +295,7 @@ def test_steps_per_execution_decides_the_cadence_in_graph():
         model = _build("adam")
         model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse",
                       steps_per_execution=steps_per_execution)  # fmt: skip
-        monitor = GradientNormMonitor(every_n_steps=3)
+        monitor = GradientNormMonitor(sample_every=3)
         model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
         runs[steps_per_execution] = monitor
     scheduled, in_graph = runs[1], runs[3]

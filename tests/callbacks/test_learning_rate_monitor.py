@@ -123,9 +123,9 @@ def test_epoch_value_is_rate_of_last_step(make, closed_form):
 
 
 @pytest.mark.parametrize(("make", "closed_form"), SCHEDULES)
-def test_every_n_steps_samples_match_closed_form(make, closed_form):
+def test_sample_every_samples_match_closed_form(make, closed_form):
     model = _model(keras.optimizers.SGD(make()))
-    monitor = LearningRateMonitor(every_n_steps=3)
+    monitor = LearningRateMonitor(sample_every=3)
     monitor.set_model(model)
     monitor.on_train_begin()
     iterations = model.optimizer.iterations
@@ -142,7 +142,7 @@ def test_every_n_steps_samples_match_closed_form(make, closed_form):
 def test_samples_continue_from_a_restored_step_count():
     model = _model(keras.optimizers.SGD(StepDecay(0.1, step_size=4)))
     model.optimizer.iterations.assign(10)
-    monitor = LearningRateMonitor(every_n_steps=4)
+    monitor = LearningRateMonitor(sample_every=4)
     monitor.set_model(model)
     monitor.on_train_begin()
     monitor.on_epoch_begin(0)
@@ -157,7 +157,7 @@ def test_samples_continue_from_a_restored_step_count():
 def test_scaled_factor_is_read_at_epoch_end():
     scaled = Scaled(Constant(0.1), scale=1.0)
     model = _model(keras.optimizers.SGD(scaled))
-    monitor = LearningRateMonitor(every_n_steps=1)
+    monitor = LearningRateMonitor(sample_every=1)
     monitor.set_model(model)
     monitor.on_train_begin()
     monitor.on_epoch_begin(0)
@@ -173,7 +173,7 @@ def test_gradient_accumulation_uses_raw_steps_and_counts_updates():
     # G=2: update j evaluates the schedule at raw step 2j + 1.
     schedule = StepDecay(0.1, step_size=1, factor=0.5)
     model = _model(keras.optimizers.SGD(schedule, gradient_accumulation_steps=2))
-    monitor = LearningRateMonitor(every_n_steps=1)
+    monitor = LearningRateMonitor(sample_every=1)
     monitor.set_model(model)
     monitor.on_train_begin()
     optimizer = model.optimizer
@@ -197,7 +197,7 @@ def test_gradient_accumulation_fit_uses_the_logged_rates():
     x = np.ones((8, 1), "float32")
     schedule = StepDecay(0.1, step_size=1, factor=0.8)
     model = _model(keras.optimizers.SGD(schedule, gradient_accumulation_steps=2))
-    monitor = LearningRateMonitor(every_n_steps=1)
+    monitor = LearningRateMonitor(sample_every=1)
     history = model.fit(x, x, batch_size=2, epochs=2, shuffle=False, callbacks=[monitor], verbose=0)
     rates = [0.1 * 0.8 ** (2 * j + 1) for j in range(4)]
     assert [s for s, _ in monitor.samples] == [0, 1, 2, 3]
@@ -223,7 +223,7 @@ def test_loss_scale_optimizer_under_mixed_precision(mixed_precision):
     x = np.full((8, 1), 0.5, "float32")
     model = _model(keras.optimizers.SGD(StepDecay(0.1, step_size=3, factor=0.5)))
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    monitor = LearningRateMonitor(every_n_steps=2)
+    monitor = LearningRateMonitor(sample_every=2)
     history = model.fit(x, x, batch_size=2, epochs=2, callbacks=[monitor], verbose=0)
     inner = model.optimizer.inner_optimizer
     steps = int(inner.iterations.numpy())  # steps with non-finite gradients are skipped
@@ -278,7 +278,7 @@ def test_agrees_with_reduce_lr_on_plateau_in_either_order(monitor_first):
     # callbacks must log the rate the epoch used, before that reduction.
     x = np.ones((4, 1), "float32")
     model = _model(keras.optimizers.SGD(StepDecay(0.1, step_size=2, factor=0.8)))
-    monitor = LearningRateMonitor(every_n_steps=1)
+    monitor = LearningRateMonitor(sample_every=1)
     plateau = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=100.0)
     callbacks = [monitor, plateau] if monitor_first else [plateau, monitor]
     history = model.fit(x, x, batch_size=2, epochs=3, callbacks=callbacks, verbose=0)
@@ -323,7 +323,7 @@ def test_writes_samples_to_tensorboard(tmp_path):
     x = np.ones((8, 1), "float32")
     model = _model(keras.optimizers.SGD(CosineAnnealing(0.1, total_steps=8)))
     log_dir = tmp_path / "lr"
-    monitor = LearningRateMonitor(every_n_steps=2, log_dir=log_dir)
+    monitor = LearningRateMonitor(sample_every=2, log_dir=log_dir)
     model.fit(x, x, batch_size=2, epochs=2, callbacks=[monitor], verbose=0)
     assert monitor._writer is None  # closed at train end
     written = _read_scalars(str(log_dir), "lr")
@@ -336,7 +336,7 @@ def test_writes_samples_to_tensorboard(tmp_path):
 def test_small_fit_with_jit_compile():
     x = np.ones((8, 1), "float32")
     model = _model(keras.optimizers.SGD(CosineAnnealing(0.1, total_steps=12)), jit_compile=True)
-    monitor = LearningRateMonitor(every_n_steps=3)
+    monitor = LearningRateMonitor(sample_every=3)
     history = model.fit(x, x, batch_size=2, epochs=3, callbacks=[monitor], verbose=0)
     np.testing.assert_allclose(history.history["lr"], _cosine([3, 7, 11], total=12), rtol=1e-5)
     assert [s for s, _ in monitor.samples] == [0, 3, 6, 9]
@@ -348,7 +348,7 @@ def test_small_fit_with_jit_compile():
 
 
 def test_no_batch_hooks_and_async_safe():
-    monitor = LearningRateMonitor(every_n_steps=5)
+    monitor = LearningRateMonitor(sample_every=5)
     assert monitor.async_safe is True
     for hook in ("on_batch_end", "on_train_batch_end", "on_train_batch_begin", "on_batch_begin"):
         assert getattr(LearningRateMonitor, hook) is getattr(keras.callbacks.Callback, hook)
@@ -357,13 +357,13 @@ def test_no_batch_hooks_and_async_safe():
 def test_get_config_round_trip(tmp_path):
     assert LearningRateMonitor().get_config() == {
         "log_name": "lr",
-        "every_n_steps": None,
+        "sample_every": None,
         "log_dir": None,
     }
-    monitor = LearningRateMonitor("lr", every_n_steps=10, log_dir=tmp_path / "tb")
+    monitor = LearningRateMonitor("lr", sample_every=10, log_dir=tmp_path / "tb")
     assert monitor.get_config() == {
         "log_name": "lr",
-        "every_n_steps": 10,
+        "sample_every": 10,
         "log_dir": str(tmp_path / "tb"),
     }
     assert_round_trip(monitor)
@@ -373,7 +373,7 @@ def test_get_config_round_trip(tmp_path):
 def test_deepcopy_does_not_copy_model_or_writer(after_fit, tmp_path):
     x = np.ones((4, 1), "float32")
     model = _model(keras.optimizers.SGD(0.1))
-    monitor = LearningRateMonitor(every_n_steps=1, log_dir=tmp_path)
+    monitor = LearningRateMonitor(sample_every=1, log_dir=tmp_path)
     if after_fit:
         model.fit(x, x, batch_size=2, epochs=1, callbacks=[monitor], verbose=0)
     clone = copy.deepcopy(monitor)
@@ -389,11 +389,11 @@ def test_deepcopy_does_not_copy_model_or_writer(after_fit, tmp_path):
     [
         ({"log_name": ""}, ValueError, r"Received: log_name=''"),
         ({"log_name": 3}, TypeError, r"Received: log_name=3"),
-        ({"every_n_steps": 0}, ValueError, r"Received: every_n_steps=0"),
-        ({"every_n_steps": 2.5}, ValueError, r"Received: every_n_steps=2\.5"),
-        ({"every_n_steps": True}, TypeError, r"Received: every_n_steps=True"),
-        ({"log_dir": 5, "every_n_steps": 1}, TypeError, r"Received: log_dir=5"),
-        ({"log_dir": "logs"}, ValueError, r"Received: log_dir='logs', every_n_steps=None"),
+        ({"sample_every": 0}, ValueError, r"Received: sample_every=0"),
+        ({"sample_every": 2.5}, ValueError, r"Received: sample_every=2\.5"),
+        ({"sample_every": True}, TypeError, r"Received: sample_every=True"),
+        ({"log_dir": 5, "sample_every": 1}, TypeError, r"Received: log_dir=5"),
+        ({"log_dir": "logs"}, ValueError, r"Received: log_dir='logs', sample_every=None"),
     ],
 )
 def test_validation_errors(kwargs, error, message):
@@ -401,7 +401,7 @@ def test_validation_errors(kwargs, error, message):
         LearningRateMonitor(**kwargs)
 
 
-def test_every_n_steps_is_keyword_only():
+def test_sample_every_is_keyword_only():
     with pytest.raises(TypeError):
         LearningRateMonitor("learning_rate", 5)
 
@@ -428,11 +428,11 @@ def test_keras_tensorboard_shows_the_used_rate(tmp_path):
 def test_samples_are_resumable_state():
     from nnkit.callbacks import LearningRateMonitor, StatefulCallback
 
-    monitor = LearningRateMonitor(every_n_steps=2)
+    monitor = LearningRateMonitor(sample_every=2)
     assert isinstance(monitor, StatefulCallback)
     monitor.samples, monitor._last_end = [(0, 0.1), (2, 0.05)], 4
     state = monitor.get_state()
     assert state == {"samples": [[0, 0.1], [2, 0.05]], "last_end": 4}
-    other = LearningRateMonitor(every_n_steps=2)
+    other = LearningRateMonitor(sample_every=2)
     other.set_state(state)
     assert other.samples == [(0, 0.1), (2, 0.05)] and other._last_end == 4

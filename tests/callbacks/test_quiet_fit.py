@@ -33,8 +33,8 @@ def test_a_monitored_fit_warns_nothing(tmp_path):
         BackupAndRestore(str(tmp_path / "backup")),
         EarlyStopping(patience=3, restore_best_weights=True),
         ReduceLROnPlateau(patience=1),
-        LearningRateMonitor(every_n_steps=2),
-        GradientNormMonitor(every_n_steps=2),
+        LearningRateMonitor(sample_every=2),
+        GradientNormMonitor(sample_every=2),
     ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -97,7 +97,7 @@ def _heatmap_ticks(monkeypatch, tmp_path, steps):
     [
         np.arange(0, 100, 10),  # the run: ticks were 0 10 20 30 50 60 70 90
         np.arange(0, 330, 10),
-        # every 10th step plus each epoch's last one (25 steps per epoch, every_n_steps=10)
+        # every 10th step plus each epoch's last one (25 steps per epoch, sample_every=10)
         np.array([0, 10, 20, 24, 30, 40, 49, 50, 60, 70, 74]),
     ],
 )

@@ -388,9 +388,9 @@ INTENDED_AGGREGATION = {
     # MetaSGD's inner learning rates: trainable, written by the optimizer after the
     # all-reduce (cross-replica context), so the aggregation is never used.
     "meta_sgd_rate_": "none",
-    # KFAC's momenta, factors, curvature and its capture channels: written in the
-    # optimizer's update from all-reduced gradients and statistics (the channels
-    # by overwrite_with_gradient after that all-reduce), the same on every replica.
+    # KFAC's capture channels (its momenta, factors and curvature are nnkit_optimizer_
+    # state): never written by the optimizer, which takes their gradients out of the
+    # update (the statistics), the same on every replica.
     "kfac_": "only_first_replica",
 }
 #: Rows of ``INTENDED_AGGREGATION`` for variables that a plain fit with every

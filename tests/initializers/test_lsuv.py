@@ -287,7 +287,7 @@ def test_lsuv_on_a_kfac_registered_model_then_fit_and_unregister():
     weights = [w.path for w in model.weights]
 
     expected = lsuv(plain, x, seed=0)
-    optimizer = KFAC(0.05, model=model, inverse_every=2)
+    optimizer = KFAC(0.05, model=model, refresh_every=2)
     report = lsuv(model, x, seed=0)
 
     # The same result as on the unregistered model: K-FAC's call is the layer's output.

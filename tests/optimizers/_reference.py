@@ -99,18 +99,18 @@ class ShampooReference:
         beta_2=0.999,
         epsilon=1e-7,
         statistics_decay=1.0,
-        damping=1e-6,
+        relative_damping=1e-6,
         exponent=None,
-        statistics_every=1,
-        precondition_every=20,
+        sample_every=1,
+        refresh_every=20,
         start_preconditioning_step=20,
         max_preconditioner_dim=1024,
         blocking=True,
     ):
         self.lr, self.graft = learning_rate, graft
         self.b1, self.b2, self.eps = beta_1, beta_2, epsilon
-        self.decay, self.damping = statistics_decay, damping
-        self.s, self.f, self.t0 = statistics_every, precondition_every, start_preconditioning_step
+        self.decay, self.damping = statistics_decay, relative_damping
+        self.s, self.f, self.t0 = sample_every, refresh_every, start_preconditioning_step
         self.m, self.v, self.t = np.zeros(shape), np.zeros(shape), 0
         self.blocks = _Blocks(shape, max_dim=max_preconditioner_dim, blocking=blocking)
         b = self.blocks
@@ -184,8 +184,8 @@ class SOAPReference:
         beta_2=0.95,
         epsilon=1e-8,
         statistics_decay=0.95,
-        statistics_every=1,
-        precondition_every=10,
+        sample_every=1,
+        refresh_every=10,
         start_preconditioning_step=1,
         max_preconditioner_dim=1024,
         blocking=True,
@@ -194,7 +194,7 @@ class SOAPReference:
         self.lr, self.wd = learning_rate, weight_decay or 0.0
         self.b1, self.b2, self.eps = beta_1, beta_2, epsilon
         self.decay = statistics_decay
-        self.s, self.f, self.t0 = statistics_every, precondition_every, start_preconditioning_step
+        self.s, self.f, self.t0 = sample_every, refresh_every, start_preconditioning_step
         self.m, self.v, self.t = np.zeros(shape), np.zeros(shape), 0
         self.blocks = b = _Blocks(shape, max_dim=max_preconditioner_dim, blocking=blocking)
         if b.active:

@@ -27,7 +27,7 @@ def test_one_gauss_newton_step_lands_on_the_least_squares_solution(mode):
     model = _linear(3, 2)
     optimizer = KFAC(
         1.0, model=model, damping=1e-10, damping_type="tikhonov", momentum=0.0,
-        factor_decay=0.0, inverse_every=1, kl_clip=None, output_fisher="mean_squared_error",
+        statistics_decay=0.0, refresh_every=1, kl_clip=None, output_fisher="mean_squared_error",
     )  # fmt: skip
     model.compile(optimizer=optimizer, loss="mse", **MODES[mode])
     model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
@@ -74,8 +74,8 @@ def test_empirical_fisher_matches_numpy_step_for_step(mode):
     settings = dict(lr=0.2, damping=1e-2, momentum=0.9, decay=0.95, every=2, kl_clip=1e-3)
     optimizer = KFAC(
         settings["lr"], model=model, damping=settings["damping"], damping_type="pi",
-        momentum=settings["momentum"], factor_decay=settings["decay"],
-        inverse_every=settings["every"], kl_clip=settings["kl_clip"],
+        momentum=settings["momentum"], statistics_decay=settings["decay"],
+        refresh_every=settings["every"], kl_clip=settings["kl_clip"],
     )  # fmt: skip
     model.compile(optimizer=optimizer, loss="mse", **MODES[mode])
     model.fit(x, y, batch_size=len(x), epochs=5, shuffle=False, verbose=0)
@@ -92,7 +92,7 @@ def test_eigenvalue_damping_applies_the_damped_kronecker_inverse():
     damping = 0.05
     optimizer = KFAC(
         1.0, model=model, damping=damping, damping_type="eigen", momentum=0.0,
-        factor_decay=0.0, inverse_every=1, kl_clip=None,
+        statistics_decay=0.0, refresh_every=1, kl_clip=None,
     )  # fmt: skip
     model.compile(optimizer=optimizer, loss="mse")
     model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
@@ -109,14 +109,19 @@ def test_eigenvalue_damping_applies_the_damped_kronecker_inverse():
 
 
 def test_without_preconditioning_it_is_keras_sgd_with_momentum_exactly():
+    # A registered model none of whose layers KFAC factors (an EinsumDense is no block).
     x, y = _data(seed=7)
     weights = {}
-    for name, make in {
-        "kfac": lambda: KFAC(0.05, momentum=0.9, kl_clip=None),
-        "sgd": lambda: keras.optimizers.SGD(0.05, momentum=0.9),
-    }.items():
-        model = _linear(3, 2, activation="tanh", seed=8)
-        model.compile(optimizer=make(), loss="mse")
+    for name in ("kfac", "sgd"):
+        keras.utils.set_random_seed(8)
+        layer = keras.layers.EinsumDense("ab,bc->ac", 2, bias_axes="c", activation="tanh")
+        model = keras.Sequential([keras.Input((3,)), layer])
+        if name == "kfac":
+            with pytest.warns(UserWarning, match="first-order rule"):
+                optimizer = KFAC(0.05, model=model, momentum=0.9, kl_clip=None)
+        else:
+            optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+        model.compile(optimizer=optimizer, loss="mse")
         model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
         weights[name] = [w.numpy() for w in model.weights]
     for got, expected in zip(weights["kfac"], weights["sgd"], strict=True):
@@ -130,7 +135,7 @@ def test_conv2d_input_factor_is_the_patch_covariance():
     model = keras.Sequential(
         [keras.Input((5, 5, 2)), keras.layers.Conv2D(3, 3, padding="valid"), keras.layers.Flatten()]
     )
-    optimizer = KFAC(0.01, model=model, factor_decay=0.0)
+    optimizer = KFAC(0.01, model=model, statistics_decay=0.0)
     model.compile(optimizer=optimizer, loss="mse")
     model.fit(x, np.zeros((4, 27), "float32"), batch_size=4, epochs=1, verbose=0)
     rows = [
@@ -165,11 +170,11 @@ def test_unregister_restores_the_layers_and_unsupported_layers_are_listed():
         ({"damping": 0}, ValueError, "damping"),
         ({"damping_type": "diag"}, ValueError, "damping_type"),
         ({"momentum": 1.0}, ValueError, "momentum"),
-        ({"inverse_every": 0}, ValueError, "inverse_every"),
+        ({"refresh_every": 0}, ValueError, "refresh_every"),
         ({"kl_clip": 1e-3, "max_update_norm": 1.0}, ValueError, "at most one"),
         ({"output_fisher": "hinge"}, ValueError, "output_fisher"),
         ({"gradient_accumulation_steps": 2}, ValueError, "gradient_accumulation_steps"),
-        ({"factor_decay": True}, TypeError, "factor_decay"),
+        ({"statistics_decay": True}, TypeError, "statistics_decay"),
     ],
 )
 def test_invalid_arguments_are_rejected(kwargs, error, match):

@@ -31,7 +31,7 @@ def _model(seed=0):
 
 
 def _kfac(model, learning_rate=0.05, **kwargs):
-    return KFAC(learning_rate, model=model, inverse_every=3, **kwargs)
+    return KFAC(learning_rate, model=model, refresh_every=3, **kwargs)
 
 
 def test_save_and_load_round_trips_the_optimizer_state(tmp_path):
@@ -92,7 +92,7 @@ def test_schedule_reduce_lr_on_plateau_and_gradient_norm_monitor():
     model.compile(optimizer=_kfac(model, schedule), loss="mse", jit_compile=True)
     reduce = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=10.0)
     history = model.fit(x, y, batch_size=16, epochs=3, verbose=0,
-                        callbacks=[reduce, GradientNormMonitor(every_n_steps=2)])  # fmt: skip
+                        callbacks=[reduce, GradientNormMonitor(sample_every=2)])  # fmt: skip
     assert np.all(np.isfinite(history.history["loss"]))
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert int(model.optimizer.iterations) == 12
@@ -148,7 +148,7 @@ JAX_SCRIPT = textwrap.dedent(
     for jit in (False, True):
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
         optimizer = KFAC(1.0, model=model, damping=1e-10, damping_type="tikhonov",
-                         momentum=0.0, factor_decay=0.0, inverse_every=1, kl_clip=None,
+                         momentum=0.0, statistics_decay=0.0, refresh_every=1, kl_clip=None,
                          output_fisher="mean_squared_error")
         model.compile(optimizer=optimizer, loss="mse", jit_compile=jit)
         model.fit(x, y, batch_size=48, epochs=1, verbose=0)

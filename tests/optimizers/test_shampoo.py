@@ -11,22 +11,22 @@ from tests.optimizers._reference import Quadratic, ShampooReference
 
 # Small quadratics, a few steps; statistics from >= 2 gradients before the first root.
 CASES = {
-    "matrix": ((6, 4), dict(precondition_every=2, start_preconditioning_step=3, damping=1e-4)),
+    "matrix": ((6, 4), dict(refresh_every=2, start_preconditioning_step=3, relative_damping=1e-4)),
     "blocks_rmsprop": (
         (6, 4),
         dict(
             graft="rmsprop",
             max_preconditioner_dim=4,
-            statistics_every=2,
+            sample_every=2,
             statistics_decay=0.9,
-            precondition_every=2,
+            refresh_every=2,
             start_preconditioning_step=3,
-            damping=1e-4,
+            relative_damping=1e-4,
         ),
     ),  # fmt: skip
     "tensor_sgd_exponent": (
         (2, 3, 4),
-        dict(graft="sgd", exponent=0.5, precondition_every=3, start_preconditioning_step=2),
+        dict(graft="sgd", exponent=0.5, refresh_every=3, start_preconditioning_step=2),
     ),
     "one_sided": (
         (9, 3),
@@ -34,11 +34,11 @@ CASES = {
             max_preconditioner_dim=4,
             blocking=False,
             start_preconditioning_step=2,
-            precondition_every=2,
-            damping=1e-4,
+            refresh_every=2,
+            relative_damping=1e-4,
         ),
     ),  # fmt: skip
-    "vector": ((5,), dict(precondition_every=3, start_preconditioning_step=2)),
+    "vector": ((5,), dict(refresh_every=3, start_preconditioning_step=2)),
 }
 STEPS = 8
 LR = 0.05
@@ -129,7 +129,7 @@ def test_without_preconditioning_it_is_its_graft(shampoo, keras_optimizer):
 
 
 def test_vectors_follow_the_graft_while_matrices_are_preconditioned():
-    ours = _run_keras(Shampoo(0.05, precondition_every=2, start_preconditioning_step=2))
+    ours = _run_keras(Shampoo(0.05, refresh_every=2, start_preconditioning_step=2))
     adam = _run_keras(keras.optimizers.Adam(0.05))
     np.testing.assert_allclose(ours[1], adam[1], rtol=1e-6, atol=1e-7)  # the bias
     assert np.max(np.abs(ours[0] - adam[0])) > 1e-2  # the kernel
@@ -137,7 +137,7 @@ def test_vectors_follow_the_graft_while_matrices_are_preconditioned():
 
 def test_roots_change_only_at_refresh_steps():
     kernel = keras.Variable(np.ones((4, 3), "float32"))
-    optimizer = Shampoo(0.01, precondition_every=3, start_preconditioning_step=2)
+    optimizer = Shampoo(0.01, refresh_every=3, start_preconditioning_step=2)
     optimizer.build([kernel])
     roots = [w for w in optimizer.variables if "_root_" in w.path]
     statistics = [w for w in optimizer.variables if "_statistic_" in w.path]
@@ -156,7 +156,7 @@ def test_roots_change_only_at_refresh_steps():
 def test_config_round_trip():
     optimizer = Shampoo(
         0.02, graft="rmsprop", beta_1=0.5, beta_2=0.99, epsilon=1e-6, statistics_decay=0.99,
-        damping=1e-5, exponent=0.3, statistics_every=2, precondition_every=7,
+        relative_damping=1e-5, exponent=0.3, sample_every=2, refresh_every=7,
         start_preconditioning_step=3, max_preconditioner_dim=64, blocking=False,
         weight_decay=1e-4, clipnorm=1.0,
     )  # fmt: skip
@@ -171,12 +171,12 @@ def test_config_round_trip():
         (dict(beta_1=1.0), ValueError, "beta_1=1.0"),
         (dict(beta_2=True), TypeError, "beta_2=True"),
         (dict(epsilon=0.0), ValueError, "epsilon=0.0"),
-        (dict(damping=float("nan")), ValueError, "damping=nan"),
+        (dict(relative_damping=float("nan")), ValueError, "relative_damping=nan"),
         (dict(exponent=0.0), ValueError, "exponent=0.0"),
         (dict(exponent=2.0), ValueError, "exponent=2.0"),
         (dict(statistics_decay=1.5), ValueError, "statistics_decay=1.5"),
-        (dict(statistics_every=0), ValueError, "statistics_every=0"),
-        (dict(precondition_every=2.5), ValueError, "precondition_every=2.5"),
+        (dict(sample_every=0), ValueError, "sample_every=0"),
+        (dict(refresh_every=2.5), ValueError, "refresh_every=2.5"),
         (dict(start_preconditioning_step=0), ValueError, "start_preconditioning_step=0"),
         (dict(max_preconditioner_dim=0), ValueError, "max_preconditioner_dim=0"),
         (dict(blocking=1), TypeError, "blocking=1"),

@@ -12,14 +12,14 @@ from tests.optimizers._reference import Quadratic, SOAPReference
 # With t₀ = 1 the first basis comes from one gradient: a square matrix keeps both
 # factors full rank (a null space has no unique eigenvectors to compare).
 CASES = {
-    "square_from_step_1": ((4, 4), dict(precondition_every=2, start_preconditioning_step=1)),
-    "matrix": ((6, 4), dict(precondition_every=2, start_preconditioning_step=3)),
+    "square_from_step_1": ((4, 4), dict(refresh_every=2, start_preconditioning_step=1)),
+    "matrix": ((6, 4), dict(refresh_every=2, start_preconditioning_step=3)),
     "blocks": (
         (6, 4),
         dict(
             max_preconditioner_dim=4,
-            statistics_every=2,
-            precondition_every=2,
+            sample_every=2,
+            refresh_every=2,
             start_preconditioning_step=5,
             statistics_decay=0.9,
             weight_decay=0.1,
@@ -30,7 +30,7 @@ CASES = {
         dict(
             max_preconditioner_dim=4,
             blocking=False,
-            precondition_every=3,
+            refresh_every=3,
             start_preconditioning_step=3,
             beta_1=0.9,
             beta_2=0.99,
@@ -93,7 +93,7 @@ def test_a_refresh_that_reorders_the_basis_permutes_the_second_moment():
     at every refresh, so ``V`` must follow its basis directions (the reference without the
     permutation ends up 2 to 3 away)."""
     rng = np.random.default_rng(3)
-    settings = dict(statistics_decay=0.3, precondition_every=1, weight_decay=0.0)
+    settings = dict(statistics_decay=0.3, refresh_every=1, weight_decay=0.0)
     variable = keras.Variable(np.zeros((3, 2), "float32"))
     optimizer = SOAP(0.1, **settings)
     reference = SOAPReference((3, 2), 0.1, **settings)
@@ -146,7 +146,7 @@ def test_vectors_follow_adamw_while_matrices_are_rotated():
 
 def test_bases_are_orthogonal_and_change_only_at_refresh_steps():
     kernel = keras.Variable(np.ones((5, 3), "float32"))
-    optimizer = SOAP(0.01, precondition_every=3, start_preconditioning_step=2)
+    optimizer = SOAP(0.01, refresh_every=3, start_preconditioning_step=2)
     optimizer.build([kernel])
     bases = [w for w in optimizer.variables if "_basis_" in w.path]
     assert len(bases) == 2
@@ -165,8 +165,8 @@ def test_bases_are_orthogonal_and_change_only_at_refresh_steps():
 
 def test_config_round_trip():
     optimizer = SOAP(
-        0.01, beta_1=0.9, beta_2=0.99, epsilon=1e-7, statistics_decay=0.9, statistics_every=3,
-        precondition_every=5, start_preconditioning_step=4, max_preconditioner_dim=32,
+        0.01, beta_1=0.9, beta_2=0.99, epsilon=1e-7, statistics_decay=0.9, sample_every=3,
+        refresh_every=5, start_preconditioning_step=4, max_preconditioner_dim=32,
         blocking=False, weight_decay=None, global_clipnorm=1.0,
     )  # fmt: skip
     restored = assert_round_trip(optimizer)
@@ -180,7 +180,7 @@ def test_config_round_trip():
         (dict(beta_2="0.9"), TypeError, "beta_2='0.9'"),
         (dict(epsilon=-1.0), ValueError, "epsilon=-1.0"),
         (dict(statistics_decay=float("nan")), ValueError, "statistics_decay=nan"),
-        (dict(precondition_every=0), ValueError, "precondition_every=0"),
+        (dict(refresh_every=0), ValueError, "refresh_every=0"),
         (dict(start_preconditioning_step=True), TypeError, "start_preconditioning_step=True"),
         (dict(weight_decay=float("inf")), ValueError, "weight_decay=inf"),
     ],

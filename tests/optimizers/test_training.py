@@ -27,8 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # Cadences short enough that a few steps refresh the preconditioner several times.
 SETTINGS = {
-    "Shampoo": dict(precondition_every=2, start_preconditioning_step=2, damping=1e-4),
-    "SOAP": dict(precondition_every=2, start_preconditioning_step=2, weight_decay=0.01),
+    "Shampoo": dict(refresh_every=2, start_preconditioning_step=2, relative_damping=1e-4),
+    "SOAP": dict(refresh_every=2, start_preconditioning_step=2, weight_decay=0.01),
 }
 CLASSES = {"Shampoo": (Shampoo, ShampooReference), "SOAP": (SOAP, SOAPReference)}
 N, FEATURES, UNITS = 32, 5, 3
@@ -156,7 +156,7 @@ def test_gradient_norm_monitor_only_measures(name, tmp_path):
     plain = _model(_optimizer(name))
     plain.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     monitored = _model(_optimizer(name))
-    monitor = GradientNormMonitor(every_n_steps=2)
+    monitor = GradientNormMonitor(sample_every=2)
     monitored.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
     report = monitor.report()
     assert len(report.steps) > 0 and np.all(np.asarray(report.grad_norms) > 0)
