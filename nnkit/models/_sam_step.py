@@ -62,10 +62,19 @@ def _take(value, lo, hi):
 
 
 def split_batch(x, y, sample_weight, parts):
-    """``[((x_i, y_i, w_i), n_i / n)]``: ``parts`` contiguous parts of the batch.
+    """``[((x_i, y_i, w_i), n_i / n)]``: ``min(parts, n)`` contiguous parts of the batch.
 
     Contiguous, as ``MirroredStrategy`` splits a global batch between
-    replicas. Part ``i`` holds rows ``[⌊i·n/parts⌋, ⌊(i+1)·n/parts⌋)``.
+    replicas. Part ``i`` holds rows ``[⌊i·n/parts⌋, ⌊(i+1)·n/parts⌋)``; a
+    batch of fewer rows than ``parts`` (a short last batch) thus gets one
+    part per row: the empty parts are dropped where ``n`` is known when the
+    step is traced (JAX, TensorFlow's first trace), and are kept with
+    ``n_i / n = 0`` where it is not (a TensorFlow step retraced for a
+    ragged last batch), where they add nothing to the loss and the gradient
+    (`_accumulate`, `_mean_loss`). Known limit: in that retraced step an
+    empty part's first pass still updates batch normalization's moving
+    statistics with NaN; batch with ``drop_remainder=True`` (or a batch
+    size whose remainder is 0 or at least ``parts``) for such a model.
     """
     if parts == 1:
         return [((x, y, sample_weight), None)]
@@ -73,6 +82,8 @@ def split_batch(x, y, sample_weight, parts):
     bounds = [(rows * i) // parts for i in range(parts + 1)]
     pieces = []
     for lo, hi in zip(bounds, bounds[1:], strict=False):
+        if isinstance(lo, int) and isinstance(hi, int) and hi == lo and rows > 0:
+            continue  # an empty part of a batch shorter than `parts` (issue 22)
         fraction = ops.cast(hi - lo, "float32") / ops.cast(rows, "float32")
         pieces.append(
             ((_take(x, lo, hi), _take(y, lo, hi), _take(sample_weight, lo, hi)), fraction)
@@ -80,10 +91,16 @@ def split_batch(x, y, sample_weight, parts):
     return pieces
 
 
+def _weighted(value, fraction):
+    """``(n_i / n) · value``, exactly 0 for an empty part (whose loss and gradient are NaN)."""
+    fraction = ops.cast(fraction, value.dtype)
+    return ops.where(fraction > 0, value * fraction, ops.zeros_like(value))
+
+
 def _accumulate(total, grads, fraction):
     if fraction is None:  # one part: the gradient itself
         return list(grads)
-    weighted = [None if g is None else g * ops.cast(fraction, g.dtype) for g in grads]
+    weighted = [None if g is None else _weighted(g, fraction) for g in grads]
     if total is None:
         return weighted
     return [
@@ -102,7 +119,7 @@ def _join(parts):
 def _mean_loss(losses):
     if losses[0][1] is None:
         return losses[0][0]
-    return sum(ops.cast(f, loss.dtype) * loss for loss, f in losses)
+    return sum(_weighted(loss, f) for loss, f in losses)
 
 
 def train_step(model, settings, *args):

@@ -50,7 +50,8 @@ class SharpnessAwareMinimization(TrainingWrapper):
     ``num_batch_splits = m`` (m-sharpness): the batch is split into ``m``
     contiguous parts; each part gets its own ``ε_i`` and ``g'_i``, and the
     update uses ``Σ_i (n_i / n) · g'_i`` (same cost: the passes run on
-    parts). Under ``MirroredStrategy`` each replica computes ``ε`` from its
+    parts). A batch of ``n < m`` rows (a short last batch) is split into
+    ``n`` parts of one row each: ``min(m, n)`` parts, never an empty one. Under ``MirroredStrategy`` each replica computes ``ε`` from its
     own part of the global batch (no extra all-reduce; the original SAM
     implementation does the same per accelerator), so ``R`` replicas train
     exactly like one device with ``num_batch_splits = R · m``; only ``g'``
