@@ -148,7 +148,7 @@ class StochasticWeightAveraging(StatefulCallback):
         self.start_epoch = v.check_non_negative_int("start_epoch", start_epoch)
         self.period = v.check_positive_int("period", period)
         self.learning_rate = _check_learning_rate(learning_rate)
-        self.batch_norm_data = v.check_data("batch_norm_data", batch_norm_data, allow_none=True)
+        self.batch_norm_data = v.check_batches("batch_norm_data", batch_norm_data, allow_none=True)
         self.batch_size = v.check_positive_int("batch_size", batch_size)
         self._swa_optimizer = None
         self._original_schedule = None
