@@ -31,15 +31,23 @@ from nnkit.models._wrapper import map_rows
 EPSILON = 1e-12
 
 
-def perturbation(grads, weights, rho, adaptive):
-    """``ε`` for each weight: ``ρ · T² g / ‖T g‖``, ``T = |w|`` (adaptive) or ``1``.
+def perturbation(grads, weights, rho, adaptive, *, eta=0.0, unscaled=None):
+    """``ε`` for each weight: ``ρ · T² g / ‖T g‖``, ``T = |w| + η`` (adaptive) or ``1``.
 
     ``‖·‖`` is the norm over all the weights together; ``None`` gradients give
-    ``None``. With ``adaptive=False`` this is ``ρ · g / ‖g‖``.
+    ``None``. With ``adaptive=False`` this is ``ρ · g / ‖g‖``. ``unscaled``
+    (a bool per weight, adaptive only) marks the weights that take ``T = 1``
+    (the official ASAM code's biases).
     """
+    unscaled = [False] * len(weights) if unscaled is None else unscaled
+
+    def t(w, plain):
+        return None if plain or not adaptive else ops.abs(w) + ops.cast(eta, w.dtype)
+
+    factors = [t(w, plain) for w, plain in zip(weights, unscaled, strict=True)]
     scaled = [
-        None if g is None else (ops.abs(w) * g if adaptive else g)
-        for g, w in zip(grads, weights, strict=True)
+        None if g is None else (g if f is None else f * g)
+        for g, f in zip(grads, factors, strict=True)
     ]
     squares = [ops.sum(ops.square(ops.cast(s, "float32"))) for s in scaled if s is not None]
     if not squares:
@@ -47,8 +55,8 @@ def perturbation(grads, weights, rho, adaptive):
     norm = ops.sqrt(ops.sum(ops.stack(squares)))
     scale = rho / (norm + EPSILON)
     return [
-        None if s is None else ops.cast((ops.abs(w) * s if adaptive else s) * scale, w.dtype)
-        for s, w in zip(scaled, weights, strict=True)
+        None if s is None else ops.cast((s if f is None else f * s) * scale, w.dtype)
+        for s, f, w in zip(scaled, factors, weights, strict=True)
     ]
 
 
@@ -148,7 +156,7 @@ def _tensorflow_step(model, settings, data):
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
         weights = [ops.convert_to_tensor(w.value) for w in variables]
-        eps = perturbation(grads, weights, settings.rho, settings.adaptive)
+        eps = perturbation(grads, weights, settings.rho, settings.adaptive, **settings.scaling())
         perturbed = [w if e is None else w + e for w, e in zip(weights, eps, strict=True)]
         mapping = list(zip(variables, perturbed, strict=True))
         mapping += list(zip(state, start, strict=True))
@@ -187,7 +195,7 @@ def _jax_step(model, settings, state, data):
         kwargs = {"training": True, "optimizer_variables": optimizer_variables}
         (_, aux), grads = grad_fn(trainable, non_trainable, metrics_variables, *args, **kwargs)
         loss, pred, next_non_trainable, next_metrics = aux
-        eps = perturbation(grads, trainable, settings.rho, settings.adaptive)
+        eps = perturbation(grads, trainable, settings.rho, settings.adaptive, **settings.scaling())
         perturbed = [w if e is None else w + e for w, e in zip(trainable, eps, strict=True)]
         # From the state before pass 1; what pass 2 would change is dropped.
         _, grads_2 = grad_fn(perturbed, non_trainable, metrics_variables, *args, **kwargs)
