@@ -70,6 +70,21 @@ WRONG = {
 }  # fmt: skip
 
 
+def _scalar_tensor(value):
+    """A 0-d tensor of ``value`` (TensorFlow's; a 0-d numpy array on other backends)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.constant(value)
+    return np.asarray(value)
+
+
+# Issue 22: a scalar tensor where a string is expected failed inside TensorFlow.
+WRONG["str"]["scalar tensor"] = _scalar_tensor("no-such-option")
+
+
 class NotData:
     """An object that is no array, tensor, dataset or sequence."""
 
