@@ -389,7 +389,7 @@ def input_pipeline(
     auto_shard_policy = v.check_one_of("auto_shard_policy", auto_shard_policy, SHARD_POLICIES)
     cache = _check_cache(cache)
 
-    v.check_batches("x", x)
+    v.check_data("x", x)
     v.check_data("y", y, allow_none=True)
     in_memory = not isinstance(x, tf.data.Dataset)
     if in_memory:

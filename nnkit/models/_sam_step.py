@@ -79,10 +79,8 @@ def split_batch(x, y, sample_weight, parts):
     step is traced (JAX, TensorFlow's first trace), and are kept with
     ``n_i / n = 0`` where it is not (a TensorFlow step retraced for a
     ragged last batch), where they add nothing to the loss and the gradient
-    (`_accumulate`, `_mean_loss`). Known limit: in that retraced step an
-    empty part's first pass still updates batch normalization's moving
-    statistics with NaN; batch with ``drop_remainder=True`` (or a batch
-    size whose remainder is 0 or at least ``parts``) for such a model.
+    (`_accumulate`, `_mean_loss`) and leave the non-trainable state (batch
+    normalization's moving statistics) as it was.
     """
     if parts == 1:
         return [((x, y, sample_weight), None)]
@@ -149,11 +147,15 @@ def _tensorflow_step(model, settings, data):
     optimizer = model.optimizer
     total, losses, predictions = None, [], []
     for (xi, yi, wi), fraction in split_batch(x, y, sample_weight, settings.num_batch_splits):
-        start = [ops.convert_to_tensor(s.value) for s in state]  # read before pass 1 writes
+        # A snapshot read before pass 1 writes (convert_to_tensor returns the variable itself).
+        start = [tf.identity(s.value) for s in state]
         with tf.GradientTape() as tape:
             pred = model(xi, training=True)
             loss = model.compute_loss(x=xi, y=yi, y_pred=pred, sample_weight=wi, training=True)
             scaled = optimizer.scale_loss(loss)
+        if fraction is not None:  # an empty part (see split_batch) leaves the state as it was
+            for variable, before in zip(state, start, strict=True):
+                variable.assign(ops.where(fraction > 0, variable.value, before))
         grads = tape.gradient(scaled, variables)
         weights = [ops.convert_to_tensor(w.value) for w in variables]
         eps = perturbation(grads, weights, settings.rho, settings.adaptive, **settings.scaling())

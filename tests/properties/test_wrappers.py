@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from nnkit.models import MixUp, SharpnessAwareMinimization
 
 
-def _model(structure):
+def _model(structure, normalization=False):
     if structure == "array":
         inputs = keras.Input((3,))
         hidden = inputs
@@ -31,6 +31,8 @@ def _model(structure):
     else:
         inputs = {"a": keras.Input((3,), name="a"), "b": keras.Input((2,), name="b")}
         hidden = keras.layers.Concatenate()([inputs["a"], inputs["b"]])
+    if normalization:
+        hidden = keras.layers.BatchNormalization()(hidden)
     outputs = keras.layers.Dense(2)(keras.layers.Dense(4, activation="tanh")(hidden))
     return keras.Model(inputs, outputs)
 
@@ -47,7 +49,7 @@ def _data(structure, rows):
 def _assert_sane(history, model):
     assert all(math.isfinite(loss) for loss in history.history["loss"]), history.history
     for weight in model.weights:
-        assert np.all(np.isfinite(keras.ops.convert_to_numpy(weight.value))), weight.path
+        assert bool(keras.ops.all(keras.ops.isfinite(weight.value))), weight.path
 
 
 structures = st.sampled_from(["array", "tuple", "dict"])
@@ -60,14 +62,18 @@ structures = st.sampled_from(["array", "tuple", "dict"])
     splits=st.integers(1, 5),
     adaptive=st.booleans(),
     structure=structures,
+    normalization=st.booleans(),
 )
 # Issue 22: batches shorter than num_batch_splits (every batch, or the last one).
-@example(rows=2, batch_size=2, splits=4, adaptive=False, structure="array")
-@example(rows=9, batch_size=4, splits=4, adaptive=True, structure="array")  # last batch of 1
-@example(rows=1, batch_size=1, splits=3, adaptive=False, structure="dict")
-def test_sam_fits_any_batch(rows, batch_size, splits, adaptive, structure):
+@example(rows=2, batch_size=2, splits=4, adaptive=False, structure="array", normalization=False)
+@example(rows=9, batch_size=4, splits=4, adaptive=True, structure="array", normalization=False)
+@example(rows=1, batch_size=1, splits=3, adaptive=False, structure="dict", normalization=False)
+# A ragged last batch of 2 rows in a step TensorFlow retraces for any batch size: its
+# empty parts wrote NaN into batch normalization's moving statistics.
+@example(rows=10, batch_size=8, splits=4, adaptive=False, structure="array", normalization=True)
+def test_sam_fits_any_batch(rows, batch_size, splits, adaptive, structure, normalization):
     keras.utils.set_random_seed(0)
-    model = _model(structure)
+    model = _model(structure, normalization)
     sam = SharpnessAwareMinimization(model, 0.05, adaptive=adaptive, num_batch_splits=splits)
     sam.compile(keras.optimizers.SGD(0.05), loss="mse")
     x, y = _data(structure, rows)
