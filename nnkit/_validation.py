@@ -248,14 +248,37 @@ def check_optional_path(name, value):
     return check_str(name, os.fspath(value))
 
 
+def _rank(value):
+    """The number of dimensions of an array or tensor, ``None`` for anything else."""
+    shape = getattr(value, "shape", None)
+    if shape is None or isinstance(value, type):
+        return None
+    try:
+        return len(tuple(shape))
+    except (TypeError, ValueError):  # a tensor of unknown rank
+        return None
+
+
+def check_sequence(name, value, expected):
+    """``value`` as a list, for a list argument: not a string, mapping, set or scalar (tensor).
+
+    ``expected`` describes the list for the message ("a list of integers").
+    A 0-d array or tensor (``tf.constant(3)``) is a scalar, not a list.
+    """
+    if (
+        isinstance(value, (str, bytes, dict, set, frozenset))
+        or not hasattr(value, "__iter__")
+        or _rank(value) == 0
+    ):
+        raise TypeError(
+            f"`{name}` must be {expected}, not {type(value).__name__}. {_received(name, value)}"
+        )
+    return list(value)
+
+
 def check_int_list(name, values, *, minimum=None):
     """A non-empty list (any order) of ints >= ``minimum``, e.g. layer widths."""
-    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
-        raise TypeError(
-            f"`{name}` must be a list of integers, not {type(values).__name__}. "
-            f"{_received(name, values)}"
-        )
-    values = list(values)
+    values = check_sequence(name, values, "a list of integers")
     if not values:
         raise ValueError(f"`{name}` must not be empty. {_received(name, values)}")
     return [check_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(values)]
@@ -325,6 +348,86 @@ def check_data(name, value, *, allow_none=False):
         raise TypeError(
             f"`{name}` must be an array, a tensor or a dataset (numpy, TensorFlow, JAX, "
             f"tf.data), not {type(value).__name__}. {_received(name, value)}"
+        )
+    return value
+
+
+def _leaves(value):
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    return [value]
+
+
+def check_batches(name, value, *, allow_none=False):
+    """Model inputs to cut into batches: arrays with a batch dimension, a nest of them, or batches.
+
+    Accepted: an array or tensor of rank >= 1 (numpy, TensorFlow, JAX), a
+    list/tuple/dict of such arrays with the same number of rows, or
+    something that yields batches (a ``tf.data.Dataset``, a generator or
+    iterator, a ``keras.utils.PyDataset``). Numbers, strings, 0-d arrays and
+    nests holding them are refused (Keras would read ``[1, 2]`` as two
+    inputs of one scalar each).
+    """
+    if value is None and allow_none:
+        return value
+    expected = (
+        "an array or tensor with a batch dimension, a list/tuple/dict of such arrays, or "
+        "a tf.data.Dataset, generator or keras.utils.PyDataset of batches"
+    )
+    if isinstance(value, (str, bytes)) or value is None or isinstance(value, numbers.Number):
+        raise TypeError(
+            f"`{name}` must be {expected}, not {type(value).__name__}. {_received(name, value)}"
+        )
+    if (
+        hasattr(value, "element_spec")
+        or hasattr(value, "__next__")
+        or hasattr(value, "num_batches")
+    ):
+        return value
+    leaves = _leaves(value)
+    if not leaves:
+        raise ValueError(f"`{name}` must hold at least one array. {_received(name, value)}")
+    rows = set()
+    for leaf in leaves:
+        rank = _rank(leaf)
+        if not rank:
+            raise TypeError(
+                f"`{name}` must be {expected}; it holds {type(leaf).__name__} "
+                f"{leaf!r}{' (a scalar)' if rank == 0 else ''}. {_received(name, value)}"
+            )
+        rows.add(tuple(leaf.shape)[0])
+    if len(rows) > 1:
+        raise ValueError(
+            f"`{name}`'s arrays must all have the same number of rows (their first "
+            f"dimension); found {sorted(rows, key=str)}. {_received(name, value)}"
+        )
+    return value
+
+
+def check_array(name, value, *, min_ndim=1):
+    """An array-like of numbers (numpy, tensor or nested lists) of rank >= ``min_ndim``.
+
+    Returns ``value`` unchanged; the caller converts it.
+    """
+    rank = _rank(value)
+    if rank is None and isinstance(value, (list, tuple)):
+        depth, item = 0, value
+        while isinstance(item, (list, tuple)) and item:
+            depth, item = depth + 1, item[0]
+        if not all(_is_real(leaf) for leaf in _leaves(value)):
+            raise TypeError(f"`{name}` must be an array of numbers. {_received(name, value)}")
+        rank = depth if value else 1
+    if rank is None:
+        raise TypeError(
+            f"`{name}` must be an array (numpy, a tensor or a nested list of numbers), not "
+            f"{type(value).__name__}. {_received(name, value)}"
+        )
+    if rank < min_ndim:
+        raise ValueError(
+            f"`{name}` must have at least {min_ndim} dimension(s), one row per example; got "
+            f"{rank}. {_received(name, value)}"
         )
     return value
 

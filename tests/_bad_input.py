@@ -70,6 +70,21 @@ WRONG = {
 }  # fmt: skip
 
 
+def _scalar_tensor(value):
+    """A 0-d tensor of ``value`` (TensorFlow's; a 0-d numpy array on other backends)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.constant(value)
+    return np.asarray(value)
+
+
+# Issue 22: a scalar tensor where a string is expected failed inside TensorFlow.
+WRONG["str"]["scalar tensor"] = _scalar_tensor("no-such-option")
+
+
 class NotData:
     """An object that is no array, tensor, dataset or sequence."""
 
@@ -85,7 +100,21 @@ DATA = {
     "validation_data", "batch_norm_data", "grad_norms", "update_ratios", "weight_norms",
     "global_norms", "nonfinite", "group_names",
 }  # fmt: skip
+# Model inputs cut into batches (issue 22): a number, a list of numbers or a scalar
+# tensor is no batch of rows, whatever scalars mean for labels.
+WRONG["batches"] = {
+    **WRONG["data"], "number": 1.0, "nan": math.nan, "numbers": [1, 2], "dict of numbers": {"a": 1},
+    "scalar tensor": _scalar_tensor(1.0),
+}  # fmt: skip
+# A list argument (widths, milestones, devices, callbacks...): a scalar tensor is no list.
+WRONG["list"] = {**WRONG["object"], "scalar tensor": _scalar_tensor(3)}
 KINDS = {
+    ("callbacks.StochasticWeightAveraging", "batch_norm_data"): "batches",
+    ("callbacks.recompute_batch_norm", "x"): "batches",
+    ("initializers.lsuv", "batch"): "batches",
+    ("layers.mc_predict", "x"): "batches",
+    ("tuning.rerun_best", "x"): "batches",
+    ("tuning.tune", "x"): "batches",
     ("diagnostics.diagnose", "steps"): "data",
     ("optimizers.Shampoo", "weight_decay"): "number",
     ("optimizers.Shampoo", "exponent"): "number",
@@ -98,6 +127,8 @@ RANGE = {
     "str": {"empty": "", "unknown": "no-such-option"},
     "object": {"unknown": "no-such-option"},
     "data": {},
+    "batches": {},
+    "list": {"unknown": "no-such-option"},
 }
 
 # (name, parameter) -> {probe label: reason it is valid by design}
@@ -655,6 +686,12 @@ def _kind(key, parameter, value):
         return "number"
     if isinstance(sample, str):
         return "str"
+    if (
+        isinstance(sample, (list, tuple))
+        and sample
+        and all(isinstance(item, (str, int)) and not isinstance(item, bool) for item in sample)
+    ):
+        return "list"
     return "object"
 
 
@@ -669,8 +706,8 @@ def probes(key, kwargs):
         current = kwargs.get(name, parameter.default)
         kind = _kind(key, parameter, current)
         none_is_default = parameter.default is None
-        table = {} if kind == "data" else dict(WRONG_COMMON)
-        if kind == "data" and not none_is_default:
+        table = {} if kind in ("data", "batches") else dict(WRONG_COMMON)
+        if kind in ("data", "batches") and not none_is_default:
             table["None"] = None
         table.update(WRONG[kind])
         if none_is_default:

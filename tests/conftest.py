@@ -46,7 +46,40 @@ def _quiet_keras_saving():
     keras.Model.__reduce__ = quiet(keras.Model.__reduce__)
 
 
+def _hypothesis_profiles():
+    """Register the Hypothesis profiles of the property tests and load one.
+
+    ``ci`` (the default) is fixed so that every run tries the same examples:
+    a bounded number of examples per property (the whole property suite
+    adds a few minutes on two cores), no deadline (a compiled train step
+    takes seconds to trace the first time), ``derandomize=True`` (examples
+    drawn from a seed derived from the test, so CI is reproducible) and no
+    example database (nothing written to ``.hypothesis/``; the failing
+    examples we keep are ``@example`` decorators in the tests). ``dev``
+    (``HYPOTHESIS_PROFILE=dev``) explores more, at random, and keeps its
+    database in ``.hypothesis/`` (ignored by git).
+    """
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:  # the dev extras are not installed: the property tests skip
+        return
+    settings.register_profile(
+        "ci",
+        max_examples=8,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    settings.register_profile(
+        "dev", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
 def pytest_configure(config):
+    _hypothesis_profiles()
     if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return
     _quiet_keras_saving()

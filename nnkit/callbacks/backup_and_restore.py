@@ -23,7 +23,7 @@ _AFTER_BATCH = frozenset({"on_train_batch_begin", "on_epoch_end", "on_epoch_begi
 def _check_backup_dir(backup_dir):
     if isinstance(backup_dir, os.PathLike):
         backup_dir = os.fspath(backup_dir)
-    if backup_dir is None or backup_dir == "":
+    if backup_dir is None or (isinstance(backup_dir, str) and not backup_dir):
         # Keras raises ValueError here; code that catches it keeps working.
         raise ValueError(
             "`backup_dir` must name a directory for the backup files. "

@@ -75,7 +75,7 @@ def recompute_batch_norm(model, x, *, batch_size=32, steps=None):
     [4.0, 8.0]
     """
     v.check_instance("model", model, keras.Model, "a keras.Model")
-    v.check_data("x", x)
+    v.check_batches("x", x)
     batch_size = v.check_positive_int("batch_size", batch_size)
     steps = v.check_optional_int("steps", steps, minimum=1)
     layers = batch_norm_layers(model)

@@ -135,7 +135,7 @@ class StochasticWeightAveraging(StatefulCallback):
         self.learning_rate = v.check_learning_rate(
             learning_rate, optional=True, allow_zero=True, allow_callable=False
         )
-        self.batch_norm_data = v.check_data("batch_norm_data", batch_norm_data, allow_none=True)
+        self.batch_norm_data = v.check_batches("batch_norm_data", batch_norm_data, allow_none=True)
         self.batch_size = v.check_positive_int("batch_size", batch_size)
         self._swa_optimizer = None
         self._original_schedule = None

@@ -306,10 +306,7 @@ def diagnose(
     rules = DiagnosisRules() if rules is None else rules
     v.check_instance("rules", rules, DiagnosisRules, "a DiagnosisRules or None")
     layer_info = _check_layer_info(layer_info)
-    if isinstance(group_names, (str, dict)) or not hasattr(group_names, "__iter__"):
-        raise TypeError(
-            f"`group_names` must be a list of strings. Received: group_names={group_names!r}"
-        )
+    group_names = v.check_sequence("group_names", group_names, "a list of strings")
     names = [v.check_str(f"group_names[{k}]", n) for k, n in enumerate(group_names)]
     steps = np.asarray(steps)
     if steps.ndim != 1 or not (steps.size == 0 or np.issubdtype(steps.dtype, np.integer)):

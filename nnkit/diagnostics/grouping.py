@@ -97,11 +97,9 @@ def group_variables(variables, *, by="layer"):
     ('seq/dense/kernel', 'seq/dense/bias')
     """
     v.check_one_of("by", by, GROUPINGS)
-    if isinstance(variables, (str, bytes, dict)) or not hasattr(variables, "__iter__"):
-        raise TypeError(
-            "`variables` must be a sequence of variables (e.g. model.trainable_variables), "
-            f"not {type(variables).__name__}. Received: variables={variables!r}"
-        )
+    variables = v.check_sequence(
+        "variables", variables, "a sequence of variables (e.g. model.trainable_variables)"
+    )
     names, index, position = [], [], {}
     for variable in variables:
         path = variable_path(variable)

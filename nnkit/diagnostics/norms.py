@@ -29,12 +29,7 @@ class GradientNorms(NamedTuple):
 
 
 def _as_list(name, values):
-    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
-        raise TypeError(
-            f"`{name}` must be a list of tensors, not {type(values).__name__}. "
-            f"Received: {name}={values!r}"
-        )
-    return list(values)
+    return v.check_sequence(name, values, "a list of tensors")
 
 
 def _dense_values(tensor):

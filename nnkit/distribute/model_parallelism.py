@@ -96,14 +96,11 @@ def device_mesh(model_parallelism=None, *, devices=None, batch_axis="batch", mod
         )
     if devices is None:
         devices = keras.distribution.list_devices()
-    elif isinstance(devices, (str, bytes, dict, set, frozenset)) or not hasattr(
-        devices, "__iter__"
-    ):
-        raise TypeError(
-            "`devices` must be a list of device names such as ['cpu:0', 'cpu:1'], or None, "
-            f"not {type(devices).__name__}. Received: devices={devices!r}"
-        )
-    devices = list(devices)
+    else:
+        expected = "a list of device names such as ['cpu:0', 'cpu:1'], or None"
+        devices = v.check_sequence("devices", devices, expected)
+        for i, device in enumerate(devices):
+            v.check_str(f"devices[{i}]", device)
     if not devices:
         raise ValueError(f"`devices` must not be empty. Received: devices={devices!r}")
     if model_parallelism is None:

@@ -168,12 +168,9 @@ def _num_workers(config):
 def _check_devices(devices):
     if devices is None:
         return None
-    if isinstance(devices, (str, bytes, dict, set, frozenset)) or not hasattr(devices, "__iter__"):
-        raise TypeError(
-            "`devices` must be a list of device names such as ['GPU:0', 'GPU:1']. "
-            f"Received: devices={devices!r}"
-        )
-    devices = list(devices)
+    devices = v.check_sequence(
+        "devices", devices, "a list of device names such as ['GPU:0', 'GPU:1']"
+    )
     for i, device in enumerate(devices):
         v.check_str(f"devices[{i}]", device)
     return devices

@@ -239,7 +239,7 @@ def lsuv(model, batch, *, tolerance=0.1, max_iterations=10, orthogonal=True, see
     max_iterations = v.check_positive_int("max_iterations", max_iterations)
     orthogonal = v.check_bool("orthogonal", orthogonal)
     seed = v.check_optional_int("seed", seed, limit=v.SEED_LIMIT)
-    v.check_data("batch", batch)
+    v.check_batches("batch", batch)
     _check_batch(model, batch)
 
     layers = [

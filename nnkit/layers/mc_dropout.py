@@ -162,7 +162,7 @@ def mc_predict(model, x, *, passes=30, batch_size=None, seed=None):
     ((5, 1), (5, 1), True)
     """
     v.check_instance("model", model, keras.Model, "a keras.Model")
-    v.check_data("x", x)
+    v.check_batches("x", x)
     passes = v.check_int("passes", passes, minimum=2)
     batch_size = v.check_optional_int("batch_size", batch_size, minimum=1)
     seed = v.check_optional_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)

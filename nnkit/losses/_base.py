@@ -17,7 +17,7 @@ REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", "
 
 
 def _check_reduction(reduction):
-    if reduction not in REDUCTIONS:
+    if not (reduction is None or isinstance(reduction, str)) or reduction not in REDUCTIONS:
         options = ", ".join(repr(r) for r in REDUCTIONS)
         raise ValueError(f"`reduction` must be one of {options}. Received: reduction={reduction!r}")
     return reduction

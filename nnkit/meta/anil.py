@@ -10,10 +10,7 @@ from nnkit.models._wrapper import keyword_only
 
 def _check_head(model, head):
     names = [head] if isinstance(head, str) else head
-    if isinstance(names, (bytes, dict)) or not hasattr(names, "__iter__"):
-        raise TypeError(
-            f"`head` must be a layer name or a list of layer names. Received: head={head!r}"
-        )
+    names = v.check_sequence("head", names, "a layer name or a list of layer names")
     names = [v.check_str(f"head[{i}]", name) for i, name in enumerate(names)]
     if not names:
         raise ValueError("`head` must name at least one layer. Received: head=[]")

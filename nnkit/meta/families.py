@@ -133,6 +133,7 @@ def digits_tasks(
     rotations = tuple(rotations) if isinstance(rotations, (list, tuple)) else rotations
     if (
         not isinstance(rotations, tuple)
+        or not all(isinstance(r, (int, float)) for r in rotations)
         or not rotations
         or len(set(rotations)) != len(rotations)
         or any(r not in ROTATIONS or isinstance(r, bool) for r in rotations)

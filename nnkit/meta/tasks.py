@@ -168,8 +168,8 @@ class FewShotClassification(TaskSampler):
     """
 
     def __init__(self, x, y, *, ways=5, shots=1, queries=15):
-        self.x = _floats(v.check_data("x", x))
-        y = np.asarray(v.check_data("y", y))
+        self.x = _floats(v.check_array("x", x))
+        y = np.asarray(v.check_array("y", y))
         if y.ndim != 1 or len(y) != len(self.x):
             raise ValueError(
                 "`y` must hold one label per example of `x`. Received: x with shape "

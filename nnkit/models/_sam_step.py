@@ -33,15 +33,23 @@ from nnkit.models._wrapper import map_rows
 EPSILON = 1e-12
 
 
-def perturbation(grads, weights, rho, adaptive):
-    """``ε`` for each weight: ``ρ · T² g / ‖T g‖``, ``T = |w|`` (adaptive) or ``1``.
+def perturbation(grads, weights, rho, adaptive, *, eta=0.0, unscaled=None):
+    """``ε`` for each weight: ``ρ · T² g / ‖T g‖``, ``T = |w| + η`` (adaptive) or ``1``.
 
     ``‖·‖`` is the norm over all the weights together; ``None`` gradients give
-    ``None``. With ``adaptive=False`` this is ``ρ · g / ‖g‖``.
+    ``None``. With ``adaptive=False`` this is ``ρ · g / ‖g‖``. ``unscaled``
+    (a bool per weight, adaptive only) marks the weights that take ``T = 1``
+    (the official ASAM code's biases).
     """
+    unscaled = [False] * len(weights) if unscaled is None else unscaled
+
+    def t(w, plain):
+        return None if plain or not adaptive else ops.abs(w) + ops.cast(eta, w.dtype)
+
+    factors = [t(w, plain) for w, plain in zip(weights, unscaled, strict=True)]
     scaled = [
-        None if g is None else (ops.abs(w) * g if adaptive else g)
-        for g, w in zip(grads, weights, strict=True)
+        None if g is None else (g if f is None else f * g)
+        for g, f in zip(grads, factors, strict=True)
     ]
     squares = [ops.sum(ops.square(ops.cast(s, "float32"))) for s in scaled if s is not None]
     if not squares:
@@ -49,20 +57,29 @@ def perturbation(grads, weights, rho, adaptive):
     norm = ops.sqrt(ops.sum(ops.stack(squares)))
     scale = rho / (norm + EPSILON)
     return [
-        None if s is None else ops.cast((ops.abs(w) * s if adaptive else s) * scale, w.dtype)
-        for s, w in zip(scaled, weights, strict=True)
+        None if s is None else ops.cast((s if f is None else f * s) * scale, w.dtype)
+        for s, f, w in zip(scaled, factors, weights, strict=True)
     ]
 
 
-def parameter_perturbation(variables, grads, weights, rho, adaptive):
+def parameter_perturbation(variables, grads, weights, rho, adaptive, *, eta=0.0, unscaled=None):
     """``perturbation`` over the parameters among ``variables``; ``None`` for every other one.
 
     A statistics channel (``nnkit._parameters``: K-FAC's, float8's scales) is
     trainable only to receive a statistic as its "gradient": it is neither
-    perturbed nor part of ``‖g‖``.
+    perturbed nor part of ``‖g‖``. ``eta`` and ``unscaled`` (one bool per
+    variable) are ``perturbation``'s.
     """
     kept = [k for k, variable in enumerate(variables) if is_parameter(variable)]
-    eps = perturbation([grads[k] for k in kept], [weights[k] for k in kept], rho, adaptive)
+    unscaled = [False] * len(variables) if unscaled is None else unscaled
+    eps = perturbation(
+        [grads[k] for k in kept],
+        [weights[k] for k in kept],
+        rho,
+        adaptive,
+        eta=eta,
+        unscaled=[unscaled[k] for k in kept],
+    )
     full = [None] * len(variables)
     for k, e in zip(kept, eps, strict=True):
         full[k] = e
@@ -79,10 +96,17 @@ def _take(value, lo, hi):
 
 
 def split_batch(x, y, sample_weight, parts):
-    """``[((x_i, y_i, w_i), n_i / n)]``: ``parts`` contiguous parts of the batch.
+    """``[((x_i, y_i, w_i), n_i / n)]``: ``min(parts, n)`` contiguous parts of the batch.
 
     Contiguous, as ``MirroredStrategy`` splits a global batch between
-    replicas. Part ``i`` holds rows ``[⌊i·n/parts⌋, ⌊(i+1)·n/parts⌋)``.
+    replicas. Part ``i`` holds rows ``[⌊i·n/parts⌋, ⌊(i+1)·n/parts⌋)``; a
+    batch of fewer rows than ``parts`` (a short last batch) thus gets one
+    part per row: the empty parts are dropped where ``n`` is known when the
+    step is traced (JAX, TensorFlow's first trace), and are kept with
+    ``n_i / n = 0`` where it is not (a TensorFlow step retraced for a
+    ragged last batch), where they add nothing to the loss and the gradient
+    (`_accumulate`, `_mean_loss`) and leave the non-trainable state (batch
+    normalization's moving statistics) as it was.
     """
     if parts == 1:
         return [((x, y, sample_weight), None)]
@@ -90,6 +114,8 @@ def split_batch(x, y, sample_weight, parts):
     bounds = [(rows * i) // parts for i in range(parts + 1)]
     pieces = []
     for lo, hi in zip(bounds, bounds[1:], strict=False):
+        if isinstance(lo, int) and isinstance(hi, int) and hi == lo and rows > 0:
+            continue  # an empty part of a batch shorter than `parts` (issue 22)
         fraction = ops.cast(hi - lo, "float32") / ops.cast(rows, "float32")
         pieces.append(
             ((_take(x, lo, hi), _take(y, lo, hi), _take(sample_weight, lo, hi)), fraction)
@@ -97,10 +123,16 @@ def split_batch(x, y, sample_weight, parts):
     return pieces
 
 
+def _weighted(value, fraction):
+    """``(n_i / n) · value``, exactly 0 for an empty part (whose loss and gradient are NaN)."""
+    fraction = ops.cast(fraction, value.dtype)
+    return ops.where(fraction > 0, value * fraction, ops.zeros_like(value))
+
+
 def _accumulate(total, grads, fraction):
     if fraction is None:  # one part: the gradient itself
         return list(grads)
-    weighted = [None if g is None else g * ops.cast(fraction, g.dtype) for g in grads]
+    weighted = [None if g is None else _weighted(g, fraction) for g in grads]
     if total is None:
         return weighted
     return [
@@ -119,7 +151,7 @@ def _join(parts):
 def _mean_loss(losses):
     if losses[0][1] is None:
         return losses[0][0]
-    return sum(ops.cast(f, loss.dtype) * loss for loss, f in losses)
+    return sum(_weighted(loss, f) for loss, f in losses)
 
 
 def train_step(model, settings, *args):
@@ -141,14 +173,20 @@ def _tensorflow_step(model, settings, data):
     optimizer = model.optimizer
     total, losses, predictions = None, [], []
     for (xi, yi, wi), fraction in split_batch(x, y, sample_weight, settings.num_batch_splits):
-        start = [ops.convert_to_tensor(s.value) for s in state]  # read before pass 1 writes
+        # A snapshot read before pass 1 writes (convert_to_tensor returns the variable itself).
+        start = [tf.identity(s.value) for s in state]
         with tf.GradientTape() as tape:
             pred = model(xi, training=True)
             loss = model.compute_loss(x=xi, y=yi, y_pred=pred, sample_weight=wi, training=True)
             scaled = optimizer.scale_loss(loss)
+        if fraction is not None:  # an empty part (see split_batch) leaves the state as it was
+            for variable, before in zip(state, start, strict=True):
+                variable.assign(ops.where(fraction > 0, variable.value, before))
         grads = tape.gradient(scaled, variables)
         weights = [ops.convert_to_tensor(w.value) for w in variables]
-        eps = parameter_perturbation(variables, grads, weights, settings.rho, settings.adaptive)
+        eps = parameter_perturbation(
+            variables, grads, weights, settings.rho, settings.adaptive, **settings.scaling()
+        )
         perturbed = [w if e is None else w + e for w, e in zip(weights, eps, strict=True)]
         mapping = list(zip(variables, perturbed, strict=True))
         mapping += list(zip(state, start, strict=True))
@@ -188,7 +226,12 @@ def _jax_step(model, settings, state, data):
         (_, aux), grads = grad_fn(trainable, non_trainable, metrics_variables, *args, **kwargs)
         loss, pred, next_non_trainable, next_metrics = aux
         eps = parameter_perturbation(
-            model.trainable_variables, grads, trainable, settings.rho, settings.adaptive
+            model.trainable_variables,
+            grads,
+            trainable,
+            settings.rho,
+            settings.adaptive,
+            **settings.scaling(),
         )
         perturbed = [w if e is None else w + e for w, e in zip(trainable, eps, strict=True)]
         # From the state before pass 1; what pass 2 would change is dropped.

@@ -7,6 +7,9 @@ from nnkit._backend import require_backend
 from nnkit.models import _sam_step
 from nnkit.models._wrapper import TrainingWrapper, keyword_only
 
+#: Keras's names for additive offsets (``Dense``/``Conv`` ``bias``, normalization ``beta``).
+_BIAS_NAMES = frozenset({"bias", "beta"})
+
 
 @keras.saving.register_keras_serializable(package="nnkit")
 class SharpnessAwareMinimization(TrainingWrapper):
@@ -33,7 +36,7 @@ class SharpnessAwareMinimization(TrainingWrapper):
     Formula, per step, with ``L`` the training loss of the batch, ``w`` the
     parameters (the trainable weights less statistics channels such as
     K-FAC's factor statistics or a float8 layer's scales, which are neither
-    perturbed nor part of ``‖·‖``) and ``T = diag(|w|)`` (``adaptive=True``,
+    perturbed nor part of ``‖·‖``) and ``T = diag(|w| + η)`` (``adaptive=True``,
     ASAM) or ``T = I``::
 
         g  = ∇L(w)
@@ -53,7 +56,8 @@ class SharpnessAwareMinimization(TrainingWrapper):
     ``num_batch_splits = m`` (m-sharpness): the batch is split into ``m``
     contiguous parts; each part gets its own ``ε_i`` and ``g'_i``, and the
     update uses ``Σ_i (n_i / n) · g'_i`` (same cost: the passes run on
-    parts). Under ``MirroredStrategy`` each replica computes ``ε`` from its
+    parts). A batch of ``n < m`` rows (a short last batch) is split into
+    ``n`` parts of one row each: ``min(m, n)`` parts, never an empty one. Under ``MirroredStrategy`` each replica computes ``ε`` from its
     own part of the global batch (no extra all-reduce; the original SAM
     implementation does the same per accelerator), so ``R`` replicas train
     exactly like one device with ``num_batch_splits = R · m``; only ``g'``
@@ -75,12 +79,23 @@ class SharpnessAwareMinimization(TrainingWrapper):
             Defaults to ``False``.
         num_batch_splits: ``m``, an int ``>= 1``: a perturbation per
             ``m``-th of the batch. Keyword-only. Defaults to ``1``.
+        eta: ``η >= 0`` added to ``|w|`` in ``T`` (adaptive only). Kwon et
+            al.'s formula has none; their official code adds ``η = 0.01``, so
+            that weights at 0 are perturbed too. Keyword-only. Defaults to
+            ``0.0`` (the paper's formula, which every figure nnkit reports
+            was measured with; pass ``eta=0.01, scale_biases=False`` for the
+            official code's variant, whose results the paper quotes).
+        scale_biases: Whether biases (variables named ``bias`` or ``beta``)
+            take ``T = |w| + η`` like the other weights (the paper's formula)
+            or ``T = 1`` (the official code; zero-initialised biases are then
+            perturbed from the first step). Adaptive only. Keyword-only.
+            Defaults to ``True``.
         **kwargs: Model arguments (``name``, ``trainable``).
 
     Raises:
         TypeError: If ``model`` is not a ``keras.Model``, or an argument has
             the wrong type (bools are rejected where a number is expected).
-        ValueError: If ``rho`` is not ``> 0`` (or is NaN or inf),
+        ValueError: If ``rho`` is not ``> 0`` or ``eta < 0`` (or either is NaN or inf),
             ``num_batch_splits < 1``, or the backend is neither TensorFlow
             nor JAX.
 
@@ -107,7 +122,17 @@ class SharpnessAwareMinimization(TrainingWrapper):
     """
 
     @keyword_only("rho")
-    def __init__(self, model, *, rho=0.05, adaptive=False, num_batch_splits=1, **kwargs):
+    def __init__(
+        self,
+        model,
+        *,
+        rho=0.05,
+        adaptive=False,
+        num_batch_splits=1,
+        eta=0.0,
+        scale_biases=True,
+        **kwargs,
+    ):
         require_backend(
             "SharpnessAwareMinimization",
             ("tensorflow", "jax"),
@@ -116,7 +141,11 @@ class SharpnessAwareMinimization(TrainingWrapper):
         rho = v.check_positive_number("rho", rho)
         adaptive = v.check_bool("adaptive", adaptive)
         num_batch_splits = v.check_positive_int("num_batch_splits", num_batch_splits)
+        eta = v.check_non_negative_number("eta", eta)
+        scale_biases = v.check_bool("scale_biases", scale_biases)
         super().__init__(model, **kwargs)
+        self.eta = eta
+        self.scale_biases = scale_biases
         self.rho = rho
         self.adaptive = adaptive
         self.num_batch_splits = num_batch_splits
@@ -125,10 +154,20 @@ class SharpnessAwareMinimization(TrainingWrapper):
         """The sharpness-aware step (see the class documentation) of ``trainer``'s loss."""
         return _sam_step.train_step(trainer, self, *args)
 
+    def scaling(self):
+        """``perturbation``'s adaptive options: ``η`` and which trainable variables take ``T = 1``."""
+        unscaled = [
+            not self.scale_biases and variable.name in _BIAS_NAMES
+            for variable in self.trainable_variables
+        ]
+        return {"eta": self.eta, "unscaled": unscaled}
+
     def get_config(self):
         return {
             **super().get_config(),
             "rho": self.rho,
             "adaptive": self.adaptive,
             "num_batch_splits": self.num_batch_splits,
+            "eta": self.eta,
+            "scale_biases": self.scale_biases,
         }

@@ -12,7 +12,8 @@ A side longer than ``max_preconditioner_dim`` is cut into blocks of at most
 that length when ``blocking`` is on (each block ``G_ij`` then has its own
 ``L_ij`` and ``R_ij``, as in Distributed Shampoo), and is left
 unpreconditioned (an identity factor) when it is off. A side of length 1 is
-never preconditioned (its factor is a scalar). A variable with no
+never preconditioned (its factor is a scalar), and no block has length 1
+(see ``_splits``). A variable with no
 preconditioned side, and every 0-D or 1-D variable, has no layout: the
 optimizer falls back to its first-order rule for it.
 
@@ -58,13 +59,30 @@ class Layout:
 
 
 def _splits(length, max_dim, blocking):
-    """``(splits, preconditioned)`` of one side."""
+    """``(splits, preconditioned)`` of one side.
+
+    No block has length 1: its factor would be a scalar (as for a side of
+    length 1), and TensorFlow's graph optimizer breaks the ``1 × 1``
+    eigendecomposition outside XLA (a raw ``InvalidArgumentError`` in
+    ``fit``). Where cutting into blocks of ``max_dim`` leaves a last block
+    of length 1, the last two blocks become ``max_dim − 1`` and ``2`` long
+    (``max_dim >= 3``) or the lone row joins the block before it, 3 long
+    (``max_dim == 2``); with ``max_dim == 1`` a longer side is not
+    preconditioned.
+    """
     if length == 1:
         return ((0, 1),), False
     if length <= max_dim:
         return ((0, length),), True
-    if blocking:
-        return tuple((s, min(s + max_dim, length)) for s in range(0, length, max_dim)), True
+    if blocking and max_dim > 1:
+        starts = list(range(0, length, max_dim))
+        if length - starts[-1] == 1:
+            if max_dim >= 3:
+                starts[-1] -= 1
+            else:
+                starts.pop()
+        stops = starts[1:] + [length]
+        return tuple(zip(starts, stops, strict=True)), True
     return ((0, length),), False
 
 

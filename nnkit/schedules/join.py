@@ -46,10 +46,7 @@ class JoinSchedules(Schedule):
     """
 
     def __init__(self, schedules, boundaries):
-        if isinstance(schedules, (str, bytes, dict)) or not hasattr(schedules, "__iter__"):
-            raise TypeError(
-                f"`schedules` must be a list of schedules. Received: schedules={schedules!r}"
-            )
+        schedules = v.check_sequence("schedules", schedules, "a list of schedules")
         schedules = [_check_schedule(f"schedules[{i}]", s) for i, s in enumerate(schedules)]
         if len(schedules) < 2:
             raise ValueError(

@@ -197,13 +197,8 @@ class MLPHyperModel(keras_tuner.HyperModel):
                 f"(y_true, y_pred), not {type(loss).__name__}. Received: loss={loss!r}"
             )
         self.loss = loss
-        if metrics is not None and (
-            isinstance(metrics, (str, dict)) or not hasattr(metrics, "__iter__")
-        ):
-            raise TypeError(
-                f"`metrics` must be a list (of names or Keras metrics) or None, not "
-                f"{type(metrics).__name__}. Received: metrics={metrics!r}"
-            )
+        if metrics is not None:
+            v.check_sequence("metrics", metrics, "a list (of names or Keras metrics) or None")
         self.metrics = None if metrics is None else list(metrics)
         self.epochs = v.check_positive_int("epochs", epochs)
         self.train_size = v.check_positive_int("train_size", train_size)

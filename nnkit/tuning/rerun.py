@@ -85,12 +85,9 @@ def rerun_best(study_dir, build, x=None, y=None, *, seeds=(0, 1, 2), **fit_kwarg
             "`build` must be a keras_tuner.HyperModel or a function build(hp) returning a "
             f"compiled model, not {type(build).__name__}. Received: build={build!r}"
         )
-    v.check_data("x", x, allow_none=True)
+    v.check_batches("x", x, allow_none=True)
     v.check_data("y", y, allow_none=True)
-    if isinstance(seeds, (str, bytes, dict)) or not hasattr(seeds, "__iter__"):
-        raise TypeError(
-            f"`seeds` must be a list of ints, not {type(seeds).__name__}. Received: seeds={seeds!r}"
-        )
+    seeds = v.check_sequence("seeds", seeds, "a list of ints")
     seeds = [check_int(f"seeds[{i}]", s, limit=v.SEED_LIMIT) for i, s in enumerate(seeds)]
     if len(seeds) < 3:
         raise ValueError(

@@ -4,6 +4,7 @@ import copy
 
 import keras
 
+from nnkit import _validation as v
 from nnkit.tuning import _knobs
 
 
@@ -91,11 +92,7 @@ class SearchSpace:
     def __init__(self, knobs=None):
         if knobs is None:
             knobs = _knobs.default_knobs()
-        if isinstance(knobs, (str, bytes, dict)) or not hasattr(knobs, "__iter__"):
-            raise TypeError(
-                f"`knobs` must be a list of knob dicts or None, not {type(knobs).__name__}. "
-                f"Received: knobs={knobs!r}"
-            )
+        knobs = v.check_sequence("knobs", knobs, "a list of knob dicts or None")
         checked = []
         for index, knob in enumerate(knobs):
             knob = _knobs.check_knob(index, knob)

@@ -5,6 +5,7 @@ import os
 import pathlib
 import shutil
 
+import keras
 import keras_tuner
 
 from nnkit import _validation as v
@@ -104,11 +105,10 @@ def _check_objective(objective):
 def _check_callbacks(callbacks):
     if callbacks is None:
         return []
-    if isinstance(callbacks, (str, dict)) or not hasattr(callbacks, "__iter__"):
-        raise TypeError(
-            f"`callbacks` must be a list of Keras callbacks or None. Received: {callbacks!r}"
-        )
-    return list(callbacks)
+    callbacks = v.check_sequence("callbacks", callbacks, "a list of Keras callbacks or None")
+    for i, callback in enumerate(callbacks):
+        v.check_instance(f"callbacks[{i}]", callback, keras.callbacks.Callback, "a Keras callback")
+    return callbacks
 
 
 def _callbacks(callbacks, hypermodel, objective, study_dir, median_stopping):
@@ -290,14 +290,14 @@ def tune(
             "tune needs `validation_data` (the objective is measured on it). "
             "Received: validation_data=None"
         )
-    v.check_data("x", x)
+    v.check_batches("x", x)
     v.check_data("y", y, allow_none=True)
     if y is None and hasattr(x, "shape"):
         raise ValueError(
             "`y` is required when `x` is an array (only a dataset or generator of (x, y) "
             "pairs goes without). Received: y=None"
         )
-    v.check_data("validation_data", validation_data)
+    v.check_batches("validation_data", validation_data)
     objective = _check_objective(objective)
     callbacks = _check_callbacks(callbacks)
     hypermodel = _hypermodel(build_or_space, x, y, epochs)

@@ -26,6 +26,10 @@ def _spd(n, seed, spectrum=None):
         ((10, 9), 4, False, None),  # no side small enough, no blocking: fallback
         ((7, 1), 8, True, ((7, 1), ((0, 7),), ((0, 1),), True, False)),  # a side of 1
         ((1, 1), 8, True, None),
+        # No block of length 1 (issue 22: TensorFlow's graph optimizer broke its 1 × 1 eigh).
+        ((9, 4), 4, True, ((9, 4), ((0, 4), (4, 7), (7, 9)), ((0, 4),), True, True)),
+        ((2, 3), 2, True, ((2, 3), ((0, 2),), ((0, 3),), True, True)),  # the lone column joins
+        ((5, 2), 1, True, None),  # max_preconditioner_dim=1: no side can be preconditioned
     ],
 )
 def test_layout(shape, max_dim, blocking, expected):
@@ -45,7 +49,10 @@ def test_split_and_merge_are_inverse():
     x = np.arange(70, dtype="float32").reshape(2, 5, 7)
     blocks = kron.split(x, plan)
     assert sorted(blocks) == plan.blocks and len(blocks) == 12
-    np.testing.assert_array_equal(np.asarray(blocks[1, 2]), x.reshape(10, 7)[3:6, 6:7])
+    # No block of length 1: rows cut 3, 3, 2, 2 and columns 3, 2, 2 (issue 22).
+    assert plan.row_splits == ((0, 3), (3, 6), (6, 8), (8, 10))
+    assert plan.col_splits == ((0, 3), (3, 5), (5, 7))
+    np.testing.assert_array_equal(np.asarray(blocks[1, 2]), x.reshape(10, 7)[3:6, 5:7])
     np.testing.assert_array_equal(np.asarray(kron.merge(blocks, plan)), x)
 
 
