@@ -473,9 +473,11 @@ BASELINES = {
     # schedules
     "schedules.Constant": lambda c: {"learning_rate": 0.05},
     "schedules.CosineAnnealing": _config_of("schedules.CosineAnnealing"),
+    "schedules.Cyclical": _config_of("schedules.Cyclical"),
     "schedules.EpochSchedule": _schedule_config("schedules.EpochSchedule"),
     "schedules.JoinSchedules": _schedule_config("schedules.JoinSchedules"),
     "schedules.MultiStepDecay": _config_of("schedules.MultiStepDecay"),
+    "schedules.OneCycle": _config_of("schedules.OneCycle"),
     "schedules.Scaled": _schedule_config("schedules.Scaled"),
     "schedules.StepDecay": _config_of("schedules.StepDecay"),
     "schedules.Warmup": _schedule_config("schedules.Warmup"),

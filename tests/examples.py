@@ -41,6 +41,10 @@ EXAMPLES = {
         S.CosineAnnealing(0.1, 6, warmup_steps=1), 4, granularity="epoch"
     ),
     "schedules.Scaled": lambda: S.Scaled(S.StepDecay(0.1, 5), scale=0.5),
+    "schedules.OneCycle": lambda: S.OneCycle(
+        0.1, 40, rise_fraction=0.25, anneal_strategy="linear", three_phase=True
+    ),
+    "schedules.Cyclical": lambda: S.Cyclical(0.01, 0.1, 6, 4, mode="exp_range", gamma=0.99),
     # callbacks
     "callbacks.EarlyStopping": lambda: C.EarlyStopping(
         "val_loss",
