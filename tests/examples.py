@@ -145,6 +145,9 @@ EXAMPLES = {
         train_size=100,
         patience=3,
     ),  # fmt: skip
+    "tuning.LearningRateRangeTest": lambda: T.LearningRateRangeTest(
+        1e-5, 1.0, 30, sweep="linear", stop_factor=3.0, smoothing=0.8
+    ),
     "tuning.MedianStopping": lambda: T.MedianStopping(
         "val_loss", 3, 1, mode="min", directory="median", verbose=1
     ),
@@ -184,7 +187,7 @@ ABSTRACT |= {"initializers.LSUVReport", "initializers.LSUVLayerResult"}
 ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
 ABSTRACT |= {"diagnostics.VariableGroups"}
 ABSTRACT |= {"distribute.ReadinessReport"}
-ABSTRACT |= {"tuning.SensitivityReport"}
+ABSTRACT |= {"tuning.SensitivityReport", "tuning.LRFinderResult"}
 ABSTRACT |= {"meta.MetaLearner", "meta.TaskSampler"}
 # Task samplers hold arrays and callables (not JSON): data sources, not Keras-saved components.
 ABSTRACT |= {"meta.FewShotClassification", "meta.RegressionFamily", "meta.TaskBatches"}
