@@ -7,20 +7,45 @@ import numpy as np
 
 RULES = {
     "steepest": "the rate where the smoothed loss falls fastest against log(rate), "
-    "before the smoothed minimum",
+    "after the first tenth of the curve and before the smoothed minimum",
     "minimum": "the rate of the smoothed loss's minimum, divided by 10",
     "valley": "fastai's valley: the longest decreasing run of the smoothed loss, "
     "at half its length",
 }
 
 
+def _ema(values, beta):
+    average, out = 0.0, []
+    for k, value in enumerate(values):
+        average = beta * average + (1.0 - beta) * value
+        out.append(average / (1.0 - beta ** (k + 1)))
+    return out
+
+
+def zero_phase(losses, beta):
+    """The bias-corrected moving average run forwards, then backwards: no lag.
+
+    The forward pass alone (what the stop rule sees, online) trails the
+    rate by about ``1/(1 − β)`` steps, which would shift every suggestion
+    towards larger rates; running it back over its own output cancels the
+    shift. Points after the first non-finite loss are ``nan``.
+    """
+    finite = 0
+    while finite < len(losses) and math.isfinite(losses[finite]):
+        finite += 1
+    smooth = _ema(_ema(losses[:finite], beta)[::-1], beta)[::-1]
+    return smooth + [math.nan] * (len(losses) - finite)
+
+
 def steepest(rates, smoothed):
-    """Index of the most negative slope d(smoothed)/d(log rate) up to the minimum."""
+    """Index of the most negative slope d(smoothed)/d(log rate), after the first tenth
+    of the curve (the smoothing's edge) and up to the minimum."""
     end = int(np.nanargmin(smoothed)) + 1
-    if end < 3:
+    start = max(1, len(smoothed) // 10)
+    if end - start < 3:
         return None
     slopes = np.gradient(np.asarray(smoothed[:end]), np.log(np.asarray(rates[:end])))
-    return int(np.argmin(slopes))
+    return start + int(np.argmin(slopes[start:]))
 
 
 def minimum_over_ten(smoothed):
@@ -70,7 +95,9 @@ class LRFinderResult:
         learning_rates: The rate of each step run (for a schedule-valued
             rate: the schedule's value times the sweep's factor).
         losses: The loss of each step's batch (not a running mean).
-        smoothed: The bias-corrected moving average of ``losses``.
+        smoothed: ``losses`` smoothed with no lag: the bias-corrected
+            moving average run forwards, then backwards (the suggestions
+            read this curve; the stop rule reads the forward pass online).
         suggestions: ``{"steepest", "minimum", "valley"}`` → a rate, or
             ``None`` where the curve is too short for the rule.
         rules: The rule behind each suggestion, in words.
@@ -115,7 +142,8 @@ class LRFinderResult:
         axes.set_ylabel("training loss")
         finite = [s for s in self.smoothed if math.isfinite(s)]
         if finite:
-            low, high = min(finite), max(finite[:1] + [min(finite) * 4.0])
+            raw = [loss for loss in self.losses if math.isfinite(loss)]
+            low, high = min(finite + raw), max(finite[:1] + [min(finite) * 4.0])
             axes.set_ylim(low - 0.1 * (high - low), high + 0.1 * (high - low))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)

@@ -24,7 +24,9 @@ compiled step: exact, no differencing of running means, no cancellation.
     a_k = β·a_(k−1) + (1 − β)·L_k,   a_(−1) = 0,   s_k = a_k / (1 − β^(k+1))
 
 **Stop** at the first step whose loss is not finite or whose smoothed loss
-exceeds ``stop_factor`` × the best smoothed loss so far.
+exceeds ``stop_factor`` × the best smoothed loss so far. This online average
+trails the rate by about ``1/(1 − β)`` steps; the curve the suggestions read
+is smoothed again backwards over it, which cancels the lag.
 
 What it does not do: it measures the training loss at the rate of one
 moment of training; it cannot tell how the rate should change over a run.
@@ -314,8 +316,10 @@ def lr_find(
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     >>> model.compile(keras.optimizers.SGD(0.01), loss="mse")
     >>> before = [w.copy() for w in model.get_weights()]
-    >>> result = lr_find(model, x, y, batch_size=16, steps=30)
-    >>> 1e-4 < result.suggestion < 1.0
+    >>> result = lr_find(model, x, y, batch_size=16, steps=60, min_learning_rate=1e-4)
+    >>> result.stop_reason
+    'diverged'
+    >>> 1e-3 < result.suggestion < 1.0  # SGD diverges near 2/λ_max ≈ 1 here
     True
     >>> all((a == b).all() for a, b in zip(before, model.get_weights()))
     True
@@ -326,7 +330,7 @@ def lr_find(
         ``Tuner.lr_find``.
     """
     from nnkit.callbacks._optimizer import unwrap
-    from nnkit.tuning._lr_result import RULES, LRFinderResult, suggest
+    from nnkit.tuning._lr_result import RULES, LRFinderResult, suggest, zero_phase
 
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
@@ -389,14 +393,15 @@ def lr_find(
     if scheduled:
         steps_run = np.arange(len(rates), dtype="float32") + sweep_schedule.start
         rates = [float(r) for r in to_numpy(sweep_schedule(steps_run))]
-    suggestions = suggest(rates, test.smoothed)
+    smoothed = zero_phase(test.losses, test.smoothing)
+    suggestions = suggest(rates, smoothed)
     choice = next(
         (suggestions[k] for k in ("valley", "steepest", "minimum") if suggestions[k]), None
     )
     return LRFinderResult(
         learning_rates=rates,
         losses=list(test.losses),
-        smoothed=list(test.smoothed),
+        smoothed=smoothed,
         suggestions=suggestions,
         rules=dict(RULES),
         suggestion=choice,

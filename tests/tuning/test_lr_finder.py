@@ -134,8 +134,8 @@ def test_suggestion_rules_on_a_scripted_curve():
     rates = list(np.logspace(-4, 0, 9))
     curve = [5.0, 4.9, 4.5, 3.0, 1.0, 0.6, 0.5, 2.0, 9.0]  # steepest fall between 1e-2.5 and 1e-1.5
     got = suggest(rates, curve)
-    slopes = np.gradient(curve[:7], np.log(rates[:7]))
-    assert got["steepest"] == rates[int(np.argmin(slopes))]
+    slopes = np.gradient(curve[:7], np.log(rates[:7]))  # up to the minimum, from index 1
+    assert got["steepest"] == rates[1 + int(np.argmin(slopes[1:]))]
     assert got["minimum"] == pytest.approx(rates[6] / 10)
     # fastai's valley: the run 0..6 has length 7; start = end − length = −1 (its convention),
     # sections = 7 / 3, index = start + int(sections) + int(sections / 2)
@@ -182,3 +182,20 @@ def test_jax_backend_runs_the_same_checks():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "ok"
+
+
+def test_mirrored_strategy_sweeps_and_restores():
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    x, y = checks.conditioned_regression(512)
+    with strategy.scope():
+        model = checks.linear_model()
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    before = checks.state(model)
+    result = lr_find(model, x, y, batch_size=64, steps=30, min_learning_rate=1e-3)
+    assert result.stop_reason in ("diverged", "nonfinite")
+    critical = checks.divergence_rate(x)
+    assert all(rate < critical for rate in result.suggestions.values())
+    for a, b in zip(before, checks.state(model), strict=True):
+        np.testing.assert_array_equal(a, b)
