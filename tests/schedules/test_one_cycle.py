@@ -108,3 +108,19 @@ def test_bad_arguments_raise_value_errors_echoing_the_value(kwargs, message):
 def test_three_phase_must_be_a_bool():
     with pytest.raises(TypeError, match="three_phase"):
         OneCycle(0.1, 100, three_phase=1)
+
+
+def test_composes_with_warmup_join_and_scaled(evaluate):
+    from nnkit.schedules import Cyclical, Scaled, Warmup
+
+    steps = [0, 5, 10, 40, 109, 110, 200]
+    warm = evaluate(Warmup(OneCycle(0.1, 100), 10), steps)
+    want = [(0.1 / 25) * t / 10 if t < 10 else one_cycle_reference(t - 10, 0.1, 100) for t in steps]
+    np.testing.assert_allclose(warm, want, rtol=2e-5, atol=1e-8)
+    joined = evaluate(JoinSchedules([OneCycle(0.1, 100), Cyclical(0.0, 0.01, 10)], [100]), steps)
+    tail = [abs(((t - 100) / 10 + 1) % 2 - 1) * 0.01 for t in steps]  # triangle, period 20
+    want = [one_cycle_reference(t, 0.1, 100) if t < 100 else tail[i] for i, t in enumerate(steps)]
+    np.testing.assert_allclose(joined, want, rtol=2e-5, atol=1e-8)
+    half = evaluate(Scaled(OneCycle(0.1, 100), 0.5), steps)
+    np.testing.assert_allclose(half, [0.5 * one_cycle_reference(t, 0.1, 100) for t in steps],
+                               rtol=2e-5, atol=1e-9)  # fmt: skip

@@ -199,3 +199,17 @@ def test_mirrored_strategy_sweeps_and_restores():
     assert all(rate < critical for rate in result.suggestions.values())
     for a, b in zip(before, checks.state(model), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_dataset_of_batches_is_swept_without_batch_size():
+    import tensorflow as tf
+
+    x, y = checks.conditioned_regression(512)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(128)  # 4 batches, repeated
+    model = checks.linear_model()
+    before = checks.state(model)
+    result = lr_find(model, dataset, steps=40, min_learning_rate=1e-3)
+    assert result.stop_reason in ("diverged", "nonfinite")
+    assert all(rate < checks.divergence_rate(x) for rate in result.suggestions.values())
+    for a, b in zip(before, checks.state(model), strict=True):
+        np.testing.assert_array_equal(a, b)
