@@ -141,12 +141,23 @@ class LearningRateRangeTest(keras.callbacks.Callback):
         self._average, self._best = 0.0, math.inf
 
     def on_train_begin(self, logs=None):
+        from nnkit.callbacks._optimizer import unwrap
+
         self._reset()
         self._rates = self.rates()
+        rate = keras_optimizer.learning_rate_object(unwrap(self.model.optimizer))
+        if self.sets_rate and not isinstance(rate, keras.Variable):
+            raise ValueError(
+                "LearningRateRangeTest sets a float learning rate before each epoch, but this "
+                "optimizer's rate is a schedule or callable: use nnkit.tuning.lr_find, which "
+                f"sweeps a schedule in-graph as a multiplier. Received: learning_rate={rate!r}"
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.sets_rate and epoch < self.steps:
-            self.model.optimizer.learning_rate = self._rates[epoch]
+            from nnkit.callbacks._optimizer import unwrap
+
+            unwrap(self.model.optimizer).learning_rate = self._rates[epoch]
 
     def on_epoch_end(self, epoch, logs=None):
         stop, reason = self.record(self._rates[min(epoch, self.steps - 1)], (logs or {})["loss"])

@@ -12,6 +12,7 @@ import pytest
 
 import nnkit.models as M
 import nnkit.optimizers as O
+from nnkit.schedules import CosineAnnealing
 from nnkit.tuning import LearningRateRangeTest, LRFinderResult, lr_find
 from nnkit.tuning._lr_result import suggest, valley
 from nnkit.tuning.lr_finder import should_stop
@@ -213,3 +214,22 @@ def test_a_dataset_of_batches_is_swept_without_batch_size():
     assert all(rate < checks.divergence_rate(x) for rate in result.suggestions.values())
     for a, b in zip(before, checks.state(model), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_callback_used_directly_refuses_a_schedule_clearly():
+    model = checks.linear_model()
+    model.compile(keras.optimizers.SGD(CosineAnnealing(0.1, 100)), loss="mse")
+    x, y = checks.regression()
+    with pytest.raises(ValueError, match="lr_find"):
+        model.fit(x, y, epochs=2, steps_per_epoch=1, verbose=0,
+                  callbacks=[LearningRateRangeTest(1e-3, 1.0, 2)])  # fmt: skip
+
+
+def test_the_callback_used_directly_sweeps_a_float_rate():
+    model = checks.linear_model()
+    x, y = checks.regression()
+    test = LearningRateRangeTest(1e-3, 1e-1, 3, stop_factor=1e9)
+    model.fit(x, y, batch_size=8, epochs=3, steps_per_epoch=1, verbose=0, callbacks=[test])
+    np.testing.assert_allclose(test.learning_rates, [1e-3, 1e-2, 1e-1], rtol=1e-9)
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-1)
+    assert len(test.losses) == 3 and test.stop_reason is None
