@@ -67,8 +67,9 @@ class OneCycle(Schedule):
         total_steps: Length of the cycle in optimizer steps, an int ``>= 2``.
             Required.
         rise_fraction: ``p``, the fraction of ``total_steps`` spent rising, in
-            ``(0, 1)``, with ``p·T >= 2`` (PyTorch's ``pct_start``). Defaults
-            to ``0.3``.
+            ``(0, 1)``, with ``p·T > 1`` (``p·T >= 2`` with ``three_phase``,
+            so that each phase holds a step; PyTorch's ``pct_start``).
+            Defaults to ``0.3``.
         anneal_strategy: ``"cos"`` or ``"linear"``, the shape of every phase.
             Defaults to ``"cos"``.
         initial_divisor: ``η_0 = η_max / initial_divisor``, ``>= 1``
@@ -90,8 +91,8 @@ class OneCycle(Schedule):
     >>> lr = OneCycle(0.1, total_steps=100, rise_fraction=0.25)
     >>> [round(float(lr(t)), 4) for t in (0, 24, 50, 99)]
     [0.004, 0.1, 0.0732, 0.0]
-    >>> float(lr(500)) == float(lr(99)) == 0.1 / 25 / 1e4
-    True
+    >>> float(lr(500)) == float(lr(99)), round(float(lr(99)) / (0.1 / 25 / 1e4), 4)
+    (True, 1.0)
 
     References:
         Smith & Topin, "Super-Convergence: Very Fast Training of Neural
@@ -124,9 +125,11 @@ class OneCycle(Schedule):
         self.final_divisor = v.check_number("final_divisor", final_divisor, minimum=1.0)
         self.three_phase = v.check_bool("three_phase", three_phase)
         rise = self.rise_fraction * self.total_steps
-        if rise < 2.0:
+        if rise <= 1.0 or (self.three_phase and rise < 2.0):
+            bound = ">= 2 with `three_phase=True`" if self.three_phase else "> 1"
             raise ValueError(
-                "`rise_fraction` * `total_steps` must be >= 2 (the rise needs two steps). "
+                f"`rise_fraction` * `total_steps` must be {bound} (the rise ends at step "
+                "rise_fraction * total_steps - 1, which must come after step 0). "
                 f"Received: rise_fraction={rise_fraction!r}, total_steps={total_steps!r}"
             )
         if self.three_phase and 2.0 * rise - 2.0 >= self.total_steps - 1.0:

@@ -40,6 +40,7 @@ CASES = [
     dict(max_lr=0.1, T=100, pct_start=0.25, anneal="linear"),
     dict(max_lr=1.0, T=37, pct_start=0.33, div=10.0, final_div=100.0),  # fractional phase ends
     dict(max_lr=0.5, T=100, three_phase=True),
+    dict(max_lr=0.1, T=5, pct_start=0.3),  # the rise ends at step 0.5: a short cycle
     dict(max_lr=0.5, T=53, pct_start=0.41, anneal="linear", three_phase=True),
 ]
 
@@ -91,6 +92,10 @@ def test_phases_are_a_join():
         (dict(max_learning_rate=0.1, total_steps=1), "total_steps"),
         (dict(max_learning_rate=0.1, total_steps=10, rise_fraction=1.0), "rise_fraction"),
         (dict(max_learning_rate=0.1, total_steps=10, rise_fraction=0.1), "rise_fraction"),
+        (
+            dict(max_learning_rate=0.1, total_steps=10, rise_fraction=0.15, three_phase=True),
+            "rise_fraction",
+        ),
         (dict(max_learning_rate=0.1, total_steps=10, anneal_strategy="cosine"), "anneal_strategy"),
         (dict(max_learning_rate=0.1, total_steps=10, initial_divisor=0.5), "initial_divisor"),
         (dict(max_learning_rate=0.1, total_steps=10, final_divisor=math.nan), "final_divisor"),
