@@ -233,3 +233,22 @@ def test_the_callback_used_directly_sweeps_a_float_rate():
     np.testing.assert_allclose(test.learning_rates, [1e-3, 1e-2, 1e-1], rtol=1e-9)
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-1)
     assert len(test.losses) == 3 and test.stop_reason is None
+
+
+def test_the_callback_deep_copies_and_round_trips():
+    import copy
+
+    from nnkit.testing import assert_round_trip
+
+    test = LearningRateRangeTest(1e-4, 1.0, 8, sweep="linear", stop_factor=3.0, smoothing=0.5)
+    twin = copy.deepcopy(test)
+    assert twin.get_config() == test.get_config() and twin.rates() == test.rates()
+    assert_round_trip(test)
+
+
+def test_the_models_history_and_stop_flag_are_left_alone():
+    x, y = checks.regression()
+    model = checks.linear_model()
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    lr_find(model, x, y, batch_size=8, steps=10)
+    assert model.history is history and model.stop_training is False
