@@ -198,6 +198,7 @@ RESULT_TYPES = {
     "initializers.LSUVLayerResult": "returned inside lsuv()'s report",
     "initializers.LSUVReport": "returned by lsuv()",
     "tuning.SensitivityReport": "returned by sensitivity_report()",
+    "tuning.LRFinderResult": "returned by lr_find()",
 }
 ABSTRACT = {
     "callbacks.StatefulCallback": "a base class with no arguments",
@@ -504,15 +505,22 @@ BASELINES = {
     # schedules
     "schedules.Constant": lambda c: {"learning_rate": 0.05},
     "schedules.CosineAnnealing": _config_of("schedules.CosineAnnealing"),
+    "schedules.Cyclical": _config_of("schedules.Cyclical"),
     "schedules.EpochSchedule": _schedule_config("schedules.EpochSchedule"),
     "schedules.JoinSchedules": _schedule_config("schedules.JoinSchedules"),
     "schedules.MultiStepDecay": _config_of("schedules.MultiStepDecay"),
+    "schedules.OneCycle": _config_of("schedules.OneCycle"),
     "schedules.Scaled": _schedule_config("schedules.Scaled"),
     "schedules.StepDecay": _config_of("schedules.StepDecay"),
     "schedules.Warmup": _schedule_config("schedules.Warmup"),
     # tuning
     "tuning.MLPHyperModel": lambda c: {"input_dim": 4, "output_units": 1, "space": c.space(),
                                        "loss": "mse", "epochs": 2, "train_size": 16, "patience": 1},
+    "tuning.LearningRateRangeTest": _config_of("tuning.LearningRateRangeTest"),
+    "tuning.lr_find": lambda c: {"model": c.model(compiled=True), "x": c.x(64), "y": c.y(64),
+                                 "batch_size": 8, "steps": 5, "min_learning_rate": 1e-4,
+                                 "max_learning_rate": 1.0, "sweep": "exponential",
+                                 "stop_factor": 4.0, "smoothing": 0.9, "seed": 0},
     "tuning.MedianStopping": lambda c: {"monitor": "val_loss", "min_trials": 2, "warmup_epochs": 1,
                                         "mode": "min", "directory": c.study(), "verbose": 0},
     "tuning.SearchSpace": lambda c: {},

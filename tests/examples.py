@@ -41,6 +41,10 @@ EXAMPLES = {
         S.CosineAnnealing(0.1, 6, warmup_steps=1), 4, granularity="epoch"
     ),
     "schedules.Scaled": lambda: S.Scaled(S.StepDecay(0.1, 5), scale=0.5),
+    "schedules.OneCycle": lambda: S.OneCycle(
+        0.1, 40, rise_fraction=0.25, anneal_strategy="linear", three_phase=True
+    ),
+    "schedules.Cyclical": lambda: S.Cyclical(0.01, 0.1, 6, 4, mode="exp_range", gamma=0.99),
     # callbacks
     "callbacks.EarlyStopping": lambda: C.EarlyStopping(
         "val_loss",
@@ -141,6 +145,9 @@ EXAMPLES = {
         train_size=100,
         patience=3,
     ),  # fmt: skip
+    "tuning.LearningRateRangeTest": lambda: T.LearningRateRangeTest(
+        1e-5, 1.0, 30, sweep="linear", stop_factor=3.0, smoothing=0.8
+    ),
     "tuning.MedianStopping": lambda: T.MedianStopping(
         "val_loss", 3, 1, mode="min", directory="median", verbose=1
     ),
@@ -198,7 +205,7 @@ ABSTRACT |= {"initializers.LSUVReport", "initializers.LSUVLayerResult"}
 ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
 ABSTRACT |= {"diagnostics.VariableGroups"}
 ABSTRACT |= {"distribute.ReadinessReport"}
-ABSTRACT |= {"tuning.SensitivityReport"}
+ABSTRACT |= {"tuning.SensitivityReport", "tuning.LRFinderResult"}
 ABSTRACT |= {"meta.MetaLearner", "meta.TaskSampler"}
 # Task samplers hold arrays and callables (not JSON): data sources, not Keras-saved components.
 ABSTRACT |= {"meta.FewShotClassification", "meta.RegressionFamily", "meta.TaskBatches"}

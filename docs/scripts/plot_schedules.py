@@ -22,9 +22,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from nnkit.schedules import (  # noqa: E402
     Constant,
     CosineAnnealing,
+    Cyclical,
     EpochSchedule,
     JoinSchedules,
     MultiStepDecay,
+    OneCycle,
     Scaled,
     StepDecay,
     Warmup,
@@ -153,6 +155,29 @@ def main():
                 ),
             ],
             "Constant and Scaled",
+        ),
+        plot(
+            "one_cycle",
+            [
+                ("OneCycle(0.1, 1000)", OneCycle(0.1, STEPS)),
+                (
+                    'anneal_strategy="linear", three_phase=True',
+                    OneCycle(0.1, STEPS, anneal_strategy="linear", three_phase=True),
+                ),
+            ],
+            "OneCycle: rise to max_learning_rate, anneal far below the start",
+        ),
+        plot(
+            "cyclical",
+            [
+                ('mode="triangular"', Cyclical(0.01, 0.1, 100, 150)),
+                ('mode="triangular2"', Cyclical(0.01, 0.1, 100, 150, mode="triangular2")),
+                (
+                    'mode="exp_range", gamma=0.998',
+                    Cyclical(0.01, 0.1, 100, 150, mode="exp_range", gamma=0.998),
+                ),
+            ],
+            "Cyclical(0.01, 0.1, up_steps=100, down_steps=150)",
         ),
     ]
     for path in written:

@@ -10,8 +10,10 @@ are combinators that wrap any schedule, Keras's included.
 from nnkit.schedules.base import Schedule
 from nnkit.schedules.constant import Constant
 from nnkit.schedules.cosine import CosineAnnealing
+from nnkit.schedules.cyclical import Cyclical
 from nnkit.schedules.epochs import EpochSchedule
 from nnkit.schedules.join import JoinSchedules
+from nnkit.schedules.one_cycle import OneCycle
 from nnkit.schedules.scaled import Scaled
 from nnkit.schedules.step_decay import MultiStepDecay, StepDecay
 from nnkit.schedules.warmup import Warmup
@@ -19,9 +21,11 @@ from nnkit.schedules.warmup import Warmup
 __all__ = [
     "Constant",
     "CosineAnnealing",
+    "Cyclical",
     "EpochSchedule",
     "JoinSchedules",
     "MultiStepDecay",
+    "OneCycle",
     "Scaled",
     "Schedule",
     "StepDecay",

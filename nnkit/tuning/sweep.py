@@ -91,6 +91,18 @@ def _epochs(hypermodel, epochs):
     return 20 if epochs is None else v.check_positive_int("epochs", epochs)
 
 
+def _batch_size(hypermodel, batch_size):
+    batch_size = v.check_optional_int("batch_size", batch_size, minimum=1)
+    if batch_size is not None and isinstance(hypermodel, MLPHyperModel):
+        raise ValueError(
+            "A SearchSpace or MLPHyperModel takes the batch size from its `batch_size` knob "
+            "(its schedules count steps from it): fix it with "
+            f"SearchSpace().fixed(batch_size={batch_size}) instead. "
+            f"Received: batch_size={batch_size}"
+        )
+    return batch_size
+
+
 def _check_objective(objective):
     if isinstance(objective, str):
         return v.check_str("objective", objective)
@@ -157,6 +169,7 @@ def tune(
     tuner="random",
     max_trials=20,
     epochs=None,
+    batch_size=None,
     seed=None,
     executions_per_trial=1,
     objective="val_loss",
@@ -222,6 +235,16 @@ def tune(
             it). Defaults to ``20``.
         epochs: Epochs per trial (Hyperband's ``max_epochs``); ``None`` for
             the ``MLPHyperModel``'s, or 20. Defaults to ``None``.
+        batch_size: The ``batch_size`` of every trial's ``fit``, an int
+            ``>= 1``, passed the same way with every tuner (to ``fit`` for a
+            ``build(hp)`` function, to ``HyperModel.fit`` for a hypermodel);
+            ``None`` leaves it to ``fit`` (Keras's 32). A schedule sized in
+            steps needs the same number: compute
+            ``math.ceil(len(x) / batch_size)`` steps per epoch outside
+            ``build`` and use it inside (``docs/tuning.md``). Not for a
+            ``SearchSpace`` or ``MLPHyperModel``, whose ``batch_size`` is a
+            knob (``SearchSpace().fixed(batch_size=...)``). Defaults to
+            ``None``.
         seed: Seed of the sweep, an int ``>= 0``, or ``None``.
             Defaults to ``None``.
         executions_per_trial: Trainings per trial (their objective is
@@ -302,6 +325,7 @@ def tune(
     callbacks = _check_callbacks(callbacks)
     hypermodel = _hypermodel(build_or_space, x, y, epochs)
     epochs = _epochs(hypermodel, epochs)
+    batch_size = _batch_size(hypermodel, batch_size)
 
     _prepare_directory(directory, kind, overwrite)
     options = {
@@ -347,6 +371,7 @@ def tune(
         epochs=epochs,
         callbacks=callbacks,
         verbose=verbose,
+        **({} if batch_size is None else {"batch_size": batch_size}),
     )
     result.finish_study()
     return result

@@ -80,6 +80,10 @@ SKIP = {
     "tuning.MLPHyperModel": "keras-tuner HyperModel building nnkit.models.mlp (covered)",
     "tuning.SearchSpace": "hyperparameter ranges, a value type",
     "tuning.tune": "search driver (runs ordinary fits)",
+    "tuning.lr_find": "a range test (one-batch fits, restored); under MirroredStrategy in "
+    "tests/tuning/test_lr_finder.py",
+    "tuning.LearningRateRangeTest": "lr_find's callback: sets a float rate per one-batch epoch "
+    "(refuses a schedule); covered through lr_find",
     "tuning.rerun_best": "search driver (reruns ordinary fits)",
     "tuning.sensitivity_report": "host-side analysis of a finished study",
     # Meta-learning: the task samplers are host-side data sources (numpy); the learners

@@ -394,3 +394,63 @@ def test_build_or_space_must_be_a_space_hypermodel_or_function(tmp_path):
         from nnkit.tuning import MLPHyperModel
 
         _tune(MLPHyperModel(3, space=hypermodel, train_size=64, epochs=2), tmp_path, epochs=3)
+
+
+# -- fit arguments for a plain build(hp) (issue 25) ------------------------------------------
+
+
+class _CountSteps(keras.callbacks.Callback):
+    """Records the batches of every epoch; class-level, since tune deep-copies callbacks."""
+
+    seen = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        _CountSteps.seen.append(self._batches)
+
+
+@pytest.mark.parametrize(
+    "kind, trials", [("random", 2), ("bayesian", 2), ("hyperband", 2), ("grid", 2)]
+)
+def test_a_plain_build_trains_at_the_given_batch_size(tmp_path, kind, trials):
+    _CountSteps.seen = []
+    _tune(_build, tmp_path / kind, tuner=kind, max_trials=trials, epochs=2, batch_size=8,
+          callbacks=[_CountSteps()])  # fmt: skip
+    assert _CountSteps.seen and set(_CountSteps.seen) == {len(X) // 8}  # 8 steps, not 2 at 32
+
+
+def test_a_schedule_sized_from_the_batch_size_runs_to_its_end(tmp_path):
+    """The documented pattern: steps per epoch computed outside build(hp)."""
+    import math
+
+    from nnkit.schedules import CosineAnnealing
+
+    batch_size, epochs = 16, 2
+    steps_per_epoch = math.ceil(len(X) / batch_size)
+    iterations = []
+
+    class LastRate(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            iterations.append(int(self.model.optimizer.iterations.numpy()))
+
+    def build(hp):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        schedule = CosineAnnealing(hp.Float("lr", 1e-3, 1e-1), epochs * steps_per_epoch)
+        model.compile(keras.optimizers.SGD(schedule), loss="mse", run_eagerly=True)
+        return model
+
+    _tune(build, tmp_path / "s", max_trials=1, epochs=epochs, batch_size=batch_size,
+          callbacks=[LastRate()])  # fmt: skip
+    assert iterations == [epochs * steps_per_epoch]  # the schedule's total_steps exactly
+
+
+def test_batch_size_is_refused_for_a_search_space_whose_knob_it_is(tmp_path):
+    with pytest.raises(ValueError, match=r"fixed\(batch_size=8\).*Received: batch_size=8"):
+        _tune(SPACE, tmp_path / "space", batch_size=8)
+    with pytest.raises(ValueError, match="batch_size"):
+        _tune(_build, tmp_path / "zero", batch_size=0)
