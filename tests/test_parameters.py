@@ -217,8 +217,8 @@ def test_sam_perturbs_only_the_parameters_of_a_kfac_model(monkeypatch):
     g = _gradient(model, x, y, hand)
     seen = []
 
-    def spy(variables, grads, weights, rho, adaptive):
-        eps = real(variables, grads, weights, rho, adaptive)
+    def spy(variables, grads, weights, rho, adaptive, **scaling):
+        eps = real(variables, grads, weights, rho, adaptive, **scaling)
         seen.append(([w.path for w in variables], [None if e is None else e.numpy() for e in eps]))
         return eps
 

@@ -106,7 +106,7 @@ def test_shampoo_and_soap_fit_any_kernel(optimizer_cls, kernel, jit_compile):
     shape, max_dim = kernel
     kwargs = {"max_preconditioner_dim": max_dim}
     if optimizer_cls is Shampoo:  # precondition from the first step on
-        kwargs.update(start_preconditioning_step=1, precondition_every=1)
+        kwargs.update(start_preconditioning_step=1, refresh_every=1)
     model, loss = _fit(shape, optimizer_cls(0.01, **kwargs), jit_compile)
     _assert_sane(model, shape, loss)
 
@@ -142,7 +142,7 @@ def test_kfac_fits_any_dense_or_conv_kernel(layers, jit_compile):
         shape = (kh, kw, c_in, c_out)
         y = rng.normal(size=(8, 5 - kh, 5 - kw, c_out)).astype("float32")
     model = keras.Sequential([keras.Input(inputs), layer])
-    optimizer = KFAC(0.01, model=model, inverse_every=1)
+    optimizer = KFAC(0.01, model=model, refresh_every=1)
     model.compile(optimizer=optimizer, loss="mse", jit_compile=jit_compile)
     x = rng.normal(size=(8, *inputs)).astype("float32")
     history = model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)

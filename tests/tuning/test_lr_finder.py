@@ -49,10 +49,10 @@ OPTIMIZERS = {
     "adam": lambda model: keras.optimizers.Adam(1e-3),
     "rmsprop": lambda model: keras.optimizers.RMSprop(1e-3),
     "KFAC": lambda model: O.KFAC(
-        0.05, model=model, inverse_every=3, output_fisher="categorical_crossentropy"
+        0.05, model=model, refresh_every=3, output_fisher="categorical_crossentropy"
     ),
-    "Shampoo": lambda model: O.Shampoo(0.02, precondition_every=2, start_preconditioning_step=2),
-    "SOAP": lambda model: O.SOAP(0.02, precondition_every=2, start_preconditioning_step=3),
+    "Shampoo": lambda model: O.Shampoo(0.02, refresh_every=2, start_preconditioning_step=2),
+    "SOAP": lambda model: O.SOAP(0.02, refresh_every=2, start_preconditioning_step=3),
 }
 
 
