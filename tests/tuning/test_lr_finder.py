@@ -82,9 +82,9 @@ def test_train_step_wrappers_sweep_and_are_restored(wrapper):
     y = keras.utils.to_categorical(y, 2)
     inner = _classifier()
     if wrapper == "SAM":
-        model = M.SharpnessAwareMinimization(inner, 0.05)
+        model = M.SharpnessAwareMinimization(inner, rho=0.05)
     else:
-        model = M.MixUp(inner, 0.4, seed=3)
+        model = M.MixUp(inner, alpha=0.4, seed=3)
     model.compile(keras.optimizers.SGD(0.01), loss=keras.losses.CategoricalCrossentropy(True))
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     before = checks.state(model)
