@@ -8,6 +8,7 @@ from nnkit.callbacks.batch_norm_statistics import recompute_batch_norm
 from nnkit.callbacks.early_stopping import EarlyStopping, StopReason
 from nnkit.callbacks.gradient_norm_monitor import GradientNormMonitor
 from nnkit.callbacks.learning_rate_monitor import LearningRateMonitor
+from nnkit.callbacks.model_checkpoint import ModelCheckpoint
 from nnkit.callbacks.monitor import Decision, MonitorCallback, Reason
 from nnkit.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
 from nnkit.callbacks.stochastic_weight_averaging import StochasticWeightAveraging
@@ -18,6 +19,7 @@ __all__ = [
     "EarlyStopping",
     "GradientNormMonitor",
     "LearningRateMonitor",
+    "ModelCheckpoint",
     "MonitorCallback",
     "Reason",
     "ReduceLROnPlateau",

@@ -2,6 +2,7 @@
 
 import copy
 import inspect
+import os
 
 import keras
 import numpy as np
@@ -29,6 +30,10 @@ def _example(name, tmp_path):
             config = callback.get_config()
             config[attr] = str(tmp_path / attr)
             callback = type(callback).from_config(config)
+    if getattr(callback, "filepath", None):  # ModelCheckpoint's files
+        config = callback.get_config()
+        config["filepath"] = str(tmp_path / "filepath" / os.path.basename(config["filepath"]))
+        callback = type(callback).from_config(config)
     return callback
 
 
