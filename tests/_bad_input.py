@@ -363,6 +363,8 @@ BASELINES = {
                                               "cooldown": 1, "min_lr": 1e-5},
     "callbacks.StochasticWeightAveraging": lambda c: {"start_epoch": 1, "period": 1, "learning_rate": 0.05,
                                                       "batch_norm_data": None, "batch_size": 8},
+    "callbacks.TimeLimit": lambda c: {"max_duration": 3600.0, "safety_factor": 1.25, "boundary": "epoch",
+                                      "verbose": 0},
     "callbacks.recompute_batch_norm": lambda c: {"model": c.model(batch_norm=True), "x": c.x(),
                                                  "batch_size": 8, "steps": 2},
     # diagnostics

@@ -12,6 +12,7 @@ from nnkit.callbacks.model_checkpoint import ModelCheckpoint
 from nnkit.callbacks.monitor import Decision, MonitorCallback, Reason
 from nnkit.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
 from nnkit.callbacks.stochastic_weight_averaging import StochasticWeightAveraging
+from nnkit.callbacks.time_limit import TimeLimit
 
 __all__ = [
     "BackupAndRestore",
@@ -26,6 +27,7 @@ __all__ = [
     "StatefulCallback",
     "StochasticWeightAveraging",
     "StopReason",
+    "TimeLimit",
     "recompute_batch_norm",
 ]
 
