@@ -246,6 +246,7 @@ class TimeLimit(StatefulCallback):
             self._stop(epoch, decision, "at the epoch end", "epoch")
 
     def on_train_end(self, logs=None):
+        self._before, self._start = self.elapsed, None  # frozen until the next fit
         if self.verbose > 0 and self.stop_reason is Reason.TIME_LIMIT:
             say(self.stop_message)
 
