@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nnkit import _io
+from nnkit._arrays import to_numpy
 from nnkit.callbacks import BackupAndRestore, ModelCheckpoint, Reason
 from nnkit.callbacks import _checkpoint_files as files
 from tests.conftest import KERAS_NUMPY2
@@ -61,7 +62,7 @@ def _fit(callbacks, epochs=5, initial_epoch=0, model=None):
 def _weights(path):
     model = _model()
     model.load_weights(path)
-    return model.get_weights()
+    return [to_numpy(w) for w in model.weights]
 
 
 def _names(folder):
