@@ -41,6 +41,10 @@ class ModelCheckpoint(MonitorCallback):
       best. Deletions wait for the next epoch's beginning (or the next save,
       or the end of training), after a ``BackupAndRestore`` backup of the new
       state has been written, so a resume never points at a deleted best.
+    * **Where**: ``best_path`` is the file that holds the best model
+      (``None`` once a later save overwrote it: a ``filepath`` without a
+      field and ``save_best_only=False``), ``saved`` the files written, in
+      order, as ``{"path", "epoch", "batch", "value"}``.
     * **Why**: after each decision ``reason`` (a ``Reason``) and ``message``
       say what it did and the best epoch, e.g. "Epoch 4 (epoch=3): `val_loss`
       = 0.52 did not improve on the best 0.41 at epoch 2 (best_epoch=1)
@@ -185,7 +189,7 @@ class ModelCheckpoint(MonitorCallback):
         self.best_epoch = None
         self.best_path = None
         self.saved = []  # records {"path", "epoch", "batch", "value"}, oldest first
-        self.reason = Reason.NOT_STOPPED  # nothing decided yet
+        self.reason = None  # the last decision's Reason (None before the first save point)
         self.message = ""
         self._pending_delete = []  # let go by retention, deleted at the next boundary
         self._since_save = 0  # batches since the last batch save
@@ -211,7 +215,7 @@ class ModelCheckpoint(MonitorCallback):
             best, best_epoch = state["best"], state["best_epoch"]
             self.best = None if best is None else float(best)
             self.best_epoch = v.check_optional_int("state['best_epoch']", best_epoch, minimum=0)
-            self.best_path = state["best_path"]
+            self.best_path = v.check_optional_path("state['best_path']", state["best_path"])
             self.saved = [files.record(r) for r in state["saved"]]
             self._pending_delete = [str(p) for p in state["pending_delete"]]
             self._since_save = v.check_non_negative_int("state['since_save']", state["since_save"])
@@ -330,6 +334,8 @@ class ModelCheckpoint(MonitorCallback):
             self.saved.append({"path": path, "epoch": epoch, "batch": batch, "value": value})
         if decision.improved:
             self.best, self.best_epoch, self.best_path = decision.best, decision.best_epoch, path
+        elif decision.act and path == self.best_path:
+            self.best_path = None  # the best's file now holds this later, worse model
         if self.verbose > 0:
             say(self.message)
         if decision.act:

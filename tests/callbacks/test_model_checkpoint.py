@@ -306,3 +306,12 @@ def test_a_missing_monitor_raises_only_when_it_matters(tmp_path):
         _fit([ModelCheckpoint(str(tmp_path / "w.keras"), "nope", save_best_only=True,
                               on_missing="warn")], epochs=1)  # fmt: skip
     assert (tmp_path / "w.keras").exists()
+
+
+def test_best_path_is_cleared_when_a_later_save_overwrites_it(tmp_path):
+    path = str(tmp_path / "last.weights.h5")
+    checkpoint = ModelCheckpoint(path, "score", mode="min", save_weights_only=True)
+    assert checkpoint.reason is None
+    _fit([checkpoint])  # every epoch saved to one file: it holds epoch 4, not the best (1)
+    assert checkpoint.best_epoch == 1 and checkpoint.best_path is None
+    assert [r["epoch"] for r in checkpoint.saved] == [4]
