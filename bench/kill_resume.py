@@ -9,7 +9,10 @@ again at the case's next point, if any), until a process finishes. The
 finished run must equal the uninterrupted run of the same order: the stop
 epoch, the best value and epoch, the learning-rate samples, the gradient
 monitor's history, every epoch's logs (the last time each epoch ran) and
-the final weights (``|Δ| <= 1e-6``).
+the final weights (``|Δ| <= 1e-6``). With ``--checkpoint nnkit`` (or
+``keras``, the control) a ``ModelCheckpoint(save_best_only=True)`` follows the
+order's callbacks, and the weights in its saved best file must equal the
+uninterrupted run's too.
 
 Kill points (chosen with ``--seed``, deterministic: the child kills itself
 at that hook, batch or write):
@@ -30,7 +33,9 @@ is concerned: a new model, new callbacks, only ``backup_dir`` is shared.
 
 Usage: ``python bench/kill_resume.py`` (50 kill points, one per case);
 ``--points 2 --quick`` for a smoke run. All figures as one JSON object on
-the last line: ``tried`` (kill points reached), ``identical``, ``differing``.
+the last line: ``tried`` (kill points reached), ``identical``, ``differing``,
+and ``checkpoint_differing`` (kill points after which the checkpoint's best file
+differs from the uninterrupted run's; with ``--checkpoint``).
 """
 
 import argparse
@@ -79,6 +84,13 @@ def parse_args(argv=None):
         action="store_true",
         help="use keras.callbacks.BackupAndRestore instead (a control: it restores no "
         "callback state, so resumed runs should differ)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=("none", "nnkit", "keras"),
+        default="none",
+        help="add a ModelCheckpoint(save_best_only=True) after the order's callbacks (nnkit's "
+        "or Keras's) and compare its saved best with the uninterrupted run's",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run jobs from this file
     args = parser.parse_args(argv)
@@ -214,6 +226,13 @@ def train(job):
             job["dir"], save_freq=save_freq if save_freq == "epoch" else int(save_freq)
         )
     callbacks = [made[name] for name in ORDERS[job["order"]]]
+    best_path = os.path.join(os.path.dirname(job["dir"]), "ckpt", "best.weights.h5")
+    checkpoint = {"nnkit": cb.ModelCheckpoint, "keras": keras.callbacks.ModelCheckpoint}.get(
+        job.get("checkpoint", "none")
+    )
+    extra = []
+    if checkpoint is not None:
+        extra = [checkpoint(best_path, "val_loss", save_best_only=True, save_weights_only=True)]
     log_path = job["log"]
 
     class Recorder(keras.callbacks.Callback):
@@ -244,11 +263,16 @@ def train(job):
         validation_data=validation,
         shuffle=False,
         verbose=0,
-        callbacks=[EpochCounter(), *callbacks, Recorder()],
+        callbacks=[EpochCounter(), *callbacks, *extra, Recorder()],
     )
     stop, plateau = made["stop"], made["plateau"]
     np.savez(job["weights"], *model.get_weights())
+    saved_best = None
+    if extra:
+        model.load_weights(best_path)
+        saved_best = [w.tolist() for w in model.get_weights()]
     return {
+        "checkpoint_best": saved_best,
         "epochs_run": list(history.epoch),
         "stopped_epoch": stop.stopped_epoch,
         "best": stop.best,
@@ -368,6 +392,10 @@ def _differences(got, reference):
                 continue
             for key in theirs:
                 close(mine[key], theirs[key], f"epoch {mine['epoch']} {key}")
+    if reference.get("checkpoint_best") is not None:
+        pairs = zip(got["checkpoint_best"] or [], reference["checkpoint_best"], strict=False)
+        if any(np.max(np.abs(np.asarray(a) - np.asarray(b))) > TOLERANCE for a, b in pairs):
+            problems.append("the checkpoint's saved best differs")
     if len(got["weights"]) != len(reference["weights"]):
         problems.append("weights differ in number")
     else:
@@ -411,7 +439,7 @@ def run_jobs(spec):
     import tensorflow  # noqa: F401
 
     rng = random.Random(spec["seed"])
-    settings = {key: spec[key] for key in ("epochs", "save_freq", "keras_backup")}
+    settings = {key: spec[key] for key in ("epochs", "save_freq", "keras_backup", "checkpoint")}
     work = tempfile.mkdtemp(prefix="nnkit-kill-")
     references, cases = {}, []
     for order in spec["orders"]:
@@ -436,6 +464,7 @@ def run_jobs(spec):
                 "reached": len(outcome["reached"]),
                 "identical": not problems,
                 "problems": problems[:5],
+                "all_problems": problems,
             }
         )
         tried += len(outcome["reached"])
@@ -446,6 +475,11 @@ def run_jobs(spec):
         "tried": tried,
         "identical": identical,
         "differing": tried - identical,
+        "checkpoint_differing": sum(
+            c["reached"]
+            for c in cases
+            if "the checkpoint's saved best differs" in c["all_problems"]
+        ),
         "cases": len(cases),
         "cases_differing": [c for c in cases if not c["identical"]],
         "unreached": sum(len(c["kills"]) - c["reached"] for c in cases),
@@ -467,6 +501,7 @@ def main(argv=None):
         "save_freq": args.save_freq,
         "epochs": 8 if args.quick else EPOCHS,
         "keras_backup": args.keras_backup,
+        "checkpoint": args.checkpoint,
     }
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}

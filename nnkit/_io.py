@@ -1,7 +1,7 @@
 """The one way nnkit writes a file: atomically, durably, and leaving nothing behind on failure.
 
 Every file nnkit writes (backups, study files, reports, curves) goes through
-``atomic_write``:
+``atomic_write`` (or ``atomic_save``, for writers that take a file name):
 
 1. the bytes go to a temporary file in the destination's directory (same file
    system, so the rename below is atomic);
@@ -67,6 +67,37 @@ def atomic_write(path, data, *, encoding="utf-8"):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_directory(directory)
+    return path
+
+
+def atomic_save(path, save):
+    """Have ``save(temporary_path)`` write a file by name, then put it at ``path`` atomically.
+
+    For writers that take a file name (Keras's ``model.save``,
+    ``model.save_weights``): the temporary file is in ``path``'s directory and
+    ends like ``path`` (Keras checks the extension); then steps 2 to 5 of
+    ``atomic_write``. Remote paths are written by ``save(path)`` directly.
+    Returns ``path``.
+    """
+    path = os.fspath(path)
+    if is_remote(path):
+        save(path)
+        return path
+    directory = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    suffix = name[name.index(".") :] if "." in name else ""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=suffix)
+    os.close(fd)
+    try:
+        save(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

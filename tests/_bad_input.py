@@ -147,6 +147,7 @@ def _valid(names, params, labels, reason):
 LATE = {}
 for _name in ("callbacks.EarlyStopping", "callbacks.ReduceLROnPlateau"):
     LATE[(_name, "monitor")] = "the logged keys are known at the first epoch's end"
+LATE[("callbacks.ModelCheckpoint", "monitor")] = "the logged keys are known at the first save"
 LATE[("losses.SparseCategoricalCrossentropy", "axis")] = (
     "any axis can be the class axis; it is checked against the data at the call"
 )
@@ -181,6 +182,7 @@ _valid("optimizers.KFAC", "name", "None", "Keras names the optimizer")
 _valid("optimizers.SOAP", "weight_decay", "None", "None: no weight decay (documented)")
 _valid("schedules.Scaled", "schedule", "1.5", "a float is a constant rate (documented)")
 _valid("callbacks.BackupAndRestore", "save_freq", "1", "an integer save_freq saves every n batches")
+_valid("callbacks.ModelCheckpoint", "save_freq", "1", "an integer save_freq saves every n batches")
 _valid("distribute.choose_strategy", "tf_config", "dict", "TF_CONFIG as a parsed dict")
 _valid("distribute.choose_strategy", "devices", "None", "None: no devices (documented)")
 _valid("distribute.input_pipeline", "drop_remainder", "True", "drop_remainder is a bool or None")
@@ -385,11 +387,16 @@ BASELINES = {
                                                 "log_dir": c.directory("grads"), "verbose": 0},
     "callbacks.LearningRateMonitor": lambda c: {"log_name": "lr", "sample_every": 2,
                                                 "log_dir": c.directory("lr")},
+    "callbacks.ModelCheckpoint": lambda c: {"filepath": os.path.join(c.directory("ckpt"), "m-{epoch}.keras"),
+                                            "monitor": "val_loss", "verbose": 0, "save_best_only": True,
+                                            "mode": "min", "initial_value_threshold": 10.0, "keep_last": 2},
     "callbacks.ReduceLROnPlateau": lambda c: {"monitor": "val_loss", "factor": 0.5, "patience": 1,
                                               "verbose": 0, "mode": "min", "min_delta": 0.001,
                                               "cooldown": 1, "min_lr": 1e-5},
     "callbacks.StochasticWeightAveraging": lambda c: {"start_epoch": 1, "period": 1, "learning_rate": 0.05,
                                                       "batch_norm_data": None, "batch_size": 8},
+    "callbacks.TimeLimit": lambda c: {"max_duration": 3600.0, "safety_factor": 1.25, "boundary": "epoch",
+                                      "verbose": 0},
     "callbacks.recompute_batch_norm": lambda c: {"model": c.model(batch_norm=True), "x": c.x(),
                                                  "batch_size": 8, "steps": 2},
     # diagnostics

@@ -69,6 +69,10 @@ EXAMPLES = {
     "callbacks.BackupAndRestore": lambda: C.BackupAndRestore(
         "backup", save_freq=10, double_checkpoint=True, delete_checkpoint=False
     ),
+    "callbacks.ModelCheckpoint": lambda: C.ModelCheckpoint(
+        "ckpt/m-{epoch}.weights.h5", "val_loss", save_weights_only=True, keep_last=1, keep_best=1
+    ),
+    "callbacks.TimeLimit": lambda: C.TimeLimit("02:00:00", 1.5, boundary="batch"),
     "callbacks.StochasticWeightAveraging": lambda: C.StochasticWeightAveraging(
         1, 2, learning_rate=S.CosineAnnealing(0.05, 10, 0.001, cycle_steps=5), batch_size=16
     ),

@@ -8,9 +8,11 @@ from nnkit.callbacks.batch_norm_statistics import recompute_batch_norm
 from nnkit.callbacks.early_stopping import EarlyStopping, StopReason
 from nnkit.callbacks.gradient_norm_monitor import GradientNormMonitor
 from nnkit.callbacks.learning_rate_monitor import LearningRateMonitor
+from nnkit.callbacks.model_checkpoint import ModelCheckpoint
 from nnkit.callbacks.monitor import Decision, MonitorCallback, Reason
 from nnkit.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
 from nnkit.callbacks.stochastic_weight_averaging import StochasticWeightAveraging
+from nnkit.callbacks.time_limit import TimeLimit
 
 __all__ = [
     "BackupAndRestore",
@@ -18,12 +20,14 @@ __all__ = [
     "EarlyStopping",
     "GradientNormMonitor",
     "LearningRateMonitor",
+    "ModelCheckpoint",
     "MonitorCallback",
     "Reason",
     "ReduceLROnPlateau",
     "StatefulCallback",
     "StochasticWeightAveraging",
     "StopReason",
+    "TimeLimit",
     "recompute_batch_norm",
 ]
 

@@ -37,7 +37,8 @@ class Reason(str, enum.Enum):
     ``WARMUP`` (``start_from_epoch``/``warmup_epochs``), ``MISSING`` (the
     value was not logged this epoch), ``AT_MIN_LR``,
     ``NOT_ENOUGH_REFERENCES`` (fewer finished runs than ``min_trials``) and
-    ``WORSE_THAN_MEDIAN``.
+    ``WORSE_THAN_MEDIAN``. ``TIME_LIMIT`` is ``TimeLimit``'s stop reason: the
+    next epoch (or batch) would end past the wall-clock budget.
 
     The values are the lower-case names, so ``Reason("diverged")`` works and
     a reason compares equal to its string.
@@ -61,6 +62,7 @@ class Reason(str, enum.Enum):
     AT_MIN_LR = "at_min_lr"
     NOT_ENOUGH_REFERENCES = "not_enough_references"
     WORSE_THAN_MEDIAN = "worse_than_median"
+    TIME_LIMIT = "time_limit"  # last: ``code`` is the position, kept stable
 
     @property
     def code(self):

@@ -2,12 +2,13 @@
 
 Loaded with ``-p tests.callbacks._keras_swap`` in a pytest subprocess (see
 ``test_keras_suites.py``): before Keras's test modules are imported, the
-names ``EarlyStopping``, ``ReduceLROnPlateau`` and ``BackupAndRestore`` of
+names ``EarlyStopping``, ``ReduceLROnPlateau``, ``BackupAndRestore`` and
+``ModelCheckpoint`` of
 ``keras.src.callbacks`` (the module those tests call ``callbacks``) are
 replaced by nnkit's classes.
 """
 
-SWAPPED = ("EarlyStopping", "ReduceLROnPlateau", "BackupAndRestore")
+SWAPPED = ("EarlyStopping", "ReduceLROnPlateau", "BackupAndRestore", "ModelCheckpoint")
 
 
 def pytest_configure(config):

@@ -61,3 +61,23 @@ def test_the_harness_catches_keras_backup_and_restore(capsys):
         ]
     )
     assert figures["tried"] >= 2 and figures["differing"] >= 1, figures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpoint", ["nnkit", "keras"])
+def test_the_saved_best_after_kills_is_the_uninterrupted_best(checkpoint, capsys):
+    """ModelCheckpoint(save_best_only=True) under the harness; Keras's class is the control.
+
+    With seed 3 the uninterrupted run's best is epoch 2 and it stops at epoch 5,
+    so a kill after epoch 2 resumes with worse epochs: Keras's class, which
+    forgets its best, overwrites the best file (keras-team/keras#17012).
+    """
+    figures = _bench().main(
+        ["--quick", "--points", "4", "--seed", "3", "--orders", "backup-first",
+         "--checkpoint", checkpoint]
+    )  # fmt: skip
+    assert figures["reference"]["backup-first"]["best_epoch"] == 2
+    if checkpoint == "nnkit":
+        assert figures["tried"] >= 4 and figures["identical"] == figures["tried"]
+    else:
+        assert figures["checkpoint_differing"] >= 1
