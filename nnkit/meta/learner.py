@@ -9,6 +9,7 @@ from keras import ops
 from nnkit import _validation as v
 from nnkit._arrays import to_numpy
 from nnkit.meta import _adaptation, _backend
+from nnkit.models._wrapper import TrainingWrapper
 
 #: The keys of a batch of tasks (the model's input), in order.
 INPUT_KEYS = ("x_support", "y_support", "x_query")
@@ -125,6 +126,14 @@ class MetaLearner(keras.Model):
         if not model.trainable_variables:
             raise ValueError(
                 f"`model` has no trainable variables to adapt. Received: model={model.name!r}"
+            )
+        if isinstance(model, TrainingWrapper):
+            raise ValueError(
+                f"{type(self).__name__} cannot meta-train a {type(model).__name__}: a "
+                "meta-learner adapts and trains the plain model on task batches, so "
+                f"{type(model).__name__}'s train step (a data-batch transform or "
+                "sharpness-aware step) would be bypassed silently. Pass the plain model. "
+                f"Received: model={model.name!r}"
             )
         super().__init__(**kwargs)
         self.model = model

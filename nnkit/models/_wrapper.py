@@ -59,6 +59,15 @@ class TrainingWrapper(keras.Model):
 
     def __init__(self, model, **kwargs):
         v.check_instance("model", model, keras.Model, "a keras.Model")
+        own_step = type(model).train_step is not keras.Model.train_step
+        if own_step and not isinstance(model, TrainingWrapper):
+            raise ValueError(
+                f"{type(self).__name__} cannot wrap {type(model).__name__}: that model has "
+                "its own train_step (a meta-learner such as MAML trains on task batches), "
+                f"which {type(self).__name__}'s train step would bypass silently. Wrap the "
+                "plain model instead (meta-learners take no data-batch wrapper). "
+                f"Received: model={model.name!r}"
+            )
         super().__init__(**kwargs)
         self.model = model
         if model.built:
