@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from nnkit import _validation as v
-from nnkit._arrays import to_numpy
+from nnkit._arrays import quiet_keras_numpy2, to_numpy
 from nnkit._keras import fit as keras_fit
 from nnkit._keras import optimizer as keras_optimizer
 from nnkit._keras import train_function
@@ -315,7 +315,8 @@ class StochasticWeightAveraging(StatefulCallback):
         restoring = [r for r in restorers if getattr(r, "best_weights", None) is not None]
         if not restoring:
             return
-        final = self.model.get_weights()
+        with quiet_keras_numpy2():  # Keras's conversion warns under numpy 2 (JAX)
+            final = self.model.get_weights()
         for restorer in restoring:  # one that runs after this restores the average
             restorer.best_weights = [w.copy() for w in final]
         best = ", ".join(
