@@ -68,7 +68,7 @@ class ANIL(MetaLearner):
         RuntimeError: On a backend other than TensorFlow and JAX.
         TypeError: If ``model`` is not a ``keras.Model``, ``head`` is not a
             name or list of names, or an argument has the wrong type.
-        ValueError: If ``model`` is not built, ``head`` names a layer the
+        ValueError: If ``model`` is not built or is a data-batch wrapper, ``head`` names a layer the
             model does not have (or one without trainable variables), or a
             number is out of range.
 

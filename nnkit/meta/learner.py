@@ -89,8 +89,8 @@ class MetaLearner(keras.Model):
         RuntimeError: On a backend other than TensorFlow and JAX.
         TypeError: If ``model`` is not a ``keras.Model`` or an argument has
             the wrong type.
-        ValueError: If ``model`` is not built or has no trainable variables,
-            or a number is out of range.
+        ValueError: If ``model`` is not built, has no trainable variables,
+            is a data-batch wrapper, or a number is out of range.
 
     Example:
     >>> import keras

@@ -47,7 +47,9 @@ class MAML(MetaLearner):
         RuntimeError: On a backend other than TensorFlow and JAX.
         TypeError: If ``model`` is not a ``keras.Model`` or an argument has
             the wrong type.
-        ValueError: If ``model`` is not built, or a number is out of range.
+        ValueError: If ``model`` is not built, is a data-batch wrapper
+            (``SharpnessAwareMinimization``, ``MixUp``), or a number is out
+            of range.
 
     Example:
     >>> import keras, numpy as np

@@ -45,7 +45,7 @@ class MetaSGD(MetaLearner):
         RuntimeError: On a backend other than TensorFlow and JAX.
         TypeError: If ``model`` is not a ``keras.Model`` or an argument has
             the wrong type.
-        ValueError: If ``model`` is not built, ``rate_shape`` is unknown, or
+        ValueError: If ``model`` is not built or is a data-batch wrapper, ``rate_shape`` is unknown, or
             a number is out of range.
 
     Example:

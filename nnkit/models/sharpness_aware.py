@@ -72,8 +72,9 @@ class SharpnessAwareMinimization(TrainingWrapper):
         TypeError: If ``model`` is not a ``keras.Model``, or an argument has
             the wrong type (bools are rejected where a number is expected).
         ValueError: If ``rho`` is not ``> 0`` (or is NaN or inf),
-            ``num_batch_splits < 1``, or the backend is neither TensorFlow
-            nor JAX.
+            ``num_batch_splits < 1``, the backend is neither TensorFlow
+            nor JAX, or ``model`` has its own ``train_step`` (a
+            meta-learner), which the wrapper would bypass.
 
     Example:
     >>> import keras, numpy as np
