@@ -104,6 +104,10 @@ class MetaLearner(keras.Model):
         Adaptation of Deep Networks", ICML 2017.
     """
 
+    #: Trains on batches of tasks, not of examples: the data-batch wrappers
+    #: (``SharpnessAwareMinimization``, ``MixUp``) refuse to wrap it.
+    task_batches = True
+
     def __init__(
         self,
         model,

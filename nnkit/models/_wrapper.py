@@ -59,13 +59,12 @@ class TrainingWrapper(keras.Model):
 
     def __init__(self, model, **kwargs):
         v.check_instance("model", model, keras.Model, "a keras.Model")
-        own_step = type(model).train_step is not keras.Model.train_step
-        if own_step and not isinstance(model, TrainingWrapper):
+        if getattr(model, "task_batches", False):
             raise ValueError(
-                f"{type(self).__name__} cannot wrap {type(model).__name__}: that model has "
-                "its own train_step (a meta-learner such as MAML trains on task batches), "
-                f"which {type(self).__name__}'s train step would bypass silently. Wrap the "
-                "plain model instead (meta-learners take no data-batch wrapper). "
+                f"{type(self).__name__} cannot wrap {type(model).__name__}: "
+                f"{type(model).__name__} trains on batches of tasks (support and query sets), "
+                f"not on the batches of examples {type(self).__name__} transforms or "
+                "perturbs per step. Train the meta-learner unwrapped. "
                 f"Received: model={model.name!r}"
             )
         super().__init__(**kwargs)

@@ -73,8 +73,8 @@ class SharpnessAwareMinimization(TrainingWrapper):
             the wrong type (bools are rejected where a number is expected).
         ValueError: If ``rho`` is not ``> 0`` (or is NaN or inf),
             ``num_batch_splits < 1``, the backend is neither TensorFlow
-            nor JAX, or ``model`` has its own ``train_step`` (a
-            meta-learner), which the wrapper would bypass.
+            nor JAX, or ``model`` is a meta-learner (it trains on
+            task batches).
 
     Example:
     >>> import keras, numpy as np

@@ -179,7 +179,10 @@ def _maml_check(run, result):
     inputs, _ = run.data_for_fit()
     x_s, y_s = inputs["x_support"][0], inputs["y_support"][0]
     before = float(np.mean((to_numpy(result.user_model(x_s)) - y_s) ** 2))
-    adapted = result.trained.adapt(x_s, y_s, steps=1)
+    learner = result.trained
+    while not hasattr(learner, "adapt"):  # SAM(MAML(net)): the learner inside the wrapper
+        learner = learner.model
+    adapted = learner.adapt(x_s, y_s, steps=1)
     after = float(np.mean((to_numpy(adapted(x_s)) - y_s) ** 2))
     assert after < before, (before, after)
 
@@ -470,9 +473,12 @@ def key(names):
 
 def lookup(table, names):
     """The entry of ``table`` for a pair within ``names`` (a case containing a refused pair
-    is refused), or ``None``."""
+    is refused), or ``None``. A tuple key matches its parts in that order only."""
     for pair, entry in table.items():
-        if pair <= key(names):
+        if isinstance(pair, tuple):
+            if all(n in names for n in pair) and [n for n in names if n in pair] == list(pair):
+                return entry
+        elif pair <= key(names):
             return entry
     return None
 
@@ -492,8 +498,8 @@ REFUSED = {
         ValueError,
         "MAML cannot meta-train a SharpnessAwareMinimization",
         "a meta-learner trains the plain model on task batches and would bypass SAM's step; "
-        "`SharpnessAwareMinimization(MAML(...))` is refused too (SAM cannot wrap a model "
-        "with its own train_step). Meta-train the plain model.",
+        "`SharpnessAwareMinimization(MAML(...))` is refused too (it perturbs per batch of "
+        "examples). Meta-train the plain model.",
     ),
     key(("MixUp", "MAML")): (
         ValueError,

@@ -109,5 +109,6 @@ def test_a_data_batch_wrapper_refuses_a_meta_learner(outer):
     from nnkit.meta import MAML
 
     net = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-    with pytest.raises(ValueError, match=f"{outer} cannot wrap MAML"):
-        getattr(nnkit.models, outer)(MAML(net))
+    learner = MAML(net)
+    with pytest.raises(ValueError, match=f"{outer} cannot wrap MAML: MAML trains on batches"):
+        getattr(nnkit.models, outer)(learner)
