@@ -86,12 +86,9 @@ def key(names):
 
 def lookup(table, names):
     """The entry of ``table`` for a pair within ``names`` (a case containing a refused pair
-    is refused), or ``None``. A tuple key matches its parts in that order only."""
+    is refused), or ``None``."""
     for pair, entry in table.items():
-        if isinstance(pair, tuple):
-            if all(n in names for n in pair) and [n for n in names if n in pair] == list(pair):
-                return entry
-        elif pair <= key(names):
+        if pair <= key(names):
             return entry
     return None
 
