@@ -31,20 +31,20 @@ class Part:
 
 PARTS = [
     Part("KFAC", "optimizer", C.optimizer(C.kfac), C.preconditioned,
-         "curvature statistics accumulate; the first step is not SGD's"),
+         "curvature statistics accumulate; with a known first gradient, the first step is not SGD's"),
     Part("Shampoo", "optimizer", C.optimizer(C.shampoo), C.preconditioned,
-         "statistics accumulate; the first step is not SGD's"),
+         "statistics accumulate; with a known first gradient, the first step is not SGD's"),
     Part("SOAP", "optimizer", C.optimizer(C.soap), C.preconditioned,
-         "statistics accumulate; the first step is not SGD's"),
+         "statistics accumulate; with a known first gradient, the first step is not SGD's"),
     Part("SharpnessAwareMinimization", "wrapper", C.sam_attach, C.sam_check,
-         "the first step equals SAM's formula (SGD, closed-form gradient)"),
+         "SAM is the train step; with SGD and a known first gradient, the first step equals SAM's formula"),
     Part("MixUp", "wrapper", C.mixup_attach, C.mixup_check,
          "the first batch's loss is not the unmixed batch's"),
     Part("MAML", "wrapper", C.maml_attach, C.maml_check,
          "meta-parameters move; adapt() lowers a task's support loss"),
     Part("GradientNormMonitor", "callback", C.callback("GradientNormMonitor", C.monitor_factory),
-         C.monitor_check, "one group per parameter; the first norm equals the closed-form "
-         "gradient's (under SAM: at w + ε)"),
+         C.monitor_check, "one group per parameter; with a known first gradient, the first "
+         "norm equals its norm (under SAM: at w + ε)"),
     Part("StochasticWeightAveraging", "callback",
          C.callback("StochasticWeightAveraging", C.swa_factory), C.swa_check,
          "the final weights are the mean of the epoch-end weights it averaged"),

@@ -47,9 +47,10 @@ RULES = """
   `DropPath`) draw per replica, so only their own checks apply there.
 - Meta-learners (`MAML`) train on task batches: data-batch wrappers (`MixUp`,
   `SharpnessAwareMinimization`) are refused around or inside them.
-- Checks that need the first step's closed-form gradient (the monitor's norm,
-  SAM's step, a preconditioner's first step) apply where that gradient is
-  known: no `MixUp`, `DropPath` or task batches in the run.
+- "A known first gradient": checks that need the first step's closed-form
+  gradient (the monitor's norm, SAM's step, a preconditioner's first step)
+  apply where the run has no `MixUp`, `DropPath` or task batches; SAM's
+  formula also needs plain SGD (no KFAC, Shampoo or SOAP).
 """
 
 
