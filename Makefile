@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: demo test test-keras-next lint docs bench kill-resume venv clean
+.PHONY: demo test test-keras-next lint docs composition-docs bench kill-resume venv clean
 
 venv: $(STAMP)
 
@@ -52,6 +52,11 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir .site
+
+# docs/composition.md is rendered from the composition matrix's table
+# (tests/composition/_parts.py); tests/composition/test_matrix.py checks it.
+composition-docs: $(STAMP)
+	$(PY) -m tests.composition.render
 
 bench: $(STAMP)
 	$(PY) bench/schedule_overhead.py

@@ -17,7 +17,7 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
 - ``all_reduce``: ``all-reduce-tap``.
 - ``train_function``: ``train-function-trace``, ``train-function-per-step``.
 - ``fit``: ``callback-model``, ``fit-initial-epoch``, ``model-strategy``,
-  ``fit-shared-params``.
+  ``fit-shared-params``, ``fit-callback-list``.
 - ``metrics``: ``metric-direction``.
 - ``layers``: ``flatten-layers``, ``seed-generators``, ``late-weights``,
   ``late-regularizer``, ``dense-call``, ``conv-call``, ``layer-own-variables``.
@@ -97,6 +97,11 @@ ASSUMPTIONS = {
     "fit-shared-params": (
         "fit",
         "fit gives every callback of a run the same params dict, and a new one per run",
+    ),
+    "fit-callback-list": (
+        "fit",
+        "fit calls on_train_begin/on_train_end from a method of the keras.callbacks."
+        "CallbackList it built, whose .callbacks lists the run's callbacks in order",
     ),
     "metric-direction": (
         "metrics",

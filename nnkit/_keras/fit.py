@@ -16,7 +16,19 @@ Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
 - ``fit-shared-params``: ``fit`` hands the same ``params`` dict object to
   every callback of one run, and a new one to the next run (nnkit's
   stateful callbacks find each other through it).
+- ``fit-callback-list``: ``fit`` calls a callback's ``on_train_begin`` and
+  ``on_train_end`` from a method of the ``keras.callbacks.CallbackList`` it
+  built (that method's ``self``), whose ``callbacks`` attribute lists every
+  callback of the run in the order the user wrote them; a callback has no
+  public way to see the others.
 """
+
+import sys
+
+import keras
+
+#: How many frames above a hook ``running_callbacks`` looks for the list.
+_CALLBACK_LIST_DEPTH = 8
 
 #: The attributes ``fit`` attaches to a callback, which a deep copy must not copy.
 ATTACHED = ("_model",)
@@ -40,3 +52,23 @@ def initial_epoch(model):
 def explicit_strategy(model):
     """The model's ``tf.distribute`` strategy, or ``None`` without one (and off TensorFlow)."""
     return getattr(model, "_distribute_strategy", None)
+
+
+def running_callbacks(callback):
+    """The callbacks of the ``fit`` now calling ``callback``'s hook, in order, or ``None``.
+
+    Call it from ``on_train_begin`` or ``on_train_end``: it finds the
+    ``keras.callbacks.CallbackList`` whose hook is calling ``callback``
+    (``None`` when the hook was called otherwise, e.g. by a unit test).
+    """
+    frame = sys._getframe(1)
+    for _ in range(_CALLBACK_LIST_DEPTH):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, keras.callbacks.CallbackList):
+            members = list(getattr(owner, "callbacks", ()))
+            if any(member is callback for member in members):
+                return members
+        frame = frame.f_back
+    return None

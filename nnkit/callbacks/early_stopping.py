@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from nnkit import _validation as v
+from nnkit._arrays import quiet_keras_numpy2
 from nnkit._messages import say
 from nnkit.callbacks.monitor import Decision, MonitorCallback, Reason
 
@@ -291,7 +292,8 @@ class EarlyStopping(MonitorCallback):
         self.best_epoch = decision.best_epoch
         self.smoothed = decision.value
         if decision.improved and self.restore_best_weights:
-            self.best_weights = self.model.get_weights()
+            with quiet_keras_numpy2():  # Keras's conversion warns under numpy 2 (JAX)
+                self.best_weights = self.model.get_weights()
         if decision.act:
             self.stopped_epoch = epoch
             self.stop_reason = decision.reason
@@ -308,7 +310,8 @@ class EarlyStopping(MonitorCallback):
                     f"Restoring model weights from the end of the best epoch: "
                     f"{self.best_epoch + 1} (best_epoch={self.best_epoch})."
                 )
-            self.model.set_weights(self.best_weights)
+            with quiet_keras_numpy2():
+                self.model.set_weights(self.best_weights)
 
     # -- config and copies ------------------------------------------------------
 

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 
 from nnkit import _validation as v
-from nnkit._arrays import to_numpy
+from nnkit._arrays import quiet_keras_numpy2, to_numpy
+from nnkit._keras import fit as keras_fit
 from nnkit._keras import optimizer as keras_optimizer
 from nnkit._keras import train_function
 from nnkit._parameters import parameters
@@ -90,9 +91,11 @@ class StochasticWeightAveraging(StatefulCallback):
     Raises:
         TypeError: If an argument has the wrong type.
         ValueError: If ``start_epoch < 0``, ``period < 1``, ``batch_size <
-            1`` or ``learning_rate < 0``; at ``fit``, if a schedule
-            ``learning_rate`` meets an optimizer with a float rate, or the
-            steps per epoch are unknown.
+            1`` or ``learning_rate < 0``; at ``on_train_begin``, if
+            ``start_epoch >= epochs`` of the ``fit`` (the window never
+            starts), if the run has Keras's ``BackupAndRestore``, if a
+            schedule ``learning_rate`` meets an optimizer with a float rate,
+            or if the steps per epoch are unknown.
 
     Example:
     >>> import keras, numpy as np
@@ -118,7 +121,7 @@ class StochasticWeightAveraging(StatefulCallback):
         ``torch.optim.swa_utils``.
     """
 
-    _not_copied = ("_swa_optimizer", "_original_schedule")
+    _not_copied = ("_swa_optimizer", "_original_schedule", "_restorers", "_last_non_trainable")
 
     def __init__(
         self,
@@ -139,6 +142,8 @@ class StochasticWeightAveraging(StatefulCallback):
         self.batch_size = v.check_positive_int("batch_size", batch_size)
         self._swa_optimizer = None
         self._original_schedule = None
+        self._restorers = []  # callbacks of the run with restore_best_weights=True
+        self._last_non_trainable = None  # the last epoch's non-trainable weights (see above)
         self._reset_state()
 
     # -- state -------------------------------------------------------------------
@@ -202,8 +207,39 @@ class StochasticWeightAveraging(StatefulCallback):
 
     # -- hooks -------------------------------------------------------------------
 
+    def _check_window(self):
+        epochs = (self.params or {}).get("epochs")
+        if epochs is not None and self.start_epoch >= epochs:
+            raise ValueError(
+                "StochasticWeightAveraging's averaging window never starts: start_epoch "
+                f"counts from 0 and this fit runs epochs 0 to {epochs - 1}. Lower "
+                "`start_epoch` (e.g. to 75 % of the epochs) or train for more epochs. "
+                f"Received: start_epoch={self.start_epoch}, epochs={epochs}"
+            )
+
+    def _find_neighbours(self):
+        """The run's weight restorers; Keras's BackupAndRestore (which loses the average) refused."""
+        members = keras_fit.running_callbacks(self) or []
+        for member in members:
+            if isinstance(member, keras.callbacks.BackupAndRestore):
+                raise ValueError(
+                    "StochasticWeightAveraging with keras.callbacks.BackupAndRestore: Keras's "
+                    "backup saves no callback state, so a resumed run would lose the average "
+                    "of the epochs before the interruption. Use "
+                    "nnkit.callbacks.BackupAndRestore (same arguments), which resumes it. "
+                    f"Received: callbacks={[type(m).__name__ for m in members]}"
+                )
+        return [
+            member
+            for member in members
+            if member is not self and getattr(member, "restore_best_weights", False) is True
+        ]
+
     def on_train_begin(self, logs=None):
+        self._check_window()
         super().on_train_begin(logs)
+        self._restorers = self._find_neighbours()
+        self._last_non_trainable = None
         self._swa_optimizer = _optimizer.unwrap(self.model.optimizer)
         self._original_schedule = None
         if self.learning_rate is not None:
@@ -218,6 +254,10 @@ class StochasticWeightAveraging(StatefulCallback):
             optimizer.learning_rate = self.learning_rate
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._restorers:  # what the run ends on, whether or not they restore first
+            self._last_non_trainable = [
+                to_numpy(w).copy() for w in self.model.non_trainable_variables
+            ]
         if epoch < self.start_epoch or (epoch - self.start_epoch) % self.period:
             return
         weights = [to_numpy(w).astype("float64") for w in parameters(self.model)]
@@ -239,9 +279,44 @@ class StochasticWeightAveraging(StatefulCallback):
         elif self._replaced_rate is not None:
             optimizer.learning_rate = self._replaced_rate
             self._replaced_rate = None
+        restorers, self._restorers = self._restorers, []
+        last, self._last_non_trainable = self._last_non_trainable, None
         if self.average is None:
+            if self.params and self.params.get("epochs") is not None:
+                warnings.warn(
+                    "StochasticWeightAveraging averaged no epoch: training ended before "
+                    f"start_epoch={self.start_epoch} (e.g. EarlyStopping stopped it), so the "
+                    "model ends on the weights the other callbacks leave (the last epoch's, or "
+                    "EarlyStopping's best epoch's with restore_best_weights=True).",
+                    stacklevel=2,
+                )
             return
+        if last is not None:  # a restorer that ran first put another epoch's in place
+            for variable, value in zip(self.model.non_trainable_variables, last, strict=True):
+                variable.assign(value)
         self.swap_in()
+        self._override(restorers)
+
+    def _override(self, restorers):
+        """SWA's average wins over ``restore_best_weights``, whichever runs last; warn once."""
+        restoring = [r for r in restorers if getattr(r, "best_weights", None) is not None]
+        if not restoring:
+            return
+        with quiet_keras_numpy2():  # Keras's conversion warns under numpy 2 (JAX)
+            final = self.model.get_weights()
+        for restorer in restoring:  # one that runs after this restores the average
+            restorer.best_weights = [w.copy() for w in final]
+        best = ", ".join(
+            f"{type(r).__name__} best_epoch={getattr(r, 'best_epoch', '?')}" for r in restoring
+        )
+        warnings.warn(
+            "StochasticWeightAveraging and restore_best_weights=True both set the weights at "
+            "the end of training: the model ends on SWA's average of epochs "
+            f"{self.averaged_epochs} (batch-norm statistics recomputed as usual), not on the "
+            f"best epoch's weights ({best}); this holds in either callback order. Pass "
+            "restore_best_weights=False to silence this, or drop SWA to end on the best epoch.",
+            stacklevel=2,
+        )
 
     # -- the averaged model ----------------------------------------------------------
 

@@ -131,6 +131,10 @@ class MetaLearner(TrainingWrapper):
         Adaptation of Deep Networks", ICML 2017.
     """
 
+    #: Trains on batches of tasks, not of examples: the data-batch wrappers
+    #: (``SharpnessAwareMinimization``, ``MixUp``) refuse to wrap it.
+    task_batches = True
+
     @keyword_only(*OPTIONS)
     def __init__(
         self,

@@ -48,7 +48,7 @@ class MetaSGD(MetaLearner):
     Raises:
         TypeError: If ``model`` is not a ``keras.Model`` or an argument has
             the wrong type.
-        ValueError: If ``model`` is not built, ``rate_shape`` is unknown, or
+        ValueError: If ``model`` is not built or is a data-batch wrapper, ``rate_shape`` is unknown, or
             a number is out of range.
 
     Example:

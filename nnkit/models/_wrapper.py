@@ -127,6 +127,16 @@ class TrainingWrapper(keras.Model):
 
     def __init__(self, model, **kwargs):
         v.check_instance("model", model, keras.Model, "a keras.Model")
+        if getattr(model, "task_batches", False):
+            raise ValueError(
+                f"{type(self).__name__} cannot wrap {type(model).__name__}: "
+                f"{type(model).__name__} trains on batches of tasks (support and query sets), "
+                f"not on the batches of examples {type(self).__name__} transforms or "
+                "perturbs per step. Wrap the inner model instead where that is supported "
+                "(MAML(SharpnessAwareMinimization(model)) takes sharpness-aware steps on the "
+                "meta-loss), or train the meta-learner unwrapped. "
+                f"Received: model={model.name!r}"
+            )
         super().__init__(**kwargs)
         self.model = model
         if model.built:

@@ -92,7 +92,8 @@ class MixUp(TrainingWrapper):
             the wrong type; when training, if ``mode="mixup"`` meets an
             input that is not floating point.
         ValueError: If ``alpha`` is not ``> 0`` (or NaN, inf), ``mode`` is
-            unknown, or ``seed < 0``; when training, if the batch has no
+            unknown, ``seed < 0``, or ``model`` is a meta-learner (it trains
+            on task batches); when training, if the batch has no
             targets, or ``mode="cutmix"`` meets several inputs, an input of
             rank < 2 or one whose cut axes have no static size.
 

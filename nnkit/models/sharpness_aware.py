@@ -96,8 +96,9 @@ class SharpnessAwareMinimization(TrainingWrapper):
         TypeError: If ``model`` is not a ``keras.Model``, or an argument has
             the wrong type (bools are rejected where a number is expected).
         ValueError: If ``rho`` is not ``> 0`` or ``eta < 0`` (or either is NaN or inf),
-            ``num_batch_splits < 1``, or the backend is neither TensorFlow
-            nor JAX.
+            ``num_batch_splits < 1``, the backend is neither TensorFlow
+            nor JAX, or ``model`` is a meta-learner (it trains on task
+            batches: wrap the inner model instead, ``MAML(SharpnessAwareMinimization(m))``).
 
     Example:
     >>> import keras, numpy as np

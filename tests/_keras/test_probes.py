@@ -366,6 +366,26 @@ def test_fit_shared_params():
     assert seen[0] is seen[1] and seen[2] is seen[3] and seen[0] is not seen[2]
 
 
+@probe("fit-callback-list")
+def test_fit_callback_list():
+    """on_train_begin/on_train_end see the run's callbacks, in the user's order."""
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(fit.running_callbacks(self))
+
+        def on_train_end(self, logs=None):
+            seen.append(fit.running_callbacks(self))
+
+    first, second = Record(), Record()
+    _model().fit(X, Y, epochs=1, verbose=0, callbacks=[first, keras.callbacks.History(), second])
+    for members in seen:
+        users = [cb for cb in members if isinstance(cb, Record)]
+        assert users == [first, second], members
+    assert len(seen) == 4 and fit.running_callbacks(first) is None
+
+
 # -- metrics, layers, models --------------------------------------------------------
 
 

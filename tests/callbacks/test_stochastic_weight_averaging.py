@@ -79,11 +79,19 @@ def test_average_is_the_mean_of_the_recorded_weights(start, period):
         np.testing.assert_allclose(to_numpy(got), np.mean(seen, axis=0), rtol=1e-6, atol=1e-7)
 
 
-def test_no_averaged_epoch_leaves_the_weights():
+@pytest.mark.parametrize(("start", "epochs"), [(3, 3), (10, 3)])
+def test_a_window_that_cannot_start_is_refused_at_train_begin(start, epochs):
+    with pytest.raises(ValueError, match=f"start_epoch={start}, epochs={epochs}"):
+        _fit(_model(), [StochasticWeightAveraging(start)], epochs=epochs)
+
+
+def test_stopped_before_the_window_warns_and_leaves_the_weights():
     model, record = _model(), Record()
-    swa = StochasticWeightAveraging(10)
-    _fit(model, [record, swa], epochs=3)
-    assert swa.average is None
+    swa = StochasticWeightAveraging(5)
+    stop = keras.callbacks.EarlyStopping("loss", min_delta=100.0, patience=1)
+    with pytest.warns(UserWarning, match="averaged no epoch"):
+        _fit(model, [record, swa, stop], epochs=7)
+    assert swa.average is None and len(record.weights) == 2
     for got, last in zip(model.trainable_variables, record.weights[-1], strict=True):
         np.testing.assert_array_equal(to_numpy(got), last)
 
@@ -107,7 +115,7 @@ def test_schedule_rate_is_joined_after_the_optimizers_schedule():
 
 def test_schedule_rate_needs_a_schedule_on_the_optimizer():
     with pytest.raises(ValueError, match="float rate"):
-        _fit(_model(0.05), [StochasticWeightAveraging(1, learning_rate=Constant(0.01))], epochs=1)
+        _fit(_model(0.05), [StochasticWeightAveraging(1, learning_rate=Constant(0.01))], epochs=2)
 
 
 def test_batch_norm_statistics_are_recomputed_at_the_end():
@@ -180,7 +188,7 @@ def test_state_round_trip_config_and_deep_copy():
     assert restored.get_config() == swa.get_config() and restored.batch_norm_data is None
     copied = copy.deepcopy(swa)
     assert copied.batch_norm_data is x
-    _fit(_model(), [StochasticWeightAveraging(1)], epochs=1)
+    _fit(_model(), [StochasticWeightAveraging(1)], epochs=2)
     swa.set_state({"averaged_epochs": [1, 3], "average": [np.ones(2)], "replaced_rate": None})
     state = swa.get_state()
     assert state["averaged_epochs"] == [1, 3] and np.array_equal(state["average"][0], np.ones(2))
