@@ -96,6 +96,19 @@ def create_hook(
 
     strategy = keras_fit.explicit_strategy(model)  # TensorFlow only
     outer = model.optimizer
+    inner = _optimizer.unwrap(outer)
+    if strategy is not None and getattr(inner, "aggregates_gradients", False):
+        # The monitor measures the aggregated gradient at Keras's all-reduce; an
+        # optimizer that all-reduces and transforms the gradients itself hands that
+        # all-reduce its update direction instead, so the figures would be wrong.
+        raise ValueError(
+            f"GradientNormMonitor cannot measure the gradients of {type(inner).__name__} "
+            "under a tf.distribute strategy: it all-reduces the gradients itself and hands "
+            "Keras's all-reduce, where the monitor measures, its preconditioned direction. "
+            "Monitor it on one device (or on the JAX backend), or train this run without "
+            f"the monitor. Received: optimizer={type(inner).__name__}, "
+            f"strategy={type(strategy).__name__}"
+        )
     variables = parameters(model)
     groups = group_variables(variables, by=by)
     if restored_groups and list(restored_groups) != list(groups.names):

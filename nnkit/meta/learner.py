@@ -221,6 +221,26 @@ class MetaLearner(TrainingWrapper):
         state = [read(w) for w in self.model.non_trainable_variables]
         return params, state
 
+    def compile(self, optimizer="rmsprop", *args, **kwargs):
+        """Keras's ``compile``; refuses an optimizer that needs the layers' own calls.
+
+        An optimizer with ``captures_layer_statistics`` (``KFAC``) gathers its
+        curvature statistics in the registered layers' ``call`` during the
+        train step's forward pass; the adaptation computes the meta-loss
+        without them, so it would receive no statistics and train silently as
+        its first-order rule.
+        """
+        if getattr(optimizer, "captures_layer_statistics", False):
+            raise ValueError(
+                f"{type(self).__name__} cannot train with {type(optimizer).__name__}: the "
+                "adaptation computes the meta-loss without the registered layers' own calls, "
+                f"where {type(optimizer).__name__} captures its curvature statistics, so it "
+                "would train silently as its first-order rule. Use a first-order optimizer "
+                "(Adam, SGD) or Shampoo/SOAP for the outer loop. "
+                f"Received: optimizer={type(optimizer).__name__}"
+            )
+        return super().compile(optimizer, *args, **kwargs)
+
     def call(self, inputs, training=None, steps=None):
         """Adapt to each task's support set and predict its query set.
 

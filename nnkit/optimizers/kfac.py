@@ -142,6 +142,16 @@ class KFAC(SecondOrderOptimizer):
         Descent in a Kronecker-factored Eigenbasis", NeurIPS 2018 (eigenvalue damping).
     """
 
+    #: KFAC all-reduces the gradients itself (with its statistics) and hands
+    #: Keras's all-reduce its preconditioned direction: a part that measures
+    #: at Keras's all-reduce (``GradientNormMonitor`` under a strategy) reads
+    #: this to refuse instead of reporting the direction as the gradient.
+    aggregates_gradients = True
+    #: KFAC captures its statistics in the registered layers' ``call`` during the
+    #: train step's forward pass: a train step that computes its loss without
+    #: them (a meta-learner's adaptation) reads this to refuse it.
+    captures_layer_statistics = True
+
     def __init__(
         self,
         learning_rate=0.01,

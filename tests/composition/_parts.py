@@ -104,6 +104,19 @@ NOT_A_PAIR = {
 
 #: Pairs refused with a clear error: (exception type, fragment of the message, what to do).
 REFUSED = {
+    key(("KFAC", "MAML")): (
+        ValueError,
+        "MAML cannot train with KFAC",
+        "the adaptation computes the meta-loss without the registered layers' calls, where "
+        "K-FAC captures its statistics (it trained silently as SGD with momentum). Use a "
+        "first-order optimizer, Shampoo or SOAP for the outer loop.",
+    ),
+    key(("KFAC", "GradientNormMonitor", "MirroredStrategy")): (
+        ValueError,
+        "GradientNormMonitor cannot measure the gradients of KFAC",
+        "under a strategy the monitor measures at Keras's all-reduce, where K-FAC hands its "
+        "preconditioned direction, not the gradient. Monitor K-FAC on one device or on JAX.",
+    ),
     key(("MixUp", "MAML")): (
         ValueError,
         "MAML trains on batches of tasks, and MixUp transforms batches of examples",
@@ -132,6 +145,7 @@ TRIPLES = [
     ("KFAC", "SharpnessAwareMinimization", "BackupAndRestore"),
     ("StochasticWeightAveraging", "EarlyStopping(restore)", "ReduceLROnPlateau"),
     ("MixUp", "SharpnessAwareMinimization", "GradientNormMonitor", "MirroredStrategy"),
+    ("KFAC", "GradientNormMonitor", "MirroredStrategy"),
 ]
 
 
