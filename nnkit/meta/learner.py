@@ -221,15 +221,17 @@ class MetaLearner(TrainingWrapper):
         state = [read(w) for w in self.model.non_trainable_variables]
         return params, state
 
-    def compile(self, optimizer="rmsprop", *args, **kwargs):
-        """Keras's ``compile``; refuses an optimizer that needs the layers' own calls.
+    def train_step(self, *args):
+        """The wrappers' train step, after refusing an optimizer that needs the layers' calls.
 
         An optimizer with ``captures_layer_statistics`` (``KFAC``) gathers its
         curvature statistics in the registered layers' ``call`` during the
         train step's forward pass; the adaptation computes the meta-loss
         without them, so it would receive no statistics and train silently as
-        its first-order rule.
+        its first-order rule. Checked when the step is traced (the first
+        ``fit`` step).
         """
+        optimizer = self.optimizer
         if getattr(optimizer, "captures_layer_statistics", False):
             raise ValueError(
                 f"{type(self).__name__} cannot train with {type(optimizer).__name__}: the "
@@ -239,7 +241,7 @@ class MetaLearner(TrainingWrapper):
                 "(Adam, SGD) or Shampoo/SOAP for the outer loop. "
                 f"Received: optimizer={type(optimizer).__name__}"
             )
-        return super().compile(optimizer, *args, **kwargs)
+        return super().train_step(*args)
 
     def call(self, inputs, training=None, steps=None):
         """Adapt to each task's support set and predict its query set.
