@@ -5,6 +5,9 @@ public class has no row here, so every new component is covered by the shared
 tests (config round trip, conventions, ...) as soon as it is exported.
 """
 
+import os
+import tempfile
+
 import nnkit.callbacks as C
 import nnkit.diagnostics as D
 import nnkit.layers as LY
@@ -70,7 +73,12 @@ EXAMPLES = {
         "backup", save_freq=10, double_checkpoint=True, delete_checkpoint=False
     ),
     "callbacks.ModelCheckpoint": lambda: C.ModelCheckpoint(
-        "ckpt/m-{epoch}.weights.h5", "val_loss", save_weights_only=True, keep_last=1, keep_best=1
+        # A fresh temporary folder: tests that fit with it must not write into the checkout.
+        os.path.join(tempfile.mkdtemp(prefix="nnkit-ckpt-"), "m-{epoch}.weights.h5"),
+        "val_loss",
+        save_weights_only=True,
+        keep_last=1,
+        keep_best=1,
     ),
     "callbacks.TimeLimit": lambda: C.TimeLimit("02:00:00", 1.5, boundary="batch"),
     "callbacks.StochasticWeightAveraging": lambda: C.StochasticWeightAveraging(
