@@ -3,9 +3,8 @@
 The backend is fixed when Keras is first imported, so a subset of the
 properties (written with ``keras`` and numpy only) runs once more under
 pytest in a fresh process with the same Hypothesis profile: SAM, whose short
-batches crashed on JAX only. Each JAX example compiles its own step (SAM's
-subset alone takes about 40 s on two cores), so the rest stays on
-TensorFlow, where the Kronecker-block crash was.
+batches crashed on JAX only, and the optimizers (Shampoo, SOAP, K-FAC) over
+kernel shapes and block sizes (about 25 s on two cores in all).
 """
 
 import os
@@ -25,7 +24,7 @@ def test_properties_hold_on_jax():
     files = ["tests/properties/test_wrappers.py", "tests/properties/test_optimizers.py"]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files,
-         "-k", "sam_fits"],
+         "-k", "sam_fits or shampoo_and_soap or kfac_fits"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
