@@ -90,6 +90,9 @@ def test_sam_fits_any_batch(rows, batch_size, splits, adaptive, structure, norma
     structure=structures,
 )
 @example(rows=1, batch_size=1, mode="mixup", structure="array")
+# Ragged last batches (2 and 1 rows), with tuple and dict inputs.
+@example(rows=10, batch_size=4, mode="mixup", structure="tuple")
+@example(rows=9, batch_size=8, mode="mixup", structure="dict")
 def test_mixup_fits_any_batch(rows, batch_size, mode, structure):
     keras.utils.set_random_seed(0)
     model = _model(structure)
