@@ -45,8 +45,12 @@ RULES = """
 - Under `MirroredStrategy`, SAM's ε is per replica: two replicas equal one
   device with `num_batch_splits=2`. Parts with per-row randomness (`MixUp`,
   `DropPath`) draw per replica, so only their own checks apply there.
-- Meta-learners (`MAML`) train on task batches: data-batch wrappers (`MixUp`,
-  `SharpnessAwareMinimization`) are refused around or inside them.
+- Meta-learners (`MAML`) train on task batches: a data-batch wrapper around
+  one (`SharpnessAwareMinimization(MAML(m))`, `MixUp(MAML(m))`) is refused, and
+  so is `MAML(MixUp(m))` (it would mix whole tasks); `MAML(SharpnessAwareMinimization(m))`
+  takes sharpness-aware steps on the meta-loss (tested against a closed form in
+  `tests/models/test_wrapper.py`; here, with task batches, only the parts' own
+  checks apply).
 - "A known first gradient": checks that need the first step's closed-form
   gradient (the monitor's norm, SAM's step, a preconditioner's first step)
   apply where the run has no `MixUp`, `DropPath` or task batches; SAM's
