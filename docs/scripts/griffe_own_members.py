@@ -10,7 +10,10 @@ what the reader can look up in Keras's documentation stays there.
 Loaded by mkdocstrings (``extensions:`` in mkdocs.yml); not part of nnkit.
 """
 
+import contextlib
 import importlib
+import os
+import sys
 
 import griffe
 
@@ -25,13 +28,31 @@ def foreign_names(cls):
     return names
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Silence file descriptor 2 (TensorFlow's C++ start-up lines, which absl prints
+    as "WARNING: All log messages before absl::InitializeLog() ..." whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says) while nnkit is first imported."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def runtime_class(path):
     """The class at dotted ``path`` (``nnkit.optimizers.kfac.KFAC``), or ``None``."""
     module_path, _, name = path.rpartition(".")
     try:
-        return getattr(importlib.import_module(module_path), name, None)
+        with _native_stderr_silenced():
+            module = importlib.import_module(module_path)
     except ImportError:
         return None
+    return getattr(module, name, None)
 
 
 class OwnMembers(griffe.Extension):
