@@ -28,6 +28,8 @@ def _net():
     )
 
 
+_CHECKPOINTS = tempfile.mkdtemp(prefix="nnkit-ckpt-")
+
 EXAMPLES = {
     # schedules
     "schedules.Constant": lambda: S.Constant(0.05),
@@ -73,8 +75,9 @@ EXAMPLES = {
         "backup", save_freq=10, double_checkpoint=True, delete_checkpoint=False
     ),
     "callbacks.ModelCheckpoint": lambda: C.ModelCheckpoint(
-        # A fresh temporary folder: tests that fit with it must not write into the checkout.
-        os.path.join(tempfile.mkdtemp(prefix="nnkit-ckpt-"), "m-{epoch}.weights.h5"),
+        # A temporary folder, one per process: tests that fit with it must not write into
+        # the checkout, and two runs compared with each other must save to the same path.
+        os.path.join(_CHECKPOINTS, "m-{epoch}.weights.h5"),
         "val_loss",
         save_weights_only=True,
         keep_last=1,
