@@ -27,6 +27,7 @@ nnkit. ``remove`` undoes all of it.
 
 import contextlib
 import dataclasses
+import threading
 
 import keras
 from keras import ops
@@ -149,8 +150,29 @@ def check_output_layer(model, layer, output_fisher):
         )
 
 
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def untapped():
+    """A context in which registered layers compute without their taps (plain functions).
+
+    For ``KFAC``'s curvature-vector products: forward-mode differentiation
+    does not pass through a custom gradient (JAX's ``custom_vjp``), and the
+    statistics are not wanted there.
+    """
+    before = getattr(_LOCAL, "untapped", False)
+    _LOCAL.untapped = True
+    try:
+        yield
+    finally:
+        _LOCAL.untapped = before
+
+
 def _tap(block, preactivation, inputs):
     """Identity on ``preactivation``; its backward pass returns the two statistics."""
+    if getattr(_LOCAL, "untapped", False):
+        return preactivation
     layer = block.layer
     bias = block.bias is not None
 

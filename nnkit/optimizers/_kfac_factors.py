@@ -79,21 +79,40 @@ class FactorState:
         for value, variable in zip(pending, created, strict=True):
             variable.assign(value)
 
-    def update(self, blocks, received, *, count, loss_scale):
+    def update(self, blocks, received, *, count, loss_scale, damping, sampled=None):
         """Fold this step's statistics into the factors; refresh the curvature on the cadence.
 
         ``received``: ``{id(variable): gradient}``, the channels' gradients
-        among them. Returns ``{id(block): curvature tensors}`` for this step.
+        among them. ``damping``: ``λ`` (a float, or the adaptive step's
+        variable). ``sampled``: ``None``, or ``(due, {id(block): Ĝ})``, the
+        sampled Fisher's statistics of the blocks it covers, folded in only
+        where ``due`` (every ``sample_every`` steps, with the decay
+        ``β^sample_every`` and its own bias correction). Returns
+        ``{id(block): curvature tensors}`` for this step.
         """
         optimizer = self.optimizer
+        due, fresh = sampled if sampled is not None else (None, {})
         a_stats = [ops.cast(received[id(b.input_channel)], "float32") for b in blocks]
-        g_stats = [ops.cast(received[id(b.output_channel)], "float32") for b in blocks]
+        g_stats = [
+            fresh[id(b)] if id(b) in fresh else ops.cast(received[id(b.output_channel)], "float32")
+            for b in blocks
+        ]
         reduced = replicas.all_reduce(a_stats + g_stats, "mean")
         a_stats, g_stats = reduced[: len(a_stats)], reduced[len(a_stats) :]
         decay = optimizer.statistics_decay
         updates = ops.convert_to_tensor(self.counter)
         entries = [self.entries[id(b)] for b in blocks]
+        every_g = optimizer.sample_every if fresh else 1
+        g_decay = decay**every_g
         for block, entry, a_stat, g_stat in zip(blocks, entries, a_stats, g_stats, strict=True):
+            if id(block) in fresh:
+                # The sampled pass's own objective: no replica or loss scaling to undo.
+                old = ops.convert_to_tensor(entry["g"])
+                g = ops.where(due, g_decay * old + (1.0 - g_decay) * g_stat, old)
+                a = decay * ops.convert_to_tensor(entry["a"]) + (1.0 - decay) * a_stat
+                optimizer.assign(entry["a"], a)
+                optimizer.assign(entry["g"], g)
+                continue
             if block.output_fisher == "empirical":
                 # The loss is scaled by 1/replicas under a strategy (and by the
                 # loss scale under mixed_float16): undo both, squared.
@@ -122,14 +141,17 @@ class FactorState:
             # computed outside it breaks TensorFlow's graph-mode train function.
             counter = ops.cast(ops.convert_to_tensor(self.counter) + 1, "float32")
             fix = 1.0 - ops.power(decay, counter)
-            fresh = []
-            for entry in entries:
+            # The sampled G's updates so far: steps 1, 1 + k, 1 + 2k, ... up to this one.
+            g_updates = ops.floor((counter - 1.0) / every_g) + 1.0
+            g_fix = 1.0 - ops.power(g_decay, g_updates)
+            # λ read inside the branch too (the adaptive step's is a variable).
+            lam = damping if isinstance(damping, float) else ops.convert_to_tensor(damping)
+            result = []
+            for block, entry in zip(blocks, entries, strict=True):
                 a = ops.convert_to_tensor(entry["a"]) / fix
-                g = ops.convert_to_tensor(entry["g"]) / fix
-                fresh += kmath.curvature(
-                    a, g, damping=optimizer.damping, damping_type=optimizer.damping_type
-                )
-            return flat(fresh)
+                g = ops.convert_to_tensor(entry["g"]) / (g_fix if id(block) in fresh else fix)
+                result += kmath.curvature(a, g, damping=lam, damping_type=optimizer.damping_type)
+            return flat(result)
 
         due = every(updates + 1, optimizer.refresh_every)
         packed = optimizer.periodic(due, refresh, keep, refresh=True)

@@ -138,7 +138,7 @@ def curvature(a, g, *, damping, damping_type):
         alpha, q_a = kron.eigh(a)
         gamma, q_g = kron.eigh(g)
         return [q_a, ops.maximum(alpha, 0.0), q_g, ops.maximum(gamma, 0.0)]
-    root = damping**0.5
+    root = ops.sqrt(ops.cast(damping, "float32"))
     if damping_type == "pi":
         pi = ops.sqrt(
             ops.maximum(_mean_eigenvalue(a), _EPSILON) / ops.maximum(_mean_eigenvalue(g), _EPSILON)

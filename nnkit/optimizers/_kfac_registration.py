@@ -25,6 +25,7 @@ class Registration:
         self.model = None
         self.blocks = []
         self.fallback = []
+        self.batch_patches = []  # the model's call/compute_loss recorders (_kfac_batch)
         self.momenta = {}  # id(model variable) -> momentum variable
         self.loss_scale = None  # the LossScaleOptimizer's scale, read where it is current
 

@@ -9,6 +9,7 @@ from keras import ops
 from nnkit import _validation as v
 from nnkit._deprecation import renamed
 from nnkit._keras import optimizer as keras_optimizer
+from nnkit._keras import shadow
 from nnkit._validation import (
     check_instance,
     check_number,
@@ -21,8 +22,10 @@ from nnkit.distribute import replicas
 from nnkit.optimizers import _kfac_capture as capture
 from nnkit.optimizers import _kfac_math as kmath
 from nnkit.optimizers._base import SecondOrderOptimizer, state_name
+from nnkit.optimizers._kfac_adaptive import FAMILIES
 from nnkit.optimizers._kfac_factors import FactorState
 from nnkit.optimizers._kfac_registration import Registration
+from nnkit.optimizers._kfac_step import BatchWork, loss_family
 
 _UNSUPPORTED = {
     "gradient_accumulation_steps": "accumulate by raising the batch size instead",
@@ -159,12 +162,15 @@ class KFAC(SecondOrderOptimizer):
         model=None,
         damping=1e-3,
         damping_type="pi",
-        momentum=0.9,
+        momentum=None,
         statistics_decay=0.95,
         refresh_every=20,
-        kl_clip=1e-3,
+        kl_clip="auto",
         max_update_norm=None,
         output_fisher="empirical",
+        fisher="empirical",
+        sample_every=1,
+        loss=None,
         name="kfac",
         **kwargs,
     ):
@@ -178,17 +184,35 @@ class KFAC(SecondOrderOptimizer):
                     f"KFAC does not support `{key}` ({advice}). Received: {key}={kwargs[key]!r}"
                 )
             kwargs.pop(key, None)
+        adaptive = isinstance(learning_rate, str)
+        if adaptive:
+            check_one_of("learning_rate", learning_rate, ("adaptive",))
         super().__init__(
-            learning_rate, name=None if name is None else v.check_str("name", name), **kwargs
+            1.0 if adaptive else learning_rate,
+            name=None if name is None else v.check_str("name", name),
+            **kwargs,
         )
+        self.adaptive = adaptive
         self.damping = check_positive_number("damping", damping)
         self.damping_type = check_one_of("damping_type", damping_type, kmath.DAMPING_TYPES)
-        self.momentum = check_number("momentum", momentum, minimum=0.0, maximum=1.0,
-                                     max_inclusive=False)  # fmt: skip
+        if momentum is None:
+            momentum = "adaptive" if self.adaptive else 0.9
+        if momentum == "adaptive" and not self.adaptive:
+            raise ValueError(
+                "momentum='adaptive' is chosen by the adaptive step's quadratic model: use it "
+                "with learning_rate='adaptive', or give a float momentum. Received: "
+                f"momentum={momentum!r}, learning_rate={learning_rate!r}"
+            )
+        if momentum != "adaptive":
+            momentum = check_number("momentum", momentum, minimum=0.0, maximum=1.0,
+                                    max_inclusive=False)  # fmt: skip
+        self.momentum = momentum
         self.statistics_decay = check_number(
             "statistics_decay", statistics_decay, minimum=0.0, maximum=1.0, max_inclusive=False
         )
         self.refresh_every = check_positive_int("refresh_every", refresh_every)
+        if kl_clip == "auto":
+            kl_clip = None if self.adaptive or max_update_norm is not None else 1e-3
         self.kl_clip = check_optional_number("kl_clip", kl_clip, minimum=0.0, min_inclusive=False)
         self.max_update_norm = check_optional_number(
             "max_update_norm", max_update_norm, minimum=0.0, min_inclusive=False
@@ -198,9 +222,26 @@ class KFAC(SecondOrderOptimizer):
                 "Set at most one of `kl_clip` and `max_update_norm`. Received: "
                 f"kl_clip={kl_clip!r}, max_update_norm={max_update_norm!r}"
             )
+        if self.adaptive and (self.kl_clip is not None or self.max_update_norm is not None):
+            raise ValueError(
+                "The adaptive step chooses its own step size from the quadratic model; "
+                "`kl_clip` and `max_update_norm` bound a fixed learning rate's step. Leave them "
+                f"unset with learning_rate='adaptive'. Received: kl_clip={kl_clip!r}, "
+                f"max_update_norm={max_update_norm!r}"
+            )
+        self.fisher = check_one_of("fisher", fisher, ("empirical", "sampled"))
+        self.sample_every = check_positive_int("sample_every", sample_every)
+        if loss is not None and loss_family(loss) is None:
+            raise ValueError(
+                f"`loss` must be a Keras loss of one of the families {list(FAMILIES)} (a name, "
+                f"function or keras.losses.Loss), or None for the compiled loss. Received: "
+                f"loss={loss!r}"
+            )
+        self.loss = loss
         self.output_fisher = check_one_of("output_fisher", output_fisher, kmath.OUTPUT_FISHERS)
         self._kfac = Registration()
         self._factors = FactorState(self)
+        self._batch_work = BatchWork(self)
         if model is not None:
             self.register(model)
 
@@ -246,6 +287,8 @@ class KFAC(SecondOrderOptimizer):
             )
         blocks = capture.make_blocks(model, planned, self.output_fisher)
         self._kfac.model, self._kfac.blocks, self._kfac.fallback = model, blocks, fallback
+        if self.adaptive or self.fisher == "sampled":
+            self._kfac.batch_patches = self._batch_work.recorder.install(model)
         if fallback:
             warnings.warn(
                 f"KFAC: {len(fallback)} layer(s) with trainable weights are not Kronecker-"
@@ -259,6 +302,9 @@ class KFAC(SecondOrderOptimizer):
     def unregister(self):
         """Undo ``register``: the layers are as before; the factor variables stay."""
         capture.remove(self._kfac.model, self._kfac.blocks)
+        for patch in reversed(self._kfac.batch_patches):
+            shadow.unshadow(patch)
+        self._kfac.batch_patches = []
         self._kfac.model, self._kfac.blocks, self._kfac.fallback = None, [], []
 
     # -- state ------------------------------------------------------------------
@@ -279,6 +325,7 @@ class KFAC(SecondOrderOptimizer):
             state.momenta[id(variable)] = self.add_state(
                 f"kfac_momentum_{state_name(variable)}", variable.shape
             )
+        self._batch_work.create()
         self._factors.create(state.blocks)
 
     def load_own_variables(self, store):
@@ -318,13 +365,28 @@ class KFAC(SecondOrderOptimizer):
         received = {id(v): g for g, v in zip(grads, variables, strict=True)}
         pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if id(v) not in channels]
         grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
-        if not state.blocks and self.kl_clip is None and self.max_update_norm is None:
+        extra = self.adaptive or (self.fisher == "sampled" and state.blocks)
+        if not extra and not state.blocks and self.kl_clip is None and self.max_update_norm is None:
             return super().apply(grads, variables)
         count = replicas.replicas()
         present = [i for i, g in enumerate(grads) if g is not None]
         reduced = replicas.all_reduce([grads[i] for i in present], "sum")
         for i, g in zip(present, reduced, strict=True):
             grads[i] = g
+        batch = family = values = sampled = None
+        if extra:
+            purpose = "adaptive step" if self.adaptive else "sampled Fisher"
+            batch = self._batch_work.recorder.take(state.model, purpose)
+            family = self._batch_work.family(state.model)
+            values = [ops.convert_to_tensor(w) for w in state.model.trainable_variables]
+        if self.fisher == "sampled" and state.blocks:
+            sampled_blocks = [b for b in state.blocks if b.output_fisher == "empirical"]
+            if sampled_blocks:
+                sampled = self._batch_work.sampled_statistics(batch, values, sampled_blocks, family)
+        damping = source = self.damping
+        if self.adaptive:
+            source = self._batch_work.state["damping"]
+            damping = ops.convert_to_tensor(source)
         curvature = {}
         if state.blocks:
             loss_scale = state.loss_scale
@@ -333,6 +395,8 @@ class KFAC(SecondOrderOptimizer):
                 received,
                 count=count,
                 loss_scale=state.outer_loss_scale(self) if loss_scale is None else loss_scale,
+                damping=source,
+                sampled=sampled,
             )
         directions = list(grads)
         index = {id(v): i for i, v in enumerate(variables)}
@@ -343,13 +407,20 @@ class KFAC(SecondOrderOptimizer):
                 kmath.precondition(
                     matrix,
                     curvature[id(block)],
-                    damping=self.damping,
+                    damping=damping,
                     damping_type=self.damping_type,
                 )
             )
             directions[k] = kernel
             if b is not None:
                 directions[b] = bias
+        if self.adaptive:
+            update = self._batch_work.adaptive_update(
+                batch, values, grads, directions, variables, family
+            )
+            # Keras sums what each replica hands it; update_step takes m ← −η·(handed sum).
+            handed = [ops.cast(-u / count, v.dtype) for u, v in zip(update, variables, strict=True)]
+            return super().apply(handed, variables)
         scale = kmath.rescale(
             [d for d in directions if d is not None],
             [g for g in grads if g is not None],
@@ -369,12 +440,29 @@ class KFAC(SecondOrderOptimizer):
         return super().apply(handed, variables)
 
     def update_step(self, gradient, variable, learning_rate):
-        """Keras's SGD momentum rule on the (preconditioned, rescaled) direction."""
+        """Keras's SGD momentum rule on the (preconditioned, rescaled) direction.
+
+        With the adaptive step, ``gradient`` is ``−δ`` (the chosen update) and
+        ``m ← −η·gradient``: the learning rate (1 unless changed) scales it.
+        """
         model_variable = keras_optimizer.trainable_variables(self)[self.index_of(variable)]
         m = self._kfac.momenta[id(model_variable)]
         step = ops.multiply(ops.cast(gradient, m.dtype), ops.cast(learning_rate, m.dtype))
-        self.assign(m, ops.subtract(ops.multiply(m, ops.cast(self.momentum, m.dtype)), step))
+        if self.adaptive:
+            self.assign(m, ops.negative(step))
+        else:
+            self.assign(m, ops.subtract(ops.multiply(m, ops.cast(self.momentum, m.dtype)), step))
         self.assign_add(variable, ops.cast(m, variable.dtype))
+
+    @property
+    def adaptive_state(self):
+        """The adaptive step's last ``α``, ``μ``, ``ρ`` and its damping ``λ``, as floats.
+
+        ``{"step_size", "step_momentum", "reduction_ratio", "damping"}``
+        (``reduction_ratio`` is updated every ``DAMPING_PERIOD`` steps);
+        ``{}`` with a fixed learning rate or before the first step.
+        """
+        return {key: float(ops.convert_to_numpy(v)) for key, v in self._batch_work.state.items()}
 
     def get_config(self):
         config = super().get_config()
@@ -389,8 +477,22 @@ class KFAC(SecondOrderOptimizer):
                 "kl_clip": self.kl_clip,
                 "max_update_norm": self.max_update_norm,
                 "output_fisher": self.output_fisher,
+                "fisher": self.fisher,
+                "sample_every": self.sample_every,
+                "loss": keras.saving.serialize_keras_object(self.loss)
+                if isinstance(self.loss, keras.losses.Loss)
+                else self.loss,
             }
         )
+        if self.adaptive:
+            config["learning_rate"] = "adaptive"
         for key in _UNSUPPORTED:
             config.pop(key, None)
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if isinstance(config.get("loss"), dict):
+            config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
+        return super().from_config(config, custom_objects=custom_objects)
