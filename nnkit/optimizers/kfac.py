@@ -157,7 +157,7 @@ class KFAC(SecondOrderOptimizer):
 
     def __init__(
         self,
-        learning_rate=0.01,
+        learning_rate="adaptive",
         *,
         model=None,
         damping=1e-3,
@@ -462,7 +462,7 @@ class KFAC(SecondOrderOptimizer):
         (``reduction_ratio`` is updated every ``DAMPING_PERIOD`` steps);
         ``{}`` with a fixed learning rate or before the first step.
         """
-        return {key: float(ops.convert_to_numpy(v)) for key, v in self._batch_work.state.items()}
+        return {key: float(np.asarray(v.value)) for key, v in self._batch_work.state.items()}
 
     def get_config(self):
         config = super().get_config()
