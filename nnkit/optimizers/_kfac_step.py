@@ -106,8 +106,10 @@ class BatchWork:
         positions = [index[id(b.output_channel)] for b in blocks]
         step = optimizer.current_step()
         due = every(step, optimizer.sample_every)
-        seed = step * 1009 + replicas.replica_id() * 7919 + _SAMPLING_SALT
-        objective = sampling.sampled_objective(family[0], from_logits=family[1], seed=seed)
+        seed = step * 1009 + _SAMPLING_SALT
+        objective = sampling.sampled_objective(
+            family[0], from_logits=family[1], seed=seed, replica=replicas.replica_id()
+        )
         shapes = [tuple(b.output_channel.shape) for b in blocks]
 
         def compute():

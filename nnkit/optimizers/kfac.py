@@ -55,15 +55,26 @@ class KFAC(SecondOrderOptimizer):
         "eigen":    Δ = Q_A [(Q_Aᵀ ∇ Q_G) / (α γᵀ + λ)] Q_Gᵀ   (A = Q_A α Q_Aᵀ, G = Q_G γ Q_Gᵀ)
 
     Every other trainable variable takes ``Δ = ∇`` (first order; listed in
-    a warning when the model is registered). The step is rescaled by
+    a warning when the model is registered).
+
+    The step, by default (``learning_rate="adaptive"``, Martens & Grosse
+    §6–7): ``δ = α·(−Δ) + μ·δ₀`` (``δ₀`` the previous update) with the ``α``
+    and ``μ`` that minimize ``½ δᵀ(C + λI)δ + ∇ᵀδ``, ``C`` the batch's exact
+    Gauss-Newton matrix (from one forward-mode pass on the step's batch), and
+    ``λ`` adapted every 5 steps by the Levenberg–Marquardt rule (see
+    ``docs/kfac.md``); the Keras learning rate (1) multiplies ``δ``. With a
+    float learning rate ``η``: the step is rescaled by
     ``ν = min(1, √(κ / (η² Σ⟨Δ, ∇⟩)))`` (KL clipping, ``κ = kl_clip``) or
     ``ν = min(1, c / (η‖Δ‖))`` (``c = max_update_norm``), then momentum:
     ``m ← μ·m − η·ν·Δ``, ``w ← w + m`` (Keras's SGD rule, which KFAC equals
     exactly without registered layers and without rescaling).
 
-    Which Fisher: ``G`` comes from the gradient of the loss with the real
-    labels, in the same backward pass (the *empirical* Fisher, no second
-    backward pass). For the output layer, ``output_fisher`` can give the
+    Which Fisher: with ``fisher="empirical"``, ``G`` comes from the gradient
+    of the loss with the real labels, in the same backward pass (the
+    *empirical* Fisher, no second backward pass); with ``"sampled"``, from
+    one more backward pass every ``sample_every`` steps with targets drawn
+    from the model (in expectation the Gauss-Newton factor). For the output
+    layer, ``output_fisher`` can give the
     exact Gauss-Newton factor instead, which for these losses is also the
     true Fisher and needs no labels: ``"mean_squared_error"``
     (``G = (2/k)·I``, linear output), ``"categorical_crossentropy"``
@@ -89,23 +100,35 @@ class KFAC(SecondOrderOptimizer):
     Keras's ``clipnorm``/``clipvalue``/``global_clipnorm`` act on ``ν·Δ``.
 
     Args:
-        learning_rate: A float, a ``keras.optimizers.schedules.LearningRateSchedule``
-            (any nnkit schedule) or a callable. Defaults to ``0.01``.
+        learning_rate: ``"adaptive"`` (the step of the quadratic model), or a
+            float, a ``keras.optimizers.schedules.LearningRateSchedule`` (any
+            nnkit schedule) or a callable. Defaults to ``"adaptive"``.
         model: A built Keras model to register, or ``None`` (then call
             ``register`` before training; ``get_config`` stores ``None``: register
             a loaded model again). Defaults to ``None``.
-        damping: ``λ`` > 0. Defaults to ``1e-3``.
+        damping: ``λ`` > 0 (the adaptive step's starting value). Defaults to ``1e-3``.
         damping_type: ``"pi"``, ``"tikhonov"`` or ``"eigen"``. Defaults to ``"pi"``.
-        momentum: ``μ`` in ``[0, 1)``. Defaults to ``0.9``.
+        momentum: ``μ`` in ``[0, 1)``, ``"adaptive"`` (adaptive step only) or
+            ``None``: ``"adaptive"`` with the adaptive step, else ``0.9``.
+            Defaults to ``None``.
         statistics_decay: The moving averages' decay in ``[0, 1)`` (formerly
             ``factor_decay``). Defaults to ``0.95``.
         refresh_every: Factor updates between two inverse refreshes (≥ 1;
             formerly ``inverse_every``). Defaults to ``20``.
-        kl_clip: ``κ`` > 0 of the KL clipping, or ``None``. Defaults to ``1e-3``.
+        kl_clip: ``κ`` > 0 of the KL clipping, ``None``, or ``"auto"``: ``1e-3``
+            with a fixed learning rate, none with the adaptive step (which
+            refuses a bound). Defaults to ``"auto"``.
         max_update_norm: ``c`` > 0 of the norm constraint, or ``None`` (at most one
             of ``kl_clip`` and ``max_update_norm``). Defaults to ``None``.
         output_fisher: ``"empirical"`` or the loss whose Gauss-Newton factor the
             model's last layer takes (see above). Defaults to ``"empirical"``.
+        fisher: ``"empirical"`` or ``"sampled"``: the hidden layers' ``G``.
+            Defaults to ``"empirical"``.
+        sample_every: Steps between two sampled-Fisher passes (≥ 1). Defaults to ``1``.
+        loss: The loss whose curvature the adaptive step and the sampled
+            Fisher use (a Keras loss of squared error or categorical, sparse
+            or binary cross-entropy), or ``None`` for the compiled loss.
+            Defaults to ``None``.
         name: The optimizer's name. Defaults to ``"kfac"``.
         **kwargs: Keras's optimizer arguments (``weight_decay``, ``clipnorm``,
             ``use_ema``, ...), except ``gradient_accumulation_steps`` and
@@ -115,10 +138,13 @@ class KFAC(SecondOrderOptimizer):
 
     Raises:
         ValueError: For an out-of-range or unknown argument, both ``kl_clip``
-            and ``max_update_norm``, an unsupported Keras argument, a model that
+            and ``max_update_norm`` (or either with the adaptive step), an unsupported Keras argument, a model that
             is not built, or an ``output_fisher`` the model's last layer cannot take;
             at the first ``apply`` (the first ``fit`` step), when no model is
-            registered or the variables are not the registered model's.
+            registered or the variables are not the registered model's, and
+            (adaptive step or sampled Fisher) when the step did not compute
+            the registered model's loss (a wrapper trains it) or the loss's
+            curvature is not known.
         TypeError: For an argument of the wrong type.
 
     Example:

@@ -38,6 +38,8 @@ def l2(run):
 
 
 def base_rate(run, step):
+    if run.has("KFAC(adaptive)"):
+        return 1.0  # the adaptive step's multiplier (it takes no schedule)
     if not run.has("CosineAnnealing"):
         return R.LEARNING_RATE
     peak, floor, warmup = SCHEDULE["peak"], SCHEDULE["floor"], SCHEDULE["warmup"]
@@ -94,6 +96,13 @@ def kfac(rate, model):
     from nnkit.optimizers import KFAC
 
     return KFAC(rate, model=model, damping=1e-2, output_fisher="mean_squared_error")
+
+
+def kfac_adaptive(rate, model):
+    """KFAC's adaptive step (the rate multiplies the quadratic model's step) and sampled Fisher."""
+    from nnkit.optimizers import KFAC
+
+    return KFAC(model=model, damping=1e-2, fisher="sampled", output_fisher="mean_squared_error")
 
 
 def shampoo(rate, model):

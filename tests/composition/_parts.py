@@ -32,6 +32,8 @@ class Part:
 PARTS = [
     Part("KFAC", "optimizer", C.optimizer(C.kfac), C.preconditioned,
          "curvature statistics accumulate; with a known first gradient, the first step is not SGD's"),
+    Part("KFAC(adaptive)", "optimizer", C.optimizer(C.kfac_adaptive), C.preconditioned,
+         "as KFAC; the step is the quadratic model's (the rate scales it)"),
     Part("Shampoo", "optimizer", C.optimizer(C.shampoo), C.preconditioned,
          "statistics accumulate; with a known first gradient, the first step is not SGD's"),
     Part("SOAP", "optimizer", C.optimizer(C.soap), C.preconditioned,
@@ -96,6 +98,11 @@ def lookup(table, names):
 #: Pairs that are not a combination a user can write, with the reason (docs: "n/a").
 NOT_A_PAIR = {
     key(("KFAC", "Shampoo")): "a model has one optimizer",
+    key(("KFAC", "KFAC(adaptive)")): "a model has one optimizer",
+    key(("KFAC(adaptive)", "Shampoo")): "a model has one optimizer",
+    key(("KFAC(adaptive)", "SOAP")): "a model has one optimizer",
+    key(("KFAC(adaptive)", "CosineAnnealing")): "a schedule is a learning rate, and the adaptive "
+    "step has none (it chooses the step; `KFAC(schedule)` is the fixed-rate step)",
     key(("KFAC", "SOAP")): "a model has one optimizer",
     key(("Shampoo", "SOAP")): "a model has one optimizer",
     key(("MirroredStrategy", "JAX")): "`tf.distribute` strategies are TensorFlow's; on JAX "
@@ -116,6 +123,30 @@ REFUSED = {
         "GradientNormMonitor cannot measure the gradients of KFAC",
         "under a strategy the monitor measures at Keras's all-reduce, where K-FAC hands its "
         "preconditioned direction, not the gradient. Monitor K-FAC on one device or on JAX.",
+    ),
+    key(("KFAC(adaptive)", "MAML")): (
+        ValueError,
+        "MAML cannot train with KFAC",
+        "as for KFAC with a fixed rate: the adaptation computes the meta-loss without the "
+        "registered layers' calls.",
+    ),
+    key(("KFAC(adaptive)", "SharpnessAwareMinimization")): (
+        ValueError,
+        "did not call",
+        "the adaptive step evaluates the quadratic model on the registered model's own batch "
+        "and loss, which SAM's two-pass step (at w + ε) does not give it. Use a float learning "
+        "rate with SAM.",
+    ),
+    key(("KFAC(adaptive)", "MixUp")): (
+        ValueError,
+        "did not call",
+        "the wrapper computes the (mixed) loss, not the registered model: use a float learning "
+        "rate with MixUp.",
+    ),
+    key(("KFAC(adaptive)", "GradientNormMonitor", "MirroredStrategy")): (
+        ValueError,
+        "GradientNormMonitor cannot measure the gradients of KFAC",
+        "as for KFAC with a fixed rate.",
     ),
     key(("MixUp", "MAML")): (
         ValueError,
@@ -146,6 +177,7 @@ TRIPLES = [
     ("StochasticWeightAveraging", "EarlyStopping(restore)", "ReduceLROnPlateau"),
     ("MixUp", "SharpnessAwareMinimization", "GradientNormMonitor", "MirroredStrategy"),
     ("KFAC", "GradientNormMonitor", "MirroredStrategy"),
+    ("KFAC(adaptive)", "GradientNormMonitor", "MirroredStrategy"),
 ]
 
 
