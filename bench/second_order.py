@@ -212,15 +212,31 @@ def main(argv=None):
         name: (lambda cls=cls: cls(1e-3), contextlib.nullcontext) for name, cls in chosen.items()
     }
     if "kfac" in recipe_args.optimizers:
-        make_kfac = recipe.OPTIMIZERS["kfac"][0]
-        configs["kfac"] = (
-            lambda: lambda model: make_kfac(1e-3, model),
-            contextlib.nullcontext,
-        )
+        # The fixed-rate step, the adaptive step with the empirical Fisher (the
+        # extra forward-mode pass), and the default (adaptive, sampled Fisher: one
+        # more forward and backward pass per step).
+        kfac_rows = {
+            "kfac_fixed": lambda model: recipe.make_kfac(1e-3, model),
+            "kfac_adaptive_empirical": lambda model: recipe.make_kfac_adaptive(
+                1.0, model, fisher="empirical"
+            ),
+            "kfac": lambda model: recipe.make_kfac_adaptive(1.0, model),
+        }
+        for name, make in kfac_rows.items():
+            configs[name] = (lambda make=make: make, contextlib.nullcontext)
     figures["step_time"] = {
         name: {"ratio_to_adam": ratio, "seconds_per_step": seconds}
         for name, (ratio, seconds) in paired(recipe, configs, data, args).items()
     }
+
+    times = figures["step_time"]
+    if "kfac" in times:
+        per_step = {name: times[name]["seconds_per_step"] for name in kfac_rows}
+        figures["kfac_costs"] = {
+            "adaptive_over_fixed": per_step["kfac_adaptive_empirical"] / per_step["kfac_fixed"],
+            "sampled_pass_over_adaptive": per_step["kfac"] / per_step["kfac_adaptive_empirical"],
+            "default_over_fixed": per_step["kfac"] / per_step["kfac_fixed"],
+        }
 
     # 3. One refresh, and the in-graph cond against the host-side choice.
     refresh = {}

@@ -47,3 +47,25 @@ def test_summary_must_hold_every_optimizer(tmp_path):
     summary.write_text(json.dumps({"args": {}, "problems": {"autoencoder": outcome}}))
     with pytest.raises(ValueError, match=r"no autoencoder results for \['soap'\]"):
         load_bench().main(["--quick", "--optimizers", "adam,soap", "--summary", str(summary)])
+
+
+@pytest.mark.slow
+def test_kfac_costs_from_a_summary(capsys, tmp_path):
+    # Steps to target from a (made-up) recipe summary; the step times are measured: the
+    # fixed step, the adaptive step with the empirical Fisher, and the default.
+    summary = tmp_path / "summary.json"
+    row = {"best_learning_rate": 1e-3, "steps_to_target": [30, 0], "seconds_to_target": [1, 0],
+           "seeds_reaching_target": 3, "final_loss": [0.3, 0]}  # fmt: skip
+    outcome = {"target_loss": 0.3, "optimizers": {n: row for n in ("adam", "kfac", "kfac_fixed")}}
+    summary.write_text(json.dumps({"args": {}, "problems": {"autoencoder": outcome}}))
+    figures = load_bench().main(
+        ["--quick", "--optimizers", "adam,kfac,kfac_fixed", "--summary", str(summary)]
+    )
+    assert set(figures["step_time"]) == {"kfac", "kfac_fixed", "kfac_adaptive_empirical"}
+    costs, times = figures["kfac_costs"], figures["step_time"]
+    seconds = {name: times[name]["seconds_per_step"] for name in times}
+    assert math.isclose(
+        costs["adaptive_over_fixed"], seconds["kfac_adaptive_empirical"] / seconds["kfac_fixed"]
+    )
+    assert math.isclose(costs["default_over_fixed"], seconds["kfac"] / seconds["kfac_fixed"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kfac_costs"] == costs

@@ -640,9 +640,13 @@ def test_second_order_models_and_measures(second_order):
     assert second_order.build_model("classifier", 0).output_shape == (None, 10)
     # Every row's factory makes its optimizer; KFAC registers every Dense layer of the model.
     for name, (factory, grid) in second_order.OPTIMIZERS.items():
-        assert isinstance(factory(grid[0], autoencoder), keras.optimizers.Optimizer), name
-    kfac = second_order.OPTIMIZERS["kfac"][0](1e-2, second_order.build_model("autoencoder", 0))
+        model = second_order.build_model("autoencoder", 0)  # one KFAC per model
+        assert isinstance(factory(grid[0], model), keras.optimizers.Optimizer), name
+    kfac = second_order.OPTIMIZERS["kfac"][0](0.5, second_order.build_model("autoencoder", 0))
     assert len(kfac.registered_layers) == 8 and kfac.output_fisher == "binary_crossentropy"
+    assert kfac.adaptive and kfac.fisher == "sampled" and float(kfac.learning_rate) == 0.5
+    fixed = second_order.OPTIMIZERS["kfac_fixed"][0](1e-2, second_order.build_model("autoencoder"))
+    assert not fixed.adaptive and fixed.kl_clip == 1e-4
     for name, (_, grid) in second_order.OPTIMIZERS.items():
         ratios = np.array(grid[1:]) / np.array(grid[:-1])
         assert len(grid) == 15 and np.allclose(ratios, 10 ** (1 / 6), rtol=1e-2), name
