@@ -21,7 +21,7 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
 - ``metrics``: ``metric-direction``.
 - ``layers``: ``flatten-layers``, ``seed-generators``, ``late-weights``,
   ``late-regularizer``, ``dense-call``, ``conv-call``, ``einsum-call``,
-  ``embedding-call``, ``layer-own-variables``.
+  ``embedding-call``, ``layer-norm-call``, ``layer-own-variables``.
 - ``model``: ``functional-inputs``, ``build-shapes``.
 - ``multi_worker``: ``multi-worker-symbolic-build``,
   ``multi-worker-reduce-per-replica``, ``multi-worker-mode``.
@@ -149,6 +149,12 @@ ASSUMPTIONS = {
         "layers",
         "an Embedding layer (no LoRA, not quantized) computes take(embeddings, ids, axis=0), "
         "cast to its compute dtype",
+    ),
+    "layer-norm-call": (
+        "layers",
+        "a LayerNormalization layer (rms_scaling=False) computes (x - mean) * rsqrt(variance + "
+        "epsilon) * gamma + beta over its axis (a sorted list once built) from its public "
+        "gamma and beta (None without scale / center)",
     ),
     "layer-own-variables": (
         "layers",

@@ -32,6 +32,9 @@ written from the layer's public attributes plus an identity tap, and its
   ``activation(einsum(equation, inputs, kernel) + bias)``.
 - ``embedding-call``: an ``Embedding`` layer computes
   ``take(embeddings, ids, axis=0)`` in its compute dtype.
+- ``layer-norm-call``: a ``LayerNormalization`` layer (``rms_scaling=False``)
+  computes ``(x − mean)·rsqrt(variance + epsilon)·gamma + beta`` over its
+  ``axis`` (a sorted list once built).
 - ``layer-own-variables``: saving a model calls each layer's
   ``save_own_variables(store)`` and loading its ``load_own_variables(store)``,
   looked up on the instance, with the keys ``"0"``, ``"1"``, … in

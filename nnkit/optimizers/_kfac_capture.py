@@ -1,15 +1,18 @@
 """How ``KFAC`` sees a layer's inputs and output gradients inside an unmodified ``fit``.
 
-Registering a model gives every eligible ``Dense`` and ``Conv2D`` layer (a
-*block*) two float32 *statistics channels*: trainable weights of the shapes
-of ``A`` and ``G`` whose value is never used, only their gradient. The
-layer's ``call`` is shadowed (``nnkit._keras.shadow``, owner ``"kfac"``) by
-the same computation with an identity *tap* on the pre-activation ``s``
+Registering a model gives every eligible layer of a kind in ``KINDS`` (a
+*block*; the per-kind code is in ``_kfac_layers.py``) two float32
+*statistics channels*: trainable weights of the shapes of ``A`` and ``G``
+whose value is never used, only their gradient. The layer's ``call`` is
+shadowed (``nnkit._keras.shadow``, owner ``"kfac"``) by the same
+computation with an identity *tap* on the pre-activation ``s``
 (``ops.custom_gradient``). In the backward pass the tap hands the upstream
 gradient on unchanged and returns, as the gradients of the two channels,
 the statistics of this batch: ``E[ã ãᵀ]`` of the layer's inputs and
 ``E[g gᵀ]`` of the gradients with respect to ``s`` (or the output layer's
-closed-form Fisher). This is the route of Keras's float8 ``Dense``, which
+closed-form Fisher). A layer called several times in one forward pass
+has one tap per call, and automatic differentiation adds the channels'
+gradients: its statistics are summed over the uses. This is the route of Keras's float8 ``Dense``, which
 carries its scaling statistics out of the backward pass through the gradient
 of ``overwrite_with_gradient`` weights: it runs inside the compiled train
 step on TensorFlow (with or without XLA, under ``tf.distribute``) and on
@@ -48,7 +51,10 @@ class Block:
     The kernel is one ``(d_in, d_out)`` matrix after transposing its axes to
     ``kernel_order`` (``None``: as they are) and flattening all but the last
     ``output_axes``; ``diagonal_input``: ``A`` is diagonal and kept as its
-    diagonal (an ``Embedding``). ``layout``: an ``EinsumDense``'s parsed equation.
+    diagonal (an ``Embedding``). ``diagonal_output``: a diagonal block
+    ``1 ⊗ diag(G)`` whose gradient matrix is the one row ``[∇γ, ∇β]`` (a
+    normalization's scale and shift). ``layout``: an ``EinsumDense``'s parsed
+    equation.
     """
 
     layer: object
@@ -62,6 +68,7 @@ class Block:
     kernel_order: tuple = None
     output_axes: int = 1
     diagonal_input: bool = False
+    diagonal_output: bool = False
     layout: dict = None
 
     @property
@@ -76,10 +83,14 @@ class Block:
 
     @property
     def input_dim(self):
+        if self.diagonal_output:
+            return 1
         return _prod(self._matrix_shape()[: -self.output_axes]) + (self.bias is not None)
 
     @property
     def output_dim(self):
+        if self.diagonal_output:
+            return _prod(self.kernel.shape) + (0 if self.bias is None else _prod(self.bias.shape))
         return _prod(self._matrix_shape()[-self.output_axes :])
 
     @property
@@ -88,12 +99,22 @@ class Block:
         return (self.input_dim,) if self.diagonal_input else (self.input_dim,) * 2
 
     @property
+    def g_shape(self):
+        """``G``'s shape: ``(d_out,)`` when kept as its diagonal, else ``(d_out, d_out)``."""
+        return (self.output_dim,) if self.diagonal_output else (self.output_dim,) * 2
+
+    @property
     def channels(self):
         return (self.input_channel, self.output_channel)
 
     def gradient_matrix(self, kernel_grad, bias_grad):
         """``[∇W; ∇b]`` as the ``(input_dim, output_dim)`` matrix the factors act on."""
         kernel_grad = ops.cast(ops.convert_to_tensor(kernel_grad), "float32")
+        if self.diagonal_output:
+            row = [ops.reshape(kernel_grad, (1, -1))]
+            if self.bias is not None:
+                row.append(ops.reshape(ops.cast(bias_grad, "float32"), (1, -1)))
+            return ops.concatenate(row, axis=1) if len(row) > 1 else row[0]
         if self.kernel_order is not None:
             kernel_grad = ops.transpose(kernel_grad, self.kernel_order)
         rows = ops.reshape(kernel_grad, (-1, self.output_dim))
@@ -104,6 +125,11 @@ class Block:
 
     def split(self, matrix):
         """The inverse of ``gradient_matrix``: ``(kernel part, bias part or None)``."""
+        if self.diagonal_output:
+            size = _prod(self.kernel.shape)
+            kernel = ops.reshape(matrix[0, :size], self.kernel.shape)
+            bias = None if self.bias is None else ops.reshape(matrix[0, size:], self.bias.shape)
+            return kernel, bias
         kernel_rows = self.input_dim - (self.bias is not None)
         kernel = ops.reshape(matrix[:kernel_rows], self._matrix_shape())
         if self.kernel_order is not None:
@@ -146,10 +172,10 @@ def check_output_layer(model, layer, output_fisher):
         "categorical_crossentropy": (keras.activations.linear, keras.activations.softmax),
         "binary_crossentropy": (keras.activations.linear, keras.activations.sigmoid),
     }[output_fisher]
-    if layer is None or model.layers[-1] is not layer:
+    if layer is None or model.layers[-1] is not layer or KINDS[type(layer)] == "scale_shift":
         raise ValueError(
-            f"`output_fisher={output_fisher!r}` needs the model's last layer to be a layer "
-            "that KFAC registers (its pre-activation is the output the loss "
+            f"`output_fisher={output_fisher!r}` needs the model's last layer to be a Dense, "
+            "convolution, EinsumDense or Embedding layer that KFAC registers (its pre-activation is the output the loss "
             "sees). Use output_fisher='empirical' for this model. Received: last layer "
             f"{model.layers[-1].name!r}"
         )
@@ -171,7 +197,7 @@ def _tap(block, preactivation, inputs):
                 (upstream,) = args
             a = kinds.input_statistic(block, x)
             if block.output_fisher == "empirical":
-                g = kmath.output_statistic(kinds.output_rows(block, upstream))
+                g = kinds.output_statistic(block, x, upstream)
             else:
                 g = kmath.output_fisher_statistic(kinds.output_rows(block, s), block.output_fisher)
             return upstream, None, a, g
@@ -257,7 +283,7 @@ def make_blocks(model, planned, output_fisher):
             )
             with keras_layers.unlocked(layer):
                 block.input_channel = _channel(layer, block.a_shape, "input")
-                block.output_channel = _channel(layer, (block.output_dim,) * 2, "output")
+                block.output_channel = _channel(layer, block.g_shape, "output")
             call = kinds.make_call(block, _tap)
             channels = block.channels
             block.patches = [

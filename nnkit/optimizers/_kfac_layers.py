@@ -17,10 +17,14 @@ A *block* (``_kfac_capture.Block``) sees its kernel as one matrix
   output axes) cannot be one matrix and stays first-order, with the reason.
 - ``Embedding``: a lookup is a ``Dense`` on one-hot rows, so ``A`` is the
   diagonal matrix of the tokens' frequencies, kept as its diagonal.
+- ``LayerNormalization``: the scale and shift as one row ``[γ, β]`` of a
+  diagonal block ``1 ⊗ diag(G)``, ``G`` the mean squared per-example gradient
+  (``_kfac_math.scale_shift_statistic``). ``BatchNormalization`` stays first
+  order (its examples are coupled through the batch statistics).
 
 Each kind's shadowed ``call(call_next, inputs, *args, **kwargs)`` computes
 what Keras's ``call`` computes (probes ``dense-call``, ``conv-call``,
-``einsum-call``, ``embedding-call``) with the identity tap (``tap``) on the
+``einsum-call``, ``embedding-call``, ``layer-norm-call``) with the identity tap (``tap``) on the
 pre-activation.
 """
 
@@ -39,18 +43,17 @@ KINDS = {
     keras.layers.Conv3D: "conv",
     keras.layers.EinsumDense: "einsum",
     keras.layers.Embedding: "embedding",
+    keras.layers.LayerNormalization: "scale_shift",
 }
 
 #: Why layers that are no block keep the first-order rule (by class; the rest: ``OTHER``).
 FIRST_ORDER = {
-    keras.layers.LayerNormalization: (
-        "normalization scale and shift: no Kronecker factorization; first order"
-    ),
     keras.layers.BatchNormalization: (
-        "normalization scale and shift: no Kronecker factorization; first order"
+        "BatchNormalization: its per-example gradients are coupled through the batch "
+        "statistics, and its call updates the moving statistics; first order"
     ),
 }
-OTHER = "not a Dense, Conv1D/2D/3D, EinsumDense or Embedding layer"
+OTHER = "not a Dense, Conv1D/2D/3D, EinsumDense, Embedding or LayerNormalization layer"
 
 
 # -- EinsumDense ------------------------------------------------------------------
@@ -157,13 +160,34 @@ def ineligible_reason(layer, kind):
         return f"grouped convolution (groups={layer.groups})"
     if kind == "einsum":
         return einsum_layout(layer.equation, layer.bias_axes)[1]
+    if kind == "scale_shift":
+        if layer.rms_scaling:
+            return "LayerNormalization with rms_scaling=True (deprecated by Keras)"
+        if 0 in layer.axis:
+            return f"LayerNormalization over the batch axis (axis={layer.axis})"
     return None
+
+
+def normalized_axes(layer, rank):
+    """A ``LayerNormalization``'s normalized axes for an input of ``rank``, positive, sorted."""
+    axes = sorted(axis % rank for axis in layer.axis)
+    if 0 in axes:
+        raise ValueError(
+            f"KFAC cannot factor LayerNormalization {layer.name!r}: it normalizes over the "
+            f"batch axis, so its examples' gradients are not separable. Unregister the "
+            f"optimizer or change the layer's axis. Received: axis={layer.axis}, input rank {rank}"
+        )
+    return axes
 
 
 def geometry(layer, kind):
     """``Block`` keyword arguments: kernel, bias and how the kernel is one matrix."""
     if kind == "embedding":
         return {"kernel": layer.embeddings, "bias": None, "diagonal_input": True}
+    if kind == "scale_shift":
+        weights = [w for w in (layer.gamma, layer.beta) if w is not None]
+        return {"kernel": weights[0], "bias": weights[1] if len(weights) > 1 else None,
+                "diagonal_output": True}  # fmt: skip
     extra = _einsum_geometry(layer) if kind == "einsum" else {}
     return {"kernel": layer.kernel, "bias": layer.bias, **extra}
 
@@ -185,6 +209,8 @@ def input_statistic(block, x):
         return kmath.dense_input_statistic(x, bias=bias)
     if block.kind == "embedding":
         return kmath.token_frequencies(x, block.input_dim)
+    if block.kind == "scale_shift":  # the block is 1 ⊗ diag(G)
+        return ops.ones((1, 1), "float32")
     if block.kind == "einsum":
         rows = ops.reshape(einsum_rows(block.layout, x, "input"), (-1, block.input_dim - bias))
         return kmath.covariance(ops.cast(rows, "float32"), bias=bias)
@@ -197,6 +223,20 @@ def input_statistic(block, x):
         data_format=layer.data_format,
     )
     return kmath.covariance(patches, bias=bias)
+
+
+def output_statistic(block, x, upstream):
+    """``G``'s empirical statistic of this batch (``x``: what ``call`` handed the tap)."""
+    if block.kind == "scale_shift":
+        layer = block.layer
+        return kmath.scale_shift_statistic(
+            x,
+            upstream,
+            axes=normalized_axes(layer, len(upstream.shape)),
+            scale=layer.gamma is not None,
+            center=layer.beta is not None,
+        )
+    return kmath.output_statistic(output_rows(block, upstream))
 
 
 def output_rows(block, tensor):
@@ -261,4 +301,23 @@ def make_call(block, tap):
         # The ids reach the tap as float32 (exact below 2²⁴): a tap input takes a gradient.
         return tap(block, s, ops.cast(inputs, "float32"))
 
-    return {"dense": dense, "conv": conv, "einsum": einsum, "embedding": embedding}[block.kind]
+    def scale_shift(call_next, inputs, *args, **kwargs):
+        # y = x̂·γ + β, x̂ normalized in float32 over the layer's axes (as Keras computes it).
+        x = ops.cast(inputs, "float32")
+        rank = len(x.shape)
+        axes = normalized_axes(layer, rank)
+        mean, variance = ops.moments(x, axes=axes, keepdims=True)
+        normalized = (x - mean) * ops.rsqrt(variance + layer.epsilon)
+        shape = [1] * rank
+        for axis in axes:
+            shape[axis] = x.shape[axis]
+        y = normalized
+        if layer.gamma is not None:
+            y = y * ops.reshape(ops.cast(layer.gamma, "float32"), shape)
+        if layer.beta is not None:
+            y = y + ops.reshape(ops.cast(layer.beta, "float32"), shape)
+        return ops.cast(tap(block, y, normalized), layer.compute_dtype)
+
+    calls = {"dense": dense, "conv": conv, "einsum": einsum, "embedding": embedding,
+             "scale_shift": scale_shift}  # fmt: skip
+    return calls[block.kind]

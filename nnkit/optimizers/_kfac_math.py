@@ -98,6 +98,30 @@ def token_frequencies(ids, vocabulary):
     return counts / ops.cast(ops.shape(ids)[0], "float32")
 
 
+def scale_shift_statistic(normalized, upstream, *, axes, scale, center):
+    """``diag(G)`` of a normalization's scale and shift: ``E[g²]`` of each per-example gradient.
+
+    ``y = x̂·γ + β`` over the normalized ``axes`` (positive, never 0): one
+    example's gradients are ``∇γ = Σ x̂ ⊙ g`` and ``∇β = Σ g`` over its other
+    axes, ``g = B·upstream`` (the upstream gradient of a batch-mean loss is
+    ``g / B``). Returns ``[E[∇γ²], E[∇β²]]`` flattened (the parts present).
+    """
+    upstream = ops.cast(upstream, "float32")
+    batch = ops.shape(upstream)[0]
+    rank = len(upstream.shape)
+    others = [axis for axis in range(1, rank) if axis not in axes]
+    parts = []
+    if scale:
+        parts.append(ops.cast(normalized, "float32") * upstream)
+    if center:
+        parts.append(upstream)
+    per_example = [
+        ops.reshape(ops.sum(p, axis=others) if others else p, (batch, -1)) for p in parts
+    ]
+    per_example = ops.concatenate(per_example, axis=1) * ops.cast(batch, "float32")
+    return ops.mean(ops.square(per_example), axis=0)
+
+
 def output_statistic(upstream):
     """``G``'s empirical statistic from the upstream gradient of the mean loss.
 
@@ -189,12 +213,17 @@ def curvature(a, g, *, damping, damping_type):
     return [_damped_inverse(a, pi * root), _damped_inverse(g, root / pi)]
 
 
-def curvature_shapes(input_dim, output_dim, damping_type, *, diagonal_input=False):
-    """The shapes ``curvature`` returns for factors of these sizes (``A`` diagonal or not)."""
+def curvature_shapes(input_dim, output_dim, damping_type, *, diagonal_input=False,
+                     diagonal_output=False):  # fmt: skip
+    """The shapes ``curvature`` returns for factors of these sizes (each diagonal or not)."""
     if damping_type == "eigen":
         a_part = [(input_dim,)] if diagonal_input else [(input_dim, input_dim), (input_dim,)]
-        return [*a_part, (output_dim, output_dim), (output_dim,)]
-    return [(input_dim,) if diagonal_input else (input_dim, input_dim), (output_dim, output_dim)]
+        g_part = [(output_dim,)] if diagonal_output else [(output_dim, output_dim), (output_dim,)]
+        return a_part + g_part
+    return [
+        (input_dim,) if diagonal_input else (input_dim, input_dim),
+        (output_dim,) if diagonal_output else (output_dim, output_dim),
+    ]
 
 
 def _left(inverse, matrix):
@@ -204,21 +233,28 @@ def _left(inverse, matrix):
     return ops.matmul(inverse, matrix)
 
 
+def _right(matrix, inverse):
+    """``matrix @ inverse``, ``inverse`` a matrix or the diagonal of one."""
+    if _is_diagonal(inverse):
+        return matrix * inverse[None, :]
+    return ops.matmul(matrix, inverse)
+
+
 def precondition(gradient, state, *, damping, damping_type):
     """The K-FAC direction for one block's ``(d_in [+1], d_out)`` gradient matrix."""
     if damping_type == "eigen":
-        if _is_diagonal(state[0]):  # a diagonal A: [α, Q_G, γ]
-            alpha, q_g, gamma = state
-            rotated = ops.matmul(gradient, q_g)
-        else:
-            q_a, alpha, q_g, gamma = state
-            rotated = ops.matmul(ops.matmul(ops.transpose(q_a), gradient), q_g)
+        # [Q_A, α] or [α] (diagonal A), then [Q_G, γ] or [γ] (diagonal G).
+        a_part = state[:1] if _is_diagonal(state[0]) else state[:2]
+        g_part = state[len(a_part) :]
+        q_a, alpha = (None, a_part[0]) if len(a_part) == 1 else a_part
+        q_g, gamma = (None, g_part[0]) if len(g_part) == 1 else g_part
+        rotated = gradient if q_a is None else ops.matmul(ops.transpose(q_a), gradient)
+        rotated = rotated if q_g is None else ops.matmul(rotated, q_g)
         scaled = rotated / (alpha[:, None] * gamma[None, :] + damping)
-        if _is_diagonal(state[0]):
-            return ops.matmul(scaled, ops.transpose(q_g))
-        return ops.matmul(ops.matmul(q_a, scaled), ops.transpose(q_g))
+        scaled = scaled if q_a is None else ops.matmul(q_a, scaled)
+        return scaled if q_g is None else ops.matmul(scaled, ops.transpose(q_g))
     a_inverse, g_inverse = state
-    return ops.matmul(_left(a_inverse, gradient), g_inverse)
+    return _right(_left(a_inverse, gradient), g_inverse)
 
 
 def rescale(directions, gradients, learning_rate, *, kl_clip, max_update_norm):

@@ -44,8 +44,8 @@ class KFAC(SecondOrderOptimizer):
     and ``G = E[g gᵀ]`` of the gradients with respect to its pre-activation
     (per example; a convolution's patches follow Grosse & Martens 2016). Blocks:
     ``Dense``, ``Conv1D/2D/3D``, ``EinsumDense`` (one matrix product: every
-    ``MultiHeadAttention`` projection) and ``Embedding`` (diagonal ``A``); the
-    rules, tied layers and normalization scales: ``docs/kfac.md``. Both are
+    ``MultiHeadAttention`` projection), ``Embedding`` (diagonal ``A``) and
+    ``LayerNormalization`` (diagonal ``G``); each rule: ``docs/kfac.md``. Both are
     moving averages (``statistics_decay``, bias-corrected); every
     ``refresh_every`` factor updates the damped inverses are recomputed.
     For a block with gradient ``∇ = [∇W; ∇b]``::

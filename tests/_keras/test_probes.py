@@ -719,6 +719,31 @@ def test_embedding_call():
     assert seen
 
 
+@probe("layer-norm-call")
+def test_layer_norm_call():
+    """A LayerNormalization is (x - mean)·rsqrt(var + eps)·gamma + beta over its sorted axis."""
+    x = np.random.default_rng(9).normal(size=(2, 3, 4)).astype("float32")
+    for kwargs in ({}, {"axis": [-1, -2]}, {"scale": False}, {"center": False}):
+        layer = keras.layers.LayerNormalization(**kwargs)
+        layer.build((None, 3, 4))
+        assert layer.axis == sorted(layer.axis) and isinstance(layer.axis, list)
+        axes = tuple(layer.axis)
+        mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+        expected = (x - mean) / np.sqrt(var + layer.epsilon)
+        shape = [1, 1, 1]
+        for axis in axes:
+            shape[axis] = x.shape[axis]
+        if layer.gamma is not None:
+            layer.gamma.assign(np.linspace(0.5, 1.5, layer.gamma.shape[0] if len(
+                layer.gamma.shape) == 1 else 12).reshape(layer.gamma.shape))  # fmt: skip
+            expected = expected * layer.gamma.numpy().reshape(shape)
+        if layer.beta is not None:
+            expected = expected + layer.beta.numpy().reshape(shape)
+        np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-5)
+        seen, _ = _called_through_instance(layer, x)
+        assert seen
+
+
 @probe("layer-own-variables")
 def test_layer_own_variables(tmp_path):
     """save/load call the instance's *_own_variables with keys "0", "1", … in weights order."""

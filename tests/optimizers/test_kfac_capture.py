@@ -35,6 +35,8 @@ LAYERS = {
         lambda: keras.layers.EinsumDense("abc,cde->abde", (3, 2, 2), bias_axes="de"),
         (3, 5),
     ),
+    "layer-norm": (lambda: keras.layers.LayerNormalization(), (3, 5)),
+    "layer-norm-two-axes": (lambda: keras.layers.LayerNormalization(axis=[-2, -1]), (3, 5)),
     "einsum-transposed": (
         lambda: keras.layers.EinsumDense("abc,dc->abd", (3, 4), activation="tanh"),
         (3, 5),
@@ -81,6 +83,6 @@ def test_registered_layer_gradient_equals_keras(key):
         with tf.GradientTape() as tape:
             tape.watch(inputs)
             loss = tf.reduce_sum(tf.square(model(inputs, training=True)))
-        grads.append(tape.gradient(loss, [inputs, model.layers[0].kernel]))
+        grads.append(tape.gradient(loss, [inputs, model.layers[0].trainable_weights[0]]))
     for got, expected in zip(*grads, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -381,14 +381,78 @@ def test_a_layer_called_twice_sums_its_factors_over_the_uses():
 # -- normalization -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [keras.layers.LayerNormalization, keras.layers.BatchNormalization])
-def test_normalization_scales_are_first_order_with_the_reason(cls):
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), cls()])
-    with pytest.warns(UserWarning, match="normalization scale and shift"):
+def layer_norm_case(seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    layer = keras.layers.LayerNormalization(**kwargs)
+    model = keras.Sequential([keras.Input((3, 4)), layer])
+    rng = np.random.default_rng(seed + 1)
+    x = rng.normal(size=(5, 3, 4)).astype("float32") * 2.0 + 0.5
+    y = rng.normal(size=(5, 3, 4)).astype("float32")
+    # Scale and shift away from their initial values, so that both gradients matter.
+    for weight in (layer.gamma, layer.beta):
+        if weight is not None:
+            weight.assign(rng.normal(size=(4,)).astype("float32"))
+    return model, layer, x, y
+
+
+def check_layer_norm(model, layer, x, y):
+    """The diagonal Fisher of the scale and shift is the mean of the per-example squared
+    gradient, ``E[(∇γ)²]`` and ``E[(∇β)²]``; the step is ``∇ / (E[g²] + λ)`` ("eigen")."""
+    gamma = None if layer.gamma is None else _np(layer.gamma).astype("float64")
+    beta = None if layer.beta is None else _np(layer.beta).astype("float64")
+    x64 = x.astype("float64")
+    mean, var = x64.mean(axis=-1, keepdims=True), x64.var(axis=-1, keepdims=True)
+    normalized = (x64 - mean) / np.sqrt(var + layer.epsilon)
+    out = normalized * (1.0 if gamma is None else gamma) + (0.0 if beta is None else beta)
+    np.testing.assert_allclose(_np(model(x)), out, rtol=1e-4, atol=1e-5)
+    u = 2.0 * (out - y) / y.size  # ∂L/∂y of the batch-mean loss
+    per_example = []  # one example's gradient: B·u is its ∂ℓ/∂y
+    if gamma is not None:
+        per_example.append((len(x) * u * normalized).sum(axis=1))
+    if beta is not None:
+        per_example.append((len(x) * u).sum(axis=1))
+    per_example = np.concatenate(per_example, axis=1)  # (B, parameters)
+    fisher = (per_example**2).mean(axis=0)
+    grad = per_example.mean(axis=0)  # the batch-mean loss's gradient
+    expected = np.concatenate([w for w in (gamma, beta) if w is not None]) - grad / (
+        fisher + DAMPING
+    )
+    optimizer = _kfac(model)
+    assert optimizer.registered_layers == [layer.path]
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_allclose(_factor(optimizer, "g"), fisher, rtol=1e-4, atol=1e-8)
+    np.testing.assert_array_equal(_factor(optimizer, "a"), [[1.0]])
+    got = np.concatenate([_np(w) for w in (layer.gamma, layer.beta) if w is not None])
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-5)
+    # Not the squared batch gradient, which is never larger (Jensen).
+    assert np.all(grad**2 <= fisher + 1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"scale": False}, {"center": False}], ids=["scale-shift", "shift", "scale"]
+)
+def test_layer_normalization_takes_the_per_example_diagonal_fisher(kwargs):
+    check_layer_norm(*layer_norm_case(**kwargs))
+
+
+def test_batch_normalization_stays_first_order_with_the_reason():
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()]
+    )
+    with pytest.warns(UserWarning, match="coupled through the batch statistics"):
         optimizer = KFAC(model=model)
     assert optimizer.registered_layers == [model.layers[0].path]
     (listed,) = optimizer.first_order_layers
     assert listed.startswith(model.layers[1].path) and "first order" in listed
+
+
+def test_layer_normalization_over_the_batch_axis_stays_first_order():
+    layer = keras.layers.LayerNormalization(axis=[0, 1])
+    model = keras.Sequential([keras.Input(batch_shape=(5, 4)), layer])
+    with pytest.warns(UserWarning, match="over the batch axis"):
+        optimizer = KFAC(model=model)
+    assert optimizer.registered_layers == []
 
 
 # -- JAX -------------------------------------------------------------------------------
@@ -403,6 +467,7 @@ JAX_SCRIPT = textwrap.dedent(
         t.check_one_step(*compile_case)
     t.check_one_step(*t.embedding_case(), diagonal=True)
     t.check_tied(*t.tied_case())
+    t.check_layer_norm(*t.layer_norm_case())
     print("ok")
     """
 )
