@@ -455,6 +455,43 @@ def test_layer_normalization_over_the_batch_axis_stays_first_order():
     assert optimizer.registered_layers == []
 
 
+# -- every kind at once ----------------------------------------------------------------
+
+
+def _every_kind(seed=0):
+    keras.utils.set_random_seed(seed)
+    ids = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(11, 8)(ids)
+    h = keras.layers.Conv1D(8, 3, padding="causal", activation="relu")(h)
+    h = keras.layers.LayerNormalization()(h)
+    h = h + keras.layers.MultiHeadAttention(2, 4)(h, h)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(h))
+    return keras.Model(ids, outputs)
+
+
+def test_every_kind_together_under_mirrored_strategy_matches_one_device():
+    from tests.distribute._mirrored import mirrored_strategy
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 11, size=(32, 6)).astype("int32")
+    y = rng.normal(size=(32, 2)).astype("float32")
+    single = _every_kind()
+    single.compile(optimizer=KFAC(0.05, model=single, refresh_every=2), loss="mse")
+    single.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    with mirrored_strategy().scope():
+        mirrored = _every_kind()
+        optimizer = KFAC(0.05, model=mirrored, refresh_every=2)
+        mirrored.compile(optimizer=optimizer, loss="mse")
+    assert len(optimizer.registered_layers) == 8 and optimizer.first_order_layers == []
+    mirrored.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    for variable in [*mirrored.weights, *optimizer.variables]:
+        first, *others = [c.numpy() for c in variable.value.values]
+        for other in others:
+            np.testing.assert_array_equal(first, other, err_msg=variable.path)
+    for a, b in zip(single.get_weights(), mirrored.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
 # -- JAX -------------------------------------------------------------------------------
 
 JAX_SCRIPT = textwrap.dedent(
