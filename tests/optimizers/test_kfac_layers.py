@@ -492,6 +492,29 @@ def test_every_kind_together_under_mirrored_strategy_matches_one_device():
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
+def test_every_kind_saves_loads_and_resumes(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 11, size=(16, 6)).astype("int32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    model = _every_kind(seed=2)
+    optimizer = KFAC(0.05, model=model, refresh_every=2)
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    path = tmp_path / "kinds.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    loaded.optimizer.register(loaded)
+    shapes = {v.name.split("kfac_", 1)[-1]: tuple(v.shape) for v in optimizer.variables}
+    assert shapes["embedding_a_factor"] == (11,)  # the diagonal A
+    assert shapes["layer_normalization_g_factor"] == (16,)  # diag G of [γ, β]
+    for a, b in zip(optimizer.variables, loaded.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(_np(b), _np(a), err_msg=a.name)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    loaded.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 # -- JAX -------------------------------------------------------------------------------
 
 JAX_SCRIPT = textwrap.dedent(
