@@ -140,6 +140,8 @@ def _einsum_geometry(layer):
     layout, _ = einsum_layout(layer.equation, layer.bias_axes)
     w = layout["kernel"]
     order = tuple(w.index(a) for a in layout["contracted"] + layout["outputs"])
+    if order == tuple(range(len(order))):
+        order = None  # the kernel is in matrix order already
     return {"layout": layout, "kernel_order": order, "output_axes": len(layout["outputs"])}
 
 

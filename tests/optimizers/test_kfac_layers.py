@@ -193,6 +193,7 @@ EINSUMS = {
     "two-output-axes": ("abc,cde->abde", (4, 2, 3), "de", (4, 5)),
     "two-contracted-axes": ("abcd,cde->abe", (4, 3), "e", (4, 2, 3)),
     "ellipsis-no-bias": ("...b,bc->...c", 3, None, (4, 5)),
+    "interleaved-output": ("abc,cd->adb", (3, 4), "d", (4, 5)),
 }
 
 
@@ -221,6 +222,8 @@ def einsum_case(key, seed=0):
         "rows": lambda x: x.reshape(-1, int(np.prod(x.shape[x.ndim - contracted :]))),
         "out_rows": lambda t: t.reshape(-1, int(np.prod(t.shape[2:]))),
     }
+    if key == "interleaved-output":  # output (a, d, b): the rows are (a, b)
+        case["out_rows"] = lambda t: np.swapaxes(t, 1, 2).reshape(-1, t.shape[1])
     return model, layer, x, y, case
 
 
