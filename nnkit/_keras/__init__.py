@@ -20,7 +20,8 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
   ``fit-shared-params``, ``fit-callback-list``.
 - ``metrics``: ``metric-direction``.
 - ``layers``: ``flatten-layers``, ``seed-generators``, ``late-weights``,
-  ``late-regularizer``, ``dense-call``, ``conv-call``, ``layer-own-variables``.
+  ``late-regularizer``, ``dense-call``, ``conv-call``, ``einsum-call``,
+  ``embedding-call``, ``layer-norm-call``, ``layer-own-variables``.
 - ``model``: ``functional-inputs``, ``build-shapes``.
 - ``multi_worker``: ``multi-worker-symbolic-build``,
   ``multi-worker-reduce-per-replica``, ``multi-worker-mode``.
@@ -134,9 +135,26 @@ ASSUMPTIONS = {
     ),
     "conv-call": (
         "layers",
-        "a Conv2D layer (groups=1, no LoRA, not quantized) computes activation("
+        "a Conv1D/Conv2D/Conv3D layer (groups=1, no LoRA, not quantized) computes activation("
         "convolution_op(inputs, kernel) + bias), the bias broadcast over the channels axis "
-        "of data_format, whatever `training` is",
+        "of data_format, whatever `training` is; a causal Conv1D left-pads its input by "
+        "dilation_rate * (kernel_size - 1) and convolves with padding 'valid'",
+    ),
+    "einsum-call": (
+        "layers",
+        "an EinsumDense layer (no LoRA, not quantized) computes activation(einsum(equation, "
+        "inputs, kernel) + bias) from its public equation, kernel, bias and activation",
+    ),
+    "embedding-call": (
+        "layers",
+        "an Embedding layer (no LoRA, not quantized) computes take(embeddings, ids, axis=0), "
+        "cast to its compute dtype",
+    ),
+    "layer-norm-call": (
+        "layers",
+        "a LayerNormalization layer (rms_scaling=False) computes (x - mean) * rsqrt(variance + "
+        "epsilon) * gamma + beta over its axis (a sorted list once built) from its public "
+        "gamma and beta (None without scale / center)",
     ),
     "layer-own-variables": (
         "layers",

@@ -23,9 +23,18 @@ written from the layer's public attributes plus an identity tap, and its
   quantization computes ``activation(inputs @ kernel + bias)`` from its
   public ``kernel``, ``bias`` (``None`` without one) and ``activation``,
   whatever ``training`` is.
-- ``conv-call``: a ``Conv2D`` layer (``groups=1``, no LoRA, not quantized)
-  computes ``activation(convolution_op(inputs, kernel) + bias)``, the bias
-  broadcast along the channels axis of ``data_format``.
+- ``conv-call``: a ``Conv1D``/``Conv2D``/``Conv3D`` layer (``groups=1``, no
+  LoRA, not quantized) computes ``activation(convolution_op(inputs, kernel) +
+  bias)``, the bias broadcast along the channels axis of ``data_format``; a
+  causal ``Conv1D`` left-pads by ``dilation_rate·(kernel_size − 1)`` and
+  convolves with ``"valid"``.
+- ``einsum-call``: an ``EinsumDense`` layer computes
+  ``activation(einsum(equation, inputs, kernel) + bias)``.
+- ``embedding-call``: an ``Embedding`` layer computes
+  ``take(embeddings, ids, axis=0)`` in its compute dtype.
+- ``layer-norm-call``: a ``LayerNormalization`` layer (``rms_scaling=False``)
+  computes ``(x − mean)·rsqrt(variance + epsilon)·gamma + beta`` over its
+  ``axis`` (a sorted list once built).
 - ``layer-own-variables``: saving a model calls each layer's
   ``save_own_variables(store)`` and loading its ``load_own_variables(store)``,
   looked up on the instance, with the keys ``"0"``, ``"1"``, … in

@@ -1,15 +1,18 @@
 """How ``KFAC`` sees a layer's inputs and output gradients inside an unmodified ``fit``.
 
-Registering a model gives every eligible ``Dense`` and ``Conv2D`` layer (a
-*block*) two float32 *statistics channels*: trainable weights of the shapes
-of ``A`` and ``G`` whose value is never used, only their gradient. The
-layer's ``call`` is shadowed (``nnkit._keras.shadow``, owner ``"kfac"``) by
-the same computation with an identity *tap* on the pre-activation ``s``
+Registering a model gives every eligible layer of a kind in ``KINDS`` (a
+*block*; the per-kind code is in ``_kfac_layers.py``) two float32
+*statistics channels*: trainable weights of the shapes of ``A`` and ``G``
+whose value is never used, only their gradient. The layer's ``call`` is
+shadowed (``nnkit._keras.shadow``, owner ``"kfac"``) by the same
+computation with an identity *tap* on the pre-activation ``s``
 (``ops.custom_gradient``). In the backward pass the tap hands the upstream
 gradient on unchanged and returns, as the gradients of the two channels,
 the statistics of this batch: ``E[ã ãᵀ]`` of the layer's inputs and
 ``E[g gᵀ]`` of the gradients with respect to ``s`` (or the output layer's
-closed-form Fisher). This is the route of Keras's float8 ``Dense``, which
+closed-form Fisher). A layer called several times in one forward pass
+has one tap per call, and automatic differentiation adds the channels'
+gradients: its statistics are summed over the uses. This is the route of Keras's float8 ``Dense``, which
 carries its scaling statistics out of the backward pass through the gradient
 of ``overwrite_with_gradient`` weights: it runs inside the compiled train
 step on TensorFlow (with or without XLA, under ``tf.distribute``) and on
@@ -35,36 +38,71 @@ from keras import ops
 from nnkit._keras import layers as keras_layers
 from nnkit._keras import shadow, train_function
 from nnkit._keras.fit import explicit_strategy
+from nnkit.optimizers import _kfac_layers as kinds
 from nnkit.optimizers import _kfac_math as kmath
 
 OWNER = "kfac"
-KINDS = {keras.layers.Dense: "dense", keras.layers.Conv2D: "conv2d"}
+KINDS = kinds.KINDS
 
 
 @dataclasses.dataclass(eq=False)
 class Block:
-    """One registered layer: its weights, its statistics channels, and what was patched."""
+    """One registered layer: its weights, its statistics channels, and what was patched.
+
+    The kernel is one ``(d_in, d_out)`` matrix after transposing its axes to
+    ``kernel_order`` (``None``: as they are) and flattening all but the last
+    ``output_axes``; ``diagonal_input``: ``A`` is diagonal and kept as its
+    diagonal (an ``Embedding``). ``diagonal_output``: a diagonal block
+    ``1 ⊗ diag(G)`` whose gradient matrix is the one row ``[∇γ, ∇β]`` (a
+    normalization's scale and shift). ``layout``: an ``EinsumDense``'s parsed
+    equation.
+    """
 
     layer: object
     kind: str
     kernel: object
     bias: object  # None without a bias
-    input_channel: object
-    output_channel: object
-    output_fisher: str  # "empirical", or the loss of the output layer's closed form
+    input_channel: object = None
+    output_channel: object = None
+    output_fisher: str = "empirical"  # or the loss of the output layer's closed form
     patches: list = dataclasses.field(default_factory=list)
+    kernel_order: tuple = None
+    output_axes: int = 1
+    diagonal_input: bool = False
+    diagonal_output: bool = False
+    layout: dict = None
 
     @property
     def name(self):
         return self.layer.path if hasattr(self.layer, "path") else self.layer.name
 
+    def _matrix_shape(self):
+        shape = [int(size) for size in self.kernel.shape]
+        if self.kernel_order is not None:
+            shape = [shape[axis] for axis in self.kernel_order]
+        return shape
+
     @property
     def input_dim(self):
-        return _prod(self.kernel.shape[:-1]) + (self.bias is not None)
+        if self.diagonal_output:
+            return 1
+        return _prod(self._matrix_shape()[: -self.output_axes]) + (self.bias is not None)
 
     @property
     def output_dim(self):
-        return int(self.kernel.shape[-1])
+        if self.diagonal_output:
+            return _prod(self.kernel.shape) + (0 if self.bias is None else _prod(self.bias.shape))
+        return _prod(self._matrix_shape()[-self.output_axes :])
+
+    @property
+    def a_shape(self):
+        """``A``'s shape: ``(d_in,)`` when kept as its diagonal, else ``(d_in, d_in)``."""
+        return (self.input_dim,) if self.diagonal_input else (self.input_dim,) * 2
+
+    @property
+    def g_shape(self):
+        """``G``'s shape: ``(d_out,)`` when kept as its diagonal, else ``(d_out, d_out)``."""
+        return (self.output_dim,) if self.diagonal_output else (self.output_dim,) * 2
 
     @property
     def channels(self):
@@ -72,7 +110,15 @@ class Block:
 
     def gradient_matrix(self, kernel_grad, bias_grad):
         """``[∇W; ∇b]`` as the ``(input_dim, output_dim)`` matrix the factors act on."""
-        rows = ops.reshape(ops.cast(kernel_grad, "float32"), (-1, self.output_dim))
+        kernel_grad = ops.cast(ops.convert_to_tensor(kernel_grad), "float32")
+        if self.diagonal_output:
+            row = [ops.reshape(kernel_grad, (1, -1))]
+            if self.bias is not None:
+                row.append(ops.reshape(ops.cast(bias_grad, "float32"), (1, -1)))
+            return ops.concatenate(row, axis=1) if len(row) > 1 else row[0]
+        if self.kernel_order is not None:
+            kernel_grad = ops.transpose(kernel_grad, self.kernel_order)
+        rows = ops.reshape(kernel_grad, (-1, self.output_dim))
         if self.bias is None:
             return rows
         bias_row = ops.reshape(ops.cast(bias_grad, "float32"), (1, self.output_dim))
@@ -80,25 +126,18 @@ class Block:
 
     def split(self, matrix):
         """The inverse of ``gradient_matrix``: ``(kernel part, bias part or None)``."""
+        if self.diagonal_output:
+            size = _prod(self.kernel.shape)
+            kernel = ops.reshape(matrix[0, :size], self.kernel.shape)
+            bias = None if self.bias is None else ops.reshape(matrix[0, size:], self.bias.shape)
+            return kernel, bias
         kernel_rows = self.input_dim - (self.bias is not None)
-        kernel = ops.reshape(matrix[:kernel_rows], self.kernel.shape)
+        kernel = ops.reshape(matrix[:kernel_rows], self._matrix_shape())
+        if self.kernel_order is not None:
+            inverse = sorted(range(len(self.kernel_order)), key=self.kernel_order.__getitem__)
+            kernel = ops.transpose(kernel, inverse)
         bias = None if self.bias is None else ops.reshape(matrix[kernel_rows:], self.bias.shape)
         return kernel, bias
-
-
-def _ineligible_reason(layer):
-    """Why a ``Dense``/``Conv2D`` layer cannot be a block (``None`` when it can)."""
-    if not layer.built:
-        return "not built"
-    if not layer.trainable:
-        return "not trainable"
-    if getattr(layer, "lora_enabled", False):
-        return "LoRA enabled"
-    if layer.quantization_mode is not None:
-        return f"quantized ({layer.quantization_mode})"
-    if isinstance(layer, keras.layers.Conv2D) and layer.groups != 1:
-        return f"grouped convolution (groups={layer.groups})"
-    return None
 
 
 def _own_trainable_weights(layer):
@@ -111,7 +150,10 @@ def plan(model):
     blocks, fallback = [], []
     for layer in keras_layers.walk(model, include_self=False):
         kind = KINDS.get(type(layer))
-        reason = "not a Dense or Conv2D layer" if kind is None else _ineligible_reason(layer)
+        if kind is None:
+            reason = kinds.FIRST_ORDER.get(type(layer), kinds.OTHER)
+        else:
+            reason = kinds.ineligible_reason(layer, kind)
         if reason is None:
             if shadow.is_shadowed(layer, "call", OWNER):
                 raise ValueError(
@@ -124,10 +166,6 @@ def plan(model):
     return blocks, fallback
 
 
-def _activation_of(layer):
-    return layer.activation if layer.activation is not None else keras.activations.linear
-
-
 def check_output_layer(model, layer, output_fisher):
     """Raise unless ``layer`` (the model's last) can take the closed-form ``output_fisher``."""
     allowed = {
@@ -135,18 +173,18 @@ def check_output_layer(model, layer, output_fisher):
         "categorical_crossentropy": (keras.activations.linear, keras.activations.softmax),
         "binary_crossentropy": (keras.activations.linear, keras.activations.sigmoid),
     }[output_fisher]
-    if layer is None or model.layers[-1] is not layer:
+    if layer is None or model.layers[-1] is not layer or KINDS[type(layer)] == "scale_shift":
         raise ValueError(
-            f"`output_fisher={output_fisher!r}` needs the model's last layer to be a Dense or "
-            "Conv2D layer that KFAC registers (its pre-activation is the output the loss "
+            f"`output_fisher={output_fisher!r}` needs the model's last layer to be a Dense, "
+            "convolution, EinsumDense or Embedding layer that KFAC registers (its pre-activation is the output the loss "
             "sees). Use output_fisher='empirical' for this model. Received: last layer "
             f"{model.layers[-1].name!r}"
         )
-    if _activation_of(layer) not in allowed:
+    if kinds.activation_of(layer) not in allowed:
         raise ValueError(
             f"`output_fisher={output_fisher!r}` needs the output layer's activation to be one "
             f"of {[a.__name__ for a in allowed]}. Received: activation="
-            f"{_activation_of(layer).__name__!r} on layer {layer.name!r}"
+            f"{kinds.activation_of(layer).__name__!r} on layer {layer.name!r}"
         )
 
 
@@ -173,42 +211,17 @@ def _tap(block, preactivation, inputs):
     """Identity on ``preactivation``; its backward pass returns the two statistics."""
     if getattr(_LOCAL, "untapped", False):
         return preactivation
-    layer = block.layer
-    bias = block.bias is not None
 
     @ops.custom_gradient
     def tap(s, x, input_channel, output_channel):
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            if block.kind == "dense":
-                a = kmath.dense_input_statistic(x, bias=bias)
-            else:
-                a = kmath.covariance(
-                    kmath.conv_patches(
-                        x,
-                        layer.kernel_size,
-                        strides=list(layer.strides),
-                        padding=layer.padding,
-                        dilation_rate=layer.dilation_rate,
-                        data_format=layer.data_format,
-                    ),
-                    bias=bias,
-                )
-            g_rows = (
-                upstream
-                if block.kind == "dense" or layer.data_format == "channels_last"
-                else (ops.moveaxis(upstream, 1, -1))
-            )
+            a = kinds.input_statistic(block, x)
             if block.output_fisher == "empirical":
-                g = kmath.output_statistic(g_rows)
+                g = kinds.output_statistic(block, x, upstream)
             else:
-                s_rows = (
-                    s
-                    if block.kind == "dense" or layer.data_format == "channels_last"
-                    else (ops.moveaxis(s, 1, -1))
-                )
-                g = kmath.output_fisher_statistic(s_rows, block.output_fisher)
+                g = kmath.output_fisher_statistic(kinds.output_rows(block, s), block.output_fisher)
             return upstream, None, a, g
 
         return s, grad
@@ -219,34 +232,6 @@ def _tap(block, preactivation, inputs):
         ops.convert_to_tensor(block.input_channel),
         ops.convert_to_tensor(block.output_channel),
     )
-
-
-def _dense_call(block):
-    layer = block.layer
-
-    def call(call_next, inputs, *args, **kwargs):
-        s = ops.matmul(inputs, layer.kernel)
-        if layer.bias is not None:
-            s = ops.add(s, layer.bias)
-        return _activation_of(layer)(_tap(block, s, inputs))
-
-    return call
-
-
-def _conv_call(block):
-    layer = block.layer
-
-    def call(call_next, inputs, *args, **kwargs):
-        s = layer.convolution_op(inputs, layer.kernel)
-        if layer.use_bias:
-            if layer.data_format == "channels_last":
-                shape = (1,) * (layer.rank + 1) + (layer.filters,)
-            else:
-                shape = (1, layer.filters) + (1,) * layer.rank
-            s = ops.add(s, ops.reshape(layer.bias, shape))
-        return _activation_of(layer)(_tap(block, s, inputs))
-
-    return call
 
 
 def _save_without(channels):
@@ -285,11 +270,11 @@ def _load_without(layer, channels):
     return load_own_variables
 
 
-def _channel(layer, dim, side):
-    """The ``(dim, dim)`` float32 statistics channel ``kfac_<side>_statistic`` on ``layer``
+def _channel(layer, shape, side):
+    """The float32 statistics channel ``kfac_<side>_statistic`` of ``shape`` on ``layer``
     (inside ``unlocked``)."""
     return layer.add_weight(
-        shape=(dim, dim),
+        shape=shape,
         initializer="zeros",
         dtype="float32",
         trainable=True,
@@ -312,22 +297,16 @@ def make_blocks(model, planned, output_fisher):
     with scope:
         for layer, kind in planned:
             is_output = output_fisher != "empirical" and layer is model.layers[-1]
-            kernel, bias = layer.kernel, layer.bias
-            input_dim = _prod(kernel.shape[:-1]) + (bias is not None)
-            output_dim = int(kernel.shape[-1])
-            with keras_layers.unlocked(layer):
-                input_channel = _channel(layer, input_dim, "input")
-                output_channel = _channel(layer, output_dim, "output")
             block = Block(
                 layer,
                 kind,
-                kernel,
-                bias,
-                input_channel,
-                output_channel,
-                output_fisher if is_output else "empirical",
+                output_fisher=output_fisher if is_output else "empirical",
+                **kinds.geometry(layer, kind),
             )
-            call = _dense_call(block) if kind == "dense" else _conv_call(block)
+            with keras_layers.unlocked(layer):
+                block.input_channel = _channel(layer, block.a_shape, "input")
+                block.output_channel = _channel(layer, block.g_shape, "output")
+            call = kinds.make_call(block, _tap)
             channels = block.channels
             block.patches = [
                 shadow.shadow(layer, "call", call, owner=OWNER),

@@ -49,11 +49,15 @@ class FactorState:
         for block in missing:
             prefix = f"kfac_{state_name(block.name)}"
             entry = {
-                "a": add(f"{prefix}_a_factor", (block.input_dim,) * 2),
-                "g": add(f"{prefix}_g_factor", (block.output_dim,) * 2),
+                "a": add(f"{prefix}_a_factor", block.a_shape),
+                "g": add(f"{prefix}_g_factor", block.g_shape),
             }
             shapes = kmath.curvature_shapes(
-                block.input_dim, block.output_dim, self.optimizer.damping_type
+                block.input_dim,
+                block.output_dim,
+                self.optimizer.damping_type,
+                diagonal_input=block.diagonal_input,
+                diagonal_output=block.diagonal_output,
             )
             entry["curvature"] = [
                 add(f"{prefix}_curvature_{i}", shape) for i, shape in enumerate(shapes)

@@ -58,16 +58,20 @@ def dense_input_statistic(inputs, *, bias):
 
 
 def conv_patches(inputs, kernel_size, *, strides, padding, dilation_rate, data_format):
-    """The input patches a ``Conv2D`` kernel sees, ``(rows, kh·kw·c_in)``, in its kernel's order.
+    """The input patches a convolution kernel sees, ``(rows, k₁·…·k_r·c_in)``, in its kernel's order.
 
-    One convolution with the identity kernel: output channel
-    ``(i·kw + j)·c_in + c`` holds input channel ``c`` at offset ``(i, j)``,
-    which is ``kernel.reshape(kh·kw·c_in, c_out)``'s row order.
+    For a 1-, 2- or 3-D convolution (``r = len(kernel_size)``): one
+    convolution with the identity kernel, whose output channel
+    ``(offset index)·c_in + c`` holds input channel ``c`` at that kernel
+    offset (offsets in row-major order), which is
+    ``kernel.reshape(k₁·…·k_r·c_in, c_out)``'s row order.
     """
     inputs = ops.cast(inputs, "float32")
     channels_axis = -1 if data_format == "channels_last" else 1
     channels = ops.shape(inputs)[channels_axis]
-    size = kernel_size[0] * kernel_size[1] * channels
+    size = channels
+    for k in kernel_size:
+        size *= k
     identity = ops.reshape(ops.eye(size, dtype="float32"), (*kernel_size, channels, size))
     patches = ops.conv(
         inputs,
@@ -80,6 +84,42 @@ def conv_patches(inputs, kernel_size, *, strides, padding, dilation_rate, data_f
     if data_format != "channels_last":
         patches = ops.moveaxis(patches, 1, -1)
     return ops.reshape(patches, (-1, size))
+
+
+def token_frequencies(ids, vocabulary):
+    """``diag(A)`` of an ``Embedding``: each token's share of the batch's positions, ``(vocabulary,)``.
+
+    ``A = E[e_t e_tᵀ]`` over the positions, ``e_t`` the one-hot row of token
+    ``t``: a diagonal matrix, kept as its diagonal ``count(t) / positions``.
+    """
+    ids = ops.reshape(ops.cast(ids, "int32"), (-1,))
+    ones = ops.ones(ops.shape(ids), "float32")
+    counts = ops.segment_sum(ones, ids, num_segments=vocabulary)
+    return counts / ops.cast(ops.shape(ids)[0], "float32")
+
+
+def scale_shift_statistic(normalized, upstream, *, axes, scale, center):
+    """``diag(G)`` of a normalization's scale and shift: ``E[g²]`` of each per-example gradient.
+
+    ``y = x̂·γ + β`` over the normalized ``axes`` (positive, never 0): one
+    example's gradients are ``∇γ = Σ x̂ ⊙ g`` and ``∇β = Σ g`` over its other
+    axes, ``g = B·upstream`` (the upstream gradient of a batch-mean loss is
+    ``g / B``). Returns ``[E[∇γ²], E[∇β²]]`` flattened (the parts present).
+    """
+    upstream = ops.cast(upstream, "float32")
+    batch = ops.shape(upstream)[0]
+    rank = len(upstream.shape)
+    others = [axis for axis in range(1, rank) if axis not in axes]
+    parts = []
+    if scale:
+        parts.append(ops.cast(normalized, "float32") * upstream)
+    if center:
+        parts.append(upstream)
+    per_example = [
+        ops.reshape(ops.sum(p, axis=others) if others else p, (batch, -1)) for p in parts
+    ]
+    per_example = ops.concatenate(per_example, axis=1) * ops.cast(batch, "float32")
+    return ops.mean(ops.square(per_example), axis=0)
 
 
 def output_statistic(upstream):
@@ -120,8 +160,30 @@ def output_fisher_statistic(preactivation, loss):
     raise ValueError(f"`loss` must be one of {OUTPUT_FISHERS[1:]}. Received: loss={loss!r}")
 
 
-def _mean_eigenvalue(matrix):
-    return ops.trace(matrix) / ops.cast(ops.shape(matrix)[0], "float32")
+def _is_diagonal(factor):
+    """A factor kept as its diagonal (rank 1) rather than as a matrix."""
+    return len(factor.shape) == 1
+
+
+def _mean_eigenvalue(factor):
+    if _is_diagonal(factor):
+        return ops.mean(factor)
+    return ops.trace(factor) / ops.cast(ops.shape(factor)[0], "float32")
+
+
+def _damped_inverse(factor, shift):
+    """``(F + shift·I)⁻¹``: a vector for a diagonal factor, a matrix otherwise."""
+    if _is_diagonal(factor):
+        return 1.0 / (factor + shift)
+    return ops.inv(factor + shift * ops.eye(ops.shape(factor)[0], dtype="float32"))
+
+
+def _eigen(factor):
+    """``[Q, eigenvalues ≥ 0]``; a diagonal factor is its own eigenvalues (``Q = I``, not stored)."""
+    if _is_diagonal(factor):
+        return [ops.maximum(factor, 0.0)]
+    values, vectors = kron.eigh(factor)
+    return [vectors, ops.maximum(values, 0.0)]
 
 
 def curvature(a, g, *, damping, damping_type):
@@ -132,12 +194,15 @@ def curvature(a, g, *, damping, damping_type):
     ``"eigen"``: ``[Q_A, α, Q_G, γ]`` (eigenvalues clipped at 0; λ is
     added in ``precondition``), from the shared canonical eigendecomposition
     of ``_kronecker`` (descending, sign-fixed: every replica computes the same).
+    A factor kept as its diagonal (rank 1: an ``Embedding``'s ``A``) stays
+    one: its inverse is a vector and its eigen entry is ``[α]`` alone (``Q = I``).
     """
-    a, g = kron.symmetric(a), kron.symmetric(g)
+    if not _is_diagonal(a):
+        a = kron.symmetric(a)
+    if not _is_diagonal(g):
+        g = kron.symmetric(g)
     if damping_type == "eigen":
-        alpha, q_a = kron.eigh(a)
-        gamma, q_g = kron.eigh(g)
-        return [q_a, ops.maximum(alpha, 0.0), q_g, ops.maximum(gamma, 0.0)]
+        return _eigen(a) + _eigen(g)
     root = ops.sqrt(ops.cast(damping, "float32"))
     if damping_type == "pi":
         pi = ops.sqrt(
@@ -145,27 +210,51 @@ def curvature(a, g, *, damping, damping_type):
         )
     else:
         pi = 1.0
-    eye_a = ops.eye(ops.shape(a)[0], dtype="float32")
-    eye_g = ops.eye(ops.shape(g)[0], dtype="float32")
-    return [ops.inv(a + (pi * root) * eye_a), ops.inv(g + (root / pi) * eye_g)]
+    return [_damped_inverse(a, pi * root), _damped_inverse(g, root / pi)]
 
 
-def curvature_shapes(input_dim, output_dim, damping_type):
-    """The shapes ``curvature`` returns for factors of these sizes."""
+def curvature_shapes(input_dim, output_dim, damping_type, *, diagonal_input=False,
+                     diagonal_output=False):  # fmt: skip
+    """The shapes ``curvature`` returns for factors of these sizes (each diagonal or not)."""
     if damping_type == "eigen":
-        return [(input_dim, input_dim), (input_dim,), (output_dim, output_dim), (output_dim,)]
-    return [(input_dim, input_dim), (output_dim, output_dim)]
+        a_part = [(input_dim,)] if diagonal_input else [(input_dim, input_dim), (input_dim,)]
+        g_part = [(output_dim,)] if diagonal_output else [(output_dim, output_dim), (output_dim,)]
+        return a_part + g_part
+    return [
+        (input_dim,) if diagonal_input else (input_dim, input_dim),
+        (output_dim,) if diagonal_output else (output_dim, output_dim),
+    ]
+
+
+def _left(inverse, matrix):
+    """``inverse @ matrix``, ``inverse`` a matrix or the diagonal of one."""
+    if _is_diagonal(inverse):
+        return inverse[:, None] * matrix
+    return ops.matmul(inverse, matrix)
+
+
+def _right(matrix, inverse):
+    """``matrix @ inverse``, ``inverse`` a matrix or the diagonal of one."""
+    if _is_diagonal(inverse):
+        return matrix * inverse[None, :]
+    return ops.matmul(matrix, inverse)
 
 
 def precondition(gradient, state, *, damping, damping_type):
     """The K-FAC direction for one block's ``(d_in [+1], d_out)`` gradient matrix."""
     if damping_type == "eigen":
-        q_a, alpha, q_g, gamma = state
-        rotated = ops.matmul(ops.matmul(ops.transpose(q_a), gradient), q_g)
+        # [Q_A, α] or [α] (diagonal A), then [Q_G, γ] or [γ] (diagonal G).
+        a_part = state[:1] if _is_diagonal(state[0]) else state[:2]
+        g_part = state[len(a_part) :]
+        q_a, alpha = (None, a_part[0]) if len(a_part) == 1 else a_part
+        q_g, gamma = (None, g_part[0]) if len(g_part) == 1 else g_part
+        rotated = gradient if q_a is None else ops.matmul(ops.transpose(q_a), gradient)
+        rotated = rotated if q_g is None else ops.matmul(rotated, q_g)
         scaled = rotated / (alpha[:, None] * gamma[None, :] + damping)
-        return ops.matmul(ops.matmul(q_a, scaled), ops.transpose(q_g))
+        scaled = scaled if q_a is None else ops.matmul(q_a, scaled)
+        return scaled if q_g is None else ops.matmul(scaled, ops.transpose(q_g))
     a_inverse, g_inverse = state
-    return ops.matmul(ops.matmul(a_inverse, gradient), g_inverse)
+    return _right(_left(a_inverse, gradient), g_inverse)
 
 
 def rescale(directions, gradients, learning_rate, *, kl_clip, max_update_norm):

@@ -19,6 +19,8 @@ replicas (each computes them on its part of the batch) and the losses
 summed (Keras's loss is already divided by the number of replicas).
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -119,12 +121,12 @@ class BatchWork:
             return ops.concatenate([ops.reshape(ops.cast(g, "float32"), (-1,)) for g in grads], 0)
 
         def skip():
-            return ops.zeros((sum(a * b for a, b in shapes),), "float32")
+            return ops.zeros((sum(math.prod(shape) for shape in shapes),), "float32")
 
         flat = optimizer.periodic(due, compute, skip)
         statistics, start = {}, 0
         for block, shape in zip(blocks, shapes, strict=True):
-            size = shape[0] * shape[1]
+            size = math.prod(shape)
             statistics[id(block)] = ops.reshape(flat[start : start + size], shape)
             start += size
         return due, statistics

@@ -36,7 +36,7 @@ _UNSUPPORTED = {
 
 @keras.saving.register_keras_serializable(package="nnkit")
 class KFAC(SecondOrderOptimizer):
-    """Kronecker-factored approximate curvature (K-FAC) for Dense and Conv2D layers.
+    """Kronecker-factored approximate curvature (K-FAC) for dense, convolution and embedding layers.
 
     Use it where the curvature is badly conditioned and first-order methods
     crawl: deep autoencoders and MLPs with saturating units are the classic
@@ -45,7 +45,10 @@ class KFAC(SecondOrderOptimizer):
     (a *block*) gets a Fisher block ``F ≈ A ⊗ G``, where ``A = E[ã ãᵀ]`` of
     its inputs with the bias as the homogeneous coordinate ``ã = [a, 1]``
     and ``G = E[g gᵀ]`` of the gradients with respect to its pre-activation
-    (per example; a Conv2D's patches follow Grosse & Martens 2016). Both are
+    (per example; a convolution's patches follow Grosse & Martens 2016). Blocks:
+    ``Dense``, ``Conv1D/2D/3D``, ``EinsumDense`` (one matrix product: every
+    ``MultiHeadAttention`` projection), ``Embedding`` (diagonal ``A``) and
+    ``LayerNormalization`` (diagonal ``G``); each rule: ``docs/kfac.md``. Both are
     moving averages (``statistics_decay``, bias-corrected); every
     ``refresh_every`` factor updates the damped inverses are recomputed.
     For a block with gradient ``∇ = [∇W; ∇b]``::
@@ -284,7 +287,7 @@ class KFAC(SecondOrderOptimizer):
         return list(self._kfac.fallback)
 
     def register(self, model):
-        """Capture the statistics of ``model``'s Dense and Conv2D layers; call before ``fit``.
+        """Capture the statistics of ``model``'s factored layers; call before ``fit``.
 
         Warns (``UserWarning``) listing the layers that keep the first-order
         rule. On an optimizer that is already built (a loaded model), the

@@ -665,6 +665,85 @@ def test_conv_call():
     assert seen
 
 
+def test_conv_call_in_one_and_three_dimensions():
+    """conv-call, continued: Conv1D (causal: left padding, then "valid") and Conv3D."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 7, 3)).astype("float32")
+    keras.utils.set_random_seed(5)
+    layer = keras.layers.Conv1D(2, 3, dilation_rate=2, padding="causal")
+    layer.build((None, 7, 3))
+    padded = np.pad(x, [(0, 0), (4, 0), (0, 0)])
+    kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
+    by_hand = np.stack(
+        [np.einsum("njc,jcf->nf", padded[:, t : t + 5 : 2, :], kernel) for t in range(7)], axis=1
+    )
+    np.testing.assert_allclose(layer(x), by_hand + bias, rtol=1e-4, atol=1e-5)
+    x3 = rng.normal(size=(2, 3, 3, 3, 2)).astype("float32")
+    layer3 = keras.layers.Conv3D(2, 2)
+    layer3.build((None, 3, 3, 3, 2))
+    s = keras.ops.convert_to_numpy(layer3.convolution_op(x3, layer3.kernel))
+    expected = s + layer3.bias.numpy()
+    np.testing.assert_allclose(layer3(x3), expected, rtol=1e-5, atol=1e-5)
+    window = np.einsum("nijkc,ijkcf->nf", x3[:, :2, :2, :2, :], layer3.kernel.numpy())
+    np.testing.assert_allclose(s[:, 0, 0, 0, :], window, rtol=1e-4, atol=1e-5)
+    for conv in (layer, layer3):
+        seen, _ = _called_through_instance(conv, x if conv is layer else x3)
+        assert seen
+
+
+@probe("einsum-call")
+def test_einsum_call():
+    """An EinsumDense layer is activation(einsum(equation, x, kernel) + bias)."""
+    x = np.random.default_rng(6).normal(size=(2, 4, 5)).astype("float32")
+    keras.utils.set_random_seed(7)
+    layer = keras.layers.EinsumDense("abc,cde->abde", (4, 2, 3), bias_axes="de", activation="tanh")
+    layer.build((None, 4, 5))
+    s = np.einsum("abc,cde->abde", x, layer.kernel.numpy()) + layer.bias.numpy()
+    for training in (True, False):
+        np.testing.assert_allclose(layer(x, training=training), np.tanh(s), rtol=1e-5, atol=1e-5)
+    seen, _ = _called_through_instance(layer, x)
+    assert seen
+
+
+@probe("embedding-call")
+def test_embedding_call():
+    """An Embedding layer is embeddings[ids] (take along axis 0) in its compute dtype."""
+    ids = np.array([[0, 3, 3], [1, 2, 0]], "int32")
+    keras.utils.set_random_seed(8)
+    layer = keras.layers.Embedding(4, 2)
+    layer.build((None, 3))
+    out = layer(ids)
+    np.testing.assert_array_equal(out, layer.embeddings.numpy()[ids])
+    assert keras.backend.standardize_dtype(out.dtype) == layer.compute_dtype
+    seen, _ = _called_through_instance(layer, ids)
+    assert seen
+
+
+@probe("layer-norm-call")
+def test_layer_norm_call():
+    """A LayerNormalization is (x - mean)·rsqrt(var + eps)·gamma + beta over its sorted axis."""
+    x = np.random.default_rng(9).normal(size=(2, 3, 4)).astype("float32")
+    for kwargs in ({}, {"axis": [-1, -2]}, {"scale": False}, {"center": False}):
+        layer = keras.layers.LayerNormalization(**kwargs)
+        layer.build((None, 3, 4))
+        assert layer.axis == sorted(layer.axis) and isinstance(layer.axis, list)
+        axes = tuple(layer.axis)
+        mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+        expected = (x - mean) / np.sqrt(var + layer.epsilon)
+        shape = [1, 1, 1]
+        for axis in axes:
+            shape[axis] = x.shape[axis]
+        if layer.gamma is not None:
+            layer.gamma.assign(np.linspace(0.5, 1.5, layer.gamma.shape[0] if len(
+                layer.gamma.shape) == 1 else 12).reshape(layer.gamma.shape))  # fmt: skip
+            expected = expected * layer.gamma.numpy().reshape(shape)
+        if layer.beta is not None:
+            expected = expected + layer.beta.numpy().reshape(shape)
+        np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-5)
+        seen, _ = _called_through_instance(layer, x)
+        assert seen
+
+
 @probe("layer-own-variables")
 def test_layer_own_variables(tmp_path):
     """save/load call the instance's *_own_variables with keys "0", "1", … in weights order."""

@@ -109,15 +109,17 @@ def test_eigenvalue_damping_applies_the_damped_kronecker_inverse():
 
 
 def test_without_preconditioning_it_is_keras_sgd_with_momentum_exactly():
-    # A registered model none of whose layers KFAC factors (an EinsumDense is no block).
+    # A registered model none of whose layers KFAC factors (an EinsumDense whose kernel
+    # shares the input's axis b is no single matrix).
     x, y = _data(seed=7)
+    x, y = x[:, :, None], np.repeat(y[:, None, :], 3, axis=1)
     weights = {}
     for name in ("kfac", "sgd"):
         keras.utils.set_random_seed(8)
-        layer = keras.layers.EinsumDense("ab,bc->ac", 2, bias_axes="c", activation="tanh")
-        model = keras.Sequential([keras.Input((3,)), layer])
+        layer = keras.layers.EinsumDense("abc,bcd->abd", (3, 2), bias_axes="d", activation="tanh")
+        model = keras.Sequential([keras.Input((3, 1)), layer])
         if name == "kfac":
-            with pytest.warns(UserWarning, match="first-order rule"):
+            with pytest.warns(UserWarning, match="first-order rule.*non-contracted axis 'b'"):
                 optimizer = KFAC(0.05, model=model, momentum=0.9, kl_clip=None)
         else:
             optimizer = keras.optimizers.SGD(0.05, momentum=0.9)

@@ -1,9 +1,9 @@
 """A KFAC-registered layer computes what the unregistered Keras layer computes.
 
-Registration shadows a Dense's or Conv2D's ``call`` with the same computation
-plus an identity tap (``nnkit/optimizers/_kfac_capture.py``); the probes
-``dense-call`` and ``conv-call`` in ``tests/_keras/test_probes.py`` check the
-Keras side of that. Here: per supported layer configuration, the registered
+Registration shadows a factored layer's ``call`` with the same computation
+plus an identity tap (``nnkit/optimizers/_kfac_layers.py``); the probes
+``dense-call``, ``conv-call``, ``einsum-call`` and ``embedding-call`` in
+``tests/_keras/test_probes.py`` check the Keras side of that. Here: per supported layer configuration, the registered
 layer's output equals the unregistered layer's, eagerly and in a compiled
 function, with ``training`` True and False.
 """
@@ -25,6 +25,22 @@ LAYERS = {
         (7, 6, 2),
     ),
     "conv2d-dilated": (lambda: keras.layers.Conv2D(2, 2, dilation_rate=2), (6, 6, 3)),
+    "conv1d-causal": (
+        lambda: keras.layers.Conv1D(3, 3, dilation_rate=2, padding="causal", activation="relu"),
+        (8, 2),
+    ),
+    "conv1d-same-strided": (lambda: keras.layers.Conv1D(2, 2, strides=2, padding="same"), (7, 3)),
+    "conv3d": (lambda: keras.layers.Conv3D(2, (2, 3, 2), activation="tanh"), (3, 4, 3, 2)),
+    "einsum-heads": (
+        lambda: keras.layers.EinsumDense("abc,cde->abde", (3, 2, 2), bias_axes="de"),
+        (3, 5),
+    ),
+    "layer-norm": (lambda: keras.layers.LayerNormalization(), (3, 5)),
+    "layer-norm-two-axes": (lambda: keras.layers.LayerNormalization(axis=[-2, -1]), (3, 5)),
+    "einsum-transposed": (
+        lambda: keras.layers.EinsumDense("abc,dc->abd", (3, 4), activation="tanh"),
+        (3, 5),
+    ),
 }
 
 
@@ -67,6 +83,6 @@ def test_registered_layer_gradient_equals_keras(key):
         with tf.GradientTape() as tape:
             tape.watch(inputs)
             loss = tf.reduce_sum(tf.square(model(inputs, training=True)))
-        grads.append(tape.gradient(loss, [inputs, model.layers[0].kernel]))
+        grads.append(tape.gradient(loss, [inputs, model.layers[0].trainable_weights[0]]))
     for got, expected in zip(*grads, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
