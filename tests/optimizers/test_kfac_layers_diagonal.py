@@ -208,18 +208,22 @@ def _every_kind(seed=0):
     return keras.Model(ids, outputs)
 
 
-def test_every_kind_together_under_mirrored_strategy_matches_one_device():
+@pytest.mark.parametrize(
+    "step", [{"learning_rate": 0.05}, {"learning_rate": "adaptive", "fisher": "sampled"}],
+    ids=["fixed", "adaptive-sampled"],
+)  # fmt: skip
+def test_every_kind_together_under_mirrored_strategy_matches_one_device(step):
     from tests.distribute._mirrored import mirrored_strategy
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 11, size=(32, 6)).astype("int32")
     y = rng.normal(size=(32, 2)).astype("float32")
     single = _every_kind()
-    single.compile(optimizer=KFAC(0.05, model=single, refresh_every=2), loss="mse")
+    single.compile(optimizer=KFAC(model=single, refresh_every=2, **step), loss="mse")
     single.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     with mirrored_strategy().scope():
         mirrored = _every_kind()
-        optimizer = KFAC(0.05, model=mirrored, refresh_every=2)
+        optimizer = KFAC(model=mirrored, refresh_every=2, **step)
         mirrored.compile(optimizer=optimizer, loss="mse")
     assert len(optimizer.registered_layers) == 8 and optimizer.first_order_layers == []
     mirrored.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
