@@ -125,8 +125,9 @@ class KFAC(SecondOrderOptimizer):
             of ``kl_clip`` and ``max_update_norm``). Defaults to ``None``.
         output_fisher: ``"empirical"`` or the loss whose Gauss-Newton factor the
             model's last layer takes (see above). Defaults to ``"empirical"``.
-        fisher: ``"empirical"`` or ``"sampled"``: the hidden layers' ``G``.
-            Defaults to ``"empirical"``.
+        fisher: ``"sampled"`` or ``"empirical"``: the hidden layers' ``G``; or
+            ``None``: ``"sampled"`` with the adaptive step, ``"empirical"`` (as
+            before) with a fixed learning rate. Defaults to ``None``.
         sample_every: Steps between two sampled-Fisher passes (≥ 1). Defaults to ``1``.
         loss: The loss whose curvature the adaptive step and the sampled
             Fisher use (a Keras loss of squared error or categorical, sparse
@@ -197,7 +198,7 @@ class KFAC(SecondOrderOptimizer):
         kl_clip="auto",
         max_update_norm=None,
         output_fisher="empirical",
-        fisher="empirical",
+        fisher=None,
         sample_every=1,
         loss=None,
         name="kfac",
@@ -258,6 +259,8 @@ class KFAC(SecondOrderOptimizer):
                 f"unset with learning_rate='adaptive'. Received: kl_clip={kl_clip!r}, "
                 f"max_update_norm={max_update_norm!r}"
             )
+        if fisher is None:
+            fisher = "sampled" if self.adaptive else "empirical"
         self.fisher = check_one_of("fisher", fisher, ("empirical", "sampled"))
         self.sample_every = check_positive_int("sample_every", sample_every)
         if loss is not None and loss_family(loss) is None:
