@@ -173,3 +173,23 @@ class FactorState:
             result[id(block)] = taken
         optimizer.assign(self.counter, updates + 1)
         return result
+
+    def directions(self, blocks, grads, variables, curvature, *, damping):
+        """``grads`` with each block's kernel and bias gradients preconditioned (the rest as is)."""
+        directions = list(grads)
+        index = {id(v): i for i, v in enumerate(variables)}
+        for block in blocks:
+            k, b = index[id(block.kernel)], index.get(id(block.bias))
+            matrix = block.gradient_matrix(grads[k], None if b is None else grads[b])
+            kernel, bias = block.split(
+                kmath.precondition(
+                    matrix,
+                    curvature[id(block)],
+                    damping=damping,
+                    damping_type=self.optimizer.damping_type,
+                )
+            )
+            directions[k] = kernel
+            if b is not None:
+                directions[b] = bias
+        return directions

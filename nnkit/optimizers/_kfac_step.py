@@ -24,11 +24,13 @@ import math
 import keras
 from keras import ops
 
+from nnkit import _validation as v
 from nnkit.distribute import replicas
 from nnkit.optimizers import _kfac_adaptive as adaptive
 from nnkit.optimizers import _kfac_passes as passes
 from nnkit.optimizers import _kfac_sampling as sampling
 from nnkit.optimizers._base import every
+from nnkit.optimizers._kfac_adaptive import FAMILIES
 from nnkit.optimizers._kfac_batch import BatchRecorder
 
 _FAMILY_NAMES = {
@@ -54,6 +56,54 @@ def loss_family(loss):
         return _FAMILY_NAMES[name], bool(config.get("from_logits", False))
     name = getattr(loss, "__name__", None)
     return (_FAMILY_NAMES[name], False) if name in _FAMILY_NAMES else None
+
+
+def step_options(adaptive, *, learning_rate, momentum, kl_clip, max_update_norm, fisher, loss):
+    """``KFAC``'s validated ``(momentum, kl_clip, max_update_norm, fisher)`` for its step mode.
+
+    ``None``/``"auto"`` defaults resolve by mode: the adaptive step chooses
+    its momentum, takes no clipping and the sampled Fisher; a fixed rate
+    takes momentum 0.9, ``kl_clip=1e-3`` and the empirical Fisher.
+    """
+    if momentum is None:
+        momentum = "adaptive" if adaptive else 0.9
+    if momentum == "adaptive" and not adaptive:
+        raise ValueError(
+            "momentum='adaptive' is chosen by the adaptive step's quadratic model: use it "
+            "with learning_rate='adaptive', or give a float momentum. Received: "
+            f"momentum={momentum!r}, learning_rate={learning_rate!r}"
+        )
+    if momentum != "adaptive":
+        momentum = v.check_number("momentum", momentum, minimum=0.0, maximum=1.0,
+                                  max_inclusive=False)  # fmt: skip
+    if kl_clip == "auto":
+        kl_clip = None if adaptive or max_update_norm is not None else 1e-3
+    kl_clip = v.check_optional_number("kl_clip", kl_clip, minimum=0.0, min_inclusive=False)
+    max_update_norm = v.check_optional_number(
+        "max_update_norm", max_update_norm, minimum=0.0, min_inclusive=False
+    )
+    if kl_clip is not None and max_update_norm is not None:
+        raise ValueError(
+            "Set at most one of `kl_clip` and `max_update_norm`. Received: "
+            f"kl_clip={kl_clip!r}, max_update_norm={max_update_norm!r}"
+        )
+    if adaptive and (kl_clip is not None or max_update_norm is not None):
+        raise ValueError(
+            "The adaptive step chooses its own step size from the quadratic model; "
+            "`kl_clip` and `max_update_norm` bound a fixed learning rate's step. Leave them "
+            f"unset with learning_rate='adaptive'. Received: kl_clip={kl_clip!r}, "
+            f"max_update_norm={max_update_norm!r}"
+        )
+    if fisher is None:
+        fisher = "sampled" if adaptive else "empirical"
+    fisher = v.check_one_of("fisher", fisher, ("empirical", "sampled"))
+    if loss is not None and loss_family(loss) is None:
+        raise ValueError(
+            f"`loss` must be a Keras loss of one of the families {list(FAMILIES)} "
+            f"(a name, function or keras.losses.Loss), or None for the compiled loss. "
+            f"Received: loss={loss!r}"
+        )
+    return momentum, kl_clip, max_update_norm, fisher
 
 
 def _dot(first, second):

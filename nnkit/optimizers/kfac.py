@@ -14,7 +14,6 @@ from nnkit._validation import (
     check_instance,
     check_number,
     check_one_of,
-    check_optional_number,
     check_positive_int,
     check_positive_number,
 )
@@ -22,10 +21,9 @@ from nnkit.distribute import replicas
 from nnkit.optimizers import _kfac_capture as capture
 from nnkit.optimizers import _kfac_math as kmath
 from nnkit.optimizers._base import SecondOrderOptimizer, state_name
-from nnkit.optimizers._kfac_adaptive import FAMILIES
 from nnkit.optimizers._kfac_factors import FactorState
 from nnkit.optimizers._kfac_registration import Registration
-from nnkit.optimizers._kfac_step import BatchWork, loss_family
+from nnkit.optimizers._kfac_step import BatchWork, step_options
 
 _UNSUPPORTED = {
     "gradient_accumulation_steps": "accumulate by raising the batch size instead",
@@ -225,50 +223,16 @@ class KFAC(SecondOrderOptimizer):
         self.adaptive = adaptive
         self.damping = check_positive_number("damping", damping)
         self.damping_type = check_one_of("damping_type", damping_type, kmath.DAMPING_TYPES)
-        if momentum is None:
-            momentum = "adaptive" if self.adaptive else 0.9
-        if momentum == "adaptive" and not self.adaptive:
-            raise ValueError(
-                "momentum='adaptive' is chosen by the adaptive step's quadratic model: use it "
-                "with learning_rate='adaptive', or give a float momentum. Received: "
-                f"momentum={momentum!r}, learning_rate={learning_rate!r}"
-            )
-        if momentum != "adaptive":
-            momentum = check_number("momentum", momentum, minimum=0.0, maximum=1.0,
-                                    max_inclusive=False)  # fmt: skip
-        self.momentum = momentum
+        options = step_options(
+            adaptive, learning_rate=learning_rate, momentum=momentum, kl_clip=kl_clip,
+            max_update_norm=max_update_norm, fisher=fisher, loss=loss,
+        )  # fmt: skip
+        self.momentum, self.kl_clip, self.max_update_norm, self.fisher = options
         self.statistics_decay = check_number(
             "statistics_decay", statistics_decay, minimum=0.0, maximum=1.0, max_inclusive=False
         )
         self.refresh_every = check_positive_int("refresh_every", refresh_every)
-        if kl_clip == "auto":
-            kl_clip = None if self.adaptive or max_update_norm is not None else 1e-3
-        self.kl_clip = check_optional_number("kl_clip", kl_clip, minimum=0.0, min_inclusive=False)
-        self.max_update_norm = check_optional_number(
-            "max_update_norm", max_update_norm, minimum=0.0, min_inclusive=False
-        )
-        if self.kl_clip is not None and self.max_update_norm is not None:
-            raise ValueError(
-                "Set at most one of `kl_clip` and `max_update_norm`. Received: "
-                f"kl_clip={kl_clip!r}, max_update_norm={max_update_norm!r}"
-            )
-        if self.adaptive and (self.kl_clip is not None or self.max_update_norm is not None):
-            raise ValueError(
-                "The adaptive step chooses its own step size from the quadratic model; "
-                "`kl_clip` and `max_update_norm` bound a fixed learning rate's step. Leave them "
-                f"unset with learning_rate='adaptive'. Received: kl_clip={kl_clip!r}, "
-                f"max_update_norm={max_update_norm!r}"
-            )
-        if fisher is None:
-            fisher = "sampled" if self.adaptive else "empirical"
-        self.fisher = check_one_of("fisher", fisher, ("empirical", "sampled"))
         self.sample_every = check_positive_int("sample_every", sample_every)
-        if loss is not None and loss_family(loss) is None:
-            raise ValueError(
-                f"`loss` must be a Keras loss of one of the families {list(FAMILIES)} (a name, "
-                f"function or keras.losses.Loss), or None for the compiled loss. Received: "
-                f"loss={loss!r}"
-            )
         self.loss = loss
         self.output_fisher = check_one_of("output_fisher", output_fisher, kmath.OUTPUT_FISHERS)
         self._kfac = Registration()
@@ -430,22 +394,8 @@ class KFAC(SecondOrderOptimizer):
                 damping=source,
                 sampled=sampled,
             )
-        directions = list(grads)
-        index = {id(v): i for i, v in enumerate(variables)}
-        for block in state.blocks:
-            k, b = index[id(block.kernel)], index.get(id(block.bias))
-            matrix = block.gradient_matrix(grads[k], None if b is None else grads[b])
-            kernel, bias = block.split(
-                kmath.precondition(
-                    matrix,
-                    curvature[id(block)],
-                    damping=damping,
-                    damping_type=self.damping_type,
-                )
-            )
-            directions[k] = kernel
-            if b is not None:
-                directions[b] = bias
+        directions = self._factors.directions(state.blocks, grads, variables, curvature,
+                                              damping=damping)  # fmt: skip
         if self.adaptive:
             update = self._batch_work.adaptive_update(
                 batch, values, grads, directions, variables, family
