@@ -1,13 +1,12 @@
 """The in-graph half of ``GradientHook``: what runs inside the compiled train step.
 
 ``StepMeasurement`` is a mixin of ``GradientHook`` (``nnkit.callbacks._gradient_hook``),
-which owns the variables and the patches; see that module for the two
-modes ("scheduled" and "pure") and why no variable is written in a branch.
+which owns the variables and the patches; see that module for where the
+cadence is decided and why no variable is written in a branch.
 """
 
 import functools
 
-import numpy as np
 from keras import ops
 
 from nnkit._keras import optimizer as keras_optimizer
@@ -17,7 +16,6 @@ from nnkit.diagnostics import (
     update_ratios,
     weight_norms,
 )
-from nnkit.diagnostics.norms import nonfinite_marker
 
 
 def _identity(tf, grad):
@@ -72,25 +70,25 @@ class StepMeasurement:
         grads = list(grads)
         if not grads:
             return original(grads, trainable_variables)
-        if self.mode == "pure":
-            sample = None
-        else:
-            sample = self.sampling  # read at trace time: one function per value
         variables, groups, measured = self._received(grads, trainable_variables)
         step = ops.convert_to_tensor(self.step.value)
         if self.strategy is not None:
             original(grads, trainable_variables)  # _capture sees the all-reduced grads
             measured, before = self._reduced(variables)
-        elif sample is not False:
+        else:
             before, grads = self._snapshot(variables, grads)
-        else:
-            before = None
         update = functools.partial(self._update_unless, original, grads, trainable_variables)
-        if sample is False:
-            self._check(measured, update, groups, step)
-        else:
-            self._sample(measured, update, variables, groups, step, before, sample)
+        self._sample(measured, update, variables, groups, step, before)
         self.step.assign_add(1)
+
+    def _samples(self, step):
+        """Whether ``step`` samples: the cadence, or the host's ``schedule`` (in-graph, pure)."""
+        schedule = ops.cast(self.schedule.value, step.dtype)
+        count = ops.cast(self.count.value, step.dtype)
+        regular = ops.equal(step % self.sample_every, 0)
+        first = ops.equal(step, schedule[0])
+        last = ops.logical_and(ops.equal(step, schedule[1]), ops.equal(count, schedule[2]))
+        return ops.logical_or(regular, ops.logical_or(first, last))
 
     def _snapshot(self, variables, grads):
         """``(before, grads)``: copies of the weights, and gradients that wait for them.
@@ -110,29 +108,12 @@ class StepMeasurement:
             grads = [_identity(tf, g) for g in grads]
         return before, grads
 
-    def _check(self, measured, update, groups, step):
-        """A plain step: NaN/inf per group from ``Σ g·0`` (NaN iff an element is not finite).
+    def _sample(self, measured, update, variables, groups, step, before):
+        """Measure; write a row that the ring buffer keeps where the step samples.
 
-        Few ops on purpose (this runs on every step): one multiply-and-sum
-        per variable (``nonfinite_marker``: it cannot overflow, unlike a sum
-        of squares, which reads a finite gradient above ~1.8e19 as inf), one
-        ``segment_sum`` into groups (a NaN stays in its own group, unlike a
-        one-hot matmul), and an ``argmax`` for the first bad group.
+        The gradient norms (which also count NaN/inf per group) every step;
+        the weight norms and update ratios in a pure branch after the update.
         """
-        kept = [k for k, g in enumerate(measured) if g is not None]
-        if not kept:
-            return update(ops.zeros((), "bool"))
-        markers = ops.stack([nonfinite_marker(measured[k]) for k in kept])
-        segments = np.asarray([groups.index[k] for k in kept], "int32")
-        sums = ops.segment_sum(markers, segments, num_segments=groups.size)
-        group_bad = ops.cast(ops.logical_not(ops.isfinite(sums)), "int32")
-        bad = ops.greater(ops.max(group_bad), 0)
-        if self.strategy is None:
-            update(bad)
-        self._count_nonfinite(bad, step, group_bad, first_group=ops.argmax(group_bad))
-
-    def _sample(self, measured, update, variables, groups, step, before, sample):
-        """Measure everything; write a row (always when ``sample`` is True, else where it holds)."""
         norms = gradient_norms(measured, variables, groups=groups)
         bad = ops.greater(ops.sum(norms.nonfinite), 0)
         if self.strategy is None:
@@ -157,13 +138,8 @@ class StepMeasurement:
                 values.extend([ops.zeros((), "float32"), zero])
             return tuple(values)
 
-        if sample is None:  # "pure" mode: the cadence is decided in-graph
-            sample = ops.equal(step % self.sample_every, 0)
-            if self.sample_first:  # no sample yet (not even a restored one): take this one
-                sample = ops.logical_or(sample, ops.equal(self.count.value, 0))
-            values = ops.cond(sample, measure, zeros)
-        else:
-            values = measure()
+        sample = self._samples(step)
+        values = ops.cond(sample, measure, zeros)
         row = {
             "steps": step,
             "global_norm": norms.global_norm,
