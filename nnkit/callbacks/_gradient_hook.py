@@ -9,20 +9,21 @@ with ``GradientHook.read``.
 
 Where the cadence is decided: in-graph, in the one train function ``fit``
 calls for every step (no per-batch host work, one trace per model). Every
-step checks the gradients for NaN/inf, counts, updates and measures the
-global and group norms (one multiply-and-sum per variable, as a plain check
-would); the weight norms and update ratios, which need the weights before and
-after the update, are measured in a pure ``ops.cond`` *after* the
-unconditional update, so the update is never fenced off from the backward
-pass (a branch around or before the update cost 12-17% of a 1 ms step on a
-small MLP; this one measured within noise). A step samples when
-``step % N == 0``, when it is the run's first step and no sample exists yet,
-or when it is the last step of an epoch that has none yet; the host writes
-the last two facts into ``schedule`` once per epoch. Every step writes its
-row into the next free ring-buffer slot, which only a sample step keeps.
+step checks each group's gradients for NaN/inf (``Σ g·0``: one
+multiply-and-sum per variable), counts, and updates. The figures of a sample
+(norms, weight norms, update ratios) are measured in a branch placed *after*
+the unconditional update, so the update is never fenced off from the
+backward pass (a branch around or before the update cost 12-17% of a 1 ms
+step on a small MLP). A step samples when ``step % N == 0``, when it is the
+run's first step and no sample exists yet, or when it is the last step of
+an epoch that has none yet; the host writes the last two facts into
+``schedule`` once per epoch. On TensorFlow without a strategy the sample
+step writes its ring-buffer row inside that branch; elsewhere (JAX, a
+``tf.distribute`` strategy) the branch is pure and every step writes its row
+into the next free slot, which only a sample step keeps.
 
-No variable is written inside a branch. JAX needs that because its train step is stateless (a write inside
-``lax.cond`` would leak a tracer); ``tf.distribute`` needs it because a write
+JAX and a strategy need every write outside a branch: JAX because its
+train step is stateless (a write inside ``lax.cond`` would leak a tracer); ``tf.distribute`` needs it because a write
 to a mirrored variable in replica context is a ``merge_call``, which a
 ``tf.cond`` cannot hold. On JAX the hook's variables ride along in ``optimizer.variables`` for the
 duration of ``fit`` (``nnkit._keras.optimizer.carry_variables``), the only

@@ -37,25 +37,27 @@ class GradientNormMonitor(StatefulCallback):
     so they equal a one-device run on the same global batch.
 
     How (details in the "Backpropagation health" docs page): it patches the
-    optimizer instance's ``apply`` and traces two train functions from it,
-    restored at ``on_train_end``. A *plain* step only checks whether each
-    group's gradients are finite (``Σ g·0``, which cannot overflow); a
-    *sampling* step, every ``sample_every``-th batch (``step % N == 0``,
-    counting from the optimizer's raw iteration), the run's first batch and
-    the last batch of an epoch the cadence would leave without one, measures
-    with ``gradient_norms``: the global norm ``‖g‖ = √(Σ_i ‖g_i‖²)``, the group
-    norms ``‖g_k‖``, NaN/inf counts, ``‖w_k‖`` before the update, the update
-    ratio ``‖Δw_k‖ / ‖w_k‖`` and, when clipping, the clipped norms. No branch
-    in either step; the host reads the samples once per epoch. A model whose
-    variables do not exist yet (a subclassed model TensorFlow builds while
-    tracing the first step) gets the monitor's variables created there.
+    optimizer instance's ``apply`` and traces one train function from it (the
+    patch is removed at ``on_train_end``; the traced function is kept and
+    installed again by later fits of the same model, so a model is traced
+    once, not once per ``fit``). Every step checks each group's gradients for
+    NaN/inf and measures, with ``gradient_norms``, the global norm
+    ``‖g‖ = √(Σ_i ‖g_i‖²)`` and the group norms ``‖g_k‖``; a *sampling* step,
+    every ``sample_every``-th batch (``step % N == 0``, counting from the
+    optimizer's raw iteration), the run's first batch and the last batch of an
+    epoch the cadence would leave without one, also measures ``‖w_k‖`` before
+    the update, the update ratio ``‖Δw_k‖ / ‖w_k‖`` and, when clipping, the
+    clipped norms, and keeps its row. The cadence is decided in-graph (a pure
+    branch after the unconditional update): no Python runs per batch, and the
+    host reads the samples once per epoch. A model whose variables do not
+    exist yet (a subclassed model TensorFlow builds while tracing the first
+    step) gets the monitor's variables created there.
 
     The epoch logs get a few summary figures of the epoch's last sample:
     ``grad_norm`` (global), ``grad_norm_min`` and ``grad_norm_max`` (the
     smallest and largest group norms), ``clipped_grad_norm`` when clipping,
     and ``nonfinite_grads`` (non-finite steps so far); an epoch without a
-    sample (steps per epoch unknown, or ``steps_per_execution > 1``) repeats
-    the last figures, never NaN. Per-group figures go to ``history``,
+    sample (steps per epoch unknown) repeats the last figures, never NaN. Per-group figures go to ``history``,
     ``report()`` (run at train end into ``last_report``), ``log_dir`` and,
     with ``log_layers=True``, the epoch logs. On NaN/inf gradients,
     ``"stop"`` ends training with a message naming the step and first group
