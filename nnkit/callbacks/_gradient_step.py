@@ -126,7 +126,6 @@ class StepMeasurement:
         if self.strategy is None:
             update(bad)
         self._count_nonfinite(bad, step, group_bad, first_group=first_group)
-        size = self.groups.size
 
         def measure():
             norms = gradient_norms(measured, variables, groups=groups)
@@ -142,13 +141,6 @@ class StepMeasurement:
                 values.extend(self._clipped(measured, variables, groups))
             return tuple(values)
 
-        def zeros():
-            zero = ops.zeros((size,), "float32")
-            values = [ops.zeros((), "float32"), zero, ops.zeros((size,), "int32"), zero, zero]
-            if self.clipped:
-                values.extend([ops.zeros((), "float32"), zero])
-            return tuple(values)
-
         def row_of(values):
             row = dict(zip(_ROW, values, strict=False), steps=step)
             if self.clipped:
@@ -162,7 +154,22 @@ class StepMeasurement:
             # 0.8 ms step on a small MLP).
             ops.cond(sample, lambda: self._write(row_of(measure())), lambda: None)
         else:
-            self._write(row_of(ops.cond(sample, measure, zeros)))
+            # A pure branch returns every buffer, with the row written or as it
+            # was; the assignment after it is unconditional (JAX: the carried
+            # state; a strategy: no merge_call inside a branch).
+            names = [*_ROW, "steps"] + (["clipped_global_norm", "clipped_grad_norms"]
+                                        if self.clipped else [])  # fmt: skip
+            buffers = [self.buffers[name] for name in names]
+
+            def written():
+                updated = self._updated(row_of(measure()))
+                return tuple(updated[name] for name in names)
+
+            def kept():
+                return tuple(ops.convert_to_tensor(b.value) for b in buffers)
+
+            for buffer, value in zip(buffers, ops.cond(sample, written, kept), strict=True):
+                buffer.assign(value)
         self.count.assign_add(ops.cast(sample, self.count.dtype))
 
     def _nonfinite_groups(self, measured, groups):
@@ -228,11 +235,18 @@ class StepMeasurement:
         )
         self.nonfinite_steps.assign_add(ops.cast(bad, self.nonfinite_steps.dtype))
 
-    def _write(self, row):
-        """Write ``row`` into slot ``count mod (capacity + 1)``; the caller advances ``count``."""
+    def _updated(self, row):
+        """``{name: buffer value}`` with ``row`` in slot ``count mod (capacity + 1)``; pure."""
         index = ops.mod(self.count.value, self.capacity + 1)
+        updated = {}
         for name, value in row.items():
             buffer = self.buffers[name]
             value = ops.expand_dims(ops.cast(value, buffer.dtype), 0)
             start = [index] if len(buffer.shape) == 1 else [index, ops.zeros_like(index)]
-            buffer.assign(ops.slice_update(buffer.value, start, value))
+            updated[name] = ops.slice_update(buffer.value, start, value)
+        return updated
+
+    def _write(self, row):
+        """Write ``row`` into slot ``count mod (capacity + 1)``; the caller advances ``count``."""
+        for name, value in self._updated(row).items():
+            self.buffers[name].assign(value)
