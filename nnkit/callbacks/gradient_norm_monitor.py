@@ -57,9 +57,10 @@ class GradientNormMonitor(StatefulCallback):
     ``grad_norm`` (global), ``grad_norm_min`` and ``grad_norm_max`` (the
     smallest and largest group norms), ``clipped_grad_norm`` when clipping,
     and ``nonfinite_grads`` (non-finite steps so far); an epoch without a
-    sample (steps per epoch unknown) repeats the last figures, never NaN. Per-group figures go to ``history``,
-    ``report()`` (run at train end into ``last_report``), ``log_dir`` and,
-    with ``log_layers=True``, the epoch logs. On NaN/inf gradients,
+    sample (steps per epoch unknown) repeats the last figures, never NaN.
+    Per-group figures go to ``history``, ``report()`` (run at train end into
+    ``last_report``), ``log_dir`` and, with ``log_layers=True``, the epoch
+    logs. On NaN/inf gradients,
     ``"stop"`` ends training with a message naming the step and first group
     (``stop_message``) and ``"skip"`` leaves the update out and warns once per
     epoch with the count; a skipped step does not advance
