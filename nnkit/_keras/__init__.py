@@ -15,7 +15,8 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
   ``optimizer-clip-gradients``, ``optimizer-variables``,
   ``optimizer-variable-index``.
 - ``all_reduce``: ``all-reduce-tap``.
-- ``train_function``: ``train-function-trace``, ``train-function-per-step``.
+- ``train_function``: ``train-function-trace``, ``train-function-per-step``,
+  ``train-function-kept``.
 - ``fit``: ``callback-model``, ``fit-initial-epoch``, ``model-strategy``,
   ``fit-shared-params``, ``fit-callback-list``.
 - ``metrics``: ``metric-direction``.
@@ -81,6 +82,12 @@ ASSUMPTIONS = {
     "train-function-per-step": (
         "train_function",
         "fit calls model.train_function afresh for every step, after on_train_batch_begin",
+    ),
+    "train-function-kept": (
+        "train_function",
+        "fit builds a train function only when model.train_function is None, calls the one "
+        "a callback installs in on_train_begin for every step, and a traced one that is "
+        "installed again is not traced again",
     ),
     "callback-model": (
         "fit",

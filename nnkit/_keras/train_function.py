@@ -9,10 +9,17 @@ Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
   looked up afresh for every step (after the callbacks'
   ``on_train_batch_begin``), and builds a new one when it is ``None``.
 
-``GradientNormMonitor`` uses both: it traces a plain and a sampling variant
-and swaps them between steps. Each variant wraps ``train_step`` in its own
-function, because JAX's ``jit`` would otherwise share one trace between two
-functions made from the same bound method.
+- ``train-function-kept``: ``fit`` builds a train function only when
+  ``model.train_function`` is ``None``, calls the one a callback installs in
+  ``on_train_begin`` for every step, and a traced function installed again
+  in a later ``fit`` is not traced again.
+
+``GradientNormMonitor`` traces one function of its own (``trace``) at its
+first ``fit``, installs it in ``on_train_begin``, puts ``fit``'s own back at
+``on_train_end`` and installs its own again in later fits. Each traced
+function wraps ``train_step`` in a function of its own, because JAX's
+``jit`` would otherwise share one trace between two functions made from the
+same bound method.
 """
 
 from nnkit._keras import shadow
@@ -64,3 +71,12 @@ def retrace(model):
 def discard(model):
     """Drop the train function; the next ``fit`` traces a new one."""
     object.__setattr__(model, "train_function", None)
+
+
+def trace(model):
+    """Build a new train function for ``model`` and return it (traced at its first call).
+
+    It wraps ``train_step`` in a function of its own (see ``trace_variants``),
+    so that JAX's ``jit`` never shares its trace with ``fit``'s own function.
+    """
+    return trace_variants(model, {None: lambda: None})[None]

@@ -29,6 +29,7 @@ Format 1 (nnkit 0.1: Keras's ``latest.weights.h5`` and
 """
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -218,8 +219,9 @@ def write(directory, *, model, epoch, batch, states, keep_previous, keep_generat
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         arrays_name = f"{stem}.npz"
-        _io.atomic_write(_io.join(directory, arrays_name), buffer.getvalue())
-        digest = _io.sha256(_io.join(directory, arrays_name))
+        data = buffer.getvalue()
+        _io.atomic_write(_io.join(directory, arrays_name), data)
+        digest = hashlib.sha256(data).hexdigest()  # of the bytes written: no read-back
     manifest = {
         "format_version": FORMAT_VERSION,
         "epoch": int(epoch),

@@ -7,25 +7,23 @@ every patch off again, which restores the optimizer exactly. All the measuring i
 ``keras.ops`` inside the compiled train step; the host reads the ring buffers
 with ``GradientHook.read``.
 
-Where the cadence is decided:
+Where the cadence is decided: in-graph, in the one train function ``fit``
+calls for every step (no per-batch host work, one trace per model). Every
+step checks each group's gradients for NaN/inf (``Σ g·0``: one
+multiply-and-sum per variable), counts, and updates. The figures of a sample
+(norms, weight norms, update ratios) are measured in a branch placed *after*
+the unconditional update, so the update is never fenced off from the
+backward pass (a branch around or before the update cost 12-17% of a 1 ms
+step on a small MLP). A step samples when ``step % N == 0``, when it is the
+run's first step and no sample exists yet, or when it is the last step of
+an epoch that has none yet; the host writes the last two facts into
+``schedule`` once per epoch. On TensorFlow without a strategy the sample
+step writes its ring-buffer row inside that branch; elsewhere (JAX, a
+``tf.distribute`` strategy) the branch is pure and every step writes its row
+into the next free slot, which only a sample step keeps.
 
-- ``"scheduled"`` (``steps_per_execution == 1``, the default): the host picks
-  the train function for each batch (``GradientNormMonitor`` swaps
-  ``model.train_function`` in ``on_train_batch_begin``, which Keras calls
-  synchronously before every step). Two functions are traced from the same
-  patched ``apply``: a *plain* one that only checks ``Σ‖g‖²`` per group for
-  NaN/inf and counts steps, and a *sampling* one that measures everything and
-  writes a ring-buffer row. Neither holds a branch (a ``tf.cond`` in the step,
-  even an empty one, cost 12–17% of a 1 ms step on a small MLP: it fences the
-  optimizer update off from the backward pass).
-- ``"pure"`` (``steps_per_execution > 1``, where one call runs several steps):
-  the decision is in-graph; every branch is a pure function returning values,
-  and every variable write is unconditional (a ring-buffer slot that only a
-  sample step keeps; counters through ``ops.where``).
-
-Both are branch-free in the sense that matters: no variable is written inside
-a branch. JAX needs that because its train step is stateless (a write inside
-``lax.cond`` would leak a tracer); ``tf.distribute`` needs it because a write
+JAX and a strategy need every write outside a branch: JAX because its
+train step is stateless (a write inside ``lax.cond`` would leak a tracer); ``tf.distribute`` needs it because a write
 to a mirrored variable in replica context is a ``merge_call``, which a
 ``tf.cond`` cannot hold. On JAX the hook's variables ride along in ``optimizer.variables`` for the
 duration of ``fit`` (``nnkit._keras.optimizer.carry_variables``), the only
@@ -81,9 +79,12 @@ def variables_exist(model):
     return all(layer.built for layer in keras_layers.walk(model))
 
 
-def create_hook(
-    model, *, by, restored_groups, sample_every, skip, start, scheduled, steps, patch_apply
-):
+def capacity_for(steps, sample_every):
+    """Ring-buffer rows for epochs of ``steps`` steps (``None``: unknown)."""
+    return math.ceil(steps / sample_every) + 1 if steps else UNKNOWN_CAPACITY
+
+
+def create_hook(model, *, by, restored_groups, sample_every, skip, start, capacity, patch_apply):
     """``(hook, group names)``: a ``GradientHook`` for ``model``'s parameters now.
 
     Parameters are the trainable variables less statistics channels
@@ -117,7 +118,6 @@ def create_hook(
             f"Received: state groups={list(restored_groups)!r}, "
             f"model groups={list(groups.names)!r}"
         )
-    capacity = math.ceil(steps / sample_every) + 1 if steps else UNKNOWN_CAPACITY
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         hook = GradientHook(
             _optimizer.unwrap(outer),
@@ -129,7 +129,6 @@ def create_hook(
             start=start,
             outer=outer,
             strategy=strategy,
-            scheduled=scheduled,
             patch_apply=patch_apply,
         )
     return hook, list(groups.names)
@@ -164,23 +163,12 @@ class GradientHook(StepMeasurement):
         start,
         outer=None,
         strategy=None,
-        scheduled=True,
         patch_apply=True,
     ):
-        if patch_apply and shadow.is_shadowed(optimizer, "apply", _OWNER):
-            raise ValueError(
-                "The optimizer's `apply` is already patched (is another GradientNormMonitor "
-                f"attached to this model?). Received: optimizer={optimizer.name!r}"
-            )
         self.optimizer = optimizer
         self.outer = optimizer if outer is None else outer
         self.backend = keras.backend.backend()
         self.strategy = strategy
-        self.mode = "scheduled" if scheduled else "pure"
-        #: "pure" mode: also sample the first step (set when no sample exists yet).
-        self.sample_first = False
-        #: In "scheduled" mode: whether the train function being traced samples.
-        self.sampling = False
         if skip and strategy is not None:
             raise ValueError(
                 "GradientNormMonitor(on_nonfinite='skip') is not supported under a "
@@ -197,8 +185,8 @@ class GradientHook(StepMeasurement):
         # Counters are int32 on JAX (int64 needs jax_enable_x64).
         self.int_dtype = "int64" if self.backend == "tensorflow" else "int32"
         rows = {k: spec for k, spec in ROWS.items() if self.clipped or not k.startswith("clipped")}
-        # One row more than ``capacity``: the "pure" mode writes every step
-        # into the next free slot, which only a sample step keeps.
+        # One row more than ``capacity``: every step writes into the next free
+        # slot, which only a sample step keeps.
         self.buffers = {
             name: self._variable(
                 name, (capacity + 1, groups.size) if grouped else (capacity + 1,), dtype
@@ -215,6 +203,9 @@ class GradientHook(StepMeasurement):
         )
         self.first_step = self._variable("first_step", (), "int64", start["first_step"])
         self.first_group = self._variable("first_group", (), "int32", start["first_group"])
+        # (the run's first step when no sample exists yet, the epoch's last
+        # step, the sample count at the epoch's start); -1 where none.
+        self.schedule = self._variable("schedule", (3,), "int64", -1)
         self.own = [
             *self.buffers.values(),
             self.count,
@@ -222,9 +213,24 @@ class GradientHook(StepMeasurement):
             self.nonfinite_steps,
             self.first_step,
             self.first_group,
+            self.schedule,
         ]
         self._local = threading.local()  # per replica thread: the all-reduced gradients
         self._patches = []
+        self.attach(patch_apply=patch_apply)
+
+    def attach(self, *, patch_apply=True):
+        """Install the patches (at the start of every ``fit`` the hook serves).
+
+        ``patch_apply=False`` when the caller already routes ``apply`` here
+        (the monitor's deferred patch, which creates the hook while tracing).
+        """
+        optimizer, strategy = self.optimizer, self.strategy
+        if patch_apply and shadow.is_shadowed(optimizer, "apply", _OWNER):
+            raise ValueError(
+                "The optimizer's `apply` is already patched (is another GradientNormMonitor "
+                f"attached to this model?). Received: optimizer={optimizer.name!r}"
+            )
         if strategy is not None:
             self._patches.append(all_reduce.add_transform(optimizer, self._capture, owner=_OWNER))
         if self.backend == "jax":
@@ -248,6 +254,30 @@ class GradientHook(StepMeasurement):
             name=f"gradient_norm_monitor_{name}",
         )
 
+    @property
+    def attached(self):
+        """Whether the hook's patches are installed (during a ``fit`` it serves)."""
+        return bool(self._patches)
+
+    def begin_run(self):
+        """Empty the ring buffers for a new ``fit`` (host side; rows are read from 0)."""
+        self.count.assign(0)
+
+    def set_schedule(self, *, first_step, last_step):
+        """Write the host's facts for the steps to come (host side, once per epoch).
+
+        ``first_step``: the run's first step when no sample exists yet (it
+        samples), else ``-1``; ``last_step``: the epoch's last step (it
+        samples unless the epoch has one), ``-1`` when unknown. The sample
+        count now marks the epoch's start.
+        """
+        count = int(to_numpy(self.count))
+        self.schedule.assign(np.asarray([first_step, last_step, count], self.schedule.dtype))
+
+    def current_step(self):
+        """The step counter as a Python int (one host read)."""
+        return int(to_numpy(self.step))
+
     def set_counters(self, start):
         """Assign the step counter and the non-finite counters (host side)."""
         self.step.assign(start["step"])
@@ -256,7 +286,10 @@ class GradientHook(StepMeasurement):
         self.first_group.assign(start["first_group"])
 
     def remove(self):
-        """Restore the optimizer as it was: class ``apply``, its own variables only."""
+        """Restore the optimizer as it was: class ``apply``, its own variables only.
+
+        The hook and its variables stay usable: ``attach`` installs it again.
+        """
         for patch in reversed(self._patches):
             shadow.unshadow(patch)
         self._patches = []

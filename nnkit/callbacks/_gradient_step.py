@@ -1,8 +1,8 @@
 """The in-graph half of ``GradientHook``: what runs inside the compiled train step.
 
 ``StepMeasurement`` is a mixin of ``GradientHook`` (``nnkit.callbacks._gradient_hook``),
-which owns the variables and the patches; see that module for the two
-modes ("scheduled" and "pure") and why no variable is written in a branch.
+which owns the variables and the patches; see that module for where the
+cadence is decided and why no variable is written in a branch.
 """
 
 import functools
@@ -18,6 +18,9 @@ from nnkit.diagnostics import (
     weight_norms,
 )
 from nnkit.diagnostics.norms import nonfinite_marker
+
+#: The row a sampling step measures, in the order ``_sample``'s branch returns it.
+_ROW = ("global_norm", "grad_norms", "nonfinite", "weight_norms", "update_ratios")
 
 
 def _identity(tf, grad):
@@ -72,25 +75,25 @@ class StepMeasurement:
         grads = list(grads)
         if not grads:
             return original(grads, trainable_variables)
-        if self.mode == "pure":
-            sample = None
-        else:
-            sample = self.sampling  # read at trace time: one function per value
         variables, groups, measured = self._received(grads, trainable_variables)
         step = ops.convert_to_tensor(self.step.value)
         if self.strategy is not None:
             original(grads, trainable_variables)  # _capture sees the all-reduced grads
             measured, before = self._reduced(variables)
-        elif sample is not False:
+        else:
             before, grads = self._snapshot(variables, grads)
-        else:
-            before = None
         update = functools.partial(self._update_unless, original, grads, trainable_variables)
-        if sample is False:
-            self._check(measured, update, groups, step)
-        else:
-            self._sample(measured, update, variables, groups, step, before, sample)
+        self._sample(measured, update, variables, groups, step, before)
         self.step.assign_add(1)
+
+    def _samples(self, step):
+        """Whether ``step`` samples: the cadence, or the host's ``schedule`` (in-graph, pure)."""
+        schedule = ops.cast(self.schedule.value, step.dtype)
+        count = ops.cast(self.count.value, step.dtype)
+        regular = ops.equal(step % self.sample_every, 0)
+        first = ops.equal(step, schedule[0])
+        last = ops.logical_and(ops.equal(step, schedule[1]), ops.equal(count, schedule[2]))
+        return ops.logical_or(regular, ops.logical_or(first, last))
 
     def _snapshot(self, variables, grads):
         """``(before, grads)``: copies of the weights, and gradients that wait for them.
@@ -110,8 +113,67 @@ class StepMeasurement:
             grads = [_identity(tf, g) for g in grads]
         return before, grads
 
-    def _check(self, measured, update, groups, step):
-        """A plain step: NaN/inf per group from ``Σ g·0`` (NaN iff an element is not finite).
+    def _sample(self, measured, update, variables, groups, step, before):
+        """Check every step; measure and keep a row where the step samples.
+
+        Every step: NaN/inf per group from ``Σ g·0`` (``_nonfinite_groups``),
+        the counters and the update. The figures of a sample in a pure
+        branch after the update; its row is written into the next free slot
+        every step (unconditionally), and only a sample step keeps it.
+        """
+        group_bad, first_group = self._nonfinite_groups(measured, groups)
+        bad = ops.greater(ops.max(group_bad), 0)
+        if self.strategy is None:
+            update(bad)
+        self._count_nonfinite(bad, step, group_bad, first_group=first_group)
+
+        def measure():
+            norms = gradient_norms(measured, variables, groups=groups)
+            after = [ops.convert_to_tensor(w.value) for w in variables]
+            values = [
+                norms.global_norm,
+                norms.group_norms,
+                ops.cast(norms.nonfinite, "int32"),
+                weight_norms(before, groups=groups),
+                update_ratios(before, after, groups=groups),
+            ]
+            if self.clipped:
+                values.extend(self._clipped(measured, variables, groups))
+            return tuple(values)
+
+        def row_of(values):
+            row = dict(zip(_ROW, values, strict=False), steps=step)
+            if self.clipped:
+                row["clipped_global_norm"], row["clipped_grad_norms"] = values[5], values[6]
+            return row
+
+        sample = self._samples(step)
+        if self.backend == "tensorflow" and self.strategy is None:
+            # A write in a TensorFlow branch is fine without a strategy: only
+            # a sample step writes (a row write every step cost ~10% of a
+            # 0.8 ms step on a small MLP).
+            ops.cond(sample, lambda: self._write(row_of(measure())), lambda: None)
+        else:
+            # A pure branch returns every buffer, with the row written or as it
+            # was; the assignment after it is unconditional (JAX: the carried
+            # state; a strategy: no merge_call inside a branch).
+            names = [*_ROW, "steps"] + (["clipped_global_norm", "clipped_grad_norms"]
+                                        if self.clipped else [])  # fmt: skip
+            buffers = [self.buffers[name] for name in names]
+
+            def written():
+                updated = self._updated(row_of(measure()))
+                return tuple(updated[name] for name in names)
+
+            def kept():
+                return tuple(ops.convert_to_tensor(b.value) for b in buffers)
+
+            for buffer, value in zip(buffers, ops.cond(sample, written, kept), strict=True):
+                buffer.assign(value)
+        self.count.assign_add(ops.cast(sample, self.count.dtype))
+
+    def _nonfinite_groups(self, measured, groups):
+        """``(group_bad, first_group)``: int32 ``[G]`` flags of groups with NaN/inf, the first.
 
         Few ops on purpose (this runs on every step): one multiply-and-sum
         per variable (``nonfinite_marker``: it cannot overflow, unlike a sum
@@ -121,61 +183,13 @@ class StepMeasurement:
         """
         kept = [k for k, g in enumerate(measured) if g is not None]
         if not kept:
-            return update(ops.zeros((), "bool"))
+            none = ops.zeros((groups.size,), "int32")
+            return none, ops.argmax(none)
         markers = ops.stack([nonfinite_marker(measured[k]) for k in kept])
         segments = np.asarray([groups.index[k] for k in kept], "int32")
         sums = ops.segment_sum(markers, segments, num_segments=groups.size)
         group_bad = ops.cast(ops.logical_not(ops.isfinite(sums)), "int32")
-        bad = ops.greater(ops.max(group_bad), 0)
-        if self.strategy is None:
-            update(bad)
-        self._count_nonfinite(bad, step, group_bad, first_group=ops.argmax(group_bad))
-
-    def _sample(self, measured, update, variables, groups, step, before, sample):
-        """Measure everything; write a row (always when ``sample`` is True, else where it holds)."""
-        norms = gradient_norms(measured, variables, groups=groups)
-        bad = ops.greater(ops.sum(norms.nonfinite), 0)
-        if self.strategy is None:
-            update(bad)
-        after = [ops.convert_to_tensor(w.value) for w in variables]
-        self._count_nonfinite(bad, step, norms.nonfinite)
-        size = self.groups.size
-
-        def measure():
-            values = [
-                weight_norms(before, groups=groups),
-                update_ratios(before, after, groups=groups),
-            ]
-            if self.clipped:
-                values.extend(self._clipped(measured, variables, groups))
-            return tuple(values)
-
-        def zeros():
-            zero = ops.zeros((size,), "float32")
-            values = [zero, zero]
-            if self.clipped:
-                values.extend([ops.zeros((), "float32"), zero])
-            return tuple(values)
-
-        if sample is None:  # "pure" mode: the cadence is decided in-graph
-            sample = ops.equal(step % self.sample_every, 0)
-            if self.sample_first:  # no sample yet (not even a restored one): take this one
-                sample = ops.logical_or(sample, ops.equal(self.count.value, 0))
-            values = ops.cond(sample, measure, zeros)
-        else:
-            values = measure()
-        row = {
-            "steps": step,
-            "global_norm": norms.global_norm,
-            "grad_norms": norms.group_norms,
-            "weight_norms": values[0],
-            "update_ratios": values[1],
-            "nonfinite": norms.nonfinite,
-        }
-        if self.clipped:
-            row["clipped_global_norm"], row["clipped_grad_norms"] = values[2], values[3]
-        self._write(row)
-        self.count.assign_add(ops.cast(sample, self.count.dtype))
+        return group_bad, ops.argmax(group_bad)
 
     def _update_unless(self, original, grads, trainable_variables, bad):
         """Call the ``original`` ``apply``; with "skip", not where ``bad``.
@@ -221,11 +235,18 @@ class StepMeasurement:
         )
         self.nonfinite_steps.assign_add(ops.cast(bad, self.nonfinite_steps.dtype))
 
-    def _write(self, row):
-        """Write ``row`` into slot ``count mod (capacity + 1)``; the caller advances ``count``."""
+    def _updated(self, row):
+        """``{name: buffer value}`` with ``row`` in slot ``count mod (capacity + 1)``; pure."""
         index = ops.mod(self.count.value, self.capacity + 1)
+        updated = {}
         for name, value in row.items():
             buffer = self.buffers[name]
             value = ops.expand_dims(ops.cast(value, buffer.dtype), 0)
             start = [index] if len(buffer.shape) == 1 else [index, ops.zeros_like(index)]
-            buffer.assign(ops.slice_update(buffer.value, start, value))
+            updated[name] = ops.slice_update(buffer.value, start, value)
+        return updated
+
+    def _write(self, row):
+        """Write ``row`` into slot ``count mod (capacity + 1)``; the caller advances ``count``."""
+        for name, value in self._updated(row).items():
+            self.buffers[name].assign(value)

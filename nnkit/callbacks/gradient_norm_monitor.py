@@ -1,5 +1,6 @@
 """Watch the gradients the optimizer receives, layer by layer, without a per-batch host sync."""
 
+import functools
 import warnings
 
 import keras
@@ -10,14 +11,14 @@ from nnkit._deprecation import no_other_arguments, renamed
 from nnkit._keras import shadow, train_function
 from nnkit._messages import say
 from nnkit.callbacks import _gradient_logs as logs_lib
+from nnkit.callbacks import _gradient_reuse as reuse
 from nnkit.callbacks import _optimizer
-from nnkit.callbacks._gradient_hook import ROWS, create_hook, variables_exist
+from nnkit.callbacks._gradient_hook import ROWS, capacity_for, create_hook, variables_exist
 from nnkit.callbacks._stateful import StatefulCallback
 from nnkit.diagnostics import DiagnosisRules
 
 _POLICIES = ("warn", "stop", "skip")
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
-_UNKNOWN_CAPACITY = 1024  # ring-buffer rows when the steps per epoch are unknown
 
 
 @keras.saving.register_keras_serializable(package="nnkit")
@@ -36,27 +37,30 @@ class GradientNormMonitor(StatefulCallback):
     so they equal a one-device run on the same global batch.
 
     How (details in the "Backpropagation health" docs page): it patches the
-    optimizer instance's ``apply`` and traces two train functions from it,
-    restored at ``on_train_end``. A *plain* step only checks whether each
-    group's gradients are finite (``Σ g·0``, which cannot overflow); a
-    *sampling* step, every ``sample_every``-th batch (``step % N == 0``,
-    counting from the optimizer's raw iteration), the run's first batch and
-    the last batch of an epoch the cadence would leave without one, measures
-    with ``gradient_norms``: the global norm ``‖g‖ = √(Σ_i ‖g_i‖²)``, the group
-    norms ``‖g_k‖``, NaN/inf counts, ``‖w_k‖`` before the update, the update
-    ratio ``‖Δw_k‖ / ‖w_k‖`` and, when clipping, the clipped norms. No branch
-    in either step; the host reads the samples once per epoch. A model whose
-    variables do not exist yet (a subclassed model TensorFlow builds while
-    tracing the first step) gets the monitor's variables created there.
+    optimizer instance's ``apply`` and traces one train function from it (the
+    patch is removed at ``on_train_end``; the traced function is kept and
+    installed again by later fits of the same model, so a model is traced
+    once, not once per ``fit``). Every step checks each group's gradients for
+    NaN/inf and measures, with ``gradient_norms``, the global norm
+    ``‖g‖ = √(Σ_i ‖g_i‖²)`` and the group norms ``‖g_k‖``; a *sampling* step,
+    every ``sample_every``-th batch (``step % N == 0``, counting from the
+    optimizer's raw iteration), the run's first batch and the last batch of an
+    epoch the cadence would leave without one, also measures ``‖w_k‖`` before
+    the update, the update ratio ``‖Δw_k‖ / ‖w_k‖`` and, when clipping, the
+    clipped norms, and keeps its row. The cadence is decided in-graph (a pure
+    branch after the unconditional update): no Python runs per batch, and the
+    host reads the samples once per epoch. A model whose variables do not
+    exist yet (a subclassed model TensorFlow builds while tracing the first
+    step) gets the monitor's variables created there.
 
     The epoch logs get a few summary figures of the epoch's last sample:
     ``grad_norm`` (global), ``grad_norm_min`` and ``grad_norm_max`` (the
     smallest and largest group norms), ``clipped_grad_norm`` when clipping,
     and ``nonfinite_grads`` (non-finite steps so far); an epoch without a
-    sample (steps per epoch unknown, or ``steps_per_execution > 1``) repeats
-    the last figures, never NaN. Per-group figures go to ``history``,
-    ``report()`` (run at train end into ``last_report``), ``log_dir`` and,
-    with ``log_layers=True``, the epoch logs. On NaN/inf gradients,
+    sample (steps per epoch unknown) repeats the last figures, never NaN.
+    Per-group figures go to ``history``, ``report()`` (run at train end into
+    ``last_report``), ``log_dir`` and, with ``log_layers=True``, the epoch
+    logs. On NaN/inf gradients,
     ``"stop"`` ends training with a message naming the step and first group
     (``stop_message``) and ``"skip"`` leaves the update out and warns once per
     epoch with the count; a skipped step does not advance
@@ -117,7 +121,7 @@ class GradientNormMonitor(StatefulCallback):
 
     async_safe = True  # the batch hook only reads one variable, for "stop"
 
-    _not_copied = ("_hook", "_pending", "_summaries", "last_report", "_functions")
+    _not_copied = ("_hook", "_pending", "_summaries", "last_report", "_reuse")
 
     def __init__(
         self,
@@ -146,12 +150,8 @@ class GradientNormMonitor(StatefulCallback):
         self.log_layers = v.check_bool("log_layers", log_layers)
         self._hook = None
         self._pending = None  # the patch that creates the hook at the first trace
-        self._scheduled = True
-        self._trace_sampling = False
         self._start = None  # the hook's initial counters (see _start_counters)
-        self._functions = None
-        self._next_step = 0
-        self._epoch = 0
+        self._reuse = None  # this fit's nnkit.callbacks._gradient_reuse.Session
         self._summaries = None
         self.last_report = None
         self._reset_state()
@@ -170,8 +170,6 @@ class GradientNormMonitor(StatefulCallback):
         self._reported = 0  # non-finite steps already warned about or acted on
         self._at_begin = 0
         self._sample = None  # figures of the last sample (logged in epochs without one)
-        self._sampled_run = False
-        self._sampled_epoch = False
 
     def get_state(self):
         return {
@@ -191,7 +189,6 @@ class GradientNormMonitor(StatefulCallback):
         self._warned = self._reported = self.nonfinite_steps
         if self._attached_model() is not None:  # restored during on_train_begin
             self._start = self._start_counters()
-            self._next_step = self._start["step"]
         if self._hook is not None:  # restored after the hook was created
             self._hook.set_counters(self._start)
 
@@ -219,110 +216,87 @@ class GradientNormMonitor(StatefulCallback):
         model = self.model
         self._hook = self._pending = None
         self._start = self._start_counters()  # on the host, now
-        self._scheduled = int(getattr(model, "steps_per_execution", 1) or 1) == 1
+        self._read, self._at_begin = 0, self.nonfinite_steps
+        capacity = capacity_for((self.params or {}).get("steps"), self.sample_every)
+        self._reuse = reuse.Session(model, self, capacity)
+        entry = self._reuse.take()
+        if entry is not None:  # traced by an earlier fit, and nothing it read changed
+            self._hook = entry.hook
+            self.layers = list(entry.hook.groups.names)  # the same parameters as then
+            self._hook.attach()
+            self._hook.set_counters(self._start)
+            self._hook.begin_run()
+            train_function.use(model, entry.function)
+        else:
+            self._attach_new(capacity)
+        self._reuse.installed(train_function.current(model))
+        if self.log_dir is not None:
+            self._summaries = logs_lib.Summaries(self.log_dir)
+
+    def _attach_new(self, capacity):
+        """Create the hook (or defer it to the first trace) and trace the train function."""
+        model = self.model
         if variables_exist(model):
             if not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
-            self._hook = self._create_hook(patch_apply=True)
+            self._hook = self._create_hook(capacity, patch_apply=True)
         else:
             # TensorFlow builds a model without a strategy when it traces the
             # first step (a subclassed model, or one built with a no-op
             # `build`): create the hook there, once the variables exist.
             optimizer = _optimizer.unwrap(model.optimizer)
             self._pending = shadow.shadow(
-                optimizer, "apply", self._deferred_apply, owner="gradient_monitor"
+                optimizer,
+                "apply",
+                functools.partial(self._deferred_apply, capacity),
+                owner="gradient_monitor",
             )
-        self._read, self._at_begin = 0, self.nonfinite_steps
-        self._next_step = self._start["step"]
-        if self.log_dir is not None:
-            self._summaries = logs_lib.Summaries(self.log_dir)
-        self._make_functions()
+        train_function.trace(model)  # traced at its first call, with the patch on
 
-    def _create_hook(self, *, patch_apply):
+    def _create_hook(self, capacity, *, patch_apply):
         """The ``GradientHook`` for the model's trainable variables as they are now."""
+        start = dict(self._start, schedule=self._schedule(self._start["step"]))
         hook, self.layers = create_hook(
             self.model,
             by=self.by,
             restored_groups=self.layers,
             sample_every=self.sample_every,
             skip=self.on_nonfinite == "skip",
-            start=self._start,
-            scheduled=self._scheduled,
-            steps=(self.params or {}).get("steps"),
+            start=start,
+            capacity=capacity,
             patch_apply=patch_apply,
         )
-        hook.sampling = self._trace_sampling
-        hook.sample_first = not self.history["steps"]
         return hook
 
-    def _deferred_apply(self, call_next, grads, trainable_variables=None):
+    def _deferred_apply(self, capacity, call_next, grads, trainable_variables=None):
         """The patched ``apply`` before the hook exists: create it (at trace time), then measure."""
         if self._hook is None:
-            self._hook = self._create_hook(patch_apply=False)
-        self._hook.sampling = self._trace_sampling
+            self._hook = self._create_hook(capacity, patch_apply=False)
         return self._hook.measure(call_next, grads, trainable_variables)
 
-    def _make_functions(self):
-        """``{samples?: train function}`` from the patched ``apply``, or ``None``.
-
-        Each function wraps its own ``train_step``, which sets
-        ``hook.sampling`` when it traces (JAX's ``jit`` would otherwise share
-        one trace between two functions of the same bound method); with
-        ``steps_per_execution > 1`` there is one function, which decides
-        in-graph.
-        """
-        model = self.model
-        if not self._scheduled:
-            train_function.retrace(model)
-            self._functions = None
-            return
-
-        def variant(sampling):
-            def prepare():  # read by the patched apply as it traces
-                self._trace_sampling = sampling
-                if self._hook is not None:
-                    self._hook.sampling = sampling
-
-            return prepare
-
-        self._functions = train_function.trace_variants(
-            model, {True: variant(True), False: variant(False)}
-        )
+    def _schedule(self, step):
+        """``(first_step, last_step)`` of ``GradientHook.set_schedule`` for an epoch from ``step``."""
+        steps = (self.params or {}).get("steps")
+        first = -1 if self.history["steps"] else step  # no sample yet: take this one
+        return first, -1 if steps is None else step + steps - 1
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        self._sampled_epoch = False
+        if self._hook is None:  # created at the first trace, with this epoch's schedule
+            return
+        first, last = self._schedule(self._hook.current_step())
+        self._hook.set_schedule(first_step=first, last_step=last)
 
     def on_train_batch_begin(self, batch, logs=None):
-        if keras.backend.backend() == "jax":
+        # JAX "stop" only (see _stop_check_jax); the cadence is decided in-graph.
+        if self.on_nonfinite == "stop" and keras.backend.backend() == "jax":
             self._stop_check_jax(batch)
-        functions = self._functions
-        if functions is None:
-            return
-        model = self.model
-        current = train_function.current(model)
-        if current is not functions[True] and current is not functions[False]:
-            self._make_functions()  # another callback rebuilt it (e.g. to retrace)
-            functions = self._functions
-        steps = (self.params or {}).get("steps")
-        sample = (
-            self._next_step % self.sample_every == 0
-            or not (self._sampled_run or self.history["steps"])  # a sample exists
-            or (steps is not None and batch == steps - 1 and not self._sampled_epoch)
-        )
-        self._sampled_run = self._sampled_run or sample
-        self._sampled_epoch = self._sampled_epoch or sample
-        self._next_step += 1
-        chosen = functions[sample]
-        if current is not chosen:  # twice per sampling period, not every batch
-            train_function.use(model, chosen)
 
     def on_train_batch_end(self, batch, logs=None):
-        # TensorFlow: may run in Keras's callback thread (async_safe); reading
-        # a variable there is safe. JAX: see _stop_check_jax.
-        if keras.backend.backend() == "jax":
+        # TensorFlow "stop" only: may run in Keras's callback thread
+        # (async_safe); reading a variable there is safe. JAX: _stop_check_jax.
+        if self.on_nonfinite != "stop" or keras.backend.backend() == "jax":
             return
-        if self.on_nonfinite != "stop" or self._hook is None or (batch + 1) % self.sample_every:
+        if self._hook is None or (batch + 1) % self.sample_every:
             return
         if self._hook.counters()[0] > self._at_begin:
             self._stop()
@@ -335,9 +309,7 @@ class GradientNormMonitor(StatefulCallback):
         that step. ``on_train_batch_begin`` runs synchronously before the
         step, and the fit loop re-reads the state after a sync.
         """
-        if self.on_nonfinite != "stop" or self._hook is None or batch == 0:
-            return
-        if batch % self.sample_every:
+        if self._hook is None or batch == 0 or batch % self.sample_every:
             return
         self.model.jax_state_sync()
         if self._hook.counters()[0] > self._at_begin:
@@ -372,13 +344,15 @@ class GradientNormMonitor(StatefulCallback):
             shadow.unshadow(self._pending)
             self._pending = None
         if self._hook is None:
+            if self._reuse is not None:
+                self._reuse.end(None)
             return
         self._collect()
         self._handle_nonfinite()
         self._hook.remove()
+        if self._reuse is not None:
+            self._reuse.end(self._hook)  # keeps the traced function for the next fit
         self._hook = None
-        self._functions = None
-        train_function.discard(self.model)  # the next fit traces one without the patch
         if self._summaries is not None:
             self._summaries.close()
             self._summaries = None

@@ -394,7 +394,8 @@ def lr_find(
     finally:
         if scheduled:
             optimizer.learning_rate = rate
-        model.train_function = saved["train_function"]
+        if scheduled:  # the traced step read the sweep; a float rate's step is fit's own, kept
+            model.train_function = saved["train_function"]
         model.history = saved["history"]
         model.stop_training = False
         np.random.set_state(python_rng)

@@ -312,6 +312,36 @@ def test_train_function_per_step():
     assert train_function.current(net) is None
 
 
+@probe("train-function-kept")
+def test_train_function_kept():
+    """fit builds a train function only when there is none; one installed again is not retraced."""
+    net = _flagged()
+    traces = []
+    functions = train_function.trace_variants(
+        net, {1: lambda: traces.append(1), 2: lambda: traces.append(2)}
+    )
+    flags = []
+
+    class Install(keras.callbacks.Callback):
+        def __init__(self, key):
+            super().__init__()
+            self.key = key
+
+        def on_train_begin(self, logs=None):
+            train_function.use(net, functions[self.key])
+
+        def on_train_batch_end(self, batch, logs=None):
+            flags.append(float(logs["flag"]))
+
+    net.make_train_function()
+    assert train_function.current(net) is functions[2]  # kept: it is not None
+    for key in (1, 2, 1):
+        net.flag = float(key)
+        net.fit(X, Y, batch_size=4, epochs=1, verbose=0, callbacks=[Install(key)])
+    assert traces == [1, 2]  # each traced at its first call only
+    assert flags == [1.0, 1.0, 2.0, 2.0, 1.0, 1.0]
+
+
 # -- fit and callbacks ------------------------------------------------------------
 
 

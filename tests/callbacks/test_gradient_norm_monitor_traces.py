@@ -1,0 +1,157 @@
+"""One trace per model: ``GradientNormMonitor`` reuses its traced train function across ``fit`` calls.
+
+The count is of calls of the Python ``train_step``, which runs only when a
+train function is traced (``tf.function`` on TensorFlow, ``jax.jit`` on JAX).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from nnkit.callbacks import (
+    EarlyStopping,
+    GradientNormMonitor,
+    LearningRateMonitor,
+    ReduceLROnPlateau,
+)
+from nnkit.tuning import lr_find
+
+TRACES = []
+
+
+class Counted(keras.Sequential):
+    def train_step(self, *args, **kwargs):
+        TRACES.append(1)
+        return super().train_step(*args, **kwargs)
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    model = Counted([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)], name="net")
+    model.compile(keras.optimizers.Adam(0.01), loss="mse")
+    return model
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    return x, x @ np.ones((4, 1), "float32")
+
+
+def _stack():
+    return [
+        EarlyStopping(monitor="loss", patience=5),
+        ReduceLROnPlateau(monitor="loss", patience=5),
+        LearningRateMonitor(),
+        GradientNormMonitor(sample_every=2),
+    ]
+
+
+def test_fit_fit_fit_traces_once():
+    x, y = _data()
+    model = _model()
+    TRACES.clear()
+    monitor = GradientNormMonitor(sample_every=2)
+    for _ in range(3):
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
+    assert len(TRACES) == 1
+    # The reused function still measures, on the cadence of the optimizer's step.
+    assert monitor.history["steps"] == [16, 18, 20, 22]
+    assert int(model.optimizer.iterations.numpy()) == 24
+
+
+def test_the_whole_stack_fresh_callbacks_every_fit_traces_once():
+    x, y = _data()
+    model = _model()
+    TRACES.clear()
+    for _ in range(3):
+        stack = _stack()
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=stack)
+    assert len(TRACES) == 1
+    assert stack[-1].history["steps"] == [16, 18, 20, 22]
+
+
+def test_lr_find_then_fit_traces_the_sweep_and_the_monitored_step_once_each():
+    x, y = _data()
+    model = _model()
+    TRACES.clear()
+    lr_find(model, x, y, batch_size=8, steps=12, min_learning_rate=1e-4)
+    swept = len(TRACES)
+    assert swept == 1
+    monitor = GradientNormMonitor(sample_every=2)
+    for _ in range(2):
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[monitor])
+    assert len(TRACES) == swept + 1
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)  # the sweep's step, kept
+    assert len(TRACES) == swept + 1
+
+
+def test_a_change_the_trace_read_traces_again():
+    x, y = _data()
+    model = _model()
+    TRACES.clear()
+    monitor = GradientNormMonitor(sample_every=2)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[monitor])
+    model.compile(keras.optimizers.SGD(0.01), loss="mse")  # another optimizer
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[monitor])
+    assert len(TRACES) == 2
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[GradientNormMonitor()])
+    assert len(TRACES) == 3  # another cadence: another trace
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[monitor])
+    assert len(TRACES) == 4  # only the last one is kept
+
+
+_JAX_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import keras, numpy as np
+    from nnkit.callbacks import (EarlyStopping, GradientNormMonitor, LearningRateMonitor,
+                                 ReduceLROnPlateau)
+    from nnkit.tuning import lr_find
+
+    TRACES = []
+
+    class Counted(keras.Sequential):
+        def train_step(self, *args, **kwargs):
+            TRACES.append(1)
+            return super().train_step(*args, **kwargs)
+
+    keras.utils.set_random_seed(0)
+    model = Counted([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.01), loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = x @ np.ones((4, 1), "float32")
+    lr_find(model, x, y, batch_size=8, steps=12, min_learning_rate=1e-4)
+    out = {"lr_find": len(TRACES)}
+    for _ in range(3):
+        stack = [EarlyStopping(monitor="loss", patience=5),
+                 ReduceLROnPlateau(monitor="loss", patience=5), LearningRateMonitor(),
+                 GradientNormMonitor(sample_every=2)]
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=stack)
+    out["fits"] = len(TRACES)
+    out["steps"] = stack[-1].history["steps"]
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+@pytest.mark.slow
+def test_jax_traces_once_per_model():
+    pytest.importorskip("jax")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run(
+        [sys.executable, "-c", _JAX_SCRIPT], env=env, capture_output=True, text=True,
+        timeout=300, cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    out = json.loads(line[len("RESULT ") :])
+    assert out == {"lr_find": 1, "fits": 2, "steps": [16, 18, 20, 22]}
