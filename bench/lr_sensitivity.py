@@ -72,6 +72,8 @@ def parse_args(argv=None):
     parser.add_argument("--trials", type=int, default=None, help="report sweep (default 60)")
     parser.add_argument("--problems", default=",".join(PROBLEMS))
     parser.add_argument("--finder-steps", type=int, default=None, help="lr_find steps (100)")
+    parser.add_argument("--parts", default="finder,race,report",
+                        help="which questions to run (default all three)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     quick = args.quick
@@ -81,6 +83,7 @@ def parse_args(argv=None):
     args.trials = args.trials or (4 if quick else 60)
     args.finder_steps = args.finder_steps or (20 if quick else 100)
     args.problems = [p for p in args.problems.split(",") if p]
+    args.parts = [p for p in args.parts.split(",") if p]
     return args
 
 
@@ -259,12 +262,18 @@ def main(argv=None):
     figures = {"settings": {k: getattr(args, k) for k in ("quick", "epochs", "rates", "seeds",
                                                           "trials", "finder_steps")}}  # fmt: skip
     started = time.perf_counter()
-    figures["lr_find_vs_sweep"] = {p: finder_vs_sweep(p, data, args) for p in args.problems}
-    print("lr_find vs sweep done", round(time.perf_counter() - started), "s", file=sys.stderr)
-    figures["one_cycle_vs_cosine"] = one_cycle_vs_cosine(data, args)
-    print("one-cycle vs cosine done", round(time.perf_counter() - started), "s", file=sys.stderr)
-    with tempfile.TemporaryDirectory() as tmp:
-        figures["unused_knob_report"] = unused_knob_report(data, args, os.path.join(tmp, "study"))
+    if "finder" in args.parts:
+        figures["lr_find_vs_sweep"] = {p: finder_vs_sweep(p, data, args) for p in args.problems}
+        print("lr_find vs sweep done", round(time.perf_counter() - started), "s", file=sys.stderr)
+    if "race" in args.parts:
+        figures["one_cycle_vs_cosine"] = one_cycle_vs_cosine(data, args)
+        print(
+            "one-cycle vs cosine done", round(time.perf_counter() - started), "s", file=sys.stderr
+        )
+    if "report" in args.parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            study = os.path.join(tmp, "study")
+            figures["unused_knob_report"] = unused_knob_report(data, args, study)
     figures["seconds"] = time.perf_counter() - started
     figures["environment"] = environment(load_before, load_average())
     print(json.dumps(figures))

@@ -9,12 +9,15 @@ and largest observed values, and the robust range is the interval around the
 curve's minimum where the curve stays within a tolerance of it::
 
     f(g) = argmin_{a, b} sum_j K((x_j - g) / h) (y_j - a - b (x_j - g))^2,  read off a
-    range = the connected set {g : f(g) <= min f + tol} that holds argmin f
+    range = the connected set {g : f(g) <= min f + tol (+ 2·se)} that holds argmin f
 
 ``x`` is the knob on its analysis scale (log10 for log-sampled knobs and for
 grids of positive numbers spanning a decade or more). The uncertainty of each
 end is the 5th–95th percentile over bootstrap resamples of the trials, refitted
-with the same bandwidth. Over a random search of several knobs the curve is the
+with the same bandwidth; ``se`` is the median over the grid of the resampled
+curves' standard deviation, added when the noise is unknown and other knobs
+varied in the same trials, so that a dip within the curve's own uncertainty
+(a knob that does nothing) does not make a narrow range. Over a random search of several knobs the curve is the
 knob's marginal effect: the other knobs' effects average out into it.
 
 This module does not extrapolate beyond the observed values, and it does not
@@ -27,8 +30,9 @@ import math
 import numpy as np
 
 GRID_POINTS = 201
-BANDWIDTHS = (0.04, 0.06, 0.1, 0.15, 0.2, 0.3, 0.5)  # fractions of the observed width
+BANDWIDTHS = (0.04, 0.06, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)  # fractions of the observed width
 N_BOOTSTRAP = 100
+SE_MULTIPLIER = 2.0
 INTERVAL = (5.0, 95.0)
 
 
@@ -111,18 +115,28 @@ def loo_errors(x, y, h):
 
 
 def choose_bandwidth(x, y):
-    """The bandwidth (from ``BANDWIDTHS`` × width) with the least leave-one-out error.
+    """The widest bandwidth (from ``BANDWIDTHS`` × width) whose leave-one-out error is within
+    one standard error of the least (the one-standard-error rule).
 
-    Bandwidths under half the widest gap between distinct observed values are
-    not tried: they would turn the curve into steps instead of interpolating.
+    The rule keeps a knob that does nothing from getting a wiggly curve that
+    chance fits best; bandwidths under half the widest gap between distinct
+    observed values are not tried: they would turn the curve into steps.
     """
     distinct = np.unique(x)
     width = float(distinct[-1] - distinct[0])
     gap = float(np.max(np.diff(distinct)))
     candidates = [f * width for f in BANDWIDTHS if f * width >= 0.5 * gap] or [0.5 * gap]
-    errors = [float(np.nanmean(loo_errors(x, y, h) ** 2)) for h in candidates]
-    errors = [e if math.isfinite(e) else math.inf for e in errors]
-    return candidates[int(np.argmin(errors))]
+    means, errors = [], []
+    for h in candidates:
+        squared = loo_errors(x, y, h) ** 2
+        squared = squared[np.isfinite(squared)]
+        means.append(float(squared.mean()) if len(squared) else math.inf)
+        errors.append(float(squared.std() / math.sqrt(len(squared))) if len(squared) else 0.0)
+    best = int(np.argmin(means))
+    if not math.isfinite(means[best]):
+        return candidates[-1]
+    within = [i for i, m in enumerate(means) if m <= means[best] + errors[best]]
+    return candidates[max(within)]
 
 
 def fit_curve(x, y, *, log, bandwidth=None):
@@ -136,6 +150,10 @@ def fit_curve(x, y, *, log, bandwidth=None):
 def _interval(curve, tol):
     best = int(np.argmin(curve.fit))
     inside = curve.fit <= curve.fit[best] + tol
+    return _around(inside, best)
+
+
+def _around(inside, best):
     lo = best
     while lo > 0 and inside[lo - 1]:
         lo -= 1
@@ -145,11 +163,13 @@ def _interval(curve, tol):
     return lo, hi
 
 
-def robust_range(values, objectives, tol, *, log, seed=0, n_bootstrap=N_BOOTSTRAP):
+def robust_range(values, objectives, tol, *, log, seed=0, n_bootstrap=N_BOOTSTRAP, widen=False):
     """The robust range of one knob, or ``None`` when fewer than 3 distinct values were tried.
 
     ``objectives`` are oriented (lower is better); ``tol`` is how far above the
-    curve's minimum still counts as good.
+    curve's minimum still counts as good; ``widen`` adds ``2·se`` to it (the
+    report does when the noise is unknown and other knobs varied in the same
+    trials: their effects are noise to this knob's curve).
     """
     values = np.asarray(values, dtype=float)
     y = np.asarray(objectives, dtype=float)
@@ -157,15 +177,23 @@ def robust_range(values, objectives, tol, *, log, seed=0, n_bootstrap=N_BOOTSTRA
     if len(np.unique(x)) < 3:
         return None
     curve = fit_curve(x, y, log=log)
-    lo, hi = _interval(curve, tol)
     rng = np.random.default_rng(seed)
-    ends = []
+    fits = []
     for _ in range(n_bootstrap):
         picked = rng.integers(len(x), size=len(x))
         if len(np.unique(x[picked])) < 2:
             continue
         # Same bandwidth and the same grid: the spread is the data's, not the smoother's.
-        fit = _local_linear(x[picked], y[picked], curve.x, curve.bandwidth)
+        fits.append(_local_linear(x[picked], y[picked], curve.x, curve.bandwidth))
+    # A dip smaller than the curve's own uncertainty is not a preference: widen the
+    # tolerance by twice the median (over the grid) bootstrap standard deviation of the fit,
+    # so a knob that does nothing gets its whole range.
+    spread = float(np.median(np.nanstd(np.array(fits), axis=0))) if len(fits) > 1 else 0.0
+    if widen and math.isfinite(spread):
+        tol = tol + SE_MULTIPLIER * spread
+    lo, hi = _interval(curve, tol)
+    ends = []
+    for fit in fits:
         a, b = _interval(Curve(curve.x, fit, curve.bandwidth, log), tol)
         ends.append((curve.x[a], curve.x[b]))
     back = (lambda u: 10.0**u) if log else (lambda u: u)

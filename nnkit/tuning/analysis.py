@@ -94,7 +94,7 @@ def is_numeric(spec):
     return spec["type"] in ("float", "int")
 
 
-def robust_range(study, rows, objectives, name, tol, *, seed=0):
+def robust_range(study, rows, objectives, name, tol, *, seed=0, widen=False):
     """Where the knob is good: a ``_surrogate.RobustRange`` for numbers, a list for choices.
 
     ``objectives`` are oriented (lower is better), one per row; only the rows
@@ -112,7 +112,7 @@ def robust_range(study, rows, objectives, name, tol, *, seed=0):
     values, ys = (list(t) for t in zip(*pairs, strict=True))
     if _surrogate.numeric_values(spec):
         log = _surrogate.uses_log(spec, values)
-        return _surrogate.robust_range(values, ys, tol, log=log, seed=seed)
+        return _surrogate.robust_range(values, ys, tol, log=log, seed=seed, widen=widen)
     return _surrogate.categorical_range(values, ys, tol, spec["values"] or [])
 
 

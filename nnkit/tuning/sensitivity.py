@@ -165,7 +165,12 @@ def sensitivity_report(
     robust, details, missing, edges = {}, {}, {}, []
     for name in names:
         why = analysis.range_support(study, rows, names, name, active)
-        found = None if why else analysis.robust_range(study, rows, oriented, name, tol, seed=seed)
+        widen = sigma is None and len(names) > 1  # the other knobs act as noise on its curve
+        found = (
+            None
+            if why
+            else analysis.robust_range(study, rows, oriented, name, tol, seed=seed, widen=widen)
+        )
         if why is None and found is None:
             why = "fewer than 3 distinct values tried"
         missing[name] = why

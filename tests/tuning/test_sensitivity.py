@@ -115,8 +115,10 @@ def test_without_noise_the_robust_range_is_a_tenth_of_the_median_gap(tmp_path):
     objective = np.array([t["objective"] for t in rows])
     tol = 0.1 * (np.median(objective) - objective.min())
     low, high = np.log10(report.robust_ranges["lr"])
-    assert low == pytest.approx(-2.5 - math.sqrt(tol), abs=0.1)
-    assert high == pytest.approx(-2.5 + math.sqrt(tol), abs=0.1)
+    # At least the closed form's range; wider by the curve's own uncertainty (noise
+    # unknown, dropout varied too), but not by more than a quarter of a decade a side.
+    assert -2.5 - math.sqrt(tol) - 0.25 < low < -2.5 - math.sqrt(tol) + 0.05
+    assert -2.5 + math.sqrt(tol) - 0.05 < high < -2.5 + math.sqrt(tol) + 0.25
     assert "a tenth of the gap between the median trial and the best" in report.path.read_text()
 
 

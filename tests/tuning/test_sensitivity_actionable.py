@@ -159,6 +159,9 @@ def test_unused_knobs_rank_last_and_the_next_step_fixes_them(tmp_path):
     assert report.ranking[:2] == ["lr", "dropout"]
     assert set(report.ranking[2:]) == {"unused0", "unused1"}
     assert report.confounded == []
+    for name in ("unused0", "unused1"):  # a knob that does nothing: (nearly) its whole range
+        low, high = report.robust_ranges[name]
+        assert high - low > 0.8, (name, low, high)
     line = report.next_step_line
     assert line.startswith("What to do next: ") and line.endswith(".")
     assert "`unused0=" in line and "`unused1=" in line and "restrict `lr` to" in line
