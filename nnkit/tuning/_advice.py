@@ -20,6 +20,21 @@ def _fmt(value):
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def negligible(result, confounded=()):
+    """Ranked knobs whose importance is under ``FIX_BELOW`` (whole interval under twice it),
+    not flagged as confounded: any value in their searched range does as well."""
+    if result is None:
+        return []
+    flagged = {c.knob for c in confounded}
+    return [
+        n
+        for n in result.names
+        if result.point[n] < FIX_BELOW
+        and (not result.n_bootstrap or result.high[n] < 2 * FIX_BELOW)
+        and n not in flagged
+    ]
+
+
 def _more_for_conditional(name, count, n_rows):
     share = count / n_rows if n_rows else 0.0
     missing = analysis.MIN_TRIALS_PER_KNOB - count
@@ -62,34 +77,26 @@ def next_steps(study, *, n_rows, reasons, needed, left_out, confounded, edges, r
         fixed = f" at {_fmt(value)}" if value is not None else ""
         items.append(f"rerun with `{c.by}` fixed{fixed} to measure `{c.knob}` on its own")
     confounded_names = {c.knob for c in confounded}
-    negligible = []
-    if result is not None:
-        negligible = [
-            n
-            for n in result.names
-            if result.point[n] < FIX_BELOW
-            and (not result.n_bootstrap or result.high[n] < 2 * FIX_BELOW)
-            and n not in confounded_names
+    negligible_names = negligible(result, confounded)
+    if negligible_names:
+        values = [
+            f"{n}={_fmt(best['hyperparameters'][n])}"
+            if best and best["hyperparameters"].get(n) is not None
+            else n
+            for n in negligible_names
         ]
-        if negligible:
-            values = [
-                f"{n}={_fmt(best['hyperparameters'][n])}"
-                if best and best["hyperparameters"].get(n) is not None
-                else n
-                for n in negligible
-            ]
-            items.append(
-                f"fix {', '.join(f'`{v}`' for v in values)} (importance under "
-                f"{FIX_BELOW:.0%}; `SearchSpace.fixed`)"
-            )
+        items.append(
+            f"fix {', '.join(f'`{v}`' for v in values)} (importance under "
+            f"{FIX_BELOW:.0%}; `SearchSpace.fixed`)"
+        )
     for name, side in edges:
-        if name not in negligible and name not in confounded_names:
+        if name not in negligible_names and name not in confounded_names:
             items.append(f"widen `{name}` on its {side} side")
     edged = {name for name, _ in edges}
     narrowed = [
         text
         for name, found in ranges.items()
-        if name not in negligible
+        if name not in negligible_names
         and name not in edged
         and name not in confounded_names
         and found is not None

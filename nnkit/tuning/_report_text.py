@@ -28,6 +28,8 @@ def _image(report, alt, name):
 def _range_text(robust, detail, why):
     if robust is None:
         return "–", f"none: {why}" if why else "–"
+    if detail is None and why:  # a numeric knob that does not matter: its whole range
+        return f"{_fmt(robust[0])} … {_fmt(robust[1])}", why
     if detail is None:
         return ", ".join(str(v) for v in robust), "choices whose mean is within the tolerance"
     low = f"{_fmt(detail.low_interval[0])} – {_fmt(detail.low_interval[1])}"

@@ -181,6 +181,11 @@ def sensitivity_report(
             if side:
                 edges.append((name, side))
                 warnings.append(analysis.edge_warning(study, name, best["hyperparameters"][name]))
+    for name in _advice.negligible(result, confounded):
+        spec = study.spec(name)
+        if spec["type"] in ("float", "int"):  # any value does as well: the whole range
+            robust[name], details[name] = (spec["min"], spec["max"]), None
+            missing[name] = f"any value: importance under {_advice.FIX_BELOW:.0%}"
     if study.tuner == "hyperband":
         warnings.append(
             "Hyperband trials ran for different numbers of epochs; their objective values are "
