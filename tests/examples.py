@@ -50,6 +50,9 @@ EXAMPLES = {
         0.1, 40, rise_fraction=0.25, anneal_strategy="linear", three_phase=True
     ),
     "schedules.Cyclical": lambda: S.Cyclical(0.01, 0.1, 6, 4, mode="exp_range", gamma=0.99),
+    "schedules.OneCycleMomentum": lambda: S.OneCycleMomentum(
+        40, rise_fraction=0.25, base_momentum=0.8, max_momentum=0.9, three_phase=True
+    ),
     # callbacks
     "callbacks.EarlyStopping": lambda: C.EarlyStopping(
         "val_loss",
@@ -169,6 +172,12 @@ EXAMPLES = {
     # optimizers (cadences short enough that the harness's 8 steps refresh several times)
     # Small blocks and damping keep the factors well conditioned over the harness's 8 steps, so
     # a mirrored run's last-bit differences stay small in the roots and bases.
+    "optimizers.SGD": lambda: O.SGD(
+        S.OneCycle(0.05, 8), momentum=S.OneCycleMomentum(8, rise_fraction=0.4), nesterov=True
+    ),
+    "optimizers.Adam": lambda: O.Adam(
+        S.OneCycle(0.01, 8), beta_1=S.OneCycleMomentum(8, rise_fraction=0.4), weight_decay=1e-3
+    ),
     "optimizers.Shampoo": lambda: O.Shampoo(
         0.02,
         graft="adam",

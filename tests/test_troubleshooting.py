@@ -118,8 +118,8 @@ def tiny_sweep(tmp_path):
     spec = {"name": "lr", "type": "float", "min": 1e-4, "max": 1e-1, "sampling": "log"}
     write_study(tmp_path / "sweep", study_header([spec]), trials)
     text = sensitivity_report(tmp_path / "sweep", n_bootstrap=0, plots=False).path.read_text()
-    (line,) = [line for line in text.splitlines() if line.startswith("No robust range")]
-    return line
+    (line,) = [line for line in text.splitlines() if line.startswith("- Too few trials")]
+    return line[2:]
 
 
 def uneven_batch():

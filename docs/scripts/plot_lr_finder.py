@@ -36,7 +36,7 @@ def main():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(0.01), loss="mse")
-    result = lr_find(model, x, y, batch_size=128, steps=60, min_learning_rate=1e-3)
+    result = lr_find(model, x, y, batch_size=128, steps=60, learning_rates=(1e-3, 10.0))
     figure = result.plot()
     figure.axes[0].axvline(critical, color="grey", linewidth=2, alpha=0.5,
                            label=f"2/λ_max = {critical:.3g}")  # fmt: skip

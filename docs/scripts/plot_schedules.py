@@ -27,6 +27,7 @@ from nnkit.schedules import (  # noqa: E402
     JoinSchedules,
     MultiStepDecay,
     OneCycle,
+    OneCycleMomentum,
     Scaled,
     StepDecay,
     Warmup,
@@ -42,7 +43,7 @@ def values(schedule, steps=STEPS):
     return np.broadcast_to(np.asarray(schedule(t)), t.shape)
 
 
-def plot(name, curves, title, *, xlabel="step"):
+def plot(name, curves, title, *, xlabel="step", ylabel="learning rate", bottom=0):
     figure = Figure(figsize=(6, 3.2), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots()
@@ -50,8 +51,8 @@ def plot(name, curves, title, *, xlabel="step"):
         axes.plot(np.arange(STEPS), values(schedule), label=label)
     axes.set_title(title, fontsize=10)
     axes.set_xlabel(xlabel)
-    axes.set_ylabel("learning rate")
-    axes.set_ylim(bottom=0)
+    axes.set_ylabel(ylabel)
+    axes.set_ylim(bottom=bottom)
     axes.grid(alpha=0.3)
     if len(curves) > 1 or curves[0][0]:
         axes.legend(fontsize=8, loc="upper right")
@@ -166,6 +167,16 @@ def main():
                 ),
             ],
             "OneCycle: rise to max_learning_rate, anneal far below the start",
+        ),
+        plot(
+            "one_cycle_momentum",
+            [
+                ("OneCycleMomentum(1000)", OneCycleMomentum(STEPS)),
+                ("three_phase=True", OneCycleMomentum(STEPS, three_phase=True)),
+            ],
+            "OneCycleMomentum: momentum (β₁) dips while the rate rises",
+            ylabel="momentum",
+            bottom=0.8,
         ),
         plot(
             "cyclical",

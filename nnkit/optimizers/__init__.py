@@ -13,14 +13,19 @@ approximates and when to use it.
 - ``Shampoo``: a Kronecker-factored preconditioner per variable, grafted
   onto Adam (or RMSProp/SGD) for its step size.
 - ``SOAP``: Adam run in the eigenbasis of Shampoo's factors.
+- ``SGD`` and ``Adam``: Keras's updates with a momentum (``β₁``) that may
+  follow a schedule of the step, e.g. one-cycle's ``OneCycleMomentum``.
 """
 
 from nnkit.optimizers.kfac import KFAC
+from nnkit.optimizers.momentum import SGD, Adam
 from nnkit.optimizers.shampoo import Shampoo
 from nnkit.optimizers.soap import SOAP
 
 __all__ = [
+    "Adam",
     "KFAC",
+    "SGD",
     "SOAP",
     "Shampoo",
 ]

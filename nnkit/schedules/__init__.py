@@ -13,7 +13,7 @@ from nnkit.schedules.cosine import CosineAnnealing
 from nnkit.schedules.cyclical import Cyclical
 from nnkit.schedules.epochs import EpochSchedule
 from nnkit.schedules.join import JoinSchedules
-from nnkit.schedules.one_cycle import OneCycle
+from nnkit.schedules.one_cycle import OneCycle, OneCycleMomentum
 from nnkit.schedules.scaled import Scaled
 from nnkit.schedules.step_decay import MultiStepDecay, StepDecay
 from nnkit.schedules.warmup import Warmup
@@ -26,6 +26,7 @@ __all__ = [
     "JoinSchedules",
     "MultiStepDecay",
     "OneCycle",
+    "OneCycleMomentum",
     "Scaled",
     "Schedule",
     "StepDecay",

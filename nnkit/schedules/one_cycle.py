@@ -34,6 +34,49 @@ class _Anneal(Schedule):
         return {}
 
 
+def cycle_phases(values, rise, total_steps, strategy, three_phase):
+    """The phases of one cycle as ``JoinSchedules`` pieces.
+
+    ``values = (a, b, c, d)``: two phases go ``a → b → d``, three go
+    ``a → b → c → d``; the phases end at ``rise − 1``, (``2·rise − 2``,) and
+    ``total_steps − 1``.
+    """
+    a, b, c, d = values
+    last = total_steps - 1.0
+    if three_phase:
+        phases = [(rise - 1.0, a, b), (2 * rise - 2.0, b, c), (last, c, d)]
+    else:
+        phases = [(rise - 1.0, a, b), (last, b, d)]
+    pieces, boundaries, previous = [], [], 0.0
+    for i, (edge, start, end) in enumerate(phases):
+        boundary = 0 if i == 0 else math.floor(previous) + 1
+        offset = boundary - previous
+        pieces.append(_Anneal(start, end, offset, edge - previous, strategy))
+        if i:
+            boundaries.append(boundary)
+        previous = edge
+    return JoinSchedules(pieces, boundaries)
+
+
+def check_cycle(rise_fraction, total_steps, three_phase):
+    """``rise_fraction · total_steps``, checked as ``OneCycle`` needs it."""
+    rise = rise_fraction * total_steps
+    if rise <= 1.0 or (three_phase and rise < 2.0):
+        bound = ">= 2 with `three_phase=True`" if three_phase else "> 1"
+        raise ValueError(
+            f"`rise_fraction` * `total_steps` must be {bound} (the rise ends at step "
+            "rise_fraction * total_steps - 1, which must come after step 0). "
+            f"Received: rise_fraction={rise_fraction!r}, total_steps={total_steps!r}"
+        )
+    if three_phase and 2.0 * rise - 2.0 >= total_steps - 1.0:
+        raise ValueError(
+            "With `three_phase=True`, 2 * `rise_fraction` * `total_steps` - 1 must be < "
+            "`total_steps` (rise and fall must leave room for the final anneal). "
+            f"Received: rise_fraction={rise_fraction!r}, total_steps={total_steps!r}"
+        )
+    return rise
+
+
 @keras.saving.register_keras_serializable(package="nnkit")
 class OneCycle(Schedule):
     """One cycle: a rise to ``max_learning_rate``, then an anneal far below the start.
@@ -124,40 +167,13 @@ class OneCycle(Schedule):
         self.initial_divisor = v.check_number("initial_divisor", initial_divisor, minimum=1.0)
         self.final_divisor = v.check_number("final_divisor", final_divisor, minimum=1.0)
         self.three_phase = v.check_bool("three_phase", three_phase)
-        rise = self.rise_fraction * self.total_steps
-        if rise <= 1.0 or (self.three_phase and rise < 2.0):
-            bound = ">= 2 with `three_phase=True`" if self.three_phase else "> 1"
-            raise ValueError(
-                f"`rise_fraction` * `total_steps` must be {bound} (the rise ends at step "
-                "rise_fraction * total_steps - 1, which must come after step 0). "
-                f"Received: rise_fraction={rise_fraction!r}, total_steps={total_steps!r}"
-            )
-        if self.three_phase and 2.0 * rise - 2.0 >= self.total_steps - 1.0:
-            raise ValueError(
-                "With `three_phase=True`, 2 * `rise_fraction` * `total_steps` - 1 must be < "
-                "`total_steps` (rise and fall must leave room for the final anneal). "
-                f"Received: rise_fraction={rise_fraction!r}, total_steps={total_steps!r}"
-            )
+        rise = check_cycle(self.rise_fraction, self.total_steps, self.three_phase)
         self._schedule = self._phases(rise)
 
     def _phases(self, rise):
-        peak = self.max_learning_rate
-        start = peak / self.initial_divisor
-        end = start / self.final_divisor
-        last = self.total_steps - 1.0
-        if self.three_phase:
-            phases = [(rise - 1.0, start, peak), (2 * rise - 2.0, peak, start), (last, start, end)]
-        else:
-            phases = [(rise - 1.0, start, peak), (last, peak, end)]
-        pieces, boundaries, previous = [], [], 0.0
-        for i, (edge, a, b) in enumerate(phases):
-            boundary = 0 if i == 0 else math.floor(previous) + 1
-            offset = boundary - previous
-            pieces.append(_Anneal(a, b, offset, edge - previous, self.anneal_strategy))
-            if i:
-                boundaries.append(boundary)
-            previous = edge
-        return JoinSchedules(pieces, boundaries)
+        start = self.max_learning_rate / self.initial_divisor
+        values = (start, self.max_learning_rate, start, start / self.final_divisor)
+        return cycle_phases(values, rise, self.total_steps, self.anneal_strategy, self.three_phase)
 
     def value(self, step):
         return self._schedule.value(step)
@@ -170,5 +186,101 @@ class OneCycle(Schedule):
             "anneal_strategy": self.anneal_strategy,
             "initial_divisor": self.initial_divisor,
             "final_divisor": self.final_divisor,
+            "three_phase": self.three_phase,
+        }
+
+
+@keras.saving.register_keras_serializable(package="nnkit")
+class OneCycleMomentum(Schedule):
+    """One-cycle's inverse momentum cycle: down to ``base_momentum`` while the rate rises, back up.
+
+    Use it as the ``momentum`` of ``nnkit.optimizers.SGD`` or the ``beta_1``
+    of ``nnkit.optimizers.Adam`` beside a ``OneCycle`` rate with the same
+    ``total_steps``, ``rise_fraction``, ``anneal_strategy`` and
+    ``three_phase``: when the rate is high the momentum is low, so the
+    effective step ``η / (1 − μ)`` does not explode (Smith 2018). The values
+    are PyTorch ``OneCycleLR``'s ``cycle_momentum`` step for step.
+
+    Formula: the phases of ``OneCycle`` (same joins ``e_i``, same cosine or
+    linear shape), going ``μ_max → μ_base → μ_max`` (two phases) or
+    ``μ_max → μ_base → μ_max → μ_max`` (three phases)::
+
+        x = (t − e_(i−1)) / (e_i − e_(i−1))
+        μ(t) = b + ½(a − b)(1 + cos(π·x))      anneal_strategy="cos"
+
+    From ``t = T − 1`` on it stays at ``μ_max``.
+
+    Args:
+        total_steps: Length of the cycle in optimizer steps, an int ``>= 2``.
+            Required.
+        rise_fraction: Fraction of ``total_steps`` in the first phase, as
+            ``OneCycle``'s. Defaults to ``0.3``.
+        anneal_strategy: ``"cos"`` or ``"linear"``. Defaults to ``"cos"``.
+        base_momentum: ``μ_base``, the low point, in ``[0, 1)``. Defaults to
+            ``0.85``.
+        max_momentum: ``μ_max``, the start and the end, in
+            ``[base_momentum, 1)``. Defaults to ``0.95``.
+        three_phase: As ``OneCycle``'s. Defaults to ``False``.
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If an argument is out of range, or ``base_momentum >
+            max_momentum``.
+
+    Example:
+    >>> from nnkit.schedules import OneCycleMomentum
+    >>> mu = OneCycleMomentum(total_steps=100, rise_fraction=0.25)
+    >>> [round(float(mu(t)), 4) for t in (0, 24, 99, 500)]
+    [0.95, 0.85, 0.95, 0.95]
+
+    References:
+        Smith, "A disciplined approach to neural network hyper-parameters:
+        Part 1", 2018; PyTorch ``OneCycleLR(cycle_momentum=True)``.
+    """
+
+    def __init__(
+        self,
+        total_steps,
+        *,
+        rise_fraction=0.3,
+        anneal_strategy="cos",
+        base_momentum=0.85,
+        max_momentum=0.95,
+        three_phase=False,
+    ):
+        self.total_steps = v.check_int("total_steps", total_steps, minimum=2)
+        self.rise_fraction = v.check_number(
+            "rise_fraction", rise_fraction, minimum=0.0, maximum=1.0,
+            min_inclusive=False, max_inclusive=False,
+        )  # fmt: skip
+        self.anneal_strategy = v.check_one_of("anneal_strategy", anneal_strategy, ANNEAL_STRATEGIES)
+        self.base_momentum = v.check_number(
+            "base_momentum", base_momentum, minimum=0.0, maximum=1.0, max_inclusive=False
+        )
+        self.max_momentum = v.check_number(
+            "max_momentum", max_momentum, minimum=0.0, maximum=1.0, max_inclusive=False
+        )
+        if self.base_momentum > self.max_momentum:
+            raise ValueError(
+                "`base_momentum` must be <= `max_momentum` (the momentum dips while the rate "
+                f"rises). Received: base_momentum={base_momentum!r}, max_momentum={max_momentum!r}"
+            )
+        self.three_phase = v.check_bool("three_phase", three_phase)
+        rise = check_cycle(self.rise_fraction, self.total_steps, self.three_phase)
+        top, low = self.max_momentum, self.base_momentum
+        self._schedule = cycle_phases(
+            (top, low, top, top), rise, self.total_steps, self.anneal_strategy, self.three_phase
+        )
+
+    def value(self, step):
+        return self._schedule.value(step)
+
+    def get_config(self):
+        return {
+            "total_steps": self.total_steps,
+            "rise_fraction": self.rise_fraction,
+            "anneal_strategy": self.anneal_strategy,
+            "base_momentum": self.base_momentum,
+            "max_momentum": self.max_momentum,
             "three_phase": self.three_phase,
         }

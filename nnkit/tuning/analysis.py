@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from nnkit.tuning import _surrogate
 from nnkit.tuning.importance import encode, usable_trials
 
 # Below this many usable trials per analysed knob the ranking is withheld. With
@@ -24,6 +25,13 @@ MAX_CHOICE_SHARE = 0.8
 NOISE_MULTIPLIER = 2.0  # "within the noise of the best": within 2 sigma of it
 BEST_FRACTION = 0.1  # the robust set when the noise is unknown: the best 10 %
 EDGE = 0.05  # the best value lies in the outer 5 % of the range (sampling scale)
+# A robust range needs this many trials where the knob is active per knob varied in them
+# (5 for a one-knob grid of learning rates, 30 for a random search of six knobs).
+RANGE_TRIALS_PER_KNOB = 5
+RANGE_MIN_TRIALS = 5
+# With the noise unknown, "good" is within this fraction of the gap between the median
+# trial and the best (the fitted curve of a knob, nnkit.tuning._surrogate).
+GAP_FRACTION = 0.1
 
 
 def oriented(study, values):
@@ -86,50 +94,81 @@ def is_numeric(spec):
     return spec["type"] in ("float", "int")
 
 
-def robust_range(study, rows, mask, name):
-    """Where the near-best trials put this knob: ``(low, high)``, or the sorted choices."""
+def robust_range(study, rows, objectives, name, tol, *, seed=0, widen=False):
+    """Where the knob is good: a ``_surrogate.RobustRange`` for numbers, a list for choices.
+
+    ``objectives`` are oriented (lower is better), one per row; only the rows
+    where the knob is active count. ``None`` when the knob took fewer than 3
+    distinct numeric values.
+    """
     spec = study.spec(name)
-    values = [
-        row["hyperparameters"].get(name) for row, keep in zip(rows, mask, strict=True) if keep
+    pairs = [
+        (row["hyperparameters"][name], y)
+        for row, y in zip(rows, objectives, strict=True)
+        if row["hyperparameters"].get(name) is not None
     ]
-    values = [v for v in values if v is not None]
-    if not values:
+    if not pairs:
         return None
-    if is_numeric(spec):
-        return (min(values), max(values))
-    order = [repr(v) for v in spec["values"] or []]
-    return sorted(
-        set(values),
-        key=lambda v: (order.index(repr(v)), "") if repr(v) in order else (len(order), repr(v)),
-    )
+    values, ys = (list(t) for t in zip(*pairs, strict=True))
+    if _surrogate.numeric_values(spec):
+        log = _surrogate.uses_log(spec, values)
+        return _surrogate.robust_range(values, ys, tol, log=log, seed=seed, widen=widen)
+    return _surrogate.categorical_range(values, ys, tol, spec["values"] or [])
 
 
-def _choice_edge_warning(name, spec, value):
-    # A grid of numbers (e.g. learning rates as a Choice): its ends are edges too.
-    values = spec.get("values") or []
-    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if len(numbers) < 3 or len(numbers) != len(values) or value not in (min(numbers), max(numbers)):
-        return None
-    side = "lowest" if value == min(numbers) else "highest"
-    return (
-        f"The best `{name}` ({_fmt(value)}) is the {side} of its choices "
-        f"[{_fmt(min(numbers))} … {_fmt(max(numbers))}]: the optimum may be beyond it; "
-        "add values on that side."
+def range_support(study, rows, names, name, active):
+    """``None`` when the trials support a robust range for ``name``, else why not.
+
+    A range needs ``RANGE_TRIALS_PER_KNOB`` trials where the knob is active per
+    knob varied in them (a knob active in a fraction of those trials counts as
+    that fraction): 5 for a one-knob grid, 30 for six knobs.
+    """
+    mine = [row for row in rows if row["hyperparameters"].get(name) is not None]
+    if not mine:
+        return "never active"
+    varied = sum(
+        sum(row["hyperparameters"].get(m) is not None for row in mine) / len(mine) for m in names
     )
+    needed = max(RANGE_MIN_TRIALS, math.ceil(RANGE_TRIALS_PER_KNOB * varied))
+    if active[name] < needed:
+        return (
+            f"{active[name]} trial(s) where it is active, fewer than the {needed} a range needs "
+            f"({RANGE_TRIALS_PER_KNOB} per knob varied in them)"
+        )
+    return None
+
+
+def edge_side(study, name, value):
+    """``"lower"``/``"upper"`` when ``value`` lies at that edge of the searched range, else None."""
+    spec = study.spec(name)
+    if value is None:
+        return None
+    if spec["type"] == "choice":
+        values = spec.get("values") or []
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) < 3 or len(numbers) != len(values) or value not in numbers:
+            return None
+        return "lower" if value == min(numbers) else "upper" if value == max(numbers) else None
+    if not is_numeric(spec) or spec["min"] == spec["max"]:
+        return None
+    low, high = encode(spec, spec["min"]), encode(spec, spec["max"])
+    position = (encode(spec, value) - low) / (high - low)
+    return "lower" if position <= EDGE else "upper" if position >= 1 - EDGE else None
 
 
 def edge_warning(study, name, value):
     """A sentence when the best value lies at an edge of the searched range, else None."""
+    side = edge_side(study, name, value)
+    if side is None:
+        return None
     spec = study.spec(name)
-    if spec["type"] == "choice" and value is not None:
-        return _choice_edge_warning(name, spec, value)
-    if not is_numeric(spec) or value is None or spec["min"] == spec["max"]:
-        return None
-    low, high = encode(spec, spec["min"]), encode(spec, spec["max"])
-    position = (encode(spec, value) - low) / (high - low)
-    if EDGE < position < 1 - EDGE:
-        return None
-    side = "lower" if position <= EDGE else "upper"
+    if spec["type"] == "choice":
+        numbers = spec["values"]
+        return (
+            f"The best `{name}` ({_fmt(value)}) is the {'lowest' if side == 'lower' else 'highest'}"
+            f" of its choices [{_fmt(min(numbers))} … {_fmt(max(numbers))}]: the optimum may be "
+            "beyond it; add values on that side."
+        )
     return (
         f"The best `{name}` ({_fmt(value)}) lies at the {side} edge of the searched range "
         f"[{_fmt(spec['min'])}, {_fmt(spec['max'])}]: the optimum may be outside it; "
@@ -156,20 +195,56 @@ def _spread(study, name, rows):
     return ("share", float(counts.max() / len(values)))
 
 
-def trials_needed(names):
-    """Usable trials the report needs to rank ``names`` or give robust ranges for them."""
-    return max(MIN_TRIALS, MIN_TRIALS_PER_KNOB * len(names))
+def is_conditional(study, name):
+    return bool(study.spec(name)["conditions"])
 
 
-def confidence_reasons(study, rows, names):
+def active_counts(rows, names):
+    """``{name: trials where the knob is active}`` (a conditional knob is None elsewhere)."""
+    return {n: sum(row["hyperparameters"].get(n) is not None for row in rows) for n in names}
+
+
+def trials_needed(study, names):
+    """Usable trials a ranking needs: ``MIN_TRIALS_PER_KNOB`` per knob active in every trial.
+
+    A conditional knob is judged over its own active trials and needs
+    ``MIN_TRIALS_PER_KNOB`` of them (``left_out``), so it does not raise this count.
+    """
+    plain = [n for n in names if not is_conditional(study, n)]
+    return max(MIN_TRIALS, MIN_TRIALS_PER_KNOB * len(plain))
+
+
+def left_out(study, names, active):
+    """Conditional knobs active in too few trials to be judged: ``{name: active count}``."""
+    return {
+        n: active[n] for n in names if is_conditional(study, n) and active[n] < MIN_TRIALS_PER_KNOB
+    }
+
+
+def condition_text(study, name):
+    return " and ".join(f"`{c['parent']}` in {c['values']}" for c in study.spec(name)["conditions"])
+
+
+def confidence_reasons(study, rows, names, active=None):
     """Why a ranking would not be trustworthy (an empty list when it would be)."""
     reasons = []
-    needed = trials_needed(names)
+    active = active_counts(rows, names) if active is None else active
+    needed = trials_needed(study, names)
+    plain = [n for n in names if not is_conditional(study, n)]
     if len(rows) < needed:
+        conditional = [n for n in names if n not in plain]
+        counted = (
+            "; conditional ones are judged over the trials where they are active ("
+            + ", ".join(f"`{n}` in {active[n]}" for n in conditional)
+            + f", each needing {MIN_TRIALS_PER_KNOB})"
+            if conditional
+            else ""
+        )
         reasons.append(
-            f"Too few trials: {len(rows)} with an objective value for {len(names)} "
-            f"hyperparameters; a ranking needs about {MIN_TRIALS_PER_KNOB} per hyperparameter "
-            f"(at least {needed} here). Run more random-search trials."
+            f"Too few trials: {len(rows)} with an objective value for {len(plain)} "
+            f"hyperparameter(s) active in every trial; a ranking needs about "
+            f"{MIN_TRIALS_PER_KNOB} per hyperparameter (at least {needed} here){counted}. "
+            f"Run {needed - len(rows)} more random-search trials."
         )
     if study.tuner == "bayesian":
         reasons.append(

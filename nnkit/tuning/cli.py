@@ -34,5 +34,6 @@ def main(argv=None, stdout=None):
     elif report.ranking:
         lines.append("ranking: " + ", ".join(report.ranking))
     lines += [f"warning: {w}" for w in report.warnings]
+    lines.append(report.next_step_line)
     stdout.write("\n".join(lines) + "\n")
     return 0

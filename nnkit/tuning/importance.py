@@ -18,13 +18,12 @@ Treatment of the search space:
   ``reverse_log`` knobs are analysed on a linear scale.
 - ``choice`` and ``boolean`` knobs become ``CategoricalDistribution``s; ``fixed``
   knobs and knobs that took a single value are left out (importance 0).
-- A conditional knob that is inactive in a trial (e.g. momentum when the
-  optimizer is Adam) is given its default value for fANOVA, which needs a value
-  for every knob in every trial; so the effect of switching it on or off is
-  counted in its parent's importance, and its own importance measures how much
-  its value matters where it is active (diluted by the trials where it is not).
-  PED-ANOVA handles conditional knobs itself (conditional PED-ANOVA) and is
-  given only the active values.
+- A conditional knob (e.g. momentum, active when the optimizer is SGD) is
+  judged by fANOVA only over the trials where it is active (with the
+  unconditional knobs), and its share scaled to the whole study by the law of
+  total variance (``_ConditionalFanova``); the effect of switching it on or off
+  is counted in its parent's importance. PED-ANOVA handles conditional knobs
+  itself (conditional PED-ANOVA) and is given only the active values.
 """
 
 import contextlib
@@ -122,6 +121,8 @@ def _quiet_optuna():
             # PED-ANOVA warns when the quantiles select few trials; the report
             # says so itself (low-confidence rule) and keeps warnings out of it.
             warnings.simplefilter("ignore", UserWarning)
+            # ``normalize=False`` (conditional knobs) is marked experimental in Optuna 4-5.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             yield
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -156,13 +157,66 @@ def _evaluator(method, seed, n_trees):
     )
 
 
-def _evaluate(frozen, names, direction, evaluator):
+def _evaluate(frozen, names, direction, evaluator, normalize=True):
     import optuna
 
     study = optuna.create_study(direction="minimize" if direction == "min" else "maximize")
     study.add_trials(frozen)
-    scores = optuna.importance.get_param_importances(study, evaluator=evaluator, params=list(names))
+    scores = optuna.importance.get_param_importances(
+        study, evaluator=evaluator, params=list(names), normalize=normalize
+    )
     return np.array([float(scores.get(name, 0.0)) for name in names])
+
+
+class _ConditionalFanova:
+    """fANOVA shares with each conditional knob judged over the trials where it is active.
+
+    The unconditional knobs are evaluated on all trials; each conditional knob
+    ``c`` on its active trials ``A_c`` (with the unconditional knobs). fANOVA's
+    unnormalised importances are shares of the variance of the trials they
+    were computed on, so ``c``'s share of the whole is its share within ``A_c``
+    times ``|A_c| / n · Var(y | A_c) / Var(y)`` (the within-group term of the
+    law of total variance); the vector is then normalised to sum to 1 as
+    Optuna's is.
+    """
+
+    def __init__(self, study, rows, names, distributions, evaluator):
+        self.direction, self.evaluator = study.direction, evaluator
+        self.names = names
+        self.conditional = [n for n in names if study.spec(n)["conditions"]]
+        self.plain = [n for n in names if n not in self.conditional]
+        self.y = np.array([row["objective"] for row in rows], dtype=float)
+        self.frozen = _frozen_trials(study, rows, self.plain, distributions, fill_inactive=True)
+        self.active, self.frozen_c = {}, {}
+        for c in self.conditional:
+            self.active[c] = np.array([row["hyperparameters"].get(c) is not None for row in rows])
+            self.frozen_c[c] = _frozen_trials(
+                study, rows, [*self.plain, c], distributions, fill_inactive=True
+            )
+
+    def __call__(self, picked):
+        if not self.conditional:
+            return _evaluate([self.frozen[i] for i in picked], self.names, self.direction,
+                             self.evaluator)  # fmt: skip
+        out = dict.fromkeys(self.names, 0.0)
+        total = float(np.var(self.y[picked]))
+        if total <= 0:
+            return np.zeros(len(self.names))
+        if self.plain:
+            raw = _evaluate([self.frozen[i] for i in picked], self.plain, self.direction,
+                            self.evaluator, normalize=False)  # fmt: skip
+            out.update(zip(self.plain, raw, strict=True))
+        for c in self.conditional:
+            sub = [i for i in picked if self.active[c][i]]
+            trials = [self.frozen_c[c][i] for i in sub]
+            if len(sub) < 2 or len({repr(t.params[c]) for t in trials}) < 2:
+                continue
+            within = float(np.var(self.y[sub]))
+            raw = _evaluate(trials, [*self.plain, c], self.direction, self.evaluator,
+                            normalize=False)[-1]  # fmt: skip
+            out[c] = raw * len(sub) / len(picked) * within / total
+        values = np.array([max(out[n], 0.0) for n in self.names])
+        return values / values.sum() if values.sum() > 0 else values
 
 
 def usable_trials(study):
@@ -176,30 +230,37 @@ def usable_trials(study):
     ]
 
 
-def importance(study, *, method="fanova", n_bootstrap=30, seed=0, n_trees=32):
+def importance(study, *, method="fanova", n_bootstrap=30, seed=0, n_trees=32, names=None):
     """Importance of each analysed knob, with a bootstrap interval over trials.
 
-    ``study`` is a ``nnkit.tuning._study.Study``. Returns an ``Importance``.
+    ``study`` is a ``nnkit.tuning._study.Study``; ``names`` the knobs to rank
+    (default: every analysed knob). Returns an ``Importance``.
     """
     check_one_of("method", method, METHODS)
     n_bootstrap = check_int("n_bootstrap", n_bootstrap, minimum=0)
     n_trees = check_int("n_trees", n_trees, minimum=1)
     rows = usable_trials(study)
-    names = analysed_names(study)
+    names = analysed_names(study) if names is None else list(names)
     description = METHOD_NAMES[method].format(n_trees=n_trees, seed=seed)
     if len(rows) < 2 or not names:
         zeros = dict.fromkeys(names, 0.0)
         return Importance(description, names, zeros, zeros, zeros, zeros, len(rows), 0)
     distributions = _distributions(study, names)
-    frozen = _frozen_trials(study, rows, names, distributions, fill_inactive=method == "fanova")
     evaluator = _evaluator(method, seed, n_trees)
+    if method == "fanova":
+        evaluate = _ConditionalFanova(study, rows, names, distributions, evaluator)
+    else:
+        frozen = _frozen_trials(study, rows, names, distributions, fill_inactive=False)
+
+        def evaluate(picked):
+            return _evaluate([frozen[i] for i in picked], names, study.direction, evaluator)
+
     rng = np.random.default_rng(seed)
     with _quiet_optuna():
-        point = _evaluate(frozen, names, study.direction, evaluator)
+        point = evaluate(np.arange(len(rows)))
         draws = np.empty((n_bootstrap, len(names)))
         for b in range(n_bootstrap):
-            picked = rng.integers(len(frozen), size=len(frozen))
-            draws[b] = _evaluate([frozen[i] for i in picked], names, study.direction, evaluator)
+            draws[b] = evaluate(rng.integers(len(rows), size=len(rows)))
     order = sorted(range(len(names)), key=lambda i: (-point[i], names[i]))
     if n_bootstrap:
         low, high = np.percentile(draws, INTERVAL, axis=0)

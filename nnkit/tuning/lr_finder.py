@@ -41,6 +41,7 @@ from nnkit import _validation as v
 from nnkit._arrays import to_numpy
 from nnkit._keras import optimizer as keras_optimizer
 from nnkit.schedules.base import Schedule, evaluate
+from nnkit.tuning import _lr_args
 
 SWEEPS = ("exponential", "linear")
 
@@ -229,30 +230,6 @@ def _restore(snapshot):
         variable.assign(value)
 
 
-def _sweep_data(x, y, batch_size, steps, seed):
-    """The ``steps`` batches of the sweep, drawn with a private generator (no global RNG)."""
-    if hasattr(x, "repeat") and hasattr(x, "take") and y is None:  # a tf.data.Dataset
-        return x.repeat(), None
-    rows = len(keras.tree.flatten(x)[0])
-    need = steps * batch_size
-    rng = np.random.default_rng(seed)
-    index = np.concatenate([rng.permutation(rows) for _ in range(-(-need // rows))])[:need]
-
-    def take(array):
-        return np.asarray(array)[index]
-
-    return keras.tree.map_structure(take, x), None if y is None else keras.tree.map_structure(
-        take, y
-    )
-
-
-def _default_steps(x, y, batch_size):
-    if hasattr(x, "repeat") and hasattr(x, "take") and y is None:
-        return 100
-    batches = -(-len(keras.tree.flatten(x)[0]) // batch_size)
-    return int(min(100, max(10, batches // 2)))
-
-
 def lr_find(
     model,
     x,
@@ -260,12 +237,11 @@ def lr_find(
     *,
     batch_size=32,
     steps=None,
-    min_learning_rate=1e-7,
-    max_learning_rate=10.0,
+    learning_rates=(1e-7, 10.0),
     sweep="exponential",
     stop_factor=4.0,
-    smoothing=0.9,
     seed=0,
+    **deprecated,
 ):
     """Run the learning-rate range test on a compiled model and leave it exactly as it was.
 
@@ -295,18 +271,19 @@ def lr_find(
         steps: Number of rates (one batch each), an int ``>= 2``; ``None``:
             half an epoch of array data, between 10 and 100 (100 for a
             dataset). Defaults to ``None``.
-        min_learning_rate: The first rate, ``> 0``. Defaults to ``1e-7``.
-        max_learning_rate: The last rate, ``> min_learning_rate``. Defaults
-            to ``10.0``.
+        learning_rates: ``(first, last)`` rate of the sweep, ``0 < first <
+            last``. Defaults to ``(1e-7, 10.0)``.
         sweep: ``"exponential"`` or ``"linear"``. Defaults to
             ``"exponential"``.
         stop_factor: Stop when the smoothed loss exceeds this multiple of its
             best, ``> 1``. Defaults to ``4.0``.
-        smoothing: ``β`` of the bias-corrected moving average, in ``[0, 1)``.
-            Defaults to ``0.9``.
         seed: Seed of the private generator that draws the batches from
             array data (the global RNGs are not touched), an int ``>= 0``.
             Defaults to ``0``.
+        **deprecated: ``min_learning_rate`` and ``max_learning_rate`` (use
+            ``learning_rates``) and ``smoothing`` (the moving average's
+            ``β``, 0.9; set it on a ``LearningRateRangeTest`` if you need
+            another) still work for one release, with a ``DeprecationWarning``.
 
     Returns:
         An ``LRFinderResult``: ``learning_rates``, ``losses``, ``smoothed``,
@@ -327,7 +304,7 @@ def lr_find(
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     >>> model.compile(keras.optimizers.SGD(0.01), loss="mse")
     >>> before = [w.copy() for w in model.get_weights()]
-    >>> result = lr_find(model, x, y, batch_size=16, steps=60, min_learning_rate=1e-4)
+    >>> result = lr_find(model, x, y, batch_size=16, steps=60, learning_rates=(1e-4, 10.0))
     >>> result.stop_reason
     'diverged'
     >>> 1e-3 < result.suggestion < 1.0  # SGD diverges near 2/λ_max ≈ 1 here
@@ -352,10 +329,13 @@ def lr_find(
         )
     v.check_data("x", x)
     v.check_data("y", y, allow_none=True)
+    (min_learning_rate, max_learning_rate), smoothing = _lr_args.deprecated_options(
+        learning_rates, deprecated
+    )
     batch_size = v.check_positive_int("batch_size", batch_size)
     seed = v.check_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
     if steps is None:
-        steps = _default_steps(x, y, batch_size)
+        steps = _lr_args.default_steps(x, y, batch_size)
     test = LearningRateRangeTest(min_learning_rate, max_learning_rate, steps, sweep=sweep,
                                  stop_factor=stop_factor, smoothing=smoothing)  # fmt: skip
     optimizer = unwrap(model.optimizer)
@@ -365,7 +345,7 @@ def lr_find(
             "lr_find sweeps a float rate or a LearningRateSchedule, not a plain callable. "
             f"Received: learning_rate={rate!r}"
         )
-    x_sweep, y_sweep = _sweep_data(x, y, batch_size, test.steps, seed)
+    x_sweep, y_sweep = _lr_args.sweep_data(x, y, batch_size, test.steps, seed)
 
     snapshot = _snapshot(model)
     scheduled = isinstance(rate, keras.optimizers.schedules.LearningRateSchedule)

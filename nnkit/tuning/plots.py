@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from nnkit.tuning._surrogate import numeric_values, uses_log
 from nnkit.tuning.analysis import is_numeric
 
 SIZE = (6.0, 4.0)
@@ -78,16 +79,21 @@ def importance(result, path):
     return _save(figure, path, left=min(0.5, 0.05 + 0.014 * longest))
 
 
-def knob(study, name, rows, objectives, sign, threshold, robust, path, label, *, noise=None):
+def knob(study, name, rows, objectives, sign, threshold, robust, path, label, *, noise=None,
+         curve=None):  # fmt: skip
     """Objective against one knob's value, the robust range shaded; write it to ``path``.
 
-    ``sign`` is 1 when lower is better, -1 when higher is.
+    ``sign`` is 1 when lower is better, -1 when higher is; ``curve`` the fitted
+    ``_surrogate.Curve`` (on the oriented objective) or None.
     """
-    figure = knob_figure(study, name, rows, objectives, sign, threshold, robust, label, noise=noise)
+    figure = knob_figure(
+        study, name, rows, objectives, sign, threshold, robust, label, noise=noise, curve=curve
+    )
     return _save(figure, path)
 
 
-def knob_figure(study, name, rows, objectives, sign, threshold, robust, label, *, noise=None):
+def knob_figure(study, name, rows, objectives, sign, threshold, robust, label, *, noise=None,
+                curve=None):  # fmt: skip
     """The figure of ``knob``, not yet saved; every line and marker set has a legend entry."""
     spec = study.spec(name)
     pairs = [
@@ -100,18 +106,29 @@ def knob_figure(study, name, rows, objectives, sign, threshold, robust, label, *
     if pairs:
         values, ys = zip(*pairs, strict=True)
         ys = np.array(ys)
-        x, labels = _positions(spec, values, np.random.default_rng(0))
+        grid = spec["type"] == "choice" and numeric_values(spec)  # a grid of numbers: an axis
+        if grid:
+            x, labels = np.asarray(values, dtype=float), None
+        else:
+            x, labels = _positions(spec, values, np.random.default_rng(0))
         axes.scatter(x, ys, s=14, alpha=0.6, color="tab:blue", label="trials")
         best = int(np.argmin(sign * ys))
         axes.scatter([x[best]], [ys[best]], marker="*", s=150, color="tab:red", label="best")
-        if robust is not None and is_numeric(spec):
+        if robust is not None and labels is None:
             axes.axvspan(robust[0], robust[1], color="tab:green", alpha=0.15, label="robust range")
+        if curve is not None and labels is None:
+            xs = 10.0**curve.x if curve.log else curve.x
+            axes.plot(xs, sign * curve.fit, color="tab:orange", linewidth=1.5, label="fitted curve")
         if math.isfinite(threshold):
             axes.axhline(
                 threshold, color="tab:green", linestyle="--", linewidth=1,
                 label="within 2σ of the best" if noise is not None else "best 10 % cut-off",
             )  # fmt: skip
-        _axis(axes, spec, labels)
+        if grid:
+            if uses_log(spec, values):
+                axes.set_xscale("log")
+        else:
+            _axis(axes, spec, labels)
         _log_y(axes, ys)
         axes.legend(loc="best", fontsize="small")
     axes.set_xlabel(name + (" (log scale)" if spec.get("sampling") == "log" else ""))

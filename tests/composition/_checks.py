@@ -92,6 +92,43 @@ def preconditioned(run, result):
         assert differs > 1e-6, "the first step is plain SGD's"
 
 
+def cycled_sgd(rate, model):
+    from nnkit.optimizers import SGD
+    from nnkit.schedules import OneCycleMomentum
+
+    return SGD(rate, momentum=OneCycleMomentum(R.EPOCHS * R.STEPS, rise_fraction=0.5))
+
+
+def cycle_momentum(step):
+    """OneCycleMomentum(6, rise_fraction=0.5) written out: 0.95 → 0.85 (cos) by step 2, back
+    to 0.95 by step 5, held after."""
+    total, top, low = R.EPOCHS * R.STEPS, 0.95, 0.85
+    rise_end, last = 0.5 * total - 1, total - 1
+    if step <= rise_end:
+        a, b, x = top, low, step / rise_end
+    else:
+        a, b, x = low, top, min(step - rise_end, last - rise_end) / (last - rise_end)
+    return b + 0.5 * (a - b) * (1 + math.cos(math.pi * x))
+
+
+def momentum_cycled(run, result):
+    """The momentum is the cycle's at the step the run ended on, the slots carry momentum,
+    and (the momentum starting at zero) a known first step is plain SGD's."""
+    optimizer = result.optimizer
+    step = int(to_numpy(optimizer.iterations))
+    got = float(to_numpy(optimizer.momentum_at(step)))
+    assert math.isclose(got, cycle_momentum(step), rel_tol=1e-5), (step, got)
+    slots = [to_numpy(m) for m in optimizer.momentums]
+    assert any(np.abs(m).max() > 0 for m in slots) and all(np.all(np.isfinite(m)) for m in slots)
+    rate = base_rate(run, 0)
+    wrapped = run.has("SharpnessAwareMinimization", "MixUp", "MAML")
+    if run.plain_gradient and not wrapped and rate > 0 and result.record.first_step is not None:
+        x, y = first_batch(run)
+        _, g = R.gradient(result.initial, x, y, l2(run))
+        sgd = [w - rate * gi for w, gi in zip(result.initial, g, strict=True)]
+        close(result.record.first_step, sgd, "the first step (momentum 0) is SGD's")
+
+
 def kfac(rate, model):
     from nnkit.optimizers import KFAC
 

@@ -38,6 +38,8 @@ PARTS = [
          "statistics accumulate; with a known first gradient, the first step is not SGD's"),
     Part("SOAP", "optimizer", C.optimizer(C.soap), C.preconditioned,
          "statistics accumulate; with a known first gradient, the first step is not SGD's"),
+    Part("SGD(OneCycleMomentum)", "optimizer", C.optimizer(C.cycled_sgd), C.momentum_cycled,
+         "the momentum is the cycle's closed form at the last step; a known first step is SGD's"),
     Part("SharpnessAwareMinimization", "wrapper", C.sam_attach, C.sam_check,
          "SAM is the train step; with SGD and a known first gradient, the first step equals SAM's formula"),
     Part("MixUp", "wrapper", C.mixup_attach, C.mixup_check,
@@ -105,6 +107,9 @@ NOT_A_PAIR = {
     "step has none (it chooses the step; `KFAC(schedule)` is the fixed-rate step)",
     key(("KFAC", "SOAP")): "a model has one optimizer",
     key(("Shampoo", "SOAP")): "a model has one optimizer",
+    key(("KFAC", "SGD(OneCycleMomentum)")): "a model has one optimizer",
+    key(("Shampoo", "SGD(OneCycleMomentum)")): "a model has one optimizer",
+    key(("SOAP", "SGD(OneCycleMomentum)")): "a model has one optimizer",
     key(("MirroredStrategy", "JAX")): "`tf.distribute` strategies are TensorFlow's; on JAX "
     "use `keras.distribution` (docs/scaling-out.md)",
 }

@@ -57,7 +57,7 @@ def check_known_answer():
     x, y = conditioned_regression()
     critical = divergence_rate(x)
     result = lr_find(linear_model(), x, y, batch_size=128, steps=60,
-                     min_learning_rate=1e-3, max_learning_rate=10.0)  # fmt: skip
+                     learning_rates=(1e-3, 10.0))  # fmt: skip
     assert result.stop_reason in ("diverged", "nonfinite"), result.stop_reason
     rates, losses = np.array(result.learning_rates), np.array(result.losses)
     lowest = rates[int(np.argmin(losses))]
@@ -74,7 +74,7 @@ def check_per_batch_loss():
     model = linear_model()
     w, b = (np.asarray(a, "float64") for a in model.get_weights())
     result = lr_find(model, x, y, batch_size=len(x), steps=30,
-                     min_learning_rate=1e-3, max_learning_rate=0.1)  # fmt: skip
+                     learning_rates=(1e-3, 0.1))  # fmt: skip
     xd, yd = x.astype("float64"), y.astype("float64")
     expected = []
     for rate in result.learning_rates:
@@ -117,8 +117,8 @@ def check_schedule_multiplier():
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # t0 = 8
     config = model.optimizer.get_config()["learning_rate"]
     before = state(model)
-    result = lr_find(model, x, y, batch_size=16, steps=12, min_learning_rate=1e-3,
-                     max_learning_rate=1.0, stop_factor=1e6)  # fmt: skip
+    result = lr_find(model, x, y, batch_size=16, steps=12, learning_rates=(1e-3, 1.0),
+                     stop_factor=1e6)  # fmt: skip
     t0, n = 8, 12
 
     def cosine(t):

@@ -70,7 +70,7 @@ def test_every_optimizer_sweeps_and_is_restored(name):
     x, y = _data()
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     before = checks.state(model)
-    result = lr_find(model, x, y, batch_size=32, steps=12, min_learning_rate=1e-4)
+    result = lr_find(model, x, y, batch_size=32, steps=12, learning_rates=(1e-4, 10.0))
     assert len(result.losses) >= 3 and np.isfinite(result.losses[0])
     for a, b in zip(before, checks.state(model), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -88,7 +88,7 @@ def test_train_step_wrappers_sweep_and_are_restored(wrapper):
     model.compile(keras.optimizers.SGD(0.01), loss=keras.losses.CategoricalCrossentropy(True))
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     before = checks.state(model)
-    result = lr_find(model, x, y, batch_size=32, steps=10, min_learning_rate=1e-4)
+    result = lr_find(model, x, y, batch_size=32, steps=10, learning_rates=(1e-4, 10.0))
     assert len(result.losses) >= 3
     for a, b in zip(before, checks.state(model), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -149,11 +149,12 @@ def test_suggestion_rules_on_a_scripted_curve():
     [
         ({"batch_size": 0}, ValueError, "batch_size"),
         ({"steps": 1}, ValueError, "steps"),
-        ({"min_learning_rate": 0.0}, ValueError, "min_learning_rate"),
-        ({"max_learning_rate": 1e-8}, ValueError, "max_learning_rate"),
+        ({"learning_rates": (0.0, 10.0)}, ValueError, "learning_rates"),
+        ({"learning_rates": (1e-7, 1e-8)}, ValueError, "learning_rates"),
+        ({"learning_rates": 1e-3}, TypeError, "learning_rates"),
+        ({"learning_rates": (1e-7, "10")}, TypeError, "learning_rates"),
         ({"sweep": "log"}, ValueError, "sweep"),
         ({"stop_factor": 1.0}, ValueError, "stop_factor"),
-        ({"smoothing": 1.0}, ValueError, "smoothing"),
         ({"seed": -1}, ValueError, "seed"),
         ({"steps": True}, TypeError, "steps"),
     ],
@@ -162,6 +163,26 @@ def test_bad_arguments_are_clear_errors(kwargs, error, match):
     x, y = checks.regression()
     with pytest.raises(error, match=match):
         lr_find(checks.linear_model(), x, y, **kwargs)
+
+
+def test_the_deprecated_keywords_still_work_for_one_release():
+    x, y = checks.regression()
+    new = lr_find(checks.linear_model(), x, y, steps=12, learning_rates=(1e-3, 1.0))
+    with pytest.warns(DeprecationWarning, match="learning_rates=\\(first, last\\)"):
+        old = lr_find(checks.linear_model(), x, y, steps=12, min_learning_rate=1e-3,
+                      max_learning_rate=1.0)  # fmt: skip
+    assert old.learning_rates == new.learning_rates and old.losses == new.losses
+    with pytest.warns(DeprecationWarning, match="`smoothing` is deprecated"):
+        smoothed = lr_find(checks.linear_model(), x, y, steps=12, learning_rates=(1e-3, 1.0),
+                           smoothing=0.5)  # fmt: skip
+    assert smoothed.losses == new.losses and smoothed.smoothed != new.smoothed
+    with pytest.raises(ValueError, match="deprecated part of `learning_rates`"):
+        lr_find(checks.linear_model(), x, y, learning_rates=(1e-3, 1.0), min_learning_rate=1e-4)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_lr'"):
+        lr_find(checks.linear_model(), x, y, max_lr=1.0)
+    with pytest.raises(ValueError, match="smoothing"):
+        with pytest.warns(DeprecationWarning):
+            lr_find(checks.linear_model(), x, y, smoothing=1.0)
 
 
 def test_an_uncompiled_model_is_refused():
@@ -194,7 +215,7 @@ def test_mirrored_strategy_sweeps_and_restores():
         model = checks.linear_model()
     model.fit(x, y, batch_size=64, epochs=1, verbose=0)
     before = checks.state(model)
-    result = lr_find(model, x, y, batch_size=64, steps=30, min_learning_rate=1e-3)
+    result = lr_find(model, x, y, batch_size=64, steps=30, learning_rates=(1e-3, 10.0))
     assert result.stop_reason in ("diverged", "nonfinite")
     critical = checks.divergence_rate(x)
     assert all(rate < critical for rate in result.suggestions.values())
@@ -209,7 +230,7 @@ def test_a_dataset_of_batches_is_swept_without_batch_size():
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(128)  # 4 batches, repeated
     model = checks.linear_model()
     before = checks.state(model)
-    result = lr_find(model, dataset, steps=40, min_learning_rate=1e-3)
+    result = lr_find(model, dataset, steps=40, learning_rates=(1e-3, 10.0))
     assert result.stop_reason in ("diverged", "nonfinite")
     assert all(rate < checks.divergence_rate(x) for rate in result.suggestions.values())
     for a, b in zip(before, checks.state(model), strict=True):
