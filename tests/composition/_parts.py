@@ -110,6 +110,7 @@ NOT_A_PAIR = {
     key(("KFAC", "SGD(OneCycleMomentum)")): "a model has one optimizer",
     key(("Shampoo", "SGD(OneCycleMomentum)")): "a model has one optimizer",
     key(("SOAP", "SGD(OneCycleMomentum)")): "a model has one optimizer",
+    key(("KFAC(adaptive)", "SGD(OneCycleMomentum)")): "a model has one optimizer",
     key(("MirroredStrategy", "JAX")): "`tf.distribute` strategies are TensorFlow's; on JAX "
     "use `keras.distribution` (docs/scaling-out.md)",
 }
