@@ -385,6 +385,21 @@ def test_fit_callback_list():
         assert users == [first, second], members
     assert len(seen) == 4 and fit.running_callbacks(first) is None
 
+    # The caller of that CallbackList method is fit's frame, on the stack in every hook.
+    on_stack = []
+
+    class Frame(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.frame = fit.running_fit_frame(self)
+
+        def on_train_batch_end(self, batch, logs=None):
+            on_stack.append(fit.frame_on_stack(self.frame, sys._getframe()))
+
+    frame = Frame()
+    _model().fit(X, Y, epochs=1, verbose=0, callbacks=[frame])
+    assert frame.frame.f_code.co_name == "fit" and on_stack and all(on_stack)
+    assert not fit.frame_on_stack(frame.frame, sys._getframe())
+
 
 # -- metrics, layers, models --------------------------------------------------------
 
