@@ -116,6 +116,25 @@ def accumulate_gradients(optimizer, steps=None):
 
 
 def remove_accumulation_patch(optimizer):
-    """Undo the patch of ``accumulate_gradients`` (Keras's accumulation runs again); return it."""
+    """Undo the patch of ``accumulate_gradients`` (Keras's accumulation runs again); return it.
+
+    Use it to hand the optimizer back exactly as Keras made it (its
+    ``gradient_accumulation_steps`` stays set). Nothing happens when the
+    patch is not in effect.
+
+    Args:
+        optimizer: The Keras optimizer ``accumulate_gradients`` was applied
+            to. Required.
+
+    Returns:
+        ``optimizer``.
+
+    Example:
+    >>> import keras
+    >>> from nnkit.distribute import accumulate_gradients, remove_accumulation_patch
+    >>> optimizer = remove_accumulation_patch(accumulate_gradients(keras.optimizers.SGD(), 2))
+    >>> optimizer.gradient_accumulation_steps
+    2
+    """
     accumulation.unpatch(optimizer)
     return optimizer
