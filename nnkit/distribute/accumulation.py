@@ -101,7 +101,8 @@ def accumulate_gradients(optimizer, steps=None):
             "accumulators are made when it is built. Call accumulate_gradients before fit "
             f"(or on a new optimizer). Received: steps={steps}"
         )
-    if clipping.clips_after_aggregation(optimizer):
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    if on_tensorflow and clipping.clips_after_aggregation(optimizer):
         raise ValueError(
             "clip_after_aggregation clips every micro-batch's gradient; with "
             "accumulate_gradients the optimizer's own clipping already applies to the "
@@ -110,7 +111,7 @@ def accumulate_gradients(optimizer, steps=None):
             "setting on the optimizer."
         )
     optimizer.gradient_accumulation_steps = steps
-    if keras.backend.backend() == "tensorflow":
+    if on_tensorflow:
         accumulation.patch(optimizer)
     return optimizer
 

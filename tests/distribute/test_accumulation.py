@@ -173,3 +173,39 @@ def test_gradient_norm_monitor_reports_each_micro_batch_gradient_under_mirrored(
     grad = np.concatenate([(2 / 4) * xb.T @ residual, [(2 / 4) * residual.sum(axis=0)]])
     assert monitor.history["steps"][0] == 0
     np.testing.assert_allclose(monitor.history["global_norm"][0], np.linalg.norm(grad), rtol=1e-5)
+
+
+JAX_SCRIPT = """
+import keras, numpy as np
+from nnkit.distribute import accumulate_gradients
+from nnkit.optimizers import Shampoo
+x = np.random.default_rng(0).normal(size=(320, 3)).astype("float32")
+y = np.sin(x.sum(1, keepdims=True))
+def run(make, accumulate):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8, "tanh"), keras.layers.Dense(1)])
+    optimizer = accumulate_gradients(make(), 4) if accumulate else make()
+    model.compile(optimizer, loss="mse")
+    model.fit(x, y, batch_size=8 if accumulate else 32, epochs=1, shuffle=False, verbose=0)
+    return model.get_weights()
+for make in (lambda: keras.optimizers.Adam(0.01), lambda: Shampoo(0.01)):
+    a, b = run(make, True), run(make, False)
+    print(keras.backend.backend(), max(float(abs(p - q).max()) for p, q in zip(a, b)))
+"""
+
+
+@pytest.mark.slow
+def test_on_jax_keras_accumulation_is_kept_and_exact():
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", JAX_SCRIPT], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("jax ")]
+    assert len(rows) == 2 and all(float(d) < 2e-5 for _, d in rows), done.stdout
