@@ -12,7 +12,10 @@ monitor's history, every epoch's logs (the last time each epoch ran) and
 the final weights (``|Δ| <= 1e-6``). With ``--checkpoint nnkit`` (or
 ``keras``, the control) a ``ModelCheckpoint(save_best_only=True)`` follows the
 order's callbacks, and the weights in its saved best file must equal the
-uninterrupted run's too.
+uninterrupted run's too. With ``--signal TERM`` the child sends itself SIGTERM
+instead, a ``PreemptionSave`` leads the order's callbacks (in the
+uninterrupted run too), and a point counts as reached when the child stops
+with ``PREEMPTED_EXIT_STATUS`` (75) at the next step boundary.
 
 Kill points (chosen with ``--seed``, deterministic: the child kills itself
 at that hook, batch or write):
@@ -62,6 +65,7 @@ EPOCHS = 14
 STEPS = 6  # batches per epoch
 WRITES_PER_BACKUP = 4  # os.replace calls of one save: arrays, manifest, Keras's link, metadata
 TOLERANCE = 1e-6
+PREEMPTED = 75  # nnkit.callbacks.PREEMPTED_EXIT_STATUS (not imported: no TensorFlow here)
 
 
 def parse_args(argv=None):
@@ -92,6 +96,13 @@ def parse_args(argv=None):
         help="add a ModelCheckpoint(save_best_only=True) after the order's callbacks (nnkit's "
         "or Keras's) and compare its saved best with the uninterrupted run's",
     )
+    parser.add_argument(
+        "--signal",
+        choices=("KILL", "TERM"),
+        default="KILL",
+        help="the signal sent at each point: KILL (the process dies there) or TERM "
+        "(PreemptionSave stops fit at the next step boundary, exit status 75)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run jobs from this file
     args = parser.parse_args(argv)
     orders = args.orders.split(",")
@@ -118,8 +129,12 @@ def _data():
     return (x[:train], y[:train]), (x[train : train + 256], y[train : train + 256])
 
 
+#: The signal ``_kill`` sends (the worker sets it from ``--signal``).
+SIGNAL = {"number": signal.SIGKILL}
+
+
 def _kill():
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), SIGNAL["number"])
 
 
 def _arm_hook(callback, kill):
@@ -175,8 +190,9 @@ def _arm_write(backup_dir, kill):
         if os.path.dirname(os.path.abspath(os.fspath(filepath))) == directory:
             count["weights"] += 1
             if count["weights"] == kill["call"]:
-                data = pathlib.Path(filepath).read_bytes()
-                pathlib.Path(filepath).write_bytes(data[: len(data) // 2])
+                if SIGNAL["number"] == signal.SIGKILL:  # a crash in the middle of the write
+                    data = pathlib.Path(filepath).read_bytes()
+                    pathlib.Path(filepath).write_bytes(data[: len(data) // 2])
                 _kill()
         return result
 
@@ -226,6 +242,9 @@ def train(job):
             job["dir"], save_freq=save_freq if save_freq == "epoch" else int(save_freq)
         )
     callbacks = [made[name] for name in ORDERS[job["order"]]]
+    preemption = []
+    if job.get("signal", "KILL") == "TERM":
+        preemption = [cb.PreemptionSave(verbose=0)]
     best_path = os.path.join(os.path.dirname(job["dir"]), "ckpt", "best.weights.h5")
     checkpoint = {"nnkit": cb.ModelCheckpoint, "keras": keras.callbacks.ModelCheckpoint}.get(
         job.get("checkpoint", "none")
@@ -263,7 +282,7 @@ def train(job):
         validation_data=validation,
         shuffle=False,
         verbose=0,
-        callbacks=[EpochCounter(), *callbacks, *extra, Recorder()],
+        callbacks=[EpochCounter(), *preemption, *callbacks, *extra, Recorder()],
     )
     stop, plateau = made["stop"], made["plateau"]
     np.savez(job["weights"], *model.get_weights())
@@ -292,11 +311,15 @@ def _fork(job):
     pid = os.fork()
     if pid == 0:  # the child
         code = 1
+        from nnkit.callbacks import Preempted
+
         try:
             result = train(job)
             with open(result_path, "w") as f:
                 json.dump(result, f)
             code = 0
+        except Preempted as stop:  # a SIGTERM point: stopped at the next step boundary
+            code = stop.code
         except BaseException as error:  # reported by the worker
             with open(result_path, "w") as f:
                 json.dump({"error": f"{type(error).__name__}: {error}"}, f)
@@ -304,6 +327,8 @@ def _fork(job):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+        return True, None
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == PREEMPTED:
         return True, None
     with open(result_path) as f:
         return False, json.load(f)
@@ -439,7 +464,9 @@ def run_jobs(spec):
     import tensorflow  # noqa: F401
 
     rng = random.Random(spec["seed"])
-    settings = {key: spec[key] for key in ("epochs", "save_freq", "keras_backup", "checkpoint")}
+    keys = ("epochs", "save_freq", "keras_backup", "checkpoint", "signal")
+    settings = {key: spec[key] for key in keys}
+    SIGNAL["number"] = getattr(signal, f"SIG{spec['signal']}")
     work = tempfile.mkdtemp(prefix="nnkit-kill-")
     references, cases = {}, []
     for order in spec["orders"]:
@@ -502,6 +529,7 @@ def main(argv=None):
         "epochs": 8 if args.quick else EPOCHS,
         "keras_backup": args.keras_backup,
         "checkpoint": args.checkpoint,
+        "signal": args.signal,
     }
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}

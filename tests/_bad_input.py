@@ -193,6 +193,7 @@ RESULT_TYPES = {
     "callbacks.Decision": "returned by a callback's decide(); read, not constructed",
     "callbacks.Reason": "an enum of stop reasons",
     "callbacks.StopReason": "an enum of stop reasons",
+    "callbacks.Preempted": "an exception fit raises; caught, not constructed",
     "diagnostics.GradientNorms": "returned by gradient_norms()",
     "diagnostics.GradientReport": "returned by GradientNormMonitor.report()",
     "diagnostics.VariableGroups": "returned by group_variables()",
@@ -397,6 +398,8 @@ BASELINES = {
                                                       "batch_norm_data": None, "batch_size": 8},
     "callbacks.TimeLimit": lambda c: {"max_duration": 3600.0, "safety_factor": 1.25, "boundary": "epoch",
                                       "verbose": 0},
+    "callbacks.PreemptionSave": lambda c: {"signals": ["SIGTERM"], "grace_period": 30.0,
+                                           "exit_status": 75, "verbose": 0},
     "callbacks.recompute_batch_norm": lambda c: {"model": c.model(batch_norm=True), "x": c.x(),
                                                  "batch_size": 8, "steps": 2},
     # diagnostics
@@ -662,8 +665,10 @@ def exercise(key, result, kwargs):
             [k.Input((4,)), k.layers.Dense(4, activation="tanh"), k.layers.Dense(1)]
         )
         callbacks = [result]
-        if isinstance(result, BackupAndRestore):
-            callbacks = [result]
+        if name == "PreemptionSave":  # it needs a backup to stop towards
+            import tempfile
+
+            callbacks = [result, BackupAndRestore(tempfile.mkdtemp(prefix="nnkit-bad-input-"))]
         _fit(model, callbacks, epochs=3)
     elif isinstance(result, (TaskSampler, TaskBatches)):
         inputs, y_query = result.sample(2, seed=0) if isinstance(result, TaskSampler) else result[0]

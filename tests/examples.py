@@ -87,6 +87,9 @@ EXAMPLES = {
         keep_best=1,
     ),
     "callbacks.TimeLimit": lambda: C.TimeLimit("02:00:00", 1.5, boundary="batch"),
+    "callbacks.PreemptionSave": lambda: C.PreemptionSave(
+        ["SIGTERM", "SIGUSR1"], grace_period=30, exit_status=99, verbose=0
+    ),
     "callbacks.StochasticWeightAveraging": lambda: C.StochasticWeightAveraging(
         1, 2, learning_rate=S.CosineAnnealing(0.05, 10, 0.001, cycle_steps=5), batch_size=16
     ),
@@ -225,6 +228,8 @@ EXAMPLES = {
 ABSTRACT = {"schedules.Schedule", "callbacks.StatefulCallback", "callbacks.MonitorCallback"}
 # Value types (enums, decisions) that are public but are not components.
 ABSTRACT |= {"callbacks.StopReason", "callbacks.Reason", "callbacks.Decision"}
+# An exception (a SystemExit) that fit raises, not a component.
+ABSTRACT |= {"callbacks.Preempted"}
 ABSTRACT |= {"initializers.LSUVReport", "initializers.LSUVLayerResult"}
 ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
 ABSTRACT |= {"diagnostics.VariableGroups"}

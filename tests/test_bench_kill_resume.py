@@ -26,6 +26,16 @@ def test_one_kill_point_ends_with_one_json_object(capsys):
     assert figures["differing"] == 0, figures["cases_differing"]
 
 
+@pytest.mark.slow
+def test_one_sigterm_point_resumes_exactly(capsys):
+    """``--signal TERM``: PreemptionSave stops at the next step (status 75); the resume is exact."""
+    figures = load_bench().main(
+        ["--quick", "--points", "2", "--orders", "mixed", "--signal", "TERM", "--seed", "1"]
+    )
+    assert figures["settings"]["signal"] == "TERM"
+    assert figures["tried"] == 2 and figures["differing"] == 0, figures["cases_differing"]
+
+
 def test_kill_points_come_from_the_seed_and_stay_in_the_run():
     bench = load_bench()
     reference = {"stopped_epoch": 5, "epochs_run": list(range(6))}
@@ -41,7 +51,9 @@ def test_kill_points_come_from_the_seed_and_stay_in_the_run():
             assert point["stage"] in ("before", "after", "weights") and point["call"] >= 1
 
 
-@pytest.mark.parametrize("argv", [["--orders", "nope"], ["--points", "0"], ["--save-freq", "x"]])
+@pytest.mark.parametrize(
+    "argv", [["--orders", "nope"], ["--points", "0"], ["--save-freq", "x"], ["--signal", "HUP"]]
+)
 def test_bad_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
         load_bench().parse_args(argv)

@@ -15,6 +15,7 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
   ``optimizer-clip-gradients``, ``optimizer-variables``,
   ``optimizer-variable-index``.
 - ``all_reduce``: ``all-reduce-tap``.
+- ``accumulation``: ``accumulation-apply``, ``accumulation-distributed-update``.
 - ``train_function``: ``train-function-trace``, ``train-function-per-step``,
   ``train-function-kept``.
 - ``fit``: ``callback-model``, ``fit-initial-epoch``, ``model-strategy``,
@@ -36,6 +37,16 @@ why, and how it is undone.
 
 #: ``{assumption: (module, one-line statement)}``; each has a probe test.
 ASSUMPTIONS = {
+    "accumulation-apply": (
+        "accumulation",
+        "optimizer.apply calls optimizer._backend_apply_gradients(grads, variables), which "
+        "accumulates into optimizer._accumulated_gradients[optimizer._get_variable_index(v)]",
+    ),
+    "accumulation-distributed-update": (
+        "accumulation",
+        "optimizer._distributed_tf_update_step(distribution, grads_and_vars, lr) and "
+        "BaseOptimizer._apply_weight_decay update mirrored variables in cross-replica context",
+    ),
     "optimizer-learning-rate": (
         "optimizer",
         "optimizer._learning_rate holds the schedule, callable or rate variable evaluated "

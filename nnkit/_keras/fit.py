@@ -20,7 +20,8 @@ Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
   ``on_train_end`` from a method of the ``keras.callbacks.CallbackList`` it
   built (that method's ``self``), whose ``callbacks`` attribute lists every
   callback of the run in the order the user wrote them; a callback has no
-  public way to see the others.
+  public way to see the others. The frame that called that method is
+  ``fit``'s own, on the stack for the whole run (every hook and step).
 """
 
 import sys
@@ -52,6 +53,40 @@ def initial_epoch(model):
 def explicit_strategy(model):
     """The model's ``tf.distribute`` strategy, or ``None`` without one (and off TensorFlow)."""
     return getattr(model, "_distribute_strategy", None)
+
+
+def _callback_list_frame(callback):
+    """The frame of the ``CallbackList`` method calling ``callback``'s hook, or ``None``."""
+    frame = sys._getframe(1)
+    for _ in range(_CALLBACK_LIST_DEPTH):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, keras.callbacks.CallbackList):
+            if any(member is callback for member in getattr(owner, "callbacks", ())):
+                return frame
+        frame = frame.f_back
+    return None
+
+
+def running_fit_frame(callback):
+    """The frame of the ``fit`` now calling ``callback``'s hook, or ``None``.
+
+    Call it from ``on_train_begin``: that frame stays on the stack until
+    ``fit`` returns or raises, so a signal handler can tell whether the run
+    is still going (``frame_on_stack``).
+    """
+    frame = _callback_list_frame(callback)
+    return None if frame is None else frame.f_back
+
+
+def frame_on_stack(target, frame):
+    """Whether ``target`` is ``frame`` or one of its callers."""
+    while frame is not None:
+        if frame is target:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def running_callbacks(callback):

@@ -35,6 +35,10 @@ ORDER = (
     "clip_after_aggregation",
     # GradientNormMonitor: measures what `apply` / the all-reduce hand on.
     "gradient_monitor",
+    # nnkit.distribute.accumulate_gradients: the optimizer's
+    # `_backend_apply_gradients` under a tf.distribute strategy (no other
+    # part patches that method).
+    "gradient_accumulation",
     # The train-function variants of nnkit.\_keras.train_function.
     "train_function",
     # nnkit.initializers.lsuv: records the arguments of each Dense/Conv layer's

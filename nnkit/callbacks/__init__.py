@@ -10,6 +10,7 @@ from nnkit.callbacks.gradient_norm_monitor import GradientNormMonitor
 from nnkit.callbacks.learning_rate_monitor import LearningRateMonitor
 from nnkit.callbacks.model_checkpoint import ModelCheckpoint
 from nnkit.callbacks.monitor import Decision, MonitorCallback, Reason
+from nnkit.callbacks.preemption import PREEMPTED_EXIT_STATUS, Preempted, PreemptionSave
 from nnkit.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
 from nnkit.callbacks.stochastic_weight_averaging import StochasticWeightAveraging
 from nnkit.callbacks.time_limit import TimeLimit
@@ -22,6 +23,9 @@ __all__ = [
     "LearningRateMonitor",
     "ModelCheckpoint",
     "MonitorCallback",
+    "PREEMPTED_EXIT_STATUS",
+    "Preempted",
+    "PreemptionSave",
     "Reason",
     "ReduceLROnPlateau",
     "StatefulCallback",

@@ -160,6 +160,7 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.Callback):
         self._due = None  # (epoch, batch, hooks that may write it) of a save not yet written
         self._write_dir = self.backup_dir  # where this process saves (see _worker_directory)
         self._keep = set()  # generations never deleted: unreadable ones we fell back from
+        self.resume_point = None  # (epoch, batch) of the last backup written or restored
 
     # -- hooks ------------------------------------------------------------------
 
@@ -249,6 +250,7 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.Callback):
             keep_previous=self.double_checkpoint,
             keep_generations=self._keep,
         )
+        self.resume_point = (epoch, batch)
 
     def _worker_directory(self):
         """``backup_dir`` on the chief; a temporary directory of its own on any other worker."""
@@ -320,6 +322,7 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.Callback):
                 shutil.rmtree(backup.temporary, ignore_errors=True)
         files.restore_rng(model, backup.rng, backup.arrays)
         keras_fit.set_initial_epoch(model, backup.epoch)
+        self.resume_point = (backup.epoch, backup.batch)
         return backup.states
 
     # -- config -----------------------------------------------------------------

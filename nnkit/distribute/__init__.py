@@ -15,6 +15,7 @@ from nnkit.distribute.selection import choose_strategy, strategy
 
 # -- readiness check, clipping after aggregation, synchronized batch norm --
 # isort: split
+from nnkit.distribute.accumulation import accumulate_gradients, remove_accumulation_patch
 from nnkit.distribute.batchnorm import synchronize_batch_norm
 from nnkit.distribute.clipping import clip_after_aggregation, remove_clip_after_aggregation
 from nnkit.distribute.readiness import ReadinessReport, check
@@ -39,6 +40,7 @@ from nnkit.distribute.workers import is_chief, remove_worker_directory, worker_d
 
 __all__ = [
     "ReadinessReport",
+    "accumulate_gradients",
     "check",
     "choose_strategy",
     "clip_after_aggregation",
@@ -51,6 +53,7 @@ __all__ = [
     "model_parallel",
     "multi_worker_fit_is_broken",
     "per_replica_batch_size",
+    "remove_accumulation_patch",
     "remove_clip_after_aggregation",
     "remove_multi_worker_fit_fix",
     "remove_worker_directory",

@@ -10,6 +10,7 @@ from nnkit._keras import all_reduce
 from nnkit._keras import layers as keras_layers
 from nnkit._keras import model as keras_model
 from nnkit.distribute import clipping
+from nnkit.distribute.accumulation import accumulates_gradients
 from nnkit.distribute.batchnorm import batch_norm_layers
 
 #: Severities, most severe first.
@@ -127,7 +128,8 @@ def check(model, strategy=None, *, raise_on_error=True):
     - ``"gradient_accumulation"`` (error): the optimizer's
       ``gradient_accumulation_steps`` under a mirrored strategy (any number
       of replicas) fails with "``merge_call`` called while defining a new
-      graph" (Keras updates inside a ``cond``).
+      graph" (Keras updates inside a ``cond``); fix with
+      ``nnkit.distribute.accumulate_gradients``.
     - ``"per_replica_clipping"`` (warning): ``clipnorm``,
       ``global_clipnorm`` or ``clipvalue`` clip each replica's part of the
       gradient before the all-reduce; fix with
@@ -250,12 +252,13 @@ def _execution_findings(model, replicas):
                 "replicas (Keras 3 fit: 'You must feed a value for placeholder tensor ... "
                 "while/cond/Placeholder').",
                 "Compile with steps_per_execution=1 (the default); to amortize the per-step "
-                "overhead, use a larger global batch_size instead.",
+                "overhead, use a larger global batch_size instead (where memory is the limit, "
+                "accumulate micro-batches: nnkit.distribute.accumulate_gradients).",
             )
         )
     inner = all_reduce.target_optimizer(model.optimizer)
     accumulation = inner.gradient_accumulation_steps
-    if accumulation:
+    if accumulation and not accumulates_gradients(inner):
         findings.append(
             Finding(
                 "error",
@@ -263,9 +266,9 @@ def _execution_findings(model, replicas):
                 f"The optimizer's gradient_accumulation_steps={accumulation} fails under a "
                 "mirrored strategy (Keras 3 updates the variables inside a cond: '`merge_call` "
                 "called while defining a new graph or a tf.function').",
-                "Create the optimizer without gradient_accumulation_steps and reach the global "
-                "batch you need with batch_size over the replicas (scale the learning rate "
-                "with it).",
+                "Apply nnkit.distribute.accumulate_gradients(model.optimizer) before fit (the "
+                "same accumulation, with the all-reduce outside the cond), or reach the global "
+                "batch with batch_size over the replicas if it fits in memory.",
             )
         )
     return findings

@@ -17,7 +17,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nnkit._keras import ASSUMPTIONS, fit, layers, metrics, model, shadow, train_function, trainer
+from nnkit._keras import (
+    ASSUMPTIONS,
+    accumulation,
+    fit,
+    layers,
+    metrics,
+    model,
+    shadow,
+    train_function,
+    trainer,
+)
 from nnkit._keras import all_reduce as tap
 from nnkit._keras import multi_worker as mw
 from nnkit._keras import optimizer as opt
@@ -250,6 +260,47 @@ def test_all_reduce_tap():
     assert 0.0 < float(seen.numpy()) <= 0.02 + 1e-7
 
 
+# -- gradient accumulation under a strategy --------------------------------------------
+
+
+@probe("accumulation-apply")
+def test_accumulation_apply():
+    """apply calls _backend_apply_gradients, which adds the gradient to the variable's accumulator."""
+    optimizer = keras.optimizers.SGD(0.1, gradient_accumulation_steps=2)
+    variable = keras.Variable(np.ones((2,), "float32"))
+    calls = []
+    keras_method = optimizer._backend_apply_gradients
+
+    def spy(grads, variables):
+        calls.append(len(grads))
+        return keras_method(grads, variables)
+
+    object.__setattr__(optimizer, "_backend_apply_gradients", spy)
+    optimizer.apply([keras.ops.ones((2,))], [variable])
+    assert calls == [1]
+    accumulator = optimizer._accumulated_gradients[optimizer._get_variable_index(variable)]
+    np.testing.assert_allclose(accumulator.numpy(), [1.0, 1.0])
+    np.testing.assert_allclose(variable.numpy(), [1.0, 1.0])  # no update yet
+
+
+@probe("accumulation-distributed-update")
+def test_accumulation_distributed_update():
+    """Keras's accumulation still fails under MirroredStrategy; the patched one updates."""
+    strategy = mirrored_strategy()
+    x = np.random.default_rng(0).normal(size=(16, 2)).astype("float32")
+    with strategy.scope():
+        net = _model(keras.optimizers.SGD(0.1, gradient_accumulation_steps=2, weight_decay=0.01))
+    with pytest.raises(RuntimeError, match="merge_call"):
+        net.fit(x, x[:, :1], batch_size=4, epochs=1, verbose=0)
+    with strategy.scope():
+        net = _model(keras.optimizers.SGD(0.1, gradient_accumulation_steps=2, weight_decay=0.01))
+    accumulation.patch(net.optimizer)
+    before = [w.copy() for w in net.get_weights()]
+    net.fit(x, x[:, :1], batch_size=4, epochs=1, verbose=0, shuffle=False)
+    assert int(net.optimizer.iterations.numpy()) == 2
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(net.get_weights(), before, strict=True))
+
+
 # -- the train function ---------------------------------------------------------------
 
 
@@ -414,6 +465,21 @@ def test_fit_callback_list():
         users = [cb for cb in members if isinstance(cb, Record)]
         assert users == [first, second], members
     assert len(seen) == 4 and fit.running_callbacks(first) is None
+
+    # The caller of that CallbackList method is fit's frame, on the stack in every hook.
+    on_stack = []
+
+    class Frame(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.frame = fit.running_fit_frame(self)
+
+        def on_train_batch_end(self, batch, logs=None):
+            on_stack.append(fit.frame_on_stack(self.frame, sys._getframe()))
+
+    frame = Frame()
+    _model().fit(X, Y, epochs=1, verbose=0, callbacks=[frame])
+    assert frame.frame.f_code.co_name == "fit" and on_stack and all(on_stack)
+    assert not fit.frame_on_stack(frame.frame, sys._getframe())
 
 
 # -- metrics, layers, models --------------------------------------------------------

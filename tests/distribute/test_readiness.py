@@ -10,6 +10,7 @@ from keras import ops
 
 from nnkit.distribute import (
     ReadinessReport,
+    accumulate_gradients,
     check,
     clip_after_aggregation,
     readiness,
@@ -88,6 +89,9 @@ def test_gradient_accumulation_fails_cryptically_and_check_names_it(mirrored):
     single = mirrored_strategy(["CPU:0"])  # fails with one replica too
     assert check(model, single, raise_on_error=False).codes() == ["gradient_accumulation"]
     assert check(model, tf.distribute.get_strategy()).codes() == []
+    assert "accumulate_gradients" in report.findings[0].fix
+    accumulate_gradients(model.optimizer)  # the fix check advises
+    assert check(model).codes() == []
 
 
 def test_per_replica_clipping_is_a_warning_until_moved(mirrored):
