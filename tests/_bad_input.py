@@ -194,6 +194,7 @@ RESULT_TYPES = {
     "callbacks.Reason": "an enum of stop reasons",
     "callbacks.StopReason": "an enum of stop reasons",
     "callbacks.Preempted": "an exception fit raises; caught, not constructed",
+    "callbacks.PREEMPTED_EXIT_STATUS": "a constant (the exit status 75), not called",
     "diagnostics.GradientNorms": "returned by gradient_norms()",
     "diagnostics.GradientReport": "returned by GradientNormMonitor.report()",
     "diagnostics.VariableGroups": "returned by group_variables()",
@@ -560,7 +561,18 @@ def _layout(ctx):
     return mlp_layout_map(_mesh(ctx), 4, [8], min_size=1)
 
 
+def _keras_sgd(c):
+    import keras
+
+    return keras.optimizers.SGD(0.1)
+
+
 BASELINES.update({
+    "optimizers.SGD": lambda c: {"learning_rate": 0.1, "momentum": 0.9},
+    "optimizers.Adam": lambda c: {"learning_rate": 1e-3},
+    "schedules.OneCycleMomentum": lambda c: {"total_steps": 100},
+    "distribute.accumulate_gradients": lambda c: {"optimizer": _keras_sgd(c), "steps": 2},
+    "distribute.remove_accumulation_patch": lambda c: {"optimizer": _keras_sgd(c)},
     "distribute.fix_multi_worker_fit": lambda c: {},
     "distribute.multi_worker_fit_is_broken": lambda c: {},
     "distribute.remove_multi_worker_fit_fix": lambda c: {},

@@ -137,5 +137,8 @@ def remove_accumulation_patch(optimizer):
     >>> optimizer.gradient_accumulation_steps
     2
     """
+    v.check_instance(
+        "optimizer", optimizer, keras.optimizers.Optimizer, "a keras.optimizers.Optimizer"
+    )
     accumulation.unpatch(optimizer)
     return optimizer

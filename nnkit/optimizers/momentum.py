@@ -125,7 +125,7 @@ class SGD(keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
         kwargs.setdefault("name", "SGD")
-        super().__init__(learning_rate=learning_rate, **kwargs)
+        super().__init__(learning_rate=v.check_learning_rate(learning_rate), **kwargs)
         self.momentum = _check_momentum("momentum", momentum)
         self.nesterov = v.check_bool("nesterov", nesterov)
 
@@ -215,7 +215,7 @@ class Adam(keras.optimizers.Optimizer):
         self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, **kwargs
     ):
         kwargs.setdefault("name", "Adam")
-        super().__init__(learning_rate=learning_rate, **kwargs)
+        super().__init__(learning_rate=v.check_learning_rate(learning_rate), **kwargs)
         self.beta_1 = _check_momentum("beta_1", beta_1)
         self.beta_2 = v.check_number("beta_2", beta_2, minimum=0.0, maximum=1.0,
                                      max_inclusive=False)  # fmt: skip

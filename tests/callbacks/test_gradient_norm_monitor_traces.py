@@ -81,7 +81,7 @@ def test_lr_find_then_fit_traces_the_sweep_and_the_monitored_step_once_each():
     x, y = _data()
     model = _model()
     TRACES.clear()
-    lr_find(model, x, y, batch_size=8, steps=12, min_learning_rate=1e-4)
+    lr_find(model, x, y, batch_size=8, steps=12, learning_rates=(1e-4, 10.0))
     swept = len(TRACES)
     assert swept == 1
     monitor = GradientNormMonitor(sample_every=2)
@@ -128,7 +128,7 @@ _JAX_SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 4)).astype("float32")
     y = x @ np.ones((4, 1), "float32")
-    lr_find(model, x, y, batch_size=8, steps=12, min_learning_rate=1e-4)
+    lr_find(model, x, y, batch_size=8, steps=12, learning_rates=(1e-4, 10.0))
     out = {"lr_find": len(TRACES)}
     for _ in range(3):
         stack = [EarlyStopping(monitor="loss", patience=5),

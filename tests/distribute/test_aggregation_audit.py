@@ -208,7 +208,7 @@ def test_optimizer_state_under_a_mirrored_fit(component, tmp_path):
         for r in created
         if r.by_nnkit and r.name.split(":")[0].rsplit("/", 1)[-1].startswith(OPTIMIZER_PREFIX)
     ]
-    assert len(state) > 4
+    assert len(state) >= len(model.trainable_variables)  # at least one slot per weight
     # (The optimizer's own `iteration` and `learning_rate` are Keras's, made in its __init__.)
     assert not H.wrong_aggregation(state)
     assert not H.out_of_sync(created)
