@@ -38,6 +38,9 @@ class _Session:
         self.callbacks = {}  # key -> callback, in attach order
         self.restored = {}  # key -> state read from a backup, not yet applied
         self.backup = None  # nnkit BackupAndRestore attached to this run
+        # Why the run's backup must outlive a normal end of fit (a budget stop: the
+        # next job resumes from it), or None.
+        self.keep_backup = None
 
     def key_for(self, callback):
         for key, cb in self.callbacks.items():

@@ -89,8 +89,9 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.Callback):
             to save every that many batches. Defaults to ``"epoch"``.
         double_checkpoint: Keep the previous backup too and fall back to it
             when the latest one cannot be read. Defaults to ``False``.
-        delete_checkpoint: Delete ``backup_dir`` when training ends normally.
-            Defaults to ``True``.
+        delete_checkpoint: Delete ``backup_dir`` when training ends normally
+            (not when ``TimeLimit`` stopped it: the next job resumes from the
+            backup). Defaults to ``True``.
 
     Raises:
         TypeError: If an argument has the wrong type (``save_freq=False`` is
@@ -204,7 +205,8 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.Callback):
         if session is not None and session.backup is self:
             session.backup = None
         chief = self._write_dir == self.backup_dir
-        if chief and self.delete_checkpoint:
+        kept = session is not None and session.keep_backup is not None
+        if chief and self.delete_checkpoint and not kept:
             self._due = None
             _io.rmtree(self.backup_dir)
         else:

@@ -12,7 +12,7 @@ import keras
 
 from nnkit import _validation as v
 from nnkit._messages import say
-from nnkit.callbacks._stateful import StatefulCallback
+from nnkit.callbacks._stateful import StatefulCallback, session_for
 from nnkit.callbacks.monitor import Decision, Reason
 
 BOUNDARIES = ("epoch", "batch")
@@ -210,6 +210,9 @@ class TimeLimit(StatefulCallback):
             f"({_hms(budget)}); the next {unit} would end at about {_hms(decision.value)} "
             f"(longest so far × safety_factor={self.safety_factor}), past the budget."
         )
+        session = session_for(self, create=False)
+        if session is not None:  # the next job resumes from the backup: keep it
+            session.keep_backup = "time_limit"
         self.model.stop_training = True
 
     # -- hooks ------------------------------------------------------------------

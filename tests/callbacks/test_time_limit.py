@@ -1,6 +1,7 @@
 """nnkit.callbacks.TimeLimit with a scripted clock: the stop epoch, the resumed budget, validation."""
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -198,3 +199,21 @@ def test_state_round_trip_and_bad_state():
         limit.set_state({"elapsed": 1.0})
     with pytest.raises(ValueError, match="elapsed"):
         limit.set_state({**state, "elapsed": -1.0})
+
+
+def test_a_budget_stop_keeps_the_backup_for_the_next_job(tmp_path):
+    """A budget stop is not the end of training: the backup survives it (with the default
+    delete_checkpoint=True), and the next job resumes after the stopped epoch."""
+    budget, factor = 17, 1.0
+    backup = str(tmp_path / "backup")
+    clock = Clock()
+    first = _limit(clock, budget, safety_factor=factor)
+    history = _fit([Tick(clock), first, BackupAndRestore(backup)])
+    assert first.stop_reason is not None and first.stop_reason.value == "time_limit"
+    assert history.epoch[-1] == first.stopped_epoch
+    assert os.path.isdir(backup) and os.listdir(backup)
+    clock = Clock(start=3.0)
+    second = _limit(clock, 10 * budget, safety_factor=factor)  # the next job's own budget
+    history = _fit([Tick(clock), second, BackupAndRestore(backup)])
+    assert history.epoch[0] == first.stopped_epoch + 1
+    assert not os.path.exists(backup)  # this run ended normally: deleted
