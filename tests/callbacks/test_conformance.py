@@ -60,6 +60,13 @@ def test_every_callback_has_an_example():
     assert sorted(EXAMPLES) == CALLBACKS
 
 
+def _companions(name, tmp_path):
+    """The callbacks ``name`` needs beside it in a run (PreemptionSave stops towards a backup)."""
+    if name == "PreemptionSave":
+        return [C.BackupAndRestore(str(tmp_path / "companion_backup"))]
+    return []
+
+
 @pytest.mark.parametrize("name", CALLBACKS)
 def test_config_round_trip(name, tmp_path):
     assert_round_trip(_example(name, tmp_path))
@@ -71,21 +78,21 @@ def test_works_in_a_compiled_fit_and_deep_copies_before_and_after(name, jit_comp
     callback = _example(name, tmp_path)
     before = copy.deepcopy(callback)
     assert before.get_config() == callback.get_config()
-    model, history = _fit([callback], jit_compile=jit_compile)
+    model, history = _fit([callback, *_companions(name, tmp_path)], jit_compile=jit_compile)
     assert np.all(np.isfinite(history.history["loss"]))
     after = copy.deepcopy(callback)
     assert after.model is None and callback.model is model
     assert after.get_config() == callback.get_config()
     # A copy runs a fresh fit of its own (keras-tuner reuses copies across trials).
-    _fit([after], jit_compile=jit_compile)
+    _fit([after, *_companions(name, tmp_path)], jit_compile=jit_compile)
 
 
 @pytest.mark.parametrize("name", CALLBACKS)
 def test_reusable_across_fits(name, tmp_path):
     """``on_train_begin`` resets per-run state: a second fit with the same instance works."""
     callback = _example(name, tmp_path)
-    _fit([callback], epochs=2)
-    _, history = _fit([callback], epochs=2)
+    _fit([callback, *_companions(name, tmp_path)], epochs=2)
+    _, history = _fit([callback, *_companions(name, tmp_path)], epochs=2)
     assert len(history.history["loss"]) >= 1
 
 

@@ -48,6 +48,13 @@ WALL_CLOCK_STATE = {
 }
 
 SKIP = {
+    "callbacks.PREEMPTED_EXIT_STATUS": "a constant (the exit status 75), not a component",
+    "callbacks.PreemptionSave": "host-side signal handling that stops fit towards a "
+    "BackupAndRestore (covered); it writes nothing in the step (tests/callbacks/test_preemption.py)",
+    "distribute.accumulate_gradients": "patches the optimizer's update under the strategy; its "
+    "mirrored tests are tests/distribute/test_accumulation.py",
+    "distribute.remove_accumulation_patch": "undoes accumulate_gradients "
+    "(tests/distribute/test_accumulation.py)",
     # Measurements and host-side analysis; they run in-graph inside
     # GradientNormMonitor, which is covered (kind "callback").
     "diagnostics.describe_layers": "host-side description of a model, not a training component",
