@@ -95,3 +95,24 @@ def test_the_harness_finds_silent_acceptance_and_hangs(monkeypatch):
     assert hung[("rate", "nan")] == "hang"
     counts = harness.summary(o for o in silent.values())
     assert counts["tried"] == len(silent) and counts["silent"] > 0 and counts["clear"] == 0
+
+
+def test_the_time_limit_waits_for_a_finalizer_to_finish():
+    # Raised inside ``__del__``, the alarm would be lost as an unraisable
+    # exception (a CI failure once, while garbage collection ran); it is
+    # postponed and fires in the call itself.
+    import time
+
+    finished = []
+
+    class SlowToCollect:
+        def __del__(self):
+            time.sleep(0.3)
+            finished.append(True)
+
+    with pytest.raises(harness.Hang):
+        with harness.time_limit(0.1):
+            SlowToCollect()
+            while True:
+                time.sleep(0.01)
+    assert finished == [True]
