@@ -26,7 +26,11 @@ so another method is one more row). Every optimizer gets the same treatment:
 2. the best rate rerun with ``--seeds`` seeds by
    ``nnkit.tuning.rerun_best`` (which writes the study's ``seeds.csv``, the
    noise floor of its sensitivity report);
-3. per seed, the steps and the seconds to reach the *target* training loss:
+3. ``nnkit.tuning.lr_find`` (its defaults: 100 steps, its ``minimum`` ÷ 10
+   rule) on the sweep's seed-0 model, the optimizer built at the middle of
+   its grid: how many decades its suggestion lands from the swept best
+   rate, and the swept score nearest it (``--quick``: 20 steps);
+4. per seed, the steps and the seconds to reach the *target* training loss:
    ``--target-factor`` (default 1.05) × the final loss of tuned Adam (the
    mean over its seeds), so "target reached" means "within 5 % of tuned
    Adam at the end".
@@ -75,7 +79,7 @@ import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 from nnkit.optimizers import KFAC, SOAP, Shampoo  # noqa: E402
-from nnkit.tuning import rerun_best, sensitivity_report, tune  # noqa: E402
+from nnkit.tuning import lr_find, rerun_best, sensitivity_report, tune  # noqa: E402
 
 PROBLEMS = ("autoencoder", "classifier")
 ENCODER = (48, 32, 16)  # hidden widths before the 8-unit code; the decoder mirrors them
@@ -322,6 +326,12 @@ def within_best(sweep, within=WITHIN):
     return sorted(lr for lr, loss in finite.items() if loss <= best * (1.0 + within))
 
 
+def nearest_score(sweep, rate):
+    """The score of the swept rate nearest ``rate`` (in log), and that rate."""
+    nearest = min(sweep, key=lambda lr: abs(math.log(lr / rate)))
+    return {"rate": nearest, "score": sweep[nearest]}
+
+
 def sweep_scores(tuner):
     """``{learning rate: score}`` of every trial (``inf`` for a failed, diverged one)."""
     scores = {}
@@ -330,6 +340,28 @@ def sweep_scores(tuner):
         finite = score is not None and math.isfinite(score)
         scores[trial.hyperparameters.values["learning_rate"]] = score if finite else math.inf
     return dict(sorted(scores.items()))
+
+
+def find_rate(problem, name, data, steps):
+    """``lr_find``'s suggestion for one optimizer, from the sweep's first model.
+
+    The optimizer is built at the middle of its grid (the test sweeps its
+    own rates; for the adaptive K-FAC it sweeps the step multiplier) on the
+    model of seed 0; the test leaves both as they were.
+    """
+    factory, grid = OPTIMIZERS[name]
+    model = build_model(problem, 0)
+    model.compile(factory(grid[len(grid) // 2], model), loss=LOSSES[problem])
+    y = data["x"] if problem == "autoencoder" else data["labels"]
+    start = time.perf_counter()
+    result = lr_find(model, data["x"], y, batch_size=BATCH_SIZE, steps=steps)
+    return {
+        "suggestion": result.suggestion,
+        "rule": result.rule,
+        "suggestions": result.suggestions,
+        "steps": len(result.losses),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def sweep_and_rerun(problem, name, args, data):
@@ -366,10 +398,16 @@ def sweep_and_rerun(problem, name, args, data):
     report = sensitivity_report(directory, n_bootstrap=0)
     robust = report.robust_ranges.get("learning_rate")
     good = within_best(sweep)
+    best_rate = tuner.get_best_hyperparameters()[0]["learning_rate"]
+    found = find_rate(problem, name, data, 20 if args.quick else None)
+    if found["suggestion"] is not None:
+        found["decades_from_best"] = math.log10(found["suggestion"] / best_rate)
+        found["loss_in_sweep"] = nearest_score(sweep, found["suggestion"])
     return {
+        "lr_find": found,
         "study": directory,
         "sweep": {repr(lr): loss for lr, loss in sweep.items()},
-        "best_learning_rate": tuner.get_best_hyperparameters()[0]["learning_rate"],
+        "best_learning_rate": best_rate,
         "robust_range": None if robust is None else [min(robust), max(robust)],
         "robust_decades": decades(robust),
         "noise": report.noise,
@@ -409,6 +447,10 @@ def _fmt(pair, digits=0):
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _suggested(found):
+    return "–" if found["suggestion"] is None else f"{found['suggestion']:.3g}"
+
+
 def _width(value):
     return "–" if value is None else f"{value:.2f}"
 
@@ -417,20 +459,31 @@ def report(problem, outcome, seeds):
     """The printed table and the plain verdict."""
     lines = [f"== {problem}: target training loss {outcome['target_loss']:.4f} (tuned Adam's)"]
     lines.append(
-        f"{'optimizer':<14}{'best lr':>9}  {'steps to target':>17}  {'seconds to target':>17}  "
+        f"{'optimizer':<14}{'best lr':>9}  {'lr_find':>9}  {'steps to target':>17}  {'seconds to target':>17}  "
         f"{'final loss':>17}  {'robust (dec)':>12}  {'10 % (dec)':>10}"
     )
     results = outcome["optimizers"]
     for name, r in results.items():
         lines.append(
-            f"{name:<14}{r['best_learning_rate']:>9.3g}  {_fmt(r['steps_to_target']):>17}  "
+            f"{name:<14}{r['best_learning_rate']:>9.3g}  {_suggested(r['lr_find']):>9}  "
+            f"{_fmt(r['steps_to_target']):>17}  "
             f"{_fmt(r['seconds_to_target'], 2):>17}  {_fmt(r['final_loss'], 4):>17}  "
             f"{_width(r['robust_decades']):>12}  {_width(r['within_10pct_decades']):>10}"
         )
     lines.append(
         "robust: width of the sensitivity report's robust range of learning_rate (within 2σ "
-        "of the best); 10 %: width of the swept rates within 10 % of the best"
+        "of the best); 10 %: width of the swept rates within 10 % of the best; lr_find: its "
+        "suggestion (default rule) before the sweep"
     )
+    for name, r in results.items():
+        found = r["lr_find"]
+        if found["suggestion"] is not None:
+            near = found["loss_in_sweep"]
+            lines.append(
+                f"{name}: lr_find suggests {found['suggestion']:.3g} ({found['rule']}), "
+                f"{found['decades_from_best']:+.2f} decades from the swept best; the swept rate "
+                f"nearest it, {near['rate']:.3g}, scored {near['score']:.4g}"
+            )
     for name, r in results.items():
         if r["seeds_reaching_target"] < seeds:
             lines.append(f"{name}: {r['seeds_reaching_target']}/{seeds} seeds reached the target")

@@ -28,8 +28,19 @@ def test_quick_run_ends_with_one_json_object(capsys):
     assert math.isclose(mlp["finder_steps_ratio"], mlp["finder_steps"] / 22)
     assert mlp["best_swept_loss"] == min(mlp["sweep"].values())
     assert mlp["within_10pct"] == (mlp["loss_at_suggestion"] <= 1.1 * mlp["best_swept_loss"])
+    assert mlp["suggestion_rule"] == "minimum"  # lr_find's default rule
+    rule = mlp["rules"][mlp["suggestion_rule"]]
+    assert rule["suggestions"][0] == mlp["suggestion"]
+    assert rule["losses"][0] == mlp["loss_at_suggestion"]
+    assert set(figures["lr_find_rules"]) == {"steepest", "minimum", "valley"}
+    assert all(v["runs"] == 1 for v in figures["lr_find_rules"].values())
     race = figures["one_cycle_vs_cosine"]
     assert race["seeds"] == 2 and len(race["one_cycle"]["values"]) == 2
+    for name in ("one_cycle", "cosine"):  # each peak is the best of its own sweep
+        sweep = race[name]["peak_sweep"]
+        assert len(sweep) == 2 and sweep[repr(race[name]["peak_learning_rate"])] == min(
+            sweep.values()
+        )
     assert race["winner"] in ("one_cycle", "cosine")
     report = figures["unused_knob_report"]
     assert report["ranking"] is None and report["low_confidence"]  # 4 trials cannot rank 4

@@ -621,6 +621,14 @@ def test_second_order_quick_run_writes_every_output(second_order, tmp_path, caps
         # Two trials: the report gives no robust range; the 10 % width is 0 or one step.
         assert result["robust_range"] is None and result["robust_decades"] is None
         assert result["within_10pct_decades"] in (0.0, pytest.approx(1 / 6, abs=5e-3))
+        found = result["lr_find"]  # --quick: 20 steps, from the sweep's seed-0 model
+        assert found["steps"] <= 20 and found["rule"] == "minimum", name
+        assert found["decades_from_best"] == pytest.approx(
+            math.log10(found["suggestion"] / result["best_learning_rate"])
+        )
+        assert (
+            found["loss_in_sweep"]["score"] == result["sweep"][repr(found["loss_in_sweep"]["rate"])]
+        )
         assert len(result["runs"]) == 3
         for run in result["runs"]:
             assert len(run["loss"]) == len(run["seconds"]) == 3
@@ -629,6 +637,7 @@ def test_second_order_quick_run_writes_every_output(second_order, tmp_path, caps
     _assert_png(out / "autoencoder_loss.png")
     printed = capsys.readouterr().out
     assert "== autoencoder" in printed and "fewest steps to target" in printed
+    assert "adam: lr_find suggests" in printed
 
 
 def test_second_order_models_and_measures(second_order):

@@ -13,6 +13,9 @@ RULES = {
     "at half its length",
 }
 
+# Which suggestion becomes ``LRFinderResult.suggestion``: the first rule that has one.
+PREFERENCE = ("minimum", "steepest", "valley")
+
 
 def _ema(values, beta):
     average, out = 0.0, []
@@ -22,18 +25,32 @@ def _ema(values, beta):
     return out
 
 
+def ceiling(losses):
+    """The starting loss: the mean of the first tenth of the finite losses (at least one)."""
+    finite = [loss for loss in losses if math.isfinite(loss)]
+    return float(np.mean(finite[: max(1, len(finite) // 10)])) if finite else math.nan
+
+
 def zero_phase(losses, beta):
     """The bias-corrected moving average run forwards, then backwards: no lag.
 
     The forward pass alone (what the stop rule sees, online) trails the
     rate by about ``1/(1 − β)`` steps, which would shift every suggestion
     towards larger rates; running it back over its own output cancels the
-    shift. Points after the first non-finite loss are ``nan``.
+    shift. Before smoothing, each loss is capped at the starting loss
+    (``ceiling``): a rate that leaves the loss above where the test began
+    has undone all training, and an exploding loss (say 65 against a start
+    of 2.3) must not leak, through the backward pass, into the points
+    before it: uncapped, one such batch lifted the whole curve of a small
+    CNN above its start and moved its minimum four decades down. Points
+    after the first non-finite loss are ``nan``.
     """
     finite = 0
     while finite < len(losses) and math.isfinite(losses[finite]):
         finite += 1
-    smooth = _ema(_ema(losses[:finite], beta)[::-1], beta)[::-1]
+    cap = ceiling(losses[:finite])
+    capped = [min(loss, cap) for loss in losses[:finite]]
+    smooth = _ema(_ema(capped, beta)[::-1], beta)[::-1]
     return smooth + [math.nan] * (len(losses) - finite)
 
 
@@ -96,13 +113,16 @@ class LRFinderResult:
             rate: the schedule's value times the sweep's factor).
         losses: The loss of each step's batch (not a running mean).
         smoothed: ``losses`` smoothed with no lag: the bias-corrected
-            moving average run forwards, then backwards (the suggestions
-            read this curve; the stop rule reads the forward pass online).
+            moving average run forwards, then backwards, over the losses
+            capped at the starting loss (the suggestions read this curve;
+            the stop rule reads the forward pass online).
         suggestions: ``{"steepest", "minimum", "valley"}`` → a rate, or
             ``None`` where the curve is too short for the rule.
         rules: The rule behind each suggestion, in words.
-        suggestion: The rate to start from: ``suggestions["valley"]``, else
-            ``"steepest"``, else ``"minimum"``.
+        suggestion: The rate to start from: the suggestion of the first rule
+            of ``PREFERENCE`` that has one (``"minimum"``, ``"steepest"``,
+            ``"valley"``).
+        rule: The name of the rule behind ``suggestion``, or ``None``.
         scale: For a schedule-valued rate, the factor that turns the schedule
             into ``suggestion`` at the step the test began
             (``Scaled(schedule, scale)``); ``None`` for a float rate.
@@ -116,6 +136,7 @@ class LRFinderResult:
     suggestions: dict
     rules: dict
     suggestion: float
+    rule: str
     scale: float
     stop_reason: str
 

@@ -23,6 +23,10 @@ compiled step: exact, no differencing of running means, no cancellation.
 
     a_k = β·a_(k−1) + (1 − β)·L_k,   a_(−1) = 0,   s_k = a_k / (1 − β^(k+1))
 
+The suggestions read the curve smoothed forwards and then backwards (no lag),
+each loss first capped at the starting loss (the mean of the first tenth), so
+that the exploding batch at the end cannot leak back into the descent.
+
 **Stop** at the first step whose loss is not finite or whose smoothed loss
 exceeds ``stop_factor`` × the best smoothed loss so far. This online average
 trails the rate by about ``1/(1 − β)`` steps; the curve the suggestions read
@@ -269,8 +273,10 @@ def lr_find(
         batch_size: The batch size of array inputs, as you will train.
             Defaults to ``32``.
         steps: Number of rates (one batch each), an int ``>= 2``; ``None``:
-            half an epoch of array data, between 10 and 100 (100 for a
-            dataset). Defaults to ``None``.
+            100 (fastai's and Lightning's default), whatever the data's
+            size: fewer starve the curve (11 steps over 8 decades gave
+            suggestions decades off), and on data of fewer than 100 batches
+            the test repeats batches. Defaults to ``None``.
         learning_rates: ``(first, last)`` rate of the sweep, ``0 < first <
             last``. Defaults to ``(1e-7, 10.0)``.
         sweep: ``"exponential"`` or ``"linear"``. Defaults to
@@ -287,7 +293,10 @@ def lr_find(
 
     Returns:
         An ``LRFinderResult``: ``learning_rates``, ``losses``, ``smoothed``,
-        ``suggestions`` and their ``rules``, ``suggestion``, ``scale``,
+        ``suggestions`` and their ``rules``, ``suggestion`` and its ``rule``
+        (``"minimum"``: the smoothed minimum's rate ÷ 10, which landed
+        nearest the best of a 15-rate sweep across bench/lr_sensitivity.py's
+        three problems; else ``"steepest"``, else ``"valley"``), ``scale``,
         ``stop_reason``; ``result.plot("lr.png")`` draws the curve.
 
     Raises:
@@ -318,7 +327,7 @@ def lr_find(
         ``Tuner.lr_find``.
     """
     from nnkit.callbacks._optimizer import unwrap
-    from nnkit.tuning._lr_result import RULES, LRFinderResult, suggest, zero_phase
+    from nnkit.tuning._lr_result import PREFERENCE, RULES, LRFinderResult, suggest, zero_phase
 
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: model={model!r}")
@@ -335,7 +344,7 @@ def lr_find(
     batch_size = v.check_positive_int("batch_size", batch_size)
     seed = v.check_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
     if steps is None:
-        steps = _lr_args.default_steps(x, y, batch_size)
+        steps = _lr_args.DEFAULT_STEPS
     test = LearningRateRangeTest(min_learning_rate, max_learning_rate, steps, sweep=sweep,
                                  stop_factor=stop_factor, smoothing=smoothing)  # fmt: skip
     optimizer = unwrap(model.optimizer)
@@ -387,9 +396,8 @@ def lr_find(
         rates = [float(r) for r in to_numpy(sweep_schedule(steps_run))]
     smoothed = zero_phase(test.losses, test.smoothing)
     suggestions = suggest(rates, smoothed)
-    choice = next(
-        (suggestions[k] for k in ("valley", "steepest", "minimum") if suggestions[k]), None
-    )
+    rule = next((k for k in PREFERENCE if suggestions[k] is not None), None)
+    choice = None if rule is None else suggestions[rule]
     return LRFinderResult(
         learning_rates=rates,
         losses=list(test.losses),
@@ -397,6 +405,7 @@ def lr_find(
         suggestions=suggestions,
         rules=dict(RULES),
         suggestion=choice,
+        rule=rule,
         scale=None if choice is None or base is None else choice / base,
         stop_reason=test.stop_reason,
     )

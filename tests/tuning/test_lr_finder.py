@@ -14,7 +14,7 @@ import nnkit.models as M
 import nnkit.optimizers as O
 from nnkit.schedules import CosineAnnealing
 from nnkit.tuning import LearningRateRangeTest, LRFinderResult, lr_find
-from nnkit.tuning._lr_result import suggest, valley
+from nnkit.tuning._lr_result import PREFERENCE, suggest, valley, zero_phase
 from nnkit.tuning.lr_finder import should_stop
 from tests.tuning import _lr_finder_checks as checks
 
@@ -94,10 +94,12 @@ def test_train_step_wrappers_sweep_and_are_restored(wrapper):
         np.testing.assert_array_equal(a, b)
 
 
-def test_default_cost_is_well_under_one_epoch():
-    x, y = checks.regression(64 * 32)  # 64 batches of 32
-    result = lr_find(checks.linear_model(), x, y, stop_factor=1e9)
-    assert len(result.losses) == 32  # half an epoch
+def test_the_default_is_100_steps_whatever_the_data_size():
+    x, y = checks.regression(64 * 32)  # 64 batches of 32: the test repeats batches
+    result = lr_find(checks.linear_model(), x, y)
+    ratio = result.learning_rates[1] / result.learning_rates[0]
+    assert ratio == pytest.approx((10.0 / 1e-7) ** (1 / 99))  # 100 rates over 1e-7 … 10
+    assert result.rule == PREFERENCE[0] and result.suggestion == result.suggestions[result.rule]
 
 
 def test_the_plot_marks_each_suggestion(tmp_path):
@@ -142,6 +144,52 @@ def test_suggestion_rules_on_a_scripted_curve():
     # sections = 7 / 3, index = start + int(sections) + int(sections / 2)
     assert valley(curve) == -1 + int(7 / 3) + int(7 / 3 / 2)
     assert got["valley"] == rates[2]
+
+
+def _ema(values, beta):
+    out, average = [], 0.0
+    for k, value in enumerate(values):
+        average = beta * average + (1 - beta) * value
+        out.append(average / (1 - beta ** (k + 1)))
+    return out
+
+
+def test_an_exploding_loss_is_capped_at_the_start_before_the_backward_pass():
+    # A curve of known shape (a small CNN's): flat at 2.3 for 40 steps, a shallow descent
+    # to 1.8 at index 49, then 2.5, 3.3, one exploding batch (65) and a nan. Capped at the
+    # start (the mean of the first tenth), the explosion cannot lift the points before it;
+    # uncapped, the backward pass lifts the whole descent above the start.
+    rates = list(np.logspace(-6, 0, 55))
+    losses = [2.3] * 40 + list(np.linspace(2.3, 1.8, 11))[1:] + [2.5, 3.3, 65.0, math.nan]
+    start = float(np.mean(losses[: 54 // 10]))
+    capped = [min(loss, start) for loss in losses[:-1]]
+    want = _ema(_ema(capped, 0.9)[::-1], 0.9)[::-1]
+    got = zero_phase(losses, 0.9)
+    np.testing.assert_allclose(got[:-1], want, rtol=1e-12)
+    assert math.isnan(got[-1])
+    assert int(np.nanargmin(got)) == 49  # the true minimum
+    uncapped = _ema(_ema(losses[:-1], 0.9)[::-1], 0.9)[::-1]
+    assert int(np.argmin(uncapped)) == 0 and uncapped[49] > 2.3  # what it was before
+    assert suggest(rates, got)["minimum"] == pytest.approx(rates[49] / 10)
+
+
+def test_valley_on_a_slowly_creeping_flat_part_sits_halfway_from_the_start():
+    # Why the valley is not the default: when the flat part creeps down (Adam at tiny
+    # rates), the longest decreasing run starts at the first point, and the valley lands
+    # at the middle of [start, minimum] in log(rate): here decades below the descent.
+    n = 61
+    rates = list(np.logspace(-7, -1, n))  # ten points a decade
+    creep = list(2.3 - 1e-3 * np.arange(40))  # 1e-7 … 1e-3: tiny, steady decline
+    curve = creep + list(np.linspace(creep[-1], 0.5, 11))[1:] + [0.6 + 0.3 * k for k in range(11)]
+    assert int(np.argmin(curve)) == 49
+    index = valley(curve)
+    # The longest decreasing run is 0..49 (50 points): fastai's start = 49 − 50 = −1,
+    # sections = 50/3, index = −1 + 16 + 8 = 23, a rate of 10^(−7 + 2.3) ≈ 2e-5.
+    assert index == -1 + int(50 / 3) + int(50 / 3 / 2) == 23
+    got = suggest(rates, curve)
+    assert got["valley"] == pytest.approx(rates[23])
+    assert got["minimum"] == pytest.approx(rates[49] / 10)  # 10^(−2.1) / 10 ≈ 8e-4
+    assert math.log10(got["minimum"] / got["valley"]) > 1.5
 
 
 @pytest.mark.parametrize(
