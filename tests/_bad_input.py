@@ -199,6 +199,8 @@ RESULT_TYPES = {
     "diagnostics.GradientReport": "returned by GradientNormMonitor.report()",
     "diagnostics.VariableGroups": "returned by group_variables()",
     "distribute.ReadinessReport": "returned by distribute.check()",
+    "distribute.LayoutReport": "returned by distribute.plan_layout()",
+    "distribute.VariablePlan": "returned inside plan_layout()'s LayoutReport",
     "initializers.LSUVLayerResult": "returned inside lsuv()'s report",
     "initializers.LSUVReport": "returned by lsuv()",
     "tuning.SensitivityReport": "returned by sensitivity_report()",
@@ -216,7 +218,12 @@ ABSTRACT = {
 
 # Names whose valid call needs another backend: on this one they raise a
 # clear error naming the backend (tested in tests/distribute).
-BACKEND_ONLY = {"distribute.model_parallel": "jax", "distribute.verify_layout": "jax"}
+BACKEND_ONLY = {
+    "distribute.model_parallel": "jax",
+    "distribute.verify_layout": "jax",
+    "distribute.plan_layout": "jax",
+    "distribute.check_layout": "jax",
+}
 
 
 class Hang(Exception):
@@ -578,6 +585,10 @@ BASELINES.update({
     "distribute.remove_multi_worker_fit_fix": lambda c: {},
     "distribute.model_parallel": lambda c: {"layout_map": _layout(c), "batch_axis": "batch"},
     "distribute.verify_layout": lambda c: {"model": c.model(), "layout_map": _layout(c)},
+    "distribute.plan_layout": lambda c: {"model": c.model(), "mesh": _mesh(c), "strategy": "fsdp_tp",
+                                         "batch_axis": "batch", "model_axis": "model"},
+    "distribute.check_layout": lambda c: {"model": c.model(), "layout_map": _layout(c),
+                                          "max_replicated": 0.02},
 })  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from nnkit.distribute.batchnorm import synchronize_batch_norm
 from nnkit.distribute.clipping import clip_after_aggregation, remove_clip_after_aggregation
 from nnkit.distribute.readiness import ReadinessReport, check
 
-# -- model parallelism (JAX backend) --
+# -- model parallelism and sharded training (JAX backend, keras.distribution) --
 # isort: split
 from nnkit.distribute.model_parallelism import (
     device_mesh,
@@ -28,6 +28,7 @@ from nnkit.distribute.model_parallelism import (
     model_parallel,
     verify_layout,
 )
+from nnkit.distribute.sharding import LayoutReport, VariablePlan, check_layout, plan_layout
 
 # -- multi-worker --
 # isort: split
@@ -39,9 +40,12 @@ from nnkit.distribute.multi_worker import (
 from nnkit.distribute.workers import is_chief, remove_worker_directory, worker_directory
 
 __all__ = [
+    "LayoutReport",
     "ReadinessReport",
+    "VariablePlan",
     "accumulate_gradients",
     "check",
+    "check_layout",
     "choose_strategy",
     "clip_after_aggregation",
     "device_mesh",
@@ -53,6 +57,7 @@ __all__ = [
     "model_parallel",
     "multi_worker_fit_is_broken",
     "per_replica_batch_size",
+    "plan_layout",
     "remove_accumulation_patch",
     "remove_clip_after_aggregation",
     "remove_multi_worker_fit_fix",
