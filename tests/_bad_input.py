@@ -201,6 +201,7 @@ RESULT_TYPES = {
     "distribute.ReadinessReport": "returned by distribute.check()",
     "distribute.LayoutReport": "returned by distribute.plan_layout()",
     "distribute.VariablePlan": "returned inside plan_layout()'s LayoutReport",
+    "distribute.MemoryEstimate": "returned by distribute.estimate_memory()",
     "initializers.LSUVLayerResult": "returned inside lsuv()'s report",
     "initializers.LSUVReport": "returned by lsuv()",
     "tuning.SensitivityReport": "returned by sensitivity_report()",
@@ -223,6 +224,7 @@ BACKEND_ONLY = {
     "distribute.verify_layout": "jax",
     "distribute.plan_layout": "jax",
     "distribute.check_layout": "jax",
+    "distribute.estimate_memory": "jax",
 }
 
 
@@ -587,6 +589,9 @@ BASELINES.update({
     "distribute.verify_layout": lambda c: {"model": c.model(), "layout_map": _layout(c)},
     "distribute.plan_layout": lambda c: {"model": c.model(), "mesh": _mesh(c), "strategy": "fsdp_tp",
                                          "batch_axis": "batch", "model_axis": "model"},
+    "distribute.estimate_memory": lambda c: {"build_fn": c.model, "layout_map": _layout(c),
+                                             "batch": (c.x(), c.y()), "optimizer": "adam",
+                                             "loss": "mse", "batch_axis": "batch"},
     "distribute.check_layout": lambda c: {"model": c.model(), "layout_map": _layout(c),
                                           "max_replicated": 0.02},
 })  # fmt: skip

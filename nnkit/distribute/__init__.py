@@ -28,7 +28,14 @@ from nnkit.distribute.model_parallelism import (
     model_parallel,
     verify_layout,
 )
-from nnkit.distribute.sharding import LayoutReport, VariablePlan, check_layout, plan_layout
+from nnkit.distribute.sharding import (
+    LayoutReport,
+    MemoryEstimate,
+    VariablePlan,
+    check_layout,
+    estimate_memory,
+    plan_layout,
+)
 
 # -- multi-worker --
 # isort: split
@@ -41,6 +48,7 @@ from nnkit.distribute.workers import is_chief, remove_worker_directory, worker_d
 
 __all__ = [
     "LayoutReport",
+    "MemoryEstimate",
     "ReadinessReport",
     "VariablePlan",
     "accumulate_gradients",
@@ -49,6 +57,7 @@ __all__ = [
     "choose_strategy",
     "clip_after_aggregation",
     "device_mesh",
+    "estimate_memory",
     "fix_multi_worker_fit",
     "global_batch_size",
     "input_pipeline",

@@ -93,6 +93,8 @@ SKIP = {
     "distribute.check_layout": "JAX-backend sharding (keras.distribution), not tf.distribute",
     "distribute.LayoutReport": "plan_layout's result, not a component",
     "distribute.VariablePlan": "plan_layout's result, not a component",
+    "distribute.estimate_memory": "JAX-backend ahead-of-time compile, not tf.distribute",
+    "distribute.MemoryEstimate": "estimate_memory's result, not a component",
     # Hyperparameter search: drivers around ordinary fits of nnkit.models.mlp models
     # (covered); MedianStopping, a callback, is covered by kind.
     "tuning.MLPHyperModel": "keras-tuner HyperModel building nnkit.models.mlp (covered)",

@@ -3,15 +3,24 @@
 Prints one JSON object on its last line.
 """
 
+import dataclasses
 import doctest
 import importlib
 import io
 import json
 
+import jax
 import keras
 import numpy as np
 
-from nnkit.distribute import check_layout, device_mesh, model_parallel, plan_layout
+from nnkit._keras import aot
+from nnkit.distribute import (
+    check_layout,
+    device_mesh,
+    estimate_memory,
+    model_parallel,
+    plan_layout,
+)
 
 STRATEGIES = {"dp": 1, "fsdp": 1, "tp": 8, "fsdp_tp": 4}  # strategy -> model axis size
 D, HEADS, FF, VOCAB, SEQ, BATCH, STEPS = 32, 8, 64, 64, 8, 16, 4
@@ -97,6 +106,31 @@ for strategy, model_axis in STRATEGIES.items():
                 float(np.max(np.abs(a - b))) for a, b in zip(weights, initial, strict=True)
             ),
         }
+    if strategy in ("dp", "fsdp_tp"):  # the estimate against the real compile, Adam
+        batch = (x[:BATCH], y[:BATCH])
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        estimate = estimate_memory(
+            build, layout_map, batch, optimizer=OPTIMIZERS["adam"](), loss=loss
+        )
+        distribution = model_parallel(layout_map)
+        state = tuple([v.value for v in group] for group in aot.state_groups(model))
+        data = tuple(
+            jax.device_put(a, distribution.get_data_layout(a.shape).backend_layout) for a in batch
+        )
+        real = aot.compile_train_step(model, state, data, distribution).memory_analysis()
+        entry["memory"] = {
+            "estimate": {**dataclasses.asdict(estimate), "peak_bytes": estimate.peak_bytes},
+            "real": {
+                "argument_bytes": real.argument_size_in_bytes,
+                "output_bytes": real.output_size_in_bytes,
+                "alias_bytes": real.alias_size_in_bytes,
+                "temporary_bytes": real.temp_size_in_bytes,
+            },
+            "real_state_bytes": [
+                sum(int(np.prod(a.sharding.shard_shape(a.shape))) * a.dtype.itemsize for a in g)
+                for g in state
+            ],
+        }
     result[strategy] = entry
 
 # The guards, on layouts that Keras accepts without a word.
@@ -131,7 +165,7 @@ result["fallback_fraction"] = report.replicated_fraction
 # The modules' doctests, with their JAX-only lines switched on.
 runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
 out = io.StringIO()
-for module_name in ("planning", "guards"):
+for module_name in ("planning", "guards", "memory"):
     module = importlib.import_module(f"nnkit.distribute.sharding.{module_name}")
     for test in doctest.DocTestFinder().find(module):
         for example in test.examples:

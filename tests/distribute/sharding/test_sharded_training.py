@@ -72,7 +72,7 @@ def test_sharded_training_equals_the_unsharded_run(run, strategy, optimizer):
     np.testing.assert_allclose(entry["loss"], entry["unsharded_loss"], rtol=LOSS_RTOL)
     assert entry["weight_difference"] <= WEIGHT_ATOL[optimizer], entry["weight_difference"]
     assert 0.5 < entry["largest_weight"] < 2
-    assert entry["moved"] > 100 * WEIGHT_ATOL[optimizer]  # it trained
+    assert entry["moved"] > 10 * WEIGHT_ATOL[optimizer]  # it trained
     # Placed as planned; every slot of Adam (momentum, velocity) like its weight.
     assert entry["placed"] == {p: r["axes"] for p, r in run[strategy]["report"].items()}
     assert entry["specs"] == entry["placed"]
@@ -162,3 +162,21 @@ def test_doctests_pass_on_jax_with_their_jax_only_lines(run):
     doctests = run["doctests"]
     assert doctests["failed"] == 0, doctests["report"]
     assert doctests["attempted"] >= 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["dp", "fsdp_tp"])
+def test_memory_estimate_equals_the_real_compile(run, strategy):
+    memory = run[strategy]["memory"]
+    estimate, real = memory["estimate"], memory["real"]
+    for field, value in real.items():
+        assert estimate[field] == value, field
+    trainable, non_trainable, optimizer, _ = memory["real_state_bytes"]
+    assert estimate["parameter_bytes"] == trainable + non_trainable
+    assert estimate["parameter_bytes"] == run[strategy]["bytes_per_device"]
+    # Adam: two slots like each weight, plus its step and learning rate (4 bytes each).
+    assert estimate["optimizer_bytes"] == optimizer == 2 * estimate["parameter_bytes"] + 8
+    assert estimate["peak_bytes"] == (
+        real["argument_bytes"] + real["output_bytes"] - real["alias_bytes"]
+        + real["temporary_bytes"]
+    )  # fmt: skip
