@@ -116,6 +116,8 @@ def check_layout(model, layout_map, *, max_replicated=DEFAULT_MAX_REPLICATED):
         ndim = len(variable.shape)
         expected = tuple(layout.axes) if layout is not None else (None,) * ndim
         found = _placed_axes(variable)
+        if found is None and mesh.devices.size == 1:  # one device: replicated is placed
+            found = (None,) * ndim
         placed[variable.path] = found
         if found != expected:
             wrong.append(f"{variable.path}: expected {expected}, found {found}")
