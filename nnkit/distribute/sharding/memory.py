@@ -155,8 +155,30 @@ def estimate_memory(
     distribution = model_parallel(layout_map, batch_axis=batch_axis)
     if isinstance(optimizer, keras.optimizers.Optimizer):
         optimizer = keras.optimizers.serialize(optimizer)
+    elif not isinstance(optimizer, str):
+        raise TypeError(
+            "`optimizer` must be a Keras optimizer or its name, such as 'adam'. "
+            f"Received: optimizer={optimizer!r}"
+        )
     with distribution.scope():
-        optimizer = keras.optimizers.get(optimizer)
+        try:
+            optimizer = keras.optimizers.get(optimizer)
+        except ValueError as error:
+            raise ValueError(
+                f"`optimizer` must be a Keras optimizer or its name. Received: "
+                f"optimizer={optimizer!r} ({error})"
+            ) from None
+    if isinstance(loss, str):
+        try:
+            keras.losses.get(loss)
+        except ValueError:
+            raise ValueError(
+                f"`loss` must be a Keras loss or its name, such as 'mse'. Received: loss={loss!r}"
+            ) from None
+    elif not callable(loss):
+        raise TypeError(
+            f"`loss` must be a Keras loss, a function or a loss name. Received: loss={loss!r}"
+        )
 
     def checked_build():
         model = build_fn()
