@@ -26,6 +26,8 @@ def test_quick_run_ends_with_one_json_object(capsys):
     rows = figures["strategies"]
     assert set(rows) == {"dp 8x1", "fsdp 8x1", "tp 1x8", "tp 2x4", "fsdp_tp 2x4"}
     assert rows["dp 8x1"]["state_relative_to_dp"] == 1.0
+    assert figures["parameters"] == 21248  # planned from the building function, on shapes
+    assert figures["host_peak_rss_bytes"] > 0
     # d=32, ff=64, vocabulary 64. Vectors (biases of one dimension, norm scales)
     # stay whole; every other variable is split over all 8 devices (tp on a 2 x 4
     # mesh: over 4). Adam keeps two slots like each weight, plus a step and a rate.

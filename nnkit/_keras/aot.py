@@ -52,6 +52,18 @@ def state_groups(model):
     )
 
 
+def shapes_only(build_fn):
+    """``build_fn()``'s model with its variables' shapes, dtypes and paths, none allocated."""
+    model = None
+    with keras.StatelessScope(initialize_variables=False):
+        try:
+            model = build_fn()
+        finally:
+            if isinstance(model, keras.Model):
+                _forget(model.variables)
+    return model
+
+
 def abstract_model(build_fn, distribution, optimizer, loss):
     """``build_fn()``'s model, compiled with its optimizer built, no variable allocated.
 

@@ -25,6 +25,7 @@ import re
 import keras
 
 from nnkit import _validation as v
+from nnkit._keras import aot
 from nnkit._keras.layers import walk
 from nnkit.distribute.model_parallelism import _check_axis, _check_mesh, _require_jax
 from nnkit.distribute.sharding import rules
@@ -113,11 +114,15 @@ def plan_layout(model, mesh, strategy, *, batch_axis="batch", model_axis="model"
     are listed in ``report.fallbacks``. Per device a variable of ``b`` bytes
     holds ``b / prod(size of each mesh axis it is split on)``.
 
-    Build the model, plan, then build it again (same layer names) inside
+    Plan from the model (or from its building function, to allocate
+    nothing), then build it again (same layer names) inside
     ``model_parallel(layout_map).scope()`` and confirm with ``check_layout``.
 
     Args:
-        model: A built ``keras.Model`` (its variables exist). Required.
+        model: A built ``keras.Model`` (its variables exist), or a function
+            with no arguments returning one, which is then built on shapes
+            only (nothing allocated: plan a model too large for the host).
+            Required.
         mesh: A ``keras.distribution.DeviceMesh`` (e.g. from ``device_mesh``).
             Required.
         strategy: ``"dp"``, ``"fsdp"``, ``"tp"`` or ``"fsdp_tp"``. Required.
@@ -159,7 +164,9 @@ def plan_layout(model, mesh, strategy, *, batch_axis="batch", model_axis="model"
         Trillion Parameter Models (arXiv:1910.02054).
     """
     _require_jax("plan_layout()")
-    v.check_instance("model", model, keras.Model, "a keras.Model")
+    build_fn = model if callable(model) and not isinstance(model, keras.Model) else None
+    if build_fn is None:
+        v.check_instance("model", model, keras.Model, "a keras.Model or a function returning one")
     mesh = _check_mesh("mesh", mesh)
     strategy = v.check_one_of("strategy", strategy, STRATEGIES)
     needs = {"dp": ("batch_axis",), "fsdp": ("batch_axis",), "tp": ("model_axis",)}
@@ -169,6 +176,9 @@ def plan_layout(model, mesh, strategy, *, batch_axis="batch", model_axis="model"
         v.check_str(name, names[name])
     for name in needs:
         _check_axis(name, names[name], mesh)
+    if build_fn is not None:  # validated the rest first: building may be costly
+        model = aot.shapes_only(build_fn)
+        v.check_instance("model", model, keras.Model, "a keras.Model or a function returning one")
     if not model.variables:
         raise ValueError(
             f"`model` has no variables: build it first (call it on data or give it an "
