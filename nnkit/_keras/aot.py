@@ -1,5 +1,7 @@
 """An ahead-of-time compile of Keras's own JAX train step, on shapes only (no model memory).
 
+``nnkit.distribute.plan_layout`` given a building function plans on a model
+built on shapes only (``shapes_only``), and
 ``nnkit.distribute.estimate_memory`` builds the model and its optimizer inside
 ``keras.StatelessScope(initialize_variables=False)``, so no variable is
 allocated, gives every variable the layout the distribution would, and
