@@ -201,6 +201,9 @@ RESULT_TYPES = {
     "diagnostics.GradientReport": "returned by GradientNormMonitor.report()",
     "diagnostics.VariableGroups": "returned by group_variables()",
     "distribute.ReadinessReport": "returned by distribute.check()",
+    "distribute.LayoutReport": "returned by distribute.plan_layout()",
+    "distribute.VariablePlan": "returned inside plan_layout()'s LayoutReport",
+    "distribute.MemoryEstimate": "returned by distribute.estimate_memory()",
     "initializers.LSUVLayerResult": "returned inside lsuv()'s report",
     "initializers.LSUVReport": "returned by lsuv()",
     "tuning.SensitivityReport": "returned by sensitivity_report()",
@@ -218,7 +221,13 @@ ABSTRACT = {
 
 # Names whose valid call needs another backend: on this one they raise a
 # clear error naming the backend (tested in tests/distribute).
-BACKEND_ONLY = {"distribute.model_parallel": "jax", "distribute.verify_layout": "jax"}
+BACKEND_ONLY = {
+    "distribute.model_parallel": "jax",
+    "distribute.verify_layout": "jax",
+    "distribute.plan_layout": "jax",
+    "distribute.check_layout": "jax",
+    "distribute.estimate_memory": "jax",
+}
 
 
 class Hang(Exception):
@@ -590,6 +599,18 @@ def _layout(ctx):
     return mlp_layout_map(_mesh(ctx), 4, [8], min_size=1)
 
 
+def _placed(ctx):
+    """A model built under an empty layout map (JAX only): every variable where it says."""
+    import keras
+
+    from nnkit.distribute import model_parallel
+
+    layout_map = keras.distribution.LayoutMap(_mesh(ctx))
+    with model_parallel(layout_map).scope():
+        model = ctx.model()
+    return {"model": model, "layout_map": layout_map}
+
+
 def _keras_sgd(c):
     import keras
 
@@ -607,6 +628,12 @@ BASELINES.update({
     "distribute.remove_multi_worker_fit_fix": lambda c: {},
     "distribute.model_parallel": lambda c: {"layout_map": _layout(c), "batch_axis": "batch"},
     "distribute.verify_layout": lambda c: {"model": c.model(), "layout_map": _layout(c)},
+    "distribute.plan_layout": lambda c: {"model": c.model(), "mesh": _mesh(c), "strategy": "fsdp_tp",
+                                         "batch_axis": "batch", "model_axis": "model"},
+    "distribute.estimate_memory": lambda c: {"build_fn": c.model, "layout_map": _layout(c),
+                                             "batch": (c.x(), c.y()), "optimizer": "adam",
+                                             "loss": "mse", "batch_axis": "batch"},
+    "distribute.check_layout": lambda c: {**_placed(c), "max_replicated": 0.02},
 })  # fmt: skip
 
 

@@ -233,7 +233,8 @@ ABSTRACT |= {"callbacks.Preempted"}
 ABSTRACT |= {"initializers.LSUVReport", "initializers.LSUVLayerResult"}
 ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
 ABSTRACT |= {"diagnostics.VariableGroups"}
-ABSTRACT |= {"distribute.ReadinessReport"}
+ABSTRACT |= {"distribute.ReadinessReport", "distribute.LayoutReport", "distribute.VariablePlan"}
+ABSTRACT |= {"distribute.MemoryEstimate"}
 ABSTRACT |= {"tuning.SensitivityReport", "tuning.LRFinderResult"}
 ABSTRACT |= {"meta.MetaLearner", "meta.TaskSampler"}
 # Task samplers hold arrays and callables (not JSON): data sources, not Keras-saved components.

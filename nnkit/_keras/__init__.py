@@ -30,6 +30,7 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
 - ``tuner``: ``tuner-build-and-fit``, ``tuner-build-hypermodel``,
   ``tuner-is-worker``, ``tuner-failure-limit-message``.
 - ``trainer``: ``loss-tracker``.
+- ``aot``: ``stateless-build``, ``slot-layout``, ``jax-train-step``.
 
 ``docs/keras-internals.md`` explains each for contributors: what is patched,
 why, and how it is undone.
@@ -225,5 +226,22 @@ ASSUMPTIONS = {
         "trainer",
         "model._loss_tracker is the Mean fit logs as 'loss'; Keras's train steps update it "
         "with the unscaled loss weighted by the batch size",
+    ),
+    "stateless-build": (
+        "aot",
+        "inside keras.StatelessScope(initialize_variables=False) a model is built, compiled and "
+        "its optimizer built without allocating a variable; each is kept in global_state's "
+        "'uninitialized_variables' (allocated at the next initializing scope's exit) until "
+        "removed from it",
+    ),
+    "slot-layout": (
+        "aot",
+        "on JAX, optimizer.build gives each slot its weight's variable._layout",
+    ),
+    "jax-train-step": (
+        "aot",
+        "on JAX, model.train_step(state, data) is pure in state = (trainable, non_trainable, "
+        "optimizer.variables, metrics_variables) values; Keras jits it with donate_argnums=0 "
+        "and out_shardings=(None, state shardings)",
     ),
 }

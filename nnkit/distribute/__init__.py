@@ -20,13 +20,21 @@ from nnkit.distribute.batchnorm import synchronize_batch_norm
 from nnkit.distribute.clipping import clip_after_aggregation, remove_clip_after_aggregation
 from nnkit.distribute.readiness import ReadinessReport, check
 
-# -- model parallelism (JAX backend) --
+# -- model parallelism and sharded training (JAX backend, keras.distribution) --
 # isort: split
 from nnkit.distribute.model_parallelism import (
     device_mesh,
     mlp_layout_map,
     model_parallel,
     verify_layout,
+)
+from nnkit.distribute.sharding import (
+    LayoutReport,
+    MemoryEstimate,
+    VariablePlan,
+    check_layout,
+    estimate_memory,
+    plan_layout,
 )
 
 # -- multi-worker --
@@ -39,12 +47,17 @@ from nnkit.distribute.multi_worker import (
 from nnkit.distribute.workers import is_chief, remove_worker_directory, worker_directory
 
 __all__ = [
+    "LayoutReport",
+    "MemoryEstimate",
     "ReadinessReport",
+    "VariablePlan",
     "accumulate_gradients",
     "check",
+    "check_layout",
     "choose_strategy",
     "clip_after_aggregation",
     "device_mesh",
+    "estimate_memory",
     "fix_multi_worker_fit",
     "global_batch_size",
     "input_pipeline",
@@ -53,6 +66,7 @@ __all__ = [
     "model_parallel",
     "multi_worker_fit_is_broken",
     "per_replica_batch_size",
+    "plan_layout",
     "remove_accumulation_patch",
     "remove_clip_after_aggregation",
     "remove_multi_worker_fit_fix",

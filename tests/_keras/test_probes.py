@@ -890,3 +890,105 @@ def test_loss_tracker():
     want = (errors[:3].mean() * 3 + errors[3:].mean() * 2) / 5
     assert history.history["loss"][0] == pytest.approx(want, rel=1e-5)
     assert float(tracker.result()) == pytest.approx(want, rel=1e-5)
+
+
+# -- aot (JAX backend, in a subprocess) -----------------------------------------------
+
+AOT = """
+import json
+import jax
+import keras
+import numpy as np
+from keras.src.backend.common import global_state
+from nnkit._keras import aot
+
+mesh = keras.distribution.DeviceMesh((1, 2), ("batch", "model"), devices=["cpu:0", "cpu:1"])
+layout_map = keras.distribution.LayoutMap(mesh)
+layout_map["net/up/kernel"] = (None, "model")
+distribution = keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
+
+
+def build():
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="up")], name="net")
+
+
+with distribution.scope():
+    optimizer = keras.optimizers.Adam(0.1)
+model = aot.abstract_model(build, distribution, optimizer, "mse")
+groups = aot.state_groups(model)
+out = {
+    "paths": [v.path for v in model.variables],
+    "shapes": [list(v.shape) for v in model.variables],
+    "allocated": [v._value is not None for g in groups for v in g if v.path != "adam/iteration"
+                  and v.path != "adam/learning_rate"],
+    "pending": len(global_state.get_global_attribute("uninitialized_variables") or []),
+    "slots": {v.path: list(aot.variable_sharding(v).spec) for v in groups[2]},
+}
+with keras.StatelessScope():  # an initializing scope: must not allocate the abstract model
+    pass
+out["allocated_after"] = [v._value is not None for v in model.variables]
+struct = lambda v: jax.ShapeDtypeStruct(tuple(v.shape), jax.dtypes.canonicalize_dtype(v.dtype),
+                                        sharding=aot.variable_sharding(v))
+state = tuple([struct(v) for v in g] for g in groups)
+data_sharding = distribution.get_data_layout((8, 4)).backend_layout
+data = tuple(jax.ShapeDtypeStruct((8, n), "float32", sharding=data_sharding) for n in (4, 6))
+abstract = aot.compile_train_step(model, state, data, distribution).memory_analysis()
+with distribution.scope():
+    real = build()
+    real.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    x, y = np.ones((8, 4), "float32"), np.zeros((8, 6), "float32")
+    real.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    values = tuple([v.value for v in g] for g in aot.state_groups(real))
+    batch = tuple(jax.device_put(a, data_sharding) for a in (x, y))
+    compiled = aot.compile_train_step(real, values, batch, distribution)
+    logs, new_state = compiled(values, batch)
+fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+          "temp_size_in_bytes")
+out["abstract"] = [getattr(abstract, f) for f in fields]
+out["real"] = [getattr(compiled.memory_analysis(), f) for f in fields]
+out["step_loss"] = float(logs["loss"])
+out["state_lengths"] = [len(g) for g in new_state]
+print(json.dumps(out))
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def _aot_run():
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", AOT], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@probe("stateless-build")
+def test_stateless_build():
+    out = _aot_run()
+    assert out["paths"] == ["net/up/kernel", "net/up/bias"]
+    assert out["shapes"] == [[4, 6], [6]]
+    assert out["allocated"] and not any(out["allocated"])
+    assert out["pending"] == 0
+    assert not any(out["allocated_after"])
+
+
+@pytest.mark.slow
+@probe("slot-layout")
+def test_slot_layout():
+    slots = _aot_run()["slots"]
+    assert slots["adam/net_up_kernel_momentum"] == [None, "model"]
+    assert slots["adam/net_up_kernel_velocity"] == [None, "model"]
+    assert slots["adam/net_up_bias_momentum"] == [None]
+
+
+@pytest.mark.slow
+@probe("jax-train-step")
+def test_jax_train_step():
+    out = _aot_run()
+    assert out["abstract"] == out["real"]
+    assert out["state_lengths"] == [2, 0, 6, 2]  # kernel, bias; Adam: 2 + 4 slots; loss mean
+    assert out["step_loss"] >= 0

@@ -89,6 +89,12 @@ SKIP = {
     "distribute.mlp_layout_map": "JAX-backend model parallelism, not tf.distribute",
     "distribute.model_parallel": "JAX-backend model parallelism, not tf.distribute",
     "distribute.verify_layout": "JAX-backend model parallelism, not tf.distribute",
+    "distribute.plan_layout": "JAX-backend sharding (keras.distribution), not tf.distribute",
+    "distribute.check_layout": "JAX-backend sharding (keras.distribution), not tf.distribute",
+    "distribute.LayoutReport": "plan_layout's result, not a component",
+    "distribute.VariablePlan": "plan_layout's result, not a component",
+    "distribute.estimate_memory": "JAX-backend ahead-of-time compile, not tf.distribute",
+    "distribute.MemoryEstimate": "estimate_memory's result, not a component",
     # Hyperparameter search: drivers around ordinary fits of nnkit.models.mlp models
     # (covered); MedianStopping, a callback, is covered by kind.
     "tuning.MLPHyperModel": "keras-tuner HyperModel building nnkit.models.mlp (covered)",

@@ -1,0 +1,28 @@
+"""Sharded training on ``keras.distribution`` (JAX backend): plan a layout, check it.
+
+``keras.distribution`` is implemented only on the JAX backend (it is silently
+ignored on TensorFlow, where ``tf.distribute`` data parallelism is the
+answer). One concept per module:
+
+- ``report.py``: what a layout does to each variable (axes, bytes, why);
+- ``rules.py``: the tensor-parallel rules by layer type (Megatron pairing);
+- ``planning.py``: ``plan_layout`` for the strategies dp, fsdp, tp, fsdp_tp;
+- ``guards.py``: ``check_layout`` on any ``LayoutMap``;
+- ``memory.py``: ``estimate_memory``, per-device bytes before launch.
+
+The public names are exported from ``nnkit.distribute``.
+"""
+
+from nnkit.distribute.sharding.guards import check_layout
+from nnkit.distribute.sharding.memory import MemoryEstimate, estimate_memory
+from nnkit.distribute.sharding.planning import plan_layout
+from nnkit.distribute.sharding.report import LayoutReport, VariablePlan
+
+__all__ = [
+    "LayoutReport",
+    "MemoryEstimate",
+    "VariablePlan",
+    "check_layout",
+    "estimate_memory",
+    "plan_layout",
+]

@@ -1,0 +1,193 @@
+"""``plan_layout``: a ``keras.distribution.LayoutMap`` for any Keras model, from layer types and shapes.
+
+Strategies over a mesh with a data axis (``batch_axis``, size ``B``) and a
+model axis (``model_axis``, size ``M``):
+
+- ``"dp"``: every variable replicated; each device holds all
+  ``P`` parameter bytes (and all optimizer state).
+- ``"fsdp"``: every variable of two or more dimensions split on the data
+  axis along its largest dimension divisible by ``B``: about ``P / B`` per
+  device; XLA gathers each weight where it is used (ZeRO-3 / FSDP).
+- ``"tp"``: Megatron tensor parallelism on the model axis (``rules.py``):
+  about ``P / M`` per device, one all-reduce per column/row pair.
+- ``"fsdp_tp"``: both: the model-axis rules first, then the data axis on
+  a remaining dimension: about ``P / (B·M)`` per device.
+
+Vectors (biases, normalization scales) stay replicated. Optimizer slots take
+their weight's layout (Keras copies it), so they shrink with the weights.
+The keys are the variables' escaped paths, full-match regular expressions as
+``LayoutMap`` requires since Keras 3.14, one per variable not replicated;
+check the result on the built model with ``check_layout``.
+"""
+
+import re
+
+import keras
+
+from nnkit import _validation as v
+from nnkit._keras import aot
+from nnkit._keras.layers import walk
+from nnkit.distribute.model_parallelism import _check_axis, _check_mesh, _require_jax
+from nnkit.distribute.sharding import rules
+from nnkit.distribute.sharding.report import (
+    LayoutReport,
+    VariablePlan,
+    dtype_bytes,
+    shard_count,
+)
+
+STRATEGIES = ("dp", "fsdp", "tp", "fsdp_tp")
+
+
+def _add_data_axis(shape, axes, axis, parts):
+    """Split the largest free dimension divisible by ``parts`` on ``axis`` (FSDP)."""
+    free = [d for d in range(len(shape)) if axes[d] is None and shape[d] % parts == 0]
+    if not free:
+        return axes, False
+    dim = max(free, key=lambda d: (shape[d], -d))
+    return tuple(axis if d == dim else a for d, a in enumerate(axes)), True
+
+
+def plan(model, axis_sizes, strategy, *, batch_axis="batch", model_axis="model"):
+    """The ``LayoutReport`` of ``strategy`` for ``model`` on a mesh of ``axis_sizes`` (any backend)."""
+    variables = list(model.variables)
+    placed = {id(variable): None for variable in variables}
+    if strategy in ("tp", "fsdp_tp"):
+        pairing = rules.Pairing()
+        parts = axis_sizes[model_axis]
+        for layer in walk(model, include_self=False):
+            decided = rules.tensor_parallel(layer, parts, model_axis, pairing)
+            for key, value in decided.items():
+                if key in placed and placed[key] is None:
+                    placed[key] = value
+    plans = []
+    for variable in variables:
+        shape = tuple(int(n) for n in variable.shape)
+        decided = placed[id(variable)]
+        if strategy == "dp":
+            decided = ((None,) * len(shape), "data parallel: replicated", False)
+        elif len(shape) < 2:
+            decided = ((None,) * len(shape), "vector (bias, scale, counter): replicated", False)
+        elif decided is None and strategy in ("tp", "fsdp_tp"):
+            decided = ((None,) * len(shape), "no tensor-parallel rule: replicated", True)
+        elif decided is None:
+            decided = ((None,) * len(shape), "", False)
+        axes, reason, fallback = decided
+        if strategy in ("fsdp", "fsdp_tp") and len(shape) >= 2:
+            parts = axis_sizes[batch_axis]
+            axes, split = _add_data_axis(shape, axes, batch_axis, parts)
+            if split:
+                reason = f"{reason} + FSDP" if reason else "FSDP: largest divisible dimension"
+            elif parts > 1:
+                note = f"no free dimension divisible by {parts} for FSDP"
+                reason = f"{reason}; {note}" if reason else f"{note}; replicated"
+                fallback = True
+        size = dtype_bytes(variable.dtype)
+        for n in shape:
+            size *= n
+        plans.append(
+            VariablePlan(
+                path=variable.path,
+                shape=shape,
+                axes=tuple(axes),
+                bytes=size,
+                bytes_per_device=size / shard_count(axes, axis_sizes),
+                reason=reason,
+                fallback=fallback,
+            )
+        )
+    return LayoutReport(strategy=strategy, axis_sizes=dict(axis_sizes), variables=tuple(plans))
+
+
+def plan_layout(model, mesh, strategy, *, batch_axis="batch", model_axis="model"):
+    """Plan a ``keras.distribution.LayoutMap`` for any built Keras model (JAX backend).
+
+    Use it to train a model whose parameters and optimizer state do not fit
+    one device (``"fsdp"``, ``"tp"``, ``"fsdp_tp"``), or to see what data
+    parallelism (``"dp"``) costs per device. The plan works from layer types
+    and shapes, not names: Megatron column/row pairs for consecutive
+    ``Dense``/``EinsumDense`` layers, attention heads on the model axis with a
+    row-parallel output projection, a vocabulary-parallel ``Embedding``,
+    ``Conv`` kernels on their output channels, vectors replicated, and for
+    FSDP the largest remaining dimension divisible by the data axis. Sizes
+    that do not divide fall back to another dimension or to replication and
+    are listed in ``report.fallbacks``. Per device a variable of ``b`` bytes
+    holds ``b / prod(size of each mesh axis it is split on)``.
+
+    Plan from the model (or from its building function, to allocate
+    nothing), then build it again (same layer names) inside
+    ``model_parallel(layout_map).scope()`` and confirm with ``check_layout``.
+
+    Args:
+        model: A built ``keras.Model`` (its variables exist), or a function
+            with no arguments returning one, which is then built on shapes
+            only (nothing allocated: plan a model too large for the host).
+            Required.
+        mesh: A ``keras.distribution.DeviceMesh`` (e.g. from ``device_mesh``).
+            Required.
+        strategy: ``"dp"``, ``"fsdp"``, ``"tp"`` or ``"fsdp_tp"``. Required.
+        batch_axis: The mesh's data axis (``"dp"``, ``"fsdp"``, ``"fsdp_tp"``).
+            Defaults to ``"batch"``.
+        model_axis: The mesh's model axis (``"tp"``, ``"fsdp_tp"``).
+            Defaults to ``"model"``.
+
+    Returns:
+        ``(layout_map, report)``: a ``keras.distribution.LayoutMap`` with one
+        full-match key per variable not replicated, and a ``LayoutReport``
+        (per variable its axes, bytes, bytes per device and reason; the
+        replicated fraction; the fallbacks).
+
+    Raises:
+        ValueError: If the Keras backend is not JAX, the model has no
+            variables (not built), ``strategy`` is unknown or an axis the
+            strategy needs is not in the mesh.
+        TypeError: If an argument has the wrong type.
+
+    Example:
+    >>> import keras
+    >>> from nnkit.distribute import device_mesh, plan_layout
+    >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64, name="up"),
+    ...                           keras.layers.Dense(16, name="down")], name="mlp")
+    >>> mesh = device_mesh(4, devices=[f"cpu:{i}" for i in range(4)])
+    >>> layout_map, report = plan_layout(model, mesh, "tp")  # JAX backend only  # doctest: +SKIP
+    >>> {key: layout.axes for key, layout in layout_map.items()}  # doctest: +SKIP
+    {'mlp/up/kernel': (None, 'model'), 'mlp/down/kernel': ('model', None)}
+    >>> [plan.reason for plan in report.variables][::2]  # the kernels  # doctest: +SKIP
+    ['Dense column-parallel', 'Dense row-parallel']
+    >>> round(report.bytes_per_device / report.bytes, 3)  # biases replicated  # doctest: +SKIP
+    0.278
+
+    References:
+        Shoeybi et al., 2019, Megatron-LM: Training Multi-Billion Parameter
+        Language Models Using Model Parallelism (arXiv:1909.08053).
+        Rajbhandari et al., 2020, ZeRO: Memory Optimizations Toward Training
+        Trillion Parameter Models (arXiv:1910.02054).
+    """
+    _require_jax("plan_layout()")
+    build_fn = model if callable(model) and not isinstance(model, keras.Model) else None
+    if build_fn is None:
+        v.check_instance("model", model, keras.Model, "a keras.Model or a function returning one")
+    mesh = _check_mesh("mesh", mesh)
+    strategy = v.check_one_of("strategy", strategy, STRATEGIES)
+    needs = {"dp": ("batch_axis",), "fsdp": ("batch_axis",), "tp": ("model_axis",)}
+    needs = needs.get(strategy, ("batch_axis", "model_axis"))
+    names = {"batch_axis": batch_axis, "model_axis": model_axis}
+    for name in ("batch_axis", "model_axis"):
+        v.check_str(name, names[name])
+    for name in needs:
+        _check_axis(name, names[name], mesh)
+    if build_fn is not None:  # validated the rest first: building may be costly
+        model = aot.shapes_only(build_fn)
+        v.check_instance("model", model, keras.Model, "a keras.Model or a function returning one")
+    if not model.variables:
+        raise ValueError(
+            f"`model` has no variables: build it first (call it on data or give it an "
+            f"Input). Received: model={model.name!r}"
+        )
+    axis_sizes = dict(zip(mesh.axis_names, mesh.shape, strict=True))
+    report = plan(model, axis_sizes, strategy, batch_axis=batch_axis, model_axis=model_axis)
+    layout_map = keras.distribution.LayoutMap(mesh)
+    for entry in report.variables:
+        if not entry.replicated:
+            layout_map[re.escape(entry.path)] = entry.axes
+    return layout_map, report
