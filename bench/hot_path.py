@@ -21,11 +21,14 @@ first ``fit``'s epoch 0, tracing included, and ``first_fit_s``). Then
 epochs; an epoch-hook timer (last in the list, so it sees every callback's
 epoch work) times each epoch; epoch 0 is dropped (the epoch where a
 callback's per-``fit`` set-up happens), the step time is the time of the
-other epochs over their steps. A round's ratio is ``step(S) / mean(step(B)
+other epochs over their steps (and the process CPU time the same way). A
+round's ratio is ``step(S) / mean(step(B)
 before, step(B) after)``; ``ratio`` is the median over rounds, ``noise`` the
 median ``|step(B after) / step(B before) - 1|`` (the drift the ratio cannot
 tell from a cost), ``ratio_best`` the fastest stack step over the fastest
-bare step (the fits least disturbed by other load), and ``fit_ratio`` the
+bare step (the fits least disturbed by other load), ``cpu_ratio`` the median
+paired ratio of process CPU time per step (less sensitive to other load than
+wall time; on JAX it includes XLA's worker threads), and ``fit_ratio`` the
 paired ratio of whole ``fit`` calls.
 The JAX backend runs in a subprocess (``KERAS_BACKEND=jax``), the same way.
 
@@ -147,6 +150,7 @@ def bench_model(name, args):
     x, y = make_data(args.seed, per_epoch * batch, features)
     models = {config: build(features, hidden, args.seed) for config in ("baseline", "stack")}
     step_s = {config: [] for config in models}
+    cpu_s = {config: [] for config in models}
     fit_s = {config: [] for config in models}
     first = {}
 
@@ -162,13 +166,14 @@ def bench_model(name, args):
         seconds, timer = timed_fit(config, epochs=1)
         first[config] = {"first_fit_s": round(seconds, 3), "first_epoch_s": round(timer.wall[0], 3)}
 
-    ratios, fit_ratios, drift = [], [], []
+    ratios, fit_ratios, cpu_ratios, drift = [], [], [], []
 
     def measured(config):
         seconds, timer = timed_fit(config)
         step_s[config].append(sum(timer.wall[1:]) / steps)
+        cpu_s[config].append(sum(timer.cpu[1:]) / steps)
         fit_s[config].append(seconds)
-        return step_s[config][-1], seconds
+        return step_s[config][-1], seconds, cpu_s[config][-1]
 
     for round_index in range(args.repeats):
         before = measured("baseline")
@@ -176,6 +181,7 @@ def bench_model(name, args):
         after = measured("baseline")
         ratios.append(value[0] / ((before[0] + after[0]) / 2))
         fit_ratios.append(value[1] / ((before[1] + after[1]) / 2))
+        cpu_ratios.append(value[2] / ((before[2] + after[2]) / 2))
         drift.append(abs(after[0] / before[0] - 1.0))
         print(f"{keras.backend.backend()} {name} round {round_index + 1}/{args.repeats}: "
               f"{ratios[-1]:.3f} (noise {drift[-1]:.3f})", file=sys.stderr)  # fmt: skip
@@ -196,6 +202,8 @@ def bench_model(name, args):
         "ratio_best": round(min(step_s["stack"]) / min(step_s["baseline"]), 4),
         "noise": round(statistics.median(drift), 4),
         "fit_ratio": round(statistics.median(fit_ratios), 4),
+        "cpu_ratio": round(statistics.median(cpu_ratios), 4),
+        "baseline_cpu_step_ms": round(statistics.median(cpu_s["baseline"]) * 1e3, 4),
         "first_epoch": {
             **{f"{config}_{k}": v for config, f in first.items() for k, v in f.items()},
             "ratio": round(first["stack"]["first_epoch_s"] / first["baseline"]["first_epoch_s"], 4),
@@ -253,7 +261,7 @@ def main(argv=None):
         backend, name = key.split("/")
         r = results[backend]["models"][name]
         print(f"{key:<18} ratio {ratio:.4f} (min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f}, "
-              f"noise {r['noise']:.3f}, best {r['ratio_best']:.3f}); step {r['baseline_step_ms']:.3f} ms bare; "
+              f"noise {r['noise']:.3f}, best {r['ratio_best']:.3f}, cpu {r['cpu_ratio']:.3f}); step {r['baseline_step_ms']:.3f} ms bare; "
               f"first epoch {r['first_epoch']['stack_first_epoch_s']:.2f} s vs "
               f"{r['first_epoch']['baseline_first_epoch_s']:.2f} s; "
               f"backup {r['backup_ms_per_save']} ms/save")  # fmt: skip

@@ -21,7 +21,14 @@ def _check(figures, backends):
     assert set(figures["backends"]) == set(backends)
     for backend in backends:
         (model,) = figures["backends"][backend]["models"].values()
-        assert {"ratio", "noise", "fit_ratio", "first_epoch", "backup_ms_per_save"} <= set(model)
+        assert {
+            "ratio",
+            "noise",
+            "fit_ratio",
+            "cpu_ratio",
+            "first_epoch",
+            "backup_ms_per_save",
+        } <= set(model)
         assert model["backup_saves"] == 3  # one per epoch
         assert model["ratio"] > 0 and model["backup_ms_per_save"] > 0
     assert figures["settings"]["stack"] == [

@@ -31,6 +31,7 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
   ``tuner-is-worker``, ``tuner-failure-limit-message``.
 - ``trainer``: ``loss-tracker``.
 - ``aot``: ``stateless-build``, ``slot-layout``, ``jax-train-step``.
+- ``control_flow``: ``tf-cond-lowering``.
 
 ``docs/keras-internals.md`` explains each for contributors: what is patched,
 why, and how it is undone.
@@ -85,6 +86,12 @@ ASSUMPTIONS = {
         "all_reduce",
         "Keras's TensorFlow optimizer all-reduces through self._all_reduce_sum_gradients("
         "grads_and_vars) after clipping and applies what it returns",
+    ),
+    "tf-cond-lowering": (
+        "control_flow",
+        "in a tf.function, tf.cond builds one If/StatelessIf op (its outputs pass through "
+        "Identity ops) that TensorFlow lowers to Switch/Merge unless its "
+        "_lower_using_switch_merge attribute is False",
     ),
     "train-function-trace": (
         "train_function",

@@ -10,6 +10,7 @@ import functools
 import numpy as np
 from keras import ops
 
+from nnkit._keras import control_flow
 from nnkit._keras import optimizer as keras_optimizer
 from nnkit.diagnostics import (
     first_nonfinite_group,
@@ -151,8 +152,11 @@ class StepMeasurement:
         if self.backend == "tensorflow" and self.strategy is None:
             # A write in a TensorFlow branch is fine without a strategy: only
             # a sample step writes (a row write every step cost ~10% of a
-            # 0.8 ms step on a small MLP).
-            ops.cond(sample, lambda: self._write(row_of(measure())), lambda: None)
+            # 0.8 ms step on a small MLP). The branch is not lowered to
+            # Switch/Merge, so the steps that skip it never visit its nodes.
+            import tensorflow as tf
+
+            control_flow.unlowered_cond(tf, sample, lambda: self._write(row_of(measure())))
         else:
             # A pure branch returns every buffer, with the row written or as it
             # was; the assignment after it is unconditional (JAX: the carried

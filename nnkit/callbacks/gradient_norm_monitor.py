@@ -119,7 +119,7 @@ class GradientNormMonitor(StatefulCallback):
         recurrent neural networks", ICML 2013.
     """
 
-    async_safe = True  # the batch hook only reads one variable, for "stop"
+    async_safe = True  # the only batch hook, for "stop", reads one variable
 
     _not_copied = ("_hook", "_pending", "_summaries", "last_report", "_reuse")
 
@@ -232,6 +232,7 @@ class GradientNormMonitor(StatefulCallback):
         self._reuse.installed(train_function.current(model))
         if self.log_dir is not None:
             self._summaries = logs_lib.Summaries(self.log_dir)
+        self._bind_batch_hooks()
 
     def _attach_new(self, capacity):
         """Create the hook (or defer it to the first trace) and trace the train function."""
@@ -286,22 +287,35 @@ class GradientNormMonitor(StatefulCallback):
         first, last = self._schedule(self._hook.current_step())
         self._hook.set_schedule(first_step=first, last_step=last)
 
-    def on_train_batch_begin(self, batch, logs=None):
-        # JAX "stop" only (see _stop_check_jax); the cadence is decided in-graph.
-        if self.on_nonfinite == "stop" and keras.backend.backend() == "jax":
-            self._stop_check_jax(batch)
+    def _bind_batch_hooks(self):
+        """Give this instance a batch hook where ``on_nonfinite="stop"`` needs one; else none.
 
-    def on_train_batch_end(self, batch, logs=None):
-        # TensorFlow "stop" only: may run in Keras's callback thread
-        # (async_safe); reading a variable there is safe. JAX: _stop_check_jax.
-        if self.on_nonfinite != "stop" or keras.backend.backend() == "jax":
+        The class defines no batch hook: by default nothing of the monitor
+        runs in Python per batch (Keras still calls the inherited no-op).
+        "stop" reads a counter every ``sample_every`` batches: TensorFlow in
+        ``on_train_batch_end`` (may run in Keras's callback thread, see
+        ``async_safe``), JAX in ``on_train_batch_begin`` (``_stop_check_jax``).
+        """
+        self._unbind_batch_hooks()
+        if self.on_nonfinite != "stop":
             return
+        if keras.backend.backend() == "jax":
+            self.on_train_batch_begin = self._stop_check_jax
+        else:
+            self.on_train_batch_end = self._stop_check_tf
+
+    def _unbind_batch_hooks(self):
+        self.__dict__.pop("on_train_batch_begin", None)
+        self.__dict__.pop("on_train_batch_end", None)
+
+    def _stop_check_tf(self, batch, logs=None):
+        """TensorFlow "stop": read the counter every ``sample_every`` batches."""
         if self._hook is None or (batch + 1) % self.sample_every:
             return
         if self._hook.counters()[0] > self._at_begin:
             self._stop()
 
-    def _stop_check_jax(self, batch):
+    def _stop_check_jax(self, batch, logs=None):
         """JAX "stop": sync the state and read the counter, in the main thread.
 
         The counter lives in the stateless step's state, which the next step
@@ -340,6 +354,7 @@ class GradientNormMonitor(StatefulCallback):
             self._summaries.write(rows, self.layers)
 
     def on_train_end(self, logs=None):
+        self._unbind_batch_hooks()
         if self._pending is not None:
             shadow.unshadow(self._pending)
             self._pending = None

@@ -20,6 +20,7 @@ import tensorflow as tf
 from nnkit._keras import (
     ASSUMPTIONS,
     accumulation,
+    control_flow,
     fit,
     layers,
     metrics,
@@ -329,6 +330,31 @@ def _variants(net):
         return prepare
 
     return train_function.trace_variants(net, {1: setter(1.0), 2: setter(2.0)})
+
+
+@probe("tf-cond-lowering")
+def test_tf_cond_lowering():
+    counter = tf.Variable(0, dtype="int64")
+    seen = {}
+
+    @tf.function
+    def plain(flag):
+        out = tf.cond(flag, lambda: tf.constant(1), lambda: tf.constant(0))
+        seen["plain"] = control_flow.if_op_of(out)
+        return out
+
+    @tf.function
+    def marked(flag):
+        seen["marked"] = control_flow.unlowered_cond(tf, flag, lambda: counter.assign_add(1))
+
+    plain(tf.constant(True))
+    for flag in (True, False, True):
+        marked(tf.constant(flag))
+    assert seen["plain"] is not None, "tf.cond built no If op behind Identity outputs"
+    assert seen["plain"].get_attr("_lower_using_switch_merge") is True, "not lowered by default"
+    assert seen["marked"] is not None and seen["marked"].type in ("If", "StatelessIf")
+    assert seen["marked"].get_attr("_lower_using_switch_merge") is False
+    assert int(counter.numpy()) == 2, "the marked branch ran on the wrong steps"
 
 
 @probe("train-function-trace")

@@ -155,3 +155,34 @@ def test_jax_traces_once_per_model():
     (line,) = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     out = json.loads(line[len("RESULT ") :])
     assert out == {"lr_find": 1, "fits": 2, "steps": [16, 18, 20, 22]}
+
+
+BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
+
+
+class _Seen(keras.callbacks.Callback):
+    """Records which batch hooks the watched callback holds on itself at each epoch end."""
+
+    def __init__(self, watched):
+        super().__init__()
+        self.watched, self.seen = watched, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append(sorted(h for h in BATCH_HOOKS if h in self.watched.__dict__))
+
+
+@pytest.mark.parametrize(
+    "on_nonfinite, bound", [("warn", []), ("skip", []), ("stop", ["on_train_batch_end"])]
+)
+def test_a_batch_hook_only_for_stop(on_nonfinite, bound):
+    """No Python per batch by default: the class keeps Keras's no-op batch hooks."""
+    for hook in BATCH_HOOKS:
+        assert getattr(GradientNormMonitor, hook) is getattr(keras.callbacks.Callback, hook)
+    model = _model()
+    monitor = GradientNormMonitor(sample_every=2, on_nonfinite=on_nonfinite)
+    seen = _Seen(monitor)
+    x, y = np.ones((8, 4), "float32"), np.ones((8, 1), "float32")
+    model.fit(x, y, batch_size=2, epochs=2, callbacks=[monitor, seen], verbose=0)
+    assert seen.seen == [bound, bound]  # TensorFlow: the counter check at batch ends
+    assert not any(h in monitor.__dict__ for h in BATCH_HOOKS)  # unbound at train end
+    assert monitor.nonfinite_steps == 0 and monitor.history["steps"] == [0, 2, 4, 6]
