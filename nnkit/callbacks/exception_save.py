@@ -17,9 +17,8 @@ import numpy as np
 from nnkit import _validation as v
 from nnkit._arrays import to_numpy
 from nnkit._keras import fit as keras_fit
-from nnkit._keras import shadow
+from nnkit._keras import shadow, trainer
 from nnkit._keras import train_function as tf_fn
-from nnkit._keras import trainer
 from nnkit._messages import say
 from nnkit.callbacks._stateful import StatefulCallback, session_for
 
@@ -195,7 +194,7 @@ class ExceptionSave(StatefulCallback):
                 f"metrics {shapes}. Compile the model with the same loss and metrics as the "
                 "interrupted run."
             )
-        for variable, value in zip(variables, values):
+        for variable, value in zip(variables, values, strict=True):
             variable.assign(value)
 
     # -- wrappers of the CallbackList's hooks --------------------------------------

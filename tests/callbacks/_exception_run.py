@@ -59,7 +59,7 @@ def run(backup_dir, fail_at=-1):
     history = model.fit(
         Flaky(fail_at), epochs=EPOCHS, shuffle=False, verbose=0, callbacks=callbacks
     )
-    losses = dict(zip(history.epoch, history.history["loss"]))
+    losses = dict(zip(history.epoch, history.history["loss"], strict=True))
     return model.get_weights(), losses
 
 
