@@ -336,7 +336,18 @@ def backup_attach(run):
     from nnkit.callbacks import BackupAndRestore
 
     run.resume = True
-    run.callbacks.append(("BackupAndRestore", lambda run: BackupAndRestore(run.backup_dir)))
+    if not any(name == "BackupAndRestore" for name, _ in run.callbacks):  # ExceptionSave's
+        run.callbacks.append(("BackupAndRestore", lambda run: BackupAndRestore(run.backup_dir)))
+
+
+def exception_attach(run):
+    """ExceptionSave with the backup it saves into; the run fails as epoch 1 begins, from a
+    callback listed before the backup's own hook."""
+    from nnkit.callbacks import ExceptionSave
+
+    backup_attach(run)
+    run.interrupt_first = True
+    run.callbacks.append(("ExceptionSave", lambda run: ExceptionSave(verbose=0)))
 
 
 def backup_check(run, result):

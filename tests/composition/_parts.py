@@ -64,6 +64,9 @@ PARTS = [
          "its samples are the optimizer's rate at every step"),
     Part("BackupAndRestore", "callback", C.backup_attach, C.backup_check,
          "a run killed as epoch 1 begins, then resumed, ends on the uninterrupted run's weights"),
+    Part("ExceptionSave", "callback", C.exception_attach, C.backup_check,
+         "a run failing as epoch 1 begins, before the backup's own hook, writes the backup "
+         "that was due; resumed at epoch 1, it ends on the uninterrupted run's weights"),
     Part("MedianStopping", "callback", C.callback("MedianStopping", C.median_factory),
          C.median_check, "stops after epoch 1 against a better reference curve"),
     Part("lsuv", "model", C.lsuv_attach, C.lsuv_check,
