@@ -38,7 +38,7 @@ class Flaky(keras.utils.PyDataset):
         return self.x[index], self.y[index]
 
 
-def run(backup_dir, fail_at=-1):
+def run(backup_dir, fail_at=-1, accumulation=None):
     """Train; return ``(final weights, {epoch: loss})`` (raises what the data raises)."""
     keras.backend.clear_session()  # the same variable paths as a fresh process (seed generators)
     keras.utils.set_random_seed(0)
@@ -50,7 +50,8 @@ def run(backup_dir, fail_at=-1):
             keras.layers.Dense(1),
         ]
     )
-    model.compile(keras.optimizers.Adam(0.01), loss="mse", metrics=["mae"])
+    optimizer = keras.optimizers.Adam(0.01, gradient_accumulation_steps=accumulation)
+    model.compile(optimizer, loss="mse", metrics=["mae"])
     callbacks = [
         BackupAndRestore(backup_dir),
         ExceptionSave(verbose=0),

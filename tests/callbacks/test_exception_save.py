@@ -40,6 +40,18 @@ def test_a_data_error_resumes_exactly(fail_at, uninterrupted, tmp_path):
     assert min(losses) <= fail_at // R.BATCHES  # resumed at (or before) the failed epoch
 
 
+def test_a_data_error_between_micro_batches_resumes_exactly(tmp_path):
+    """With gradient accumulation (N=4, across epochs of 6 batches), a failure in epoch 1:
+    the accumulators, optimizer variables, are saved with the rest."""
+    want_weights, want_losses = R.run(str(tmp_path / "want"), accumulation=4)
+    backup_dir = str(tmp_path / "backup")
+    with pytest.raises(Exception, match="the data source went away"):
+        R.run(backup_dir, 9, accumulation=4)
+    weights, losses = R.run(backup_dir, accumulation=4)
+    _same(weights, want_weights)
+    assert losses == {e: want_losses[e] for e in losses}
+
+
 @pytest.mark.slow
 def test_a_data_error_at_random_steps_in_a_child_process(tmp_path):
     """A child process whose data raises at seeded random steps; a rerun resumes exactly."""
