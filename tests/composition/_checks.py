@@ -459,3 +459,26 @@ def jax_attach(run):
 
 def jax_check(run, result):
     assert keras.backend.backend() == "jax"
+
+
+# -- gradient accumulation ----------------------------------------------------------------
+
+
+def accumulation_attach(run):
+    from nnkit.distribute import accumulate_gradients
+
+    run.optimizer_hooks.append(lambda run, model, optimizer: accumulate_gradients(optimizer, 2))
+
+
+def accumulation_check(run, result):
+    """Two micro-batches of 8 per update: one update an epoch; with plain SGD and the closed-form
+    gradient, the first update is w − η·∇L over all 16 rows."""
+    updates = int(to_numpy(result.optimizer.iterations))
+    assert updates == len(result.record.epochs) * R.STEPS // 2, updates
+    if run.optimizer is None and run.plain_gradient and not run.has("apply_regularization"):
+        if not callable(run.learning_rate):
+            x, y = R.data()
+            _, grads = R.gradient(result.initial, x, y)
+            want = [w - run.learning_rate * g for w, g in zip(result.initial, grads, strict=True)]
+            close(result.record.epoch_weights[0], want, "first update vs the 16-row batch's",
+                  rtol=1e-4, atol=1e-6)  # fmt: skip
