@@ -103,6 +103,12 @@ def parse_args(argv=None):
         help="the signal sent at each point: KILL (the process dies there) or TERM "
         "(PreemptionSave stops fit at the next step boundary, exit status 75)",
     )
+    parser.add_argument(
+        "--kinds",
+        default="any",
+        help="kill points drawn from 'any' kind, or cycled through a comma-separated list of "
+        "'mid-epoch' (an on_train_batch_end hook) and 'write' (during the backup write)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run jobs from this file
     args = parser.parse_args(argv)
     orders = args.orders.split(",")
@@ -113,6 +119,11 @@ def parse_args(argv=None):
         parser.error("--points and --per-case must be >= 1")
     if args.save_freq != "epoch" and not args.save_freq.isdigit():
         parser.error(f"--save-freq must be 'epoch' or an int. Received: {args.save_freq!r}")
+    kinds = args.kinds.split(",")
+    if args.kinds != "any" and not set(kinds) <= {"mid-epoch", "write"}:
+        parser.error(
+            f"--kinds must be 'any' or a list of 'mid-epoch', 'write'. Received: {args.kinds!r}"
+        )
     return args
 
 
@@ -430,16 +441,23 @@ def _differences(got, reference):
     return problems
 
 
-def kill_points(rng, count, order, reference, save_freq):
-    """``count`` kill points within the uninterrupted run of ``order``, in the order they come."""
+def kill_points(rng, count, order, reference, save_freq, kinds=None):
+    """``count`` kill points within the uninterrupted run of ``order``, in the order they come.
+
+    ``kinds`` (a list of ``"mid-epoch"``, ``"write"``), when given, is cycled
+    through instead of drawing the kind of each point.
+    """
     last_epoch = reference["stopped_epoch"] or len(reference["epochs_run"]) - 1
     last_epoch = max(last_epoch, 1)
     backups = last_epoch + 1 if save_freq == "epoch" else (last_epoch + 1) * STEPS // int(save_freq)
     points = []
-    for _ in range(count):
-        kind = rng.choice(["hook", "hook", "hook", "write"])
-        if kind == "hook":
-            hook = rng.choice(HOOKS)
+    for i in range(count):
+        if kinds:
+            kind = "write" if kinds[i % len(kinds)] == "write" else "mid-epoch"
+        else:
+            kind = rng.choice(["hook", "hook", "hook", "write"])
+        if kind != "write":
+            hook = "on_train_batch_end" if kind == "mid-epoch" else rng.choice(HOOKS)
             point = {
                 "at": "hook",
                 "callback": rng.randrange(len(ORDERS[order])),
@@ -479,7 +497,10 @@ def run_jobs(spec):
     while tried < spec["points"] and index < 3 * spec["points"]:
         order = spec["orders"][index % len(spec["orders"])]
         count = min(spec["per_case"], spec["points"] - tried)
-        kills = kill_points(rng, count, order, references[order], spec["save_freq"])
+        kinds = spec.get("kinds")
+        if kinds:  # cycled over the whole run, not per case
+            kinds = [kinds[(tried + i) % len(kinds)] for i in range(count)]
+        kills = kill_points(rng, count, order, references[order], spec["save_freq"], kinds)
         # Chained points in training order: writes (early in a process) first, then hooks.
         kills.sort(key=lambda k: (k["at"] == "hook", k.get("epoch", 0), k.get("batch") or 0))
         outcome = run_case(work, f"case-{index}", order, kills, settings)
@@ -530,6 +551,7 @@ def main(argv=None):
         "keras_backup": args.keras_backup,
         "checkpoint": args.checkpoint,
         "signal": args.signal,
+        "kinds": None if args.kinds == "any" else args.kinds.split(","),
     }
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -437,6 +437,7 @@ BASELINES = {
                                                       "batch_norm_data": None, "batch_size": 8},
     "callbacks.TimeLimit": lambda c: {"max_duration": 3600.0, "safety_factor": 1.25, "boundary": "epoch",
                                       "verbose": 0},
+    "callbacks.ExceptionSave": lambda c: {"verbose": 0},
     "callbacks.PreemptionSave": lambda c: {"signals": ["SIGTERM"], "grace_period": 30.0,
                                            "exit_status": 75, "verbose": 0},
     "callbacks.recompute_batch_norm": lambda c: {"model": c.model(batch_norm=True), "x": c.x(),
@@ -733,7 +734,7 @@ def exercise(key, result, kwargs):
             [k.Input((4,)), k.layers.Dense(4, activation="tanh"), k.layers.Dense(1)]
         )
         callbacks = [result]
-        if name == "PreemptionSave":  # it needs a backup to stop towards
+        if name in ("PreemptionSave", "ExceptionSave"):  # they need a backup to save into
             callbacks = [result, BackupAndRestore(tempfile.mkdtemp(prefix="nnkit-bad-input-"))]
         _fit(model, callbacks, epochs=3)
     elif isinstance(result, (TaskSampler, TaskBatches)):

@@ -87,6 +87,7 @@ EXAMPLES = {
         keep_best=1,
     ),
     "callbacks.TimeLimit": lambda: C.TimeLimit("02:00:00", 1.5, boundary="batch"),
+    "callbacks.ExceptionSave": lambda: C.ExceptionSave(verbose=0),
     "callbacks.PreemptionSave": lambda: C.PreemptionSave(
         ["SIGTERM", "SIGUSR1"], grace_period=30, exit_status=99, verbose=0
     ),

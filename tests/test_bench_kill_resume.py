@@ -36,6 +36,31 @@ def test_one_sigterm_point_resumes_exactly(capsys):
     assert figures["tried"] == 2 and figures["differing"] == 0, figures["cases_differing"]
 
 
+@pytest.mark.slow
+def test_sigterm_mid_epoch_and_during_a_write_resumes_exactly(capsys):
+    """A SIGTERM at a batch end mid-epoch, and one during the backup write: both resume from
+    the last backup and end like the uninterrupted run (issue 26)."""
+    figures = load_bench().main(
+        ["--quick", "--points", "2", "--orders", "backup-last", "--signal", "TERM",
+         "--kinds", "mid-epoch,write", "--seed", "5"]
+    )  # fmt: skip
+    kills = [kill for case in figures.get("cases_differing", []) for kill in case["kills"]]
+    assert figures["tried"] == 2 and figures["differing"] == 0, kills
+    assert figures["settings"]["kinds"] == ["mid-epoch", "write"]
+
+
+def test_kill_point_kinds_can_be_chosen():
+    bench = load_bench()
+    reference = {"stopped_epoch": 5, "epochs_run": list(range(6))}
+    import random
+
+    kinds = ["mid-epoch", "write", "mid-epoch"]
+    points = bench.kill_points(random.Random(0), 3, "mixed", reference, "epoch", kinds)
+    assert [p["at"] for p in points] == ["hook", "write", "hook"]
+    assert points[0]["hook"] == points[2]["hook"] == "on_train_batch_end"
+    assert points[0]["batch"] is not None
+
+
 def test_kill_points_come_from_the_seed_and_stay_in_the_run():
     bench = load_bench()
     reference = {"stopped_epoch": 5, "epochs_run": list(range(6))}
@@ -52,7 +77,14 @@ def test_kill_points_come_from_the_seed_and_stay_in_the_run():
 
 
 @pytest.mark.parametrize(
-    "argv", [["--orders", "nope"], ["--points", "0"], ["--save-freq", "x"], ["--signal", "HUP"]]
+    "argv",
+    [
+        ["--orders", "nope"],
+        ["--points", "0"],
+        ["--save-freq", "x"],
+        ["--signal", "HUP"],
+        ["--kinds", "epoch"],
+    ],  # fmt: skip
 )
 def test_bad_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit):

@@ -17,9 +17,9 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
 - ``all_reduce``: ``all-reduce-tap``.
 - ``accumulation``: ``accumulation-apply``, ``accumulation-distributed-update``.
 - ``train_function``: ``train-function-trace``, ``train-function-per-step``,
-  ``train-function-kept``.
+  ``train-function-kept``, ``train-function-iterator``.
 - ``fit``: ``callback-model``, ``fit-initial-epoch``, ``model-strategy``,
-  ``fit-shared-params``, ``fit-callback-list``.
+  ``fit-shared-params``, ``fit-callback-list``, ``fit-callback-hooks``.
 - ``metrics``: ``metric-direction``.
 - ``layers``: ``flatten-layers``, ``seed-generators``, ``late-weights``,
   ``late-regularizer``, ``dense-call``, ``conv-call``, ``einsum-call``,
@@ -29,7 +29,7 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
   ``multi-worker-reduce-per-replica``, ``multi-worker-mode``.
 - ``tuner``: ``tuner-build-and-fit``, ``tuner-build-hypermodel``,
   ``tuner-is-worker``, ``tuner-failure-limit-message``.
-- ``trainer``: ``loss-tracker``.
+- ``trainer``: ``loss-tracker``, ``symbolic-build``.
 - ``aot``: ``stateless-build``, ``slot-layout``, ``jax-train-step``.
 - ``control_flow``: ``tf-cond-lowering``.
 
@@ -108,6 +108,12 @@ ASSUMPTIONS = {
         "a callback installs in on_train_begin for every step, and a traced one that is "
         "installed again is not traced again",
     ),
+    "train-function-iterator": (
+        "train_function",
+        "on TensorFlow, fit calls model.train_function(iterator) with the epoch's data "
+        "iterator; a data pipeline's error is raised by that call, running out of data raises "
+        "StopIteration or tf.errors.OutOfRangeError",
+    ),
     "callback-model": (
         "fit",
         "callback._model is the model set_model attached, readable without a JAX state sync",
@@ -129,6 +135,11 @@ ASSUMPTIONS = {
         "fit",
         "fit calls on_train_begin/on_train_end from a method of the keras.callbacks."
         "CallbackList it built, whose .callbacks lists the run's callbacks in order",
+    ),
+    "fit-callback-hooks": (
+        "fit",
+        "fit calls that CallbackList's epoch, batch and train-end hooks looked up on the "
+        "instance at every call: batch begin, then model.train_function, then batch end",
     ),
     "metric-direction": (
         "metrics",
@@ -250,5 +261,10 @@ ASSUMPTIONS = {
         "on JAX, model.train_step(state, data) is pure in state = (trainable, non_trainable, "
         "optimizer.variables, metrics_variables) values; Keras jits it with donate_argnums=0 "
         "and out_shardings=(None, state shardings)",
+    ),
+    "symbolic-build": (
+        "trainer",
+        "model._symbolic_build(data_batch=batch) builds the compiled metrics and loss from "
+        "one batch's shapes without changing a value; TF's fit defers it without a strategy",
     ),
 }

@@ -22,6 +22,13 @@ Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
   callback of the run in the order the user wrote them; a callback has no
   public way to see the others. The frame that called that method is
   ``fit``'s own, on the stack for the whole run (every hook and step).
+- ``fit-callback-hooks``: ``fit`` calls that ``CallbackList``'s
+  ``on_epoch_begin``, ``on_epoch_end``, ``on_train_batch_begin``,
+  ``on_train_batch_end`` and ``on_train_end`` looked up on the instance at
+  every call, so a wrapper shadowing them (``nnkit._keras.shadow``) sees
+  every hook call of the run and every exception a callback raises; the
+  last three in the order batch begin, the step's ``train_function``, batch
+  end.
 """
 
 import sys
@@ -67,6 +74,16 @@ def _callback_list_frame(callback):
                 return frame
         frame = frame.f_back
     return None
+
+
+def running_callback_list(callback):
+    """The ``keras.callbacks.CallbackList`` of the ``fit`` now calling ``callback``'s hook, or ``None``.
+
+    Call it from ``on_train_begin``; its hook methods can then be shadowed
+    (``fit-callback-hooks``) for the rest of the run.
+    """
+    frame = _callback_list_frame(callback)
+    return None if frame is None else frame.f_locals["self"]
 
 
 def running_fit_frame(callback):

@@ -41,6 +41,10 @@ ORDER = (
     "gradient_accumulation",
     # The train-function variants of nnkit.\_keras.train_function.
     "train_function",
+    # nnkit.callbacks.ExceptionSave: the hook methods of fit's CallbackList
+    # (no other part patches them): it saves when one raises, and skips the
+    # batch hooks of the steps a resumed run skips.
+    "exception_save",
     # nnkit.initializers.lsuv: records the arguments of each Dense/Conv layer's
     # `call` for one forward pass, and hands the call on. It must be outside
     # "kfac" because K-FAC's capturing call replaces the layer's computation

@@ -13,6 +13,16 @@ Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
   ``model.train_function`` is ``None``, calls the one a callback installs in
   ``on_train_begin`` for every step, and a traced function installed again
   in a later ``fit`` is not traced again.
+- ``train-function-iterator``: on TensorFlow, ``fit`` calls
+  ``model.train_function(iterator)`` with the epoch's data iterator, from
+  which each call takes ``steps_per_execution`` batches; the function also
+  accepts a plain Python iterator of batches (it then runs its traced step
+  on each), and ``next(iterator)`` eagerly gives the batch the traced
+  function would have taken. Running out of data raises ``StopIteration``
+  or ``tf.errors.OutOfRangeError``, which ``fit`` catches as the epoch's
+  end. (A data error raised inside the traced function may surface after
+  ops of the step that do not depend on the batch, such as the optimizer's
+  ``iterations`` increment, have run: fetching eagerly first avoids that.)
 
 ``GradientNormMonitor`` traces one function of its own (``trace``) at its
 first ``fit``, installs it in ``on_train_begin``, puts ``fit``'s own back at
@@ -21,6 +31,8 @@ function wraps ``train_step`` in a function of its own, because JAX's
 ``jit`` would otherwise share one trace between two functions made from the
 same bound method.
 """
+
+import keras
 
 from nnkit._keras import shadow
 
@@ -80,3 +92,59 @@ def trace(model):
     so that JAX's ``jit`` never shares its trace with ``fit``'s own function.
     """
     return trace_variants(model, {None: lambda: None})[None]
+
+
+def takes_iterator():
+    """Whether ``fit`` hands the train function the data iterator (TensorFlow), not a batch."""
+    return keras.backend.backend() == "tensorflow"
+
+
+def fetch_first(function, on_fetch_error):
+    """``function`` with its batch fetched eagerly first: a data error then precedes every op of the step.
+
+    TensorFlow only, ``steps_per_execution == 1``. ``on_fetch_error(error)``
+    is called with an error of the data (not with the end of the data), which
+    is then raised unchanged.
+    """
+
+    def call(iterator):
+        try:
+            batch = next(iterator)
+        except Exception as error:
+            if not is_end_of_data(error):
+                on_fetch_error(error)
+            raise
+        return function(iter((batch,)))
+
+    return call
+
+
+def skip_function(steps_per_execution, first_batch=None):
+    """A train function that takes one call's batches from the data and trains on nothing.
+
+    TensorFlow only (``takes_iterator``); it returns no logs, so the callbacks'
+    batch hooks of the steps it runs must not be called. ``first_batch(batch)``,
+    if given, is called with the first batch it takes.
+    """
+    pending = [first_batch]
+
+    def skip(iterator):
+        for _ in range(steps_per_execution):
+            batch = next(iterator)
+            if pending[0] is not None:
+                hook, pending[0] = pending[0], None
+                hook(batch)
+        return {}
+
+    return skip
+
+
+def is_end_of_data(error):
+    """Whether ``error``, raised by a train function, is the data running out (``fit`` catches it)."""
+    if isinstance(error, StopIteration):
+        return True
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return isinstance(error, tf.errors.OutOfRangeError)
+    return False

@@ -6,6 +6,7 @@ from nnkit.callbacks._stateful import StatefulCallback
 from nnkit.callbacks.backup_and_restore import BackupAndRestore
 from nnkit.callbacks.batch_norm_statistics import recompute_batch_norm
 from nnkit.callbacks.early_stopping import EarlyStopping, StopReason
+from nnkit.callbacks.exception_save import ExceptionSave
 from nnkit.callbacks.gradient_norm_monitor import GradientNormMonitor
 from nnkit.callbacks.learning_rate_monitor import LearningRateMonitor
 from nnkit.callbacks.model_checkpoint import ModelCheckpoint
@@ -19,6 +20,7 @@ __all__ = [
     "BackupAndRestore",
     "Decision",
     "EarlyStopping",
+    "ExceptionSave",
     "GradientNormMonitor",
     "LearningRateMonitor",
     "ModelCheckpoint",

@@ -242,6 +242,10 @@ class BackupAndRestore(CallbackMixin, keras.callbacks.Callback):
             return
         epoch, batch, _ = self._due
         self._due = None
+        self.write_now(epoch, batch)
+
+    def write_now(self, epoch, batch):
+        """Write a backup that resumes at ``(epoch, batch)`` now (``ExceptionSave``'s save)."""
         session = session_for(self, create=False)
         files.write(
             self._write_dir,

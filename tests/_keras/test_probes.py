@@ -508,6 +508,101 @@ def test_fit_callback_list():
     assert not fit.frame_on_stack(frame.frame, sys._getframe())
 
 
+@probe("fit-callback-hooks")
+def test_fit_callback_hooks():
+    """fit calls the CallbackList's hooks looked up on the instance: begin, train function, end."""
+    calls = []
+
+    class Shadow(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            callback_list = fit.running_callback_list(self)
+            assert isinstance(callback_list, keras.callbacks.CallbackList)
+            for hook in ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin",
+                         "on_train_batch_end", "on_train_end"):  # fmt: skip
+
+                def wrapper(call_next, *args, _hook=hook, **kwargs):
+                    calls.append(_hook)
+                    return call_next(*args, **kwargs)
+
+                shadow.shadow(callback_list, hook, wrapper, owner="exception_save")
+            inner = train_function.current(net)
+
+            def step(*args):
+                calls.append("train_function")
+                return inner(*args)
+
+            train_function.use(net, step)
+
+    class Raise(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("from a callback")
+
+    net = _model()
+    net.make_train_function()
+    net.fit(X, Y, batch_size=4, epochs=1, verbose=0, callbacks=[Shadow()])
+    assert calls == ["on_epoch_begin", "on_train_batch_begin", "train_function",
+                     "on_train_batch_end", "on_train_batch_begin", "train_function",
+                     "on_train_batch_end", "on_epoch_end", "on_train_end"]  # fmt: skip
+    calls.clear()
+    net = _model()
+    net.make_train_function()
+    with pytest.raises(RuntimeError, match="from a callback"):
+        net.fit(X, Y, batch_size=8, epochs=1, verbose=0, callbacks=[Shadow(), Raise()])
+    assert calls[-1] == "on_epoch_end"  # the wrapper saw the hook that raised
+
+
+@probe("train-function-iterator")
+def test_train_function_iterator():
+    """TF's train function takes the data iterator, or a Python iterator of batches."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's train function")
+    assert train_function.takes_iterator()
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            inner = train_function.current(net)
+
+            def step(iterator):
+                seen.append(isinstance(iterator, tf.data.Iterator))
+                return train_function.fetch_first(inner, on_error.append)(iterator)
+
+            train_function.use(net, step)
+
+    on_error = []
+    net = _model()
+    net.make_train_function()
+    fetched = net.fit(X, Y, batch_size=4, epochs=2, shuffle=False, verbose=0,
+                      callbacks=[Record()])  # fmt: skip
+    plain = _model()
+    direct = plain.fit(X, Y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    assert seen == [True] * 4 and not on_error
+    assert fetched.history == direct.history  # the same steps on the same batches
+    for a, b in zip(net.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The end of the data is StopIteration (or OutOfRangeError): fit's own end of an epoch.
+    iterator = iter(tf.data.Dataset.from_tensor_slices(X).batch(8))
+    next(iterator)
+    with pytest.raises(StopIteration) as end:
+        next(iterator)
+    assert train_function.is_end_of_data(end.value)
+    assert train_function.is_end_of_data(tf.errors.OutOfRangeError(None, None, "end"))
+    assert not train_function.is_end_of_data(ValueError())
+
+
+@probe("symbolic-build")
+def test_symbolic_build():
+    """_symbolic_build(data_batch=...) builds the compiled metrics without changing values."""
+    net = _model(metrics=["mae"])
+    before = [np.array(v.numpy()) for v in net.variables]
+    assert len(net.metrics_variables) == 2  # the loss tracker only: fit builds the rest lazily
+    trainer.build_metrics(net, (tf.constant(X), tf.constant(Y)))
+    assert len(net.metrics_variables) == 4
+    assert all(float(np.sum(v.numpy())) == 0.0 for v in net.metrics_variables)
+    for a, b in zip(before, [v.numpy() for v in net.variables], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # -- metrics, layers, models --------------------------------------------------------
 
 

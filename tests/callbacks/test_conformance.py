@@ -61,8 +61,9 @@ def test_every_callback_has_an_example():
 
 
 def _companions(name, tmp_path):
-    """The callbacks ``name`` needs beside it in a run (PreemptionSave stops towards a backup)."""
-    if name == "PreemptionSave":
+    """The callbacks ``name`` needs beside it in a run (PreemptionSave stops towards a backup,
+    ExceptionSave saves into one)."""
+    if name in ("PreemptionSave", "ExceptionSave"):
         return [C.BackupAndRestore(str(tmp_path / "companion_backup"))]
     return []
 
@@ -114,7 +115,7 @@ STATEFUL = [name for name in CALLBACKS if issubclass(getattr(C, name), C.Statefu
 def test_state_round_trips_into_a_fresh_instance(name, tmp_path):
     """After a fit, ``get_state`` restored into a fresh copy (``set_state``) gives it back."""
     callback = _example(name, tmp_path)
-    _fit([callback], epochs=2)
+    _fit([callback, *_companions(name, tmp_path)], epochs=2)
     state = callback.get_state()
     fresh = type(callback).from_config(callback.get_config())
     fresh.set_state(copy.deepcopy(state))

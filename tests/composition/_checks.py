@@ -336,7 +336,18 @@ def backup_attach(run):
     from nnkit.callbacks import BackupAndRestore
 
     run.resume = True
-    run.callbacks.append(("BackupAndRestore", lambda run: BackupAndRestore(run.backup_dir)))
+    if not any(name == "BackupAndRestore" for name, _ in run.callbacks):  # ExceptionSave's
+        run.callbacks.append(("BackupAndRestore", lambda run: BackupAndRestore(run.backup_dir)))
+
+
+def exception_attach(run):
+    """ExceptionSave with the backup it saves into; the run fails as epoch 1 begins, from a
+    callback listed before the backup's own hook."""
+    from nnkit.callbacks import ExceptionSave
+
+    backup_attach(run)
+    run.interrupt_first = True
+    run.callbacks.append(("ExceptionSave", lambda run: ExceptionSave(verbose=0)))
 
 
 def backup_check(run, result):
@@ -448,3 +459,26 @@ def jax_attach(run):
 
 def jax_check(run, result):
     assert keras.backend.backend() == "jax"
+
+
+# -- gradient accumulation ----------------------------------------------------------------
+
+
+def accumulation_attach(run):
+    from nnkit.distribute import accumulate_gradients
+
+    run.optimizer_hooks.append(lambda run, model, optimizer: accumulate_gradients(optimizer, 2))
+
+
+def accumulation_check(run, result):
+    """Two micro-batches of 8 per update: one update an epoch; with plain SGD and the closed-form
+    gradient, the first update is w − η·∇L over all 16 rows."""
+    updates = int(to_numpy(result.optimizer.iterations))
+    assert updates == len(result.record.epochs) * R.STEPS // 2, updates
+    if run.optimizer is None and run.plain_gradient and not run.has("apply_regularization"):
+        if not callable(run.learning_rate):
+            x, y = R.data()
+            _, grads = R.gradient(result.initial, x, y)
+            want = [w - run.learning_rate * g for w, g in zip(result.initial, grads, strict=True)]
+            close(result.record.epoch_weights[0], want, "first update vs the 16-row batch's",
+                  rtol=1e-4, atol=1e-6)  # fmt: skip

@@ -120,6 +120,9 @@ class Run:
         self.meta = False  # MAML: task batches
         self.strategy = None  # factory() -> tf.distribute strategy
         self.resume = False
+        # ExceptionSave: the interruption is an exception listed first (before the backup's
+        # own hook, so only ExceptionSave can write the backup that is due).
+        self.interrupt_first = False
         self.backend = "tensorflow"
         self.current_replicas = 1  # of the fit being built
         self.notes = {}
@@ -186,6 +189,8 @@ class Run:
         callbacks = {name: make(self) for name, make in self.callbacks}
         record = Record(model)
         listed = [record, *callbacks.values(), *([interrupt] if interrupt else [])]
+        if interrupt is not None and self.interrupt_first:
+            listed = [interrupt, record, *callbacks.values()]
         x, y = self.data_for_fit()
         history = trained.fit(
             x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=listed
