@@ -33,8 +33,11 @@ def accumulate_gradients(optimizer, steps=None):
     micro-batch uses ``ḡ = (1/N) Σ_k g_k``, clipped by the optimizer's own
     clipping; between updates the variables do not change. For a mean loss
     and equal micro-batches, ``ḡ`` is the gradient of the ``N``-times larger
-    batch. ``optimizer.iterations`` counts updates, and so does every
-    learning-rate schedule (``step`` is the update, not the micro-batch).
+    batch. ``optimizer.iterations`` counts updates, but Keras reads a
+    learning-rate schedule at its raw counter, which counts micro-batches:
+    update ``j`` uses ``schedule(j·N + N − 1)`` (so size a schedule's
+    ``total_steps`` in micro-batches); nnkit's momentum and ``β₁`` schedules
+    read the same counter.
 
     Args:
         optimizer: A Keras optimizer, not yet built (its accumulators are

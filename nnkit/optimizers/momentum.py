@@ -83,7 +83,8 @@ class SGD(keras.optimizers.Optimizer):
     With a float momentum it is Keras's ``SGD`` update for update.
 
     Formula, with ``μ_t = momentum(t)`` at ``t = iterations`` (0 at the
-    first update), the same step the rate is read at::
+    first update), the same step the rate is read at (under gradient
+    accumulation both read Keras's micro-batch counter)::
 
         m_t = μ_t · m_(t−1) − η_t · g_t
         w_t = w_(t−1) + m_t                         nesterov=False
@@ -150,7 +151,7 @@ class SGD(keras.optimizers.Optimizer):
         if not self.momentums:
             self.assign_sub(variable, ops.multiply(gradient, learning_rate))
             return
-        mu = ops.cast(self.momentum_at(self.iterations), variable.dtype)
+        mu = ops.cast(self.momentum_at(_schedule_clock(self)), variable.dtype)
         m = self.momentums[keras_optimizer.variable_index(self, variable)]
         step = ops.multiply(gradient, learning_rate)
         self.assign(m, ops.subtract(ops.multiply(m, mu), step))
@@ -174,7 +175,9 @@ class Adam(keras.optimizers.Optimizer):
     do. With a float ``beta_1`` it is Keras's ``Adam`` update for update;
     with ``weight_decay`` set, Keras's decoupled decay makes it AdamW.
 
-    Formula, with ``β₁ = beta_1(t)`` at ``t = iterations`` and ``k = t + 1``::
+    Formula, with ``β₁ = beta_1(t)`` at ``t = iterations`` and ``k = t + 1``
+    (under gradient accumulation ``β₁`` is read at the rate's micro-batch
+    counter, ``k`` still counts updates)::
 
         m_k = m_(k−1) + (1 − β₁)(g_k − m_(k−1))
         v_k = v_(k−1) + (1 − β₂)(g_k² − v_(k−1))
@@ -239,7 +242,7 @@ class Adam(keras.optimizers.Optimizer):
         lr = ops.cast(learning_rate, dtype)
         gradient = ops.cast(gradient, dtype)
         k = ops.cast(self.iterations + 1, dtype)
-        beta_1 = ops.cast(self.beta_1_at(self.iterations), dtype)
+        beta_1 = ops.cast(self.beta_1_at(_schedule_clock(self)), dtype)
         beta_2 = ops.cast(self.beta_2, dtype)
         index = keras_optimizer.variable_index(self, variable)
         m, vel = self.momentums[index], self.velocities[index]
@@ -263,3 +266,18 @@ class Adam(keras.optimizers.Optimizer):
             amsgrad=self.amsgrad,
         )
         return config
+
+
+def _schedule_clock(optimizer):
+    """The step a momentum schedule is read at: the learning rate's clock.
+
+    Keras evaluates a learning-rate schedule at its raw counter, which under
+    ``gradient_accumulation_steps = N`` counts micro-batches (update ``j`` is
+    applied at micro-batch ``j·N + N − 1``), while ``iterations`` counts
+    updates. The momentum schedule reads the same clock as the rate, so that
+    one-cycle's two halves stay in phase under accumulation.
+    """
+    steps = optimizer.gradient_accumulation_steps
+    if not steps:
+        return optimizer.iterations
+    return optimizer.iterations * steps + (steps - 1)

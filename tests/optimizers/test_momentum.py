@@ -114,6 +114,25 @@ def test_sgd_with_a_momentum_schedule_matches_the_recursion(compiled, nesterov):
     np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
 
 
+def test_under_accumulation_the_momentum_reads_the_rates_clock():
+    # Keras reads a rate schedule at its micro-batch counter (update j at
+    # micro-batch 2j + 1 for N = 2); the momentum schedule must read the same
+    # step, or one-cycle's rate and momentum drift out of phase.
+    total, n = 20, 2
+    rate = OneCycle(0.1, total)
+    grads = _gradients(2 * 8, np.random.default_rng(2))
+    optimizer = SGD(rate, momentum=OneCycleMomentum(total), gradient_accumulation_steps=n)
+    got = _run(optimizer, grads, True)
+    w, m = np.array([1.0, -2.0, 0.5]), np.zeros(3)
+    for j in range(len(grads) // n):
+        g = np.mean(grads[n * j : n * j + n], axis=0)
+        clock = n * j + n - 1
+        mu, lr = _torch_momentum(clock, total), float(rate(clock))
+        m = mu * m - lr * g
+        w = w + m
+    np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_adam_with_a_beta_1_schedule_matches_the_recursion(amsgrad):
     total, lr, b2, eps = 20, 0.01, 0.999, 1e-7
