@@ -34,6 +34,33 @@ def l2(run):
     return L2 if run.has("apply_regularization") else 0.0
 
 
+# -- gradient accumulation's clocks ------------------------------------------------------
+
+ACCUMULATION = 2  # accumulate_gradients' N: micro-batches of R.BATCH rows per update
+
+
+def micro_batches(run):
+    """``N``: the micro-batches per optimizer update (1 without accumulation)."""
+    return ACCUMULATION if run.has("accumulate_gradients") else 1
+
+
+def update_clock(run, update):
+    """The step Keras reads a schedule at for update ``update``: its raw counter, which counts
+    micro-batches under accumulation (update ``j`` at micro-batch ``j·N + N − 1``)."""
+    n = micro_batches(run)
+    return update * n + n - 1
+
+
+def first_update(run, result):
+    """``(weights after the first update, its rows x, y)``: the first batch's, or under
+    accumulation the first N micro-batches' (the first epoch's one update, N · 8 rows)."""
+    n = micro_batches(run)
+    x, y = R.data()
+    rows = slice(0, n * R.BATCH)
+    after = result.record.first_step if n == 1 else result.record.epoch_weights[0]
+    return after, x[rows].astype("float64"), y[rows].astype("float64")
+
+
 # -- the learning rate every step should have -------------------------------------------
 
 
@@ -55,9 +82,13 @@ def plateau_scale(run, epoch):
 
 
 def check_rates(run, result):
+    """The rate at every batch begin; under accumulation Keras reads the schedule at its raw
+    counter, micro-batch ``index`` (``iterations`` = ``step`` counts updates)."""
+    n = micro_batches(run)
     for index, (step, rate) in enumerate(result.record.rates):
         epoch = index // R.STEPS
-        want = base_rate(run, step) * plateau_scale(run, epoch)
+        clock = step if n == 1 else step * n + index % n
+        want = base_rate(run, clock) * plateau_scale(run, epoch)
         assert math.isclose(rate, want, rel_tol=1e-5, abs_tol=1e-7), (index, step, rate, want)
 
 
@@ -113,20 +144,32 @@ def cycle_momentum(step):
 
 def momentum_cycled(run, result):
     """The momentum is the cycle's at the step the run ended on, the slots carry momentum,
-    and (the momentum starting at zero) a known first step is plain SGD's."""
+    and (the momentum starting at zero) a known first update is plain SGD's; under
+    accumulation the second update is too, with the momentum read at the rate's clock."""
     optimizer = result.optimizer
     step = int(to_numpy(optimizer.iterations))
     got = float(to_numpy(optimizer.momentum_at(step)))
     assert math.isclose(got, cycle_momentum(step), rel_tol=1e-5), (step, got)
     slots = [to_numpy(m) for m in optimizer.momentums]
     assert any(np.abs(m).max() > 0 for m in slots) and all(np.all(np.isfinite(m)) for m in slots)
-    rate = base_rate(run, 0)
+    rate = base_rate(run, update_clock(run, 0))
     wrapped = run.has("SharpnessAwareMinimization", "MixUp", "MAML")
-    if run.plain_gradient and not wrapped and rate > 0 and result.record.first_step is not None:
-        x, y = first_batch(run)
-        _, g = R.gradient(result.initial, x, y, l2(run))
-        sgd = [w - rate * gi for w, gi in zip(result.initial, g, strict=True)]
-        close(result.record.first_step, sgd, "the first step (momentum 0) is SGD's")
+    if not (run.plain_gradient and not wrapped and rate > 0):
+        return
+    after, x, y = first_update(run, result)
+    if after is None:
+        return
+    _, g = R.gradient(result.initial, x, y, l2(run))
+    first = [-rate * gi for gi in g]  # m_0 = −η g (μ · 0)
+    sgd = [w + m for w, m in zip(result.initial, first, strict=True)]
+    close(after, sgd, "the first update (momentum 0) is SGD's")
+    if micro_batches(run) > 1 and len(result.record.epoch_weights) > 1:
+        # One update an epoch over the same 16 rows: update 1 reads μ and η at micro-batch 3.
+        mu, rate = cycle_momentum(update_clock(run, 1)), base_rate(run, update_clock(run, 1))
+        start = result.record.epoch_weights[0]
+        _, g = R.gradient(start, x, y, l2(run))
+        want = [w + mu * m - rate * gi for w, m, gi in zip(start, first, g, strict=True)]
+        close(result.record.epoch_weights[1], want, "the second update: μ at the rate's clock")
 
 
 def kfac(rate, model):
@@ -176,12 +219,13 @@ def sam_check(run, result):
         chain = chain.model
     if run.optimizer is not None or not run.plain_gradient or run.meta:
         return
-    x, y = first_batch(run)
-    splits = 2 if run.strategy is not None else 1
-    want = R.sam_step(
-        result.initial, x, y, rho=RHO, rate=base_rate(run, 0), splits=splits, l2=l2(run)
-    )
-    close(result.record.first_step, want, "SAM's first step")
+    # Under accumulation each micro-batch takes its own ε at the same w (the weights move only
+    # at the update), and the update averages their g': m-sharpness with m = N micro-batches.
+    after, x, y = first_update(run, result)
+    splits = (2 if run.strategy is not None else 1) * micro_batches(run)
+    rate = base_rate(run, update_clock(run, 0))
+    want = R.sam_step(result.initial, x, y, rho=RHO, rate=rate, splits=splits, l2=l2(run))
+    close(after, want, "SAM's first update")
 
 
 def mixup_attach(run):
@@ -324,9 +368,12 @@ def rate_monitor_factory(run):
 
 
 def rate_monitor_check(run, result):
+    """Its samples ``(j, η)`` are update ``j`` and the rate it used: the rate read as its last
+    batch began (under accumulation the cycle's last micro-batch, where Keras reads the
+    schedule for the update; ``iterations`` is ``j`` for all the cycle's micro-batches)."""
     monitor = result.callbacks["LearningRateMonitor"]
     got = [(int(step), float(rate)) for step, rate in monitor.samples]
-    want = result.record.rates
+    want = list(dict(result.record.rates).items())  # the last rate recorded at each update
     assert [s for s, _ in got] == [s for s, _ in want], (got, want)
     for (_, a), (_, b) in zip(got, want, strict=True):
         assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-8), (got, want)
@@ -476,9 +523,9 @@ def accumulation_check(run, result):
     updates = int(to_numpy(result.optimizer.iterations))
     assert updates == len(result.record.epochs) * R.STEPS // 2, updates
     if run.optimizer is None and run.plain_gradient and not run.has("apply_regularization"):
-        if not callable(run.learning_rate):
-            x, y = R.data()
+        if not run.has("SharpnessAwareMinimization"):  # SAM's check covers its update
+            after, x, y = first_update(run, result)
+            rate = base_rate(run, update_clock(run, 0))  # a schedule's value at micro-batch 1
             _, grads = R.gradient(result.initial, x, y)
-            want = [w - run.learning_rate * g for w, g in zip(result.initial, grads, strict=True)]
-            close(result.record.epoch_weights[0], want, "first update vs the 16-row batch's",
-                  rtol=1e-4, atol=1e-6)  # fmt: skip
+            want = [w - rate * g for w, g in zip(result.initial, grads, strict=True)]
+            close(after, want, "first update vs the 16-row batch's", rtol=1e-4, atol=1e-6)

@@ -48,7 +48,10 @@ PARTS = [
          "meta-parameters move; adapt() lowers a task's support loss"),
     Part("accumulate_gradients", "wrapper", C.accumulation_attach, C.accumulation_check,
          "N=2 micro-batches of 8: one update an epoch; with SGD, the first is w − η·∇L over "
-         "the 16 rows"),
+         "the 16 rows. Its neighbours' checks count updates: a schedule (the rate, one-cycle's "
+         "μ, the rate monitor's samples) is read at each update's last micro-batch (update j at "
+         "j·N + N − 1; with one-cycle the second update is checked too), and SAM's first update "
+         "averages the micro-batches' g', one ε each at the same w (m-sharpness, m = N)"),
     Part("GradientNormMonitor", "callback", C.callback("GradientNormMonitor", C.monitor_factory),
          C.monitor_check, "one group per parameter; with a known first gradient, the first "
          "norm equals its norm (under SAM: at w + ε)"),
@@ -180,20 +183,7 @@ REFUSED = {
 }
 
 #: Pairs broken on main by a bug another issue-21 item fixes: the reason (strict xfail).
-#: Also (issue 26) accumulation's pairs whose neighbour's check still assumes one update a
-#: batch: the check is to be adapted, the combination itself runs.
-_ONE_UPDATE_A_BATCH = (
-    "issue 26, not done: this part's check assumes an update every batch (its first step, "
-    "its rates per batch); under accumulation the first update is the first two "
-    "micro-batches' (16 rows) and a schedule is evaluated at the micro-batch counter "
-    "(docs/long-runs.md). The check is to be adapted; the combination runs."
-)
-XFAIL = {
-    key(("SGD(OneCycleMomentum)", "accumulate_gradients")): _ONE_UPDATE_A_BATCH,
-    key(("SharpnessAwareMinimization", "accumulate_gradients")): _ONE_UPDATE_A_BATCH,
-    key(("LearningRateMonitor", "accumulate_gradients")): _ONE_UPDATE_A_BATCH,
-    key(("CosineAnnealing", "accumulate_gradients")): _ONE_UPDATE_A_BATCH,
-}
+XFAIL = {}
 
 #: Pairs that must warn (a documented conflict): a fragment of the warning.
 WARNS = {
@@ -214,6 +204,7 @@ TRIPLES = [
     ("MixUp", "SharpnessAwareMinimization", "GradientNormMonitor", "MirroredStrategy"),
     ("KFAC", "GradientNormMonitor", "MirroredStrategy"),
     ("KFAC(adaptive)", "GradientNormMonitor", "MirroredStrategy"),
+    ("CosineAnnealing", "LearningRateMonitor", "accumulate_gradients"),
 ]
 
 
