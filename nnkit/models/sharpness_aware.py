@@ -57,11 +57,15 @@ class SharpnessAwareMinimization(TrainingWrapper):
     contiguous parts; each part gets its own ``ε_i`` and ``g'_i``, and the
     update uses ``Σ_i (n_i / n) · g'_i`` (same cost: the passes run on
     parts). A batch of ``n < m`` rows (a short last batch) is split into
-    ``n`` parts of one row each: ``min(m, n)`` parts, never an empty one. Under ``MirroredStrategy`` each replica computes ``ε`` from its
+    ``n`` parts of one row each: ``min(m, n)`` parts, never an empty one.
+    Under ``MirroredStrategy`` each replica computes ``ε`` from its
     own part of the global batch (no extra all-reduce; the original SAM
     implementation does the same per accelerator), so ``R`` replicas train
     exactly like one device with ``num_batch_splits = R · m``; only ``g'``
-    is all-reduced, by the optimizer as usual.
+    is all-reduced, by the optimizer as usual. Under gradient accumulation
+    over ``N`` micro-batches each micro-batch is a part of its own: the
+    update is that of ``num_batch_splits = N · m`` on the ``N``-times larger
+    batch.
 
     It overrides the wrappers' ``gradient_step`` hook, so in a chain of
     wrappers the gradient is sharpness-aware whatever the nesting order
