@@ -1,0 +1,146 @@
+"""Run a searcher against a `TabularBenchmark`: the search loop without training.
+
+``simulate`` spends a budget counted in full trainings (a run of ``e`` of
+the table's ``E`` epochs costs ``e / E``), so the multi-fidelity searchers
+and the full-budget ones get the same budget. keras-tuner's Bayesian
+optimization and Hyperband run through their own oracles, driven by a
+keras-tuner ``Tuner`` whose ``run_trial`` reads the table.
+"""
+
+import tempfile
+
+import keras_tuner
+import numpy as np
+
+from nnkit import _validation as v
+from nnkit.search.searchers import SEARCHERS, make_searcher
+
+KERAS_TUNER_SEARCHERS = ("bayesian", "hyperband")
+ALL_SEARCHERS = SEARCHERS + KERAS_TUNER_SEARCHERS
+
+
+class _Record:
+    def __init__(self, benchmark, budget, rng):
+        self.benchmark = benchmark
+        self.budget = budget
+        self.rng = rng
+        self.history = []
+        self.spent = 0.0
+
+    @property
+    def done(self):
+        return self.spent >= self.budget - 1e-9
+
+    def evaluate(self, arch, epochs):
+        score, seconds = self.benchmark.query(arch, epochs, self.rng)
+        self.spent += epochs / self.benchmark.epochs
+        self.history.append(
+            {
+                "arch": arch,
+                "epochs": int(epochs),
+                "score": score,
+                "seconds": seconds,
+                "spent": self.spent,
+                "mean": self.benchmark.mean(arch),
+            }
+        )
+        return score
+
+
+class _TableTuner(keras_tuner.Tuner):
+    """A keras-tuner tuner whose trials are table look-ups (public ``run_trial`` API)."""
+
+    def __init__(self, oracle, record, **kwargs):
+        self.record = record
+        super().__init__(oracle=oracle, **kwargs)
+
+    def run_trial(self, trial, *args, **kwargs):
+        values = trial.hyperparameters.values
+        epochs = int(values.get("tuner/epochs", self.record.benchmark.epochs))
+        if self.record.done:
+            return {"score": 0.0}  # past the budget: not recorded
+        arch = self.record.benchmark.space.from_values(values)
+        return {"score": self.record.evaluate(arch, epochs)}
+
+
+def _keras_tuner_search(name, record, seed):
+    space = record.benchmark.space
+    objective = keras_tuner.Objective("score", "max")
+    common = {
+        "objective": objective,
+        "hyperparameters": space.hyperparameters(),
+        "seed": seed + 1,  # keras-tuner reads seed=0 as "no seed"
+    }
+    epochs = record.benchmark.epochs
+    if name == "bayesian":
+        oracle = keras_tuner.oracles.BayesianOptimizationOracle(
+            max_trials=int(np.ceil(record.budget)), **common
+        )
+    else:
+        oracle = keras_tuner.oracles.HyperbandOracle(
+            max_epochs=epochs,
+            factor=3,
+            hyperband_iterations=1000,
+            max_trials=int(np.ceil(record.budget * epochs)) + 1,
+            **common,
+        )
+    with tempfile.TemporaryDirectory() as directory:
+        tuner = _TableTuner(
+            oracle, record, directory=directory, project_name="table", overwrite=True
+        )
+        tuner.search(verbose=0)
+
+
+def simulate(benchmark, searcher="random", *, budget=100, seed=0, **options):
+    """Run ``searcher`` on a tabular benchmark until ``budget`` full trainings are spent.
+
+    Args:
+        benchmark: A `TabularBenchmark`. Required.
+        searcher: One of ``"random"``, ``"evolution"``, ``"local"``, ``"asha"``,
+            ``"bayesian"``, ``"hyperband"``. Defaults to ``"random"``.
+        budget: Full trainings to spend, a number ``> 0``. Defaults to ``100``.
+        seed: The run's seed (the searcher's and the table's draws of a seed
+            per query). Defaults to ``0``.
+        **options: The searcher's own arguments (``population``, ``eta``, ...).
+
+    Returns:
+        The list of evaluations in order, dicts with ``arch``, ``epochs``,
+        ``score`` (the drawn seed's accuracy), ``seconds`` (simulated),
+        ``spent`` (full trainings so far) and ``mean`` (the table's seed mean
+        at the full budget).
+
+    Example:
+    >>> from nnkit.search import ArchitectureSpace, Choice, TabularBenchmark, simulate
+    >>> space = ArchitectureSpace([Choice("w", [1, 2, 3])], build=lambda a, s, c: None)
+    >>> rows = [{"arch": {"w": w}, "val_accuracy": [[0.1 * w]], "params": w,
+    ...          "seconds_per_epoch": 1.0} for w in (1, 2, 3)]
+    >>> history = simulate(TabularBenchmark(rows, space), "evolution", budget=3, seed=0)
+    >>> sorted(step["arch"]["w"] for step in history)
+    [1, 2, 3]
+    """
+    name = v.check_one_of("searcher", searcher, ALL_SEARCHERS)
+    budget = v.check_positive_number("budget", budget)
+    seed = v.check_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
+    record = _Record(benchmark, budget, np.random.default_rng([seed, 1]))
+    if name in KERAS_TUNER_SEARCHERS:
+        _keras_tuner_search(name, record, seed)
+        return record.history
+    engine = make_searcher(name, benchmark.space, seed=seed, max_epochs=benchmark.epochs, **options)
+    while not record.done:
+        proposal = engine.ask()
+        if proposal is None:
+            break
+        arch, epochs = proposal
+        engine.tell(arch, epochs, record.evaluate(arch, epochs))
+    return record.history
+
+
+def evaluations_to_reach(history, target, full_epochs):
+    """Full trainings spent until an architecture with table mean ``>= target`` ran at full budget.
+
+    ``inf`` when the run never got there.
+    """
+    for step in history:
+        if step["epochs"] >= full_epochs and step["mean"] >= target - 1e-12:
+            return step["spent"]
+    return float("inf")
