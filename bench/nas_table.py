@@ -39,7 +39,6 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from bench._timing import set_threads  # noqa: E402
 from nnkit.search import conv1d_space  # noqa: E402

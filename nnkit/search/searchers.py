@@ -27,6 +27,7 @@ names: they run through keras-tuner's own oracles (``nnkit.search.run``).
 import numpy as np
 
 from nnkit import _validation as v
+from nnkit.search.space import ArchitectureSpace
 
 SEARCHERS = ("random", "evolution", "local", "asha")
 _DRAW_BLOCK = 64  # Sobol points come in powers of two (scipy warns otherwise)
@@ -205,6 +206,32 @@ _CLASSES = {
 
 
 def make_searcher(name, space, *, seed=0, max_epochs=1, **options):
-    """The searcher called ``name`` (one of ``SEARCHERS``) over ``space``."""
+    """The ask/tell searcher called ``name`` over ``space``, seeded.
+
+    Args:
+        name: ``"random"`` (Sobol), ``"evolution"``, ``"local"`` or ``"asha"``.
+            Required.
+        space: An `ArchitectureSpace`. Required.
+        seed: The searcher's seed. Defaults to ``0``.
+        max_epochs: The full budget in epochs (ASHA's top rung). Defaults to ``1``.
+        **options: ``population``/``tournament`` (evolution, defaults 20 and
+            5), ``min_epochs``/``eta`` (ASHA, defaults 1 and 3).
+
+    Returns:
+        An object with ``ask() -> (arch, epochs) | None`` and
+        ``tell(arch, epochs, score)`` (higher scores are better).
+
+    Example:
+    >>> from nnkit.search import ArchitectureSpace, Choice, make_searcher
+    >>> space = ArchitectureSpace([Choice("w", [1, 2, 3])], build=lambda a, s, c: None)
+    >>> searcher = make_searcher("asha", space, seed=0, max_epochs=9)
+    >>> arch, epochs = searcher.ask()
+    >>> epochs  # ASHA starts on its lowest rung, 9 / 3**2
+    1
+    """
+    if not isinstance(space, ArchitectureSpace):
+        raise TypeError(
+            f"`space` must be a nnkit.search.ArchitectureSpace. Received: space={space!r}"
+        )
     name = v.check_one_of("searcher", name, SEARCHERS)
     return _CLASSES[name](space, seed=seed, max_epochs=max_epochs, **options)

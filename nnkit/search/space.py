@@ -283,12 +283,31 @@ class ArchitectureSpace:
 
 
 def stage_choices(stages, per_stage):
-    """The depth choice ``stages`` and, per stage ``i``, ``stage_{i}_{name}`` active.
+    """The depth choice ``stages`` and, per stage ``i``, a ``stage_{i}_{name}`` choice.
 
-    ``per_stage`` maps a name to its values; stage ``i`` (0-based) is active
-    when ``stages > i`` (stage 0 always, when every depth is at least 1).
+    Stage ``i`` (0-based) is active when ``stages > i`` (stage 0 always, when
+    every depth is at least 1), so the architecture of a 2-stage network has
+    no ``stage_2_*`` keys.
+
+    Args:
+        stages: The options for the number of stages, ints ``>= 1``. Required.
+        per_stage: ``{name: options}`` of each stage's choices. Required.
+
+    Returns:
+        The list of `Choice`s, parents first.
+
+    Example:
+    >>> from nnkit.search import stage_choices
+    >>> [c.name for c in stage_choices([1, 2], {"width": [8, 16]})]
+    ['stages', 'stage_0_width', 'stage_1_width']
     """
-    stages = tuple(stages)
+    stages = v.check_sequence("stages", stages, "a non-empty list of ints")
+    stages = tuple(v.check_positive_int("stages", n) for n in stages)
+    if not stages or not isinstance(per_stage, dict):
+        raise ValueError(
+            "`stages` must be a non-empty list and `per_stage` a dict of options. "
+            f"Received: stages={stages!r}, per_stage={per_stage!r}"
+        )
     found = [Choice("stages", stages)]
     for i in range(max(stages)):
         deeper = [n for n in stages if n > i]

@@ -9,10 +9,34 @@ the same way (docs/architecture-search.md, "Adding a space").
 
 import keras
 
+from nnkit import _validation as v
 from nnkit.layers import DenseBlock, ResidualBlock
 from nnkit.search.space import ArchitectureSpace, Choice, stage_choices
 
 _NONE = "none"  # keras-tuner's Choice takes no None
+_ACTIVATIONS = ("relu", "gelu", "silu", "swish", "elu", "selu", "tanh", "sigmoid", "linear")
+
+
+def _options(name, values, allowed=None, kind=None):
+    """``values`` as a tuple of options, checked with ``name`` in the message."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or not values:
+        raise TypeError(
+            f"`{name}` must be a non-empty list or tuple of options. Received: {name}={values!r}"
+        )
+    for value in values:
+        if kind is int:
+            v.check_positive_int(name, value)
+        elif kind is float:
+            v.check_number(name, value, minimum=0.0, maximum=0.99)
+        elif kind is bool:
+            v.check_bool(name, value)
+        elif allowed is not None and value not in allowed:
+            raise ValueError(
+                f"`{name}` options must be among {allowed}. Received: {name}={values!r}"
+            )
+    if len(set(values)) != len(values):
+        raise ValueError(f"`{name}` repeats an option. Received: {name}={values!r}")
+    return tuple(values)
 
 
 def _norm(value):
@@ -84,6 +108,12 @@ def residual_mlp_space(
     >>> tuple(model.output_shape)
     (None, 3)
     """
+    stages = _options("stages", stages, kind=int)
+    depths = _options("depths", depths, kind=int)
+    widths = _options("widths", widths, kind=int)
+    activations = _options("activations", activations, allowed=_ACTIVATIONS)
+    normalizations = _options("normalizations", normalizations, allowed=("none", "batch", "layer"))
+    dropouts = tuple(float(d) for d in _options("dropouts", dropouts, kind=float))
     choices = stage_choices(stages, {"depth": depths, "width": widths})
     choices += [
         Choice("skip", ["residual", "plain"]),
@@ -164,6 +194,12 @@ def conv1d_space(
     >>> space.size  # (3 + 9 + 27) channel patterns x residual x head
     156
     """
+    stages = _options("stages", stages, kind=int)
+    channels = _options("channels", channels, kind=int)
+    kernels = _options("kernels", kernels, kind=int)
+    downsample = _options("downsample", downsample, allowed=("max", "stride"))
+    residual = _options("residual", residual, kind=bool)
+    head = _options("head", head, allowed=("avg", "max", "flatten"))
     choices = stage_choices(stages, {"channels": channels, "kernel": kernels})
     choices += [
         Choice("downsample", downsample),
