@@ -10,13 +10,7 @@ machinery for real training rather than copying it.
 """
 
 from nnkit.search.benchmark import TabularBenchmark
-from nnkit.search.searchers import (
-    LocalSearch,
-    RandomSearch,
-    RegularizedEvolution,
-    SuccessiveHalving,
-    make_searcher,
-)
+from nnkit.search.searchers import make_searcher
 from nnkit.search.simulate import evaluations_to_reach, simulate
 from nnkit.search.space import ArchitectureSpace, Choice, stage_choices
 from nnkit.search.spaces import conv1d_space, residual_mlp_space
@@ -25,10 +19,6 @@ from nnkit.search.training import search_architectures
 __all__ = [
     "ArchitectureSpace",
     "Choice",
-    "LocalSearch",
-    "RandomSearch",
-    "RegularizedEvolution",
-    "SuccessiveHalving",
     "TabularBenchmark",
     "conv1d_space",
     "evaluations_to_reach",

@@ -11,6 +11,7 @@ sampled nor recorded, so an architecture with two stages has no
 ``stage_2_*`` keys (keras-tuner#272, keras-io#1116).
 """
 
+import keras
 import keras_tuner
 
 from nnkit import _validation as v
@@ -18,6 +19,7 @@ from nnkit import _validation as v
 _VALUE_TYPES = (bool, int, float, str)
 
 
+@keras.saving.register_keras_serializable(package="nnkit")
 class Choice:
     """One named discrete decision of an architecture space.
 
@@ -81,6 +83,16 @@ class Choice:
             "parent": self.parent,
             "parent_values": None if self.parent_values is None else list(self.parent_values),
         }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return isinstance(other, Choice) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash(self.name)
 
     def __repr__(self):
         where = "" if self.parent is None else f", parent={self.parent!r}"

@@ -39,6 +39,10 @@ def _options(name, values, allowed=None, kind=None):
     return tuple(values)
 
 
+def _key(stage, name):
+    return f"stage_{stage}_{name}"
+
+
 def _norm(value):
     return None if value == _NONE else value
 
@@ -49,8 +53,8 @@ def build_residual_mlp(arch, input_shape, num_classes):
     x = keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
     residual = arch["skip"] == "residual"
     for i in range(arch["stages"]):
-        for _ in range(arch[f"stage_{i}_depth"]):
-            width = arch[f"stage_{i}_width"]
+        for _ in range(arch[_key(i, "depth")]):
+            width = arch[_key(i, "width")]
             if residual:
                 x = ResidualBlock(
                     width,
@@ -131,8 +135,8 @@ def build_conv1d(arch, input_shape, num_classes):
     inputs = keras.Input(input_shape)
     x = keras.layers.Reshape((*input_shape, 1))(inputs) if len(input_shape) == 1 else inputs
     for i in range(arch["stages"]):
-        channels = arch[f"stage_{i}_channels"]
-        kernel = arch[f"stage_{i}_kernel"]
+        channels = arch[_key(i, "channels")]
+        kernel = arch[_key(i, "kernel")]
         stride = 2 if arch["downsample"] == "stride" else 1
         h = keras.layers.Conv1D(
             channels, kernel, strides=stride, padding="same", activation="relu"
