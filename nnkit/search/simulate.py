@@ -81,9 +81,9 @@ def _keras_tuner_search(name, record, seed):
             max_epochs=epochs,
             factor=3,
             hyperband_iterations=1000,
-            max_trials=int(np.ceil(record.budget * epochs)) + 1,
             **common,
         )
+        oracle.max_trials = int(np.ceil(record.budget * epochs)) + 1
     with tempfile.TemporaryDirectory() as directory:
         tuner = _TableTuner(
             oracle, record, directory=directory, project_name="table", overwrite=True
