@@ -4,7 +4,9 @@
 the table's ``E`` epochs costs ``e / E``), so the multi-fidelity searchers
 and the full-budget ones get the same budget. keras-tuner's Bayesian
 optimization and Hyperband run through their own oracles, driven by a
-keras-tuner ``Tuner`` whose ``run_trial`` reads the table.
+keras-tuner ``Tuner`` whose ``run_trial`` reads the table. An architecture
+that the table lacks (a table still being built) costs nothing, scores
+``-inf`` and is not recorded.
 """
 
 import tempfile
@@ -32,6 +34,9 @@ class _Record:
         return self.spent >= self.budget - 1e-9
 
     def evaluate(self, arch, epochs):
+        if arch not in self.benchmark:
+            # A table still being built lacks it: free, never the best, not recorded.
+            return -np.inf
         score, seconds = self.benchmark.query(arch, epochs, self.rng)
         self.spent += epochs / self.benchmark.epochs
         self.history.append(
@@ -57,9 +62,9 @@ class _TableTuner(keras_tuner.Tuner):
     def run_trial(self, trial, *args, **kwargs):
         values = trial.hyperparameters.values
         epochs = int(values.get("tuner/epochs", self.record.benchmark.epochs))
-        if self.record.done:
-            return {"score": 0.0}  # past the budget: not recorded
         arch = self.record.benchmark.space.from_values(values)
+        if self.record.done or arch not in self.record.benchmark:
+            return {"score": 0.0}  # past the budget, or not in the table: not recorded
         return {"score": self.record.evaluate(arch, epochs)}
 
 
