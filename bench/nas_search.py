@@ -109,9 +109,7 @@ def main(argv=None):
         results[name] = score(table, name, runs=runs, budget=budget, tolerance=args.tolerance)
         print(name, json.dumps(results[name]), flush=True)
     base = results.get("random")
-    for name, result in results.items():
-        if base is None:
-            break
+    for result in results.values() if base is not None else ():
         result["evaluations_vs_random"] = _ratio(
             result["evaluations"]["median"], base["evaluations"]["median"]
         )

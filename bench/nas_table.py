@@ -79,7 +79,9 @@ def train_seeds(space, arch, data, *, epochs, seeds=SEEDS, batch_size=64):
     model = keras.Model(inputs, outputs)
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),
-        loss={name: keras.losses.SparseCategoricalCrossentropy(from_logits=True) for name in outputs},
+        loss={
+            name: keras.losses.SparseCategoricalCrossentropy(from_logits=True) for name in outputs
+        },
         metrics={name: ["accuracy"] for name in outputs},
     )
     params = net.count_params()
