@@ -10,6 +10,7 @@ machinery for real training rather than copying it.
 """
 
 from nnkit.search.benchmark import TabularBenchmark
+from nnkit.search.cost import count_flops, pareto_front
 from nnkit.search.searchers import make_searcher
 from nnkit.search.simulate import evaluations_to_reach, simulate
 from nnkit.search.space import ArchitectureSpace, Choice, stage_choices
@@ -21,8 +22,10 @@ __all__ = [
     "Choice",
     "TabularBenchmark",
     "conv1d_space",
+    "count_flops",
     "evaluations_to_reach",
     "make_searcher",
+    "pareto_front",
     "residual_mlp_space",
     "search_architectures",
     "simulate",

@@ -70,16 +70,33 @@ class TabularBenchmark:
     """
 
     def __init__(self, rows, space):
-        rows = list(rows)
+        from nnkit.search.space import ArchitectureSpace
+
+        rows = v.check_sequence("rows", rows, "a list of dicts (the table's rows)")
         if not rows:
             raise ValueError("`rows` is empty: the table has no architecture. Received: rows=[]")
+        if not isinstance(space, ArchitectureSpace):
+            raise TypeError(
+                f"`space` must be a nnkit.search.ArchitectureSpace. Received: space={space!r}"
+            )
+        for row in rows:
+            if not isinstance(row, dict) or not {"arch", "val_accuracy"} <= set(row):
+                raise ValueError(
+                    "Each of `rows` must be a dict with 'arch' and 'val_accuracy'. "
+                    f"Received: rows={rows!r}"
+                )
         self.space = space
         self._index = {}
         curves = []
         for i, row in enumerate(rows):
-            curve = np.asarray(row["val_accuracy"], dtype="float64")
-            if curve.ndim != 2 or curve.size == 0:
-                raise ValueError(f"Row {i} has no (seeds × epochs) curve. Received: {row!r}")
+            try:
+                curve = np.asarray(row["val_accuracy"], dtype="float64")
+            except (TypeError, ValueError):
+                curve = np.zeros((0,))
+            if curve.ndim != 2 or curve.size == 0 or not np.all(np.isfinite(curve)):
+                raise ValueError(
+                    f"Row {i} of `rows` has no finite (seeds × epochs) curve. Received: rows={rows!r}"
+                )
             curves.append(curve)
             self._index[space.key(row["arch"])] = i
         epochs = min(c.shape[1] for c in curves)

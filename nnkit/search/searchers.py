@@ -205,11 +205,11 @@ _CLASSES = {
 }
 
 
-def make_searcher(name, space, *, seed=0, max_epochs=1, **options):
+def make_searcher(searcher, space, *, seed=0, max_epochs=1, **options):
     """The ask/tell searcher called ``name`` over ``space``, seeded.
 
     Args:
-        name: ``"random"`` (Sobol), ``"evolution"``, ``"local"`` or ``"asha"``.
+        searcher: ``"random"`` (Sobol), ``"evolution"``, ``"local"`` or ``"asha"``.
             Required.
         space: An `ArchitectureSpace`. Required.
         seed: The searcher's seed. Defaults to ``0``.
@@ -233,5 +233,5 @@ def make_searcher(name, space, *, seed=0, max_epochs=1, **options):
         raise TypeError(
             f"`space` must be a nnkit.search.ArchitectureSpace. Received: space={space!r}"
         )
-    name = v.check_one_of("searcher", name, SEARCHERS)
+    name = v.check_one_of("searcher", searcher, SEARCHERS)
     return _CLASSES[name](space, seed=seed, max_epochs=max_epochs, **options)

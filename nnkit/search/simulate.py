@@ -123,6 +123,13 @@ def simulate(benchmark, searcher="random", *, budget=100, seed=0, **options):
     >>> sorted(step["arch"]["w"] for step in history)
     [1, 2, 3]
     """
+    from nnkit.search.benchmark import TabularBenchmark
+
+    if not isinstance(benchmark, TabularBenchmark):
+        raise TypeError(
+            "`benchmark` must be a nnkit.search.TabularBenchmark. "
+            f"Received: benchmark={benchmark!r}"
+        )
     name = v.check_one_of("searcher", searcher, ALL_SEARCHERS)
     budget = v.check_positive_number("budget", budget)
     seed = v.check_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
@@ -162,6 +169,14 @@ def evaluations_to_reach(history, target, full_epochs):
     >>> evaluations_to_reach(history, 0.9, 2)
     1.5
     """
+    history = v.check_sequence("history", history, "a list of dicts from simulate()")
+    target = v.check_number("target", target)
+    full_epochs = v.check_positive_int("full_epochs", full_epochs)
+    for step in history:
+        if not isinstance(step, dict) or not {"epochs", "mean", "spent"} <= set(step):
+            raise ValueError(
+                f"`history` must hold the dicts simulate() returns. Received: history={history!r}"
+            )
     for step in history:
         if step["epochs"] >= full_epochs and step["mean"] >= target - 1e-12:
             return step["spent"]

@@ -138,12 +138,12 @@ class ArchitectureSpace:
     """
 
     def __init__(self, choices, *, build, name="space"):
-        choices = list(choices)
+        choices = v.check_sequence("choices", choices, "a list of nnkit.search.Choice objects")
         seen = set()
         for choice in choices:
             if not isinstance(choice, Choice):
                 raise TypeError(
-                    f"`choices` must hold nnkit.search.Choice objects. Received: {choice!r}"
+                    f"`choices` must hold nnkit.search.Choice objects. Received: choices={choices!r}"
                 )
             if choice.name in seen:
                 raise ValueError(f"Two choices are named {choice.name!r}. Received: {choices!r}")
@@ -315,10 +315,15 @@ def stage_choices(stages, per_stage):
     """
     stages = v.check_sequence("stages", stages, "a non-empty list of ints")
     stages = tuple(v.check_positive_int("stages", n) for n in stages)
-    if not stages or not isinstance(per_stage, dict):
-        raise ValueError(
-            "`stages` must be a non-empty list and `per_stage` a dict of options. "
-            f"Received: stages={stages!r}, per_stage={per_stage!r}"
+    if not stages:
+        raise ValueError(f"`stages` must be a non-empty list. Received: stages={stages!r}")
+    if not isinstance(per_stage, dict) or not all(
+        isinstance(name, str) and isinstance(values, (list, tuple)) and values
+        for name, values in per_stage.items()
+    ):
+        raise TypeError(
+            "`per_stage` must be a dict of {name: non-empty list of options}. "
+            f"Received: per_stage={per_stage!r}"
         )
     found = [Choice("stages", stages)]
     for i in range(max(stages)):

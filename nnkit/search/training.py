@@ -21,6 +21,7 @@ import numpy as np
 from nnkit import _validation as v
 from nnkit.search.searchers import SEARCHERS, make_searcher
 from nnkit.search.simulate import ALL_SEARCHERS
+from nnkit.search.space import ArchitectureSpace
 from nnkit.tuning._recording import RecordingMixin
 
 _EPOCHS = "tuner/epochs"
@@ -150,12 +151,31 @@ def search_architectures(
     >>> len(tuner.oracle.trials)
     2
     """
+    if not isinstance(space, ArchitectureSpace):
+        raise TypeError(
+            f"`space` must be a nnkit.search.ArchitectureSpace. Received: space={space!r}"
+        )
     name = v.check_one_of("searcher", searcher, ALL_SEARCHERS)
     max_trials = v.check_positive_int("max_trials", max_trials)
     epochs = v.check_positive_int("epochs", epochs)
     seed = v.check_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
     directory = v.check_path("directory", directory)
-    x = np.asarray(x)
+    x = np.asarray(v.check_array("x", x, min_ndim=2))
+    y = np.asarray(v.check_array("y", y, min_ndim=1))
+    if (
+        not isinstance(validation_data, (tuple, list))
+        or len(validation_data) != 2
+        or any(getattr(part, "shape", None) is None for part in validation_data)
+    ):
+        raise ValueError(
+            "`validation_data` must be a pair of arrays (x_val, y_val). "
+            f"Received: validation_data={validation_data!r}"
+        )
+    if len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise ValueError(
+            "`y` must hold one non-negative integer class label per example of `x`. "
+            f"Received: y={y!r}"
+        )
     classes = int(np.max(y)) + 1
     hypermodel = _HyperModel(space, x.shape[1:], classes, 3e-3)
     objective = keras_tuner.Objective("val_accuracy", "max")
