@@ -14,14 +14,19 @@ seen and told); the search goes on from there, but it is not bit-identical to
 an uninterrupted run (the searcher's generator restarts).
 """
 
+import json
+
 import keras
 import keras_tuner
 import numpy as np
 
+from nnkit import _io
 from nnkit import _validation as v
+from nnkit.search.cost import count_flops
 from nnkit.search.searchers import SEARCHERS, make_searcher
 from nnkit.search.simulate import ALL_SEARCHERS
 from nnkit.search.space import ArchitectureSpace
+from nnkit.tuning import _study_format as study_format
 from nnkit.tuning._recording import RecordingMixin
 
 _EPOCHS = "tuner/epochs"
@@ -73,7 +78,27 @@ class SearcherOracle(keras_tuner.Oracle):
 
 
 class _Tuner(RecordingMixin, keras_tuner.Tuner):
-    """keras-tuner's ``Tuner`` with nnkit's study directory; trains ``tuner/epochs`` epochs."""
+    """keras-tuner's ``Tuner`` with nnkit's study directory; trains ``tuner/epochs`` epochs.
+
+    Each trial's cost goes to ``trials/<id>/cost.json``: the architecture, its
+    parameters, its analytic FLOPs per example and the epochs it trained.
+    """
+
+    def on_trial_end(self, trial):
+        space = self.hypermodel.space
+        values = trial.hyperparameters.values
+        arch = space.from_values(values)
+        model = space.build(arch, self.hypermodel.input_shape, self.hypermodel.num_classes)
+        cost = {
+            "architecture": arch,
+            "params": int(model.count_params()),
+            "flops": count_flops(model),
+            "epochs": int(values.get(_EPOCHS, 0)) or None,
+        }
+        path = study_format.trial_dir(self.study_dir, trial.trial_id) / "cost.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _io.atomic_write(path, json.dumps(cost, sort_keys=True))
+        super().on_trial_end(trial)
 
     def run_trial(self, trial, *args, **kwargs):
         values = trial.hyperparameters.values
@@ -121,7 +146,8 @@ def search_architectures(
     proposed epochs (``epochs`` for the full-budget searchers, a rung of ASHA
     or of Hyperband otherwise) and scores it by ``val_accuracy`` (best epoch).
     The study directory is ``nnkit.tuning``'s (``trials.csv``, per-trial
-    curves and seeds); run again with the same ``directory`` to resume.
+    curves and seeds) plus ``trials/<id>/cost.json`` (parameters, analytic
+    FLOPs, epochs); run again with the same ``directory`` to resume.
 
     Args:
         space: An `ArchitectureSpace`. Required.

@@ -1,6 +1,7 @@
 """Real training through keras-tuner: nnkit's study directory, budgets, resume."""
 
 import csv
+import json
 import pathlib
 
 import numpy as np
@@ -42,6 +43,8 @@ def test_asha_trains_its_rungs_and_the_search_resumes(tmp_path):
     assert [int(row["epochs_run"]) for row in rows] == [1, 1, 1, 3]
     assert all((tmp_path / "trials" / row["trial_id"] / "curves.csv").exists() for row in rows)
     assert tuner.oracle.searcher.rungs == [1, 3]
+    cost = json.loads((tmp_path / "trials" / rows[3]["trial_id"] / "cost.json").read_text())
+    assert cost["epochs"] == 3 and cost["params"] > 0 and cost["flops"] > 0
     again = search_architectures(
         space,
         x,
