@@ -121,3 +121,17 @@ def test_keras_tuner_searchers_run_on_the_table(name):
 def test_unknown_searcher_is_named():
     with pytest.raises(ValueError, match="searcher='grid'"):
         simulate(_table(), "grid")
+
+
+def test_local_search_moves_to_the_best_neighbour_then_restarts_at_an_optimum():
+    space = ArchitectureSpace([Choice("a", [0, 1, 2])], build=_none)
+    searcher = make_searcher("local", space, seed=0)
+    score = {0: 0.1, 1: 0.5, 2: 0.3}
+    order = []
+    while (proposal := searcher.ask()) is not None:
+        arch, epochs = proposal
+        order.append(arch["a"])
+        searcher.tell(arch, epochs, score[arch["a"]])
+    assert sorted(order) == [0, 1, 2]  # every architecture once, then nothing left
+    # after the first and its two neighbours, the search sits on the optimum a=1
+    assert searcher.current is None or searcher.current[0] == {"a": 1}

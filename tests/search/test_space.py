@@ -140,3 +140,9 @@ def test_a_factory_names_the_bad_argument():
         conv1d_space(head=("mean",))
     with pytest.raises(ValueError, match="dropouts"):
         residual_mlp_space(dropouts=(1.5,))
+
+
+def test_choice_round_trips_through_keras_serialization():
+    choice = Choice("stage_1_width", [8, 16], parent="stages", parent_values=[2, 3])
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(choice))
+    assert restored == choice and restored.parent_values == (2, 3)
