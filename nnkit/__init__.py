@@ -27,6 +27,7 @@ SUBPACKAGES = (
     "optimizers",
     "regularizers",
     "schedules",
+    "search",
     "tuning",
 )
 

@@ -638,6 +638,65 @@ BASELINES.update({
 })  # fmt: skip
 
 
+def _search_space(c):
+    from nnkit.search import conv1d_space
+
+    return conv1d_space(
+        stages=(1,),
+        channels=(4, 8),
+        kernels=(3,),
+        downsample=("max",),
+        residual=(False,),
+        head=("avg",),
+    )
+
+
+def _search_table(c):
+    from nnkit.search import TabularBenchmark
+
+    space = _search_space(c)
+    rows = [
+        {
+            "arch": arch,
+            "val_accuracy": [[0.5 + 0.1 * i, 0.6 + 0.1 * i]],
+            "params": 1,
+            "seconds_per_epoch": 1.0,
+        }
+        for i, arch in enumerate(space.architectures())
+    ]
+    return TabularBenchmark(rows, space)
+
+
+def _search_build(arch, input_shape, num_classes):
+    return None
+
+
+BASELINES.update({
+    "search.Choice": lambda c: {"name": "width", "values": [4, 8]},
+    "search.ArchitectureSpace": lambda c: {"choices": list(_search_space(c).choices),
+                                           "build": _search_build, "name": "space"},
+    "search.TabularBenchmark": lambda c: {"rows": [{"arch": {"stages": 1}, "val_accuracy": [[0.5]]}],
+                                          "space": _search_space(c)},
+    "search.stage_choices": lambda c: {"stages": [1, 2], "per_stage": {"width": [4, 8]}},
+    "search.residual_mlp_space": lambda c: {},
+    "search.conv1d_space": lambda c: {},
+    "search.count_flops": lambda c: {"model": c.model()},
+    "search.pareto_front": lambda c: {"accuracy": [0.9, 0.8], "cost": [2.0, 1.0]},
+    "search.make_searcher": lambda c: {"searcher": "random", "space": _search_space(c), "seed": 0,
+                                       "max_epochs": 2},
+    "search.simulate": lambda c: {"benchmark": _search_table(c), "searcher": "random",
+                                  "budget": 2.0, "seed": 0},
+    "search.evaluations_to_reach": lambda c: {"history": [{"epochs": 2, "mean": 0.5, "spent": 1.0}],
+                                              "target": 0.5, "full_epochs": 2},
+    "search.search_architectures": lambda c: {"space": _search_space(c), "x": c.x(),
+                                              "y": np.zeros(len(c.x()), "int32"),
+                                              "validation_data": (c.x(8), np.zeros(8, "int32")),
+                                              "directory": c.directory("search"),
+                                              "searcher": "random", "max_trials": 1, "epochs": 1,
+                                              "seed": 0},
+})  # fmt: skip
+
+
 # -- exercises: does an accepted value work? ------------------------------------
 
 

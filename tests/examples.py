@@ -17,6 +17,7 @@ import nnkit.models as M
 import nnkit.optimizers as O
 import nnkit.regularizers as R
 import nnkit.schedules as S
+import nnkit.search as NS
 import nnkit.tuning as T
 
 
@@ -152,6 +153,10 @@ EXAMPLES = {
         max_update_norm=1.0,
         output_fisher="mean_squared_error",
     ),  # fmt: skip
+    # search
+    "search.Choice": lambda: NS.Choice(
+        "stage_1_width", [8, 16], parent="stages", parent_values=[2]
+    ),
     # tuning
     "tuning.SearchSpace": lambda: T.SearchSpace(
         T.SearchSpace().restrict(learning_rate=(1e-3, 1e-2)).fixed(depth=2).knobs
@@ -238,6 +243,8 @@ ABSTRACT |= {"distribute.ReadinessReport", "distribute.LayoutReport", "distribut
 ABSTRACT |= {"distribute.MemoryEstimate"}
 ABSTRACT |= {"tuning.SensitivityReport", "tuning.LRFinderResult"}
 ABSTRACT |= {"meta.MetaLearner", "meta.TaskSampler"}
+# A space holds its build function and a table its rows: not JSON, not Keras-saved components.
+ABSTRACT |= {"search.ArchitectureSpace", "search.TabularBenchmark"}
 # Task samplers hold arrays and callables (not JSON): data sources, not Keras-saved components.
 ABSTRACT |= {"meta.FewShotClassification", "meta.RegressionFamily", "meta.TaskBatches"}
 

@@ -1,0 +1,233 @@
+"""Real training: a searcher as a keras-tuner oracle, recorded like every nnkit sweep.
+
+``search_architectures`` trains the proposals of any searcher of
+``nnkit.search`` (or keras-tuner's own Bayesian optimization or Hyperband)
+with keras-tuner, through ``nnkit.tuning``'s recording: the study directory
+gets ``trials.csv``, each trial's per-epoch curves, seed and wall time, and a
+killed search resumes from it (run again with the same directory). The
+searchers' ``(architecture, epochs)`` proposals reach keras-tuner as
+``SearcherOracle.populate_space`` values, the epochs under ``tuner/epochs``
+as Hyperband's do.
+
+On resume the searcher is rebuilt from the completed trials (each is marked
+seen and told); the search goes on from there, but it is not bit-identical to
+an uninterrupted run (the searcher's generator restarts).
+"""
+
+import json
+
+import keras
+import keras_tuner
+import numpy as np
+
+from nnkit import _io
+from nnkit import _validation as v
+from nnkit.search.cost import count_flops
+from nnkit.search.searchers import SEARCHERS, make_searcher
+from nnkit.search.simulate import ALL_SEARCHERS
+from nnkit.search.space import ArchitectureSpace
+from nnkit.tuning import _study_format as study_format
+from nnkit.tuning._recording import RecordingMixin
+
+_EPOCHS = "tuner/epochs"
+
+
+class SearcherOracle(keras_tuner.Oracle):
+    """A keras-tuner oracle that asks an nnkit searcher (ask/tell) for each trial."""
+
+    def __init__(self, searcher, **kwargs):
+        super().__init__(**kwargs)
+        self.searcher = searcher
+        self.pending = {}
+
+    def populate_space(self, trial_id):
+        proposal = self.searcher.ask()
+        if proposal is None:
+            return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED, "values": None}
+        arch, epochs = proposal
+        self.pending[trial_id] = (arch, epochs)
+        return {
+            "status": keras_tuner.engine.trial.TrialStatus.RUNNING,
+            "values": {**arch, _EPOCHS: int(epochs)},
+        }
+
+    def _score(self, trial):
+        score = trial.score
+        if score is None or not np.isfinite(score):
+            return -np.inf
+        return float(score) if self.objective.direction == "max" else -float(score)
+
+    def end_trial(self, trial):
+        result = super().end_trial(trial)
+        arch, epochs = self.pending.pop(trial.trial_id, (None, None))
+        if arch is not None:
+            self.searcher.tell(arch, epochs, self._score(trial))
+        return result
+
+    def set_state(self, state):
+        super().set_state(state)
+        space = self.searcher.space
+        for trial_id in self.start_order:
+            trial = self.trials[trial_id]
+            if trial.status != keras_tuner.engine.trial.TrialStatus.COMPLETED:
+                continue
+            values = trial.hyperparameters.values
+            arch = space.from_values(values)
+            self.searcher.seen.add(space.key(arch))
+            self.searcher.tell(arch, int(values.get(_EPOCHS, 1)), self._score(trial))
+
+
+class _Tuner(RecordingMixin, keras_tuner.Tuner):
+    """keras-tuner's ``Tuner`` with nnkit's study directory; trains ``tuner/epochs`` epochs.
+
+    Each trial's cost goes to ``trials/<id>/cost.json``: the architecture, its
+    parameters, its analytic FLOPs per example and the epochs it trained.
+    """
+
+    def on_trial_end(self, trial):
+        space = self.hypermodel.space
+        values = trial.hyperparameters.values
+        arch = space.from_values(values)
+        model = space.build(arch, self.hypermodel.input_shape, self.hypermodel.num_classes)
+        cost = {
+            "architecture": arch,
+            "params": int(model.count_params()),
+            "flops": count_flops(model),
+            "epochs": int(values.get(_EPOCHS, 0)) or None,
+        }
+        path = study_format.trial_dir(self.study_dir, trial.trial_id) / "cost.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _io.atomic_write(path, json.dumps(cost, sort_keys=True))
+        super().on_trial_end(trial)
+
+    def run_trial(self, trial, *args, **kwargs):
+        values = trial.hyperparameters.values
+        if _EPOCHS in values:
+            # From scratch (no weights carried between rungs, as on the table).
+            kwargs["epochs"] = values[_EPOCHS]
+        return super().run_trial(trial, *args, **kwargs)
+
+
+class _HyperModel(keras_tuner.HyperModel):
+    def __init__(self, space, input_shape, num_classes, learning_rate):
+        super().__init__(name=space.name)
+        self.space = space
+        self.input_shape = input_shape
+        self.num_classes = num_classes
+        self.learning_rate = learning_rate
+
+    def build(self, hp):
+        arch = self.space.sample(hp)
+        model = self.space.build(arch, self.input_shape, self.num_classes)
+        model.compile(
+            optimizer=keras.optimizers.Adam(self.learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        return model
+
+
+def search_architectures(
+    space,
+    x,
+    y,
+    *,
+    validation_data,
+    directory,
+    searcher="evolution",
+    max_trials=20,
+    epochs=10,
+    seed=0,
+):
+    """Search ``space`` by training each proposal (classification, integer labels).
+
+    Each trial builds ``space``'s model for the proposed architecture, trains
+    it with Adam (``3e-3``) on sparse categorical cross-entropy for the
+    proposed epochs (``epochs`` for the full-budget searchers, a rung of ASHA
+    or of Hyperband otherwise) and scores it by ``val_accuracy`` (best epoch).
+    The study directory is ``nnkit.tuning``'s (``trials.csv``, per-trial
+    curves and seeds) plus ``trials/<id>/cost.json`` (parameters, analytic
+    FLOPs, epochs); run again with the same ``directory`` to resume.
+
+    Args:
+        space: An `ArchitectureSpace`. Required.
+        x: Training inputs, an array. Required.
+        y: Integer class labels. Required.
+        validation_data: ``(x_val, y_val)``. Required.
+        directory: The study directory. Required.
+        searcher: ``"random"``, ``"evolution"``, ``"local"``, ``"asha"``,
+            ``"bayesian"`` or ``"hyperband"``. Defaults to ``"evolution"``.
+        max_trials: Trainings to run, an int ``>= 1``. Defaults to ``20``.
+        epochs: The full budget in epochs, an int ``>= 1``. Defaults to ``10``.
+        seed: Seed of the searcher and of every trial. Defaults to ``0``.
+
+    Returns:
+        The keras-tuner tuner after the search (``tuner.study_dir``,
+        ``tuner.oracle.get_best_trials()``).
+
+    Example:
+    >>> import tempfile, numpy as np
+    >>> from nnkit.search import residual_mlp_space, search_architectures
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(64, 4)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int32")
+    >>> space = residual_mlp_space(stages=(1,), depths=(1,), widths=(4, 8))
+    >>> tuner = search_architectures(space, x, y, validation_data=(x, y), max_trials=2,
+    ...                              epochs=1, searcher="random", directory=tempfile.mkdtemp())
+    >>> len(tuner.oracle.trials)
+    2
+    """
+    if not isinstance(space, ArchitectureSpace):
+        raise TypeError(
+            f"`space` must be a nnkit.search.ArchitectureSpace. Received: space={space!r}"
+        )
+    name = v.check_one_of("searcher", searcher, ALL_SEARCHERS)
+    max_trials = v.check_positive_int("max_trials", max_trials)
+    epochs = v.check_positive_int("epochs", epochs)
+    seed = v.check_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
+    directory = v.check_path("directory", directory)
+    x = np.asarray(v.check_array("x", x, min_ndim=2))
+    y = np.asarray(v.check_array("y", y, min_ndim=1))
+    if (
+        not isinstance(validation_data, (tuple, list))
+        or len(validation_data) != 2
+        or any(getattr(part, "shape", None) is None for part in validation_data)
+    ):
+        raise ValueError(
+            "`validation_data` must be a pair of arrays (x_val, y_val). "
+            f"Received: validation_data={validation_data!r}"
+        )
+    if len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise ValueError(
+            "`y` must hold one non-negative integer class label per example of `x`. "
+            f"Received: y={y!r}"
+        )
+    classes = int(np.max(y)) + 1
+    hypermodel = _HyperModel(space, x.shape[1:], classes, 3e-3)
+    objective = keras_tuner.Objective("val_accuracy", "max")
+    common = {
+        "objective": objective,
+        "max_trials": max_trials,
+        "hyperparameters": space.hyperparameters(),
+        "seed": seed + 1,  # keras-tuner reads seed=0 as "no seed"
+    }
+    if name in SEARCHERS:
+        oracle = SearcherOracle(make_searcher(name, space, seed=seed, max_epochs=epochs), **common)
+    elif name == "bayesian":
+        oracle = keras_tuner.oracles.BayesianOptimizationOracle(**common)
+    else:
+        hyperband = {key: value for key, value in common.items() if key != "max_trials"}
+        oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=epochs, factor=3, **hyperband)
+        oracle.max_trials = max_trials
+    tuner = _Tuner(
+        oracle=oracle,
+        hypermodel=hypermodel,
+        directory=directory,
+        project_name="tuner",
+        study_dir=directory,
+        tuner_kind=name if name in ("bayesian", "hyperband") else "custom",
+        sweep_seed=seed,
+    )
+    tuner.search(x, y, validation_data=validation_data, epochs=epochs, verbose=0)
+    tuner.finish_study()
+    return tuner
