@@ -20,6 +20,16 @@ from nnkit.diagnostics import (
 )
 from nnkit.diagnostics.norms import nonfinite_marker
 
+#: Slots of ``GradientHook.state``, the packed counters (``schedule``: three slots).
+STATE = {
+    "count": 0,
+    "step": 1,
+    "nonfinite_steps": 2,
+    "first_step": 3,
+    "first_group": 4,
+    "schedule": slice(5, 8),
+}
+
 #: The row a sampling step measures, in the order ``_sample``'s branch returns it.
 _ROW = ("global_norm", "grad_norms", "nonfinite", "weight_norms", "update_ratios")
 
@@ -77,20 +87,19 @@ class StepMeasurement:
         if not grads:
             return original(grads, trainable_variables)
         variables, groups, measured = self._received(grads, trainable_variables)
-        step = ops.convert_to_tensor(self.step.value)
+        state = ops.convert_to_tensor(self.state.value)  # read once, assigned once
         if self.strategy is not None:
             original(grads, trainable_variables)  # _capture sees the all-reduced grads
             measured, before = self._reduced(variables)
         else:
             before, grads = self._snapshot(variables, grads)
         update = functools.partial(self._update_unless, original, grads, trainable_variables)
-        self._sample(measured, update, variables, groups, step, before)
-        self.step.assign_add(1)
+        self._sample(measured, update, variables, groups, state, before)
 
-    def _samples(self, step):
-        """Whether ``step`` samples: the cadence, or the host's ``schedule`` (in-graph, pure)."""
-        schedule = ops.cast(self.schedule.value, step.dtype)
-        count = ops.cast(self.count.value, step.dtype)
+    def _samples(self, state):
+        """Whether the step samples: the cadence, or the host's ``schedule`` (in-graph, pure)."""
+        step, count = state[STATE["step"]], state[STATE["count"]]
+        schedule = state[STATE["schedule"]]
         regular = ops.equal(step % self.sample_every, 0)
         first = ops.equal(step, schedule[0])
         last = ops.logical_and(ops.equal(step, schedule[1]), ops.equal(count, schedule[2]))
@@ -114,19 +123,21 @@ class StepMeasurement:
             grads = [_identity(tf, g) for g in grads]
         return before, grads
 
-    def _sample(self, measured, update, variables, groups, step, before):
+    def _sample(self, measured, update, variables, groups, state, before):
         """Check every step; measure and keep a row where the step samples.
 
         Every step: NaN/inf per group from ``Σ g·0`` (``_nonfinite_groups``),
         the counters and the update. The figures of a sample in a pure
         branch after the update; its row is written into the next free slot
         every step (unconditionally), and only a sample step keeps it.
+        The counters in ``state`` (read once) are assigned once, at the end.
         """
+        step, count = state[STATE["step"]], state[STATE["count"]]
         group_bad, first_group = self._nonfinite_groups(measured, groups)
         bad = ops.greater(ops.max(group_bad), 0)
         if self.strategy is None:
             update(bad)
-        self._count_nonfinite(bad, step, group_bad, first_group=first_group)
+        counters = self._count_nonfinite(state, bad, group_bad, first_group=first_group)
 
         def measure():
             norms = gradient_norms(measured, variables, groups=groups)
@@ -148,7 +159,7 @@ class StepMeasurement:
                 row["clipped_global_norm"], row["clipped_grad_norms"] = values[5], values[6]
             return row
 
-        sample = self._samples(step)
+        sample = self._samples(state)
         if self.backend == "tensorflow" and self.strategy is None:
             # A write in a TensorFlow branch is fine without a strategy: only
             # a sample step writes (a row write every step cost ~10% of a
@@ -156,17 +167,16 @@ class StepMeasurement:
             # Switch/Merge, so the steps that skip it never visit its nodes.
             import tensorflow as tf
 
-            control_flow.unlowered_cond(tf, sample, lambda: self._write(row_of(measure())))
+            control_flow.unlowered_cond(tf, sample, lambda: self._write(row_of(measure()), count))
         else:
             # A pure branch returns every buffer, with the row written or as it
             # was; the assignment after it is unconditional (JAX: the carried
             # state; a strategy: no merge_call inside a branch).
-            names = [*_ROW, "steps"] + (["clipped_global_norm", "clipped_grad_norms"]
-                                        if self.clipped else [])  # fmt: skip
+            names = list(self.buffers)
             buffers = [self.buffers[name] for name in names]
 
             def written():
-                updated = self._updated(row_of(measure()))
+                updated = self._updated(row_of(measure()), count)
                 return tuple(updated[name] for name in names)
 
             def kept():
@@ -174,7 +184,9 @@ class StepMeasurement:
 
             for buffer, value in zip(buffers, ops.cond(sample, written, kept), strict=True):
                 buffer.assign(value)
-        self.count.assign_add(ops.cast(sample, self.count.dtype))
+        count = count + ops.cast(sample, count.dtype)
+        schedule = [state[k] for k in range(STATE["schedule"].start, STATE["schedule"].stop)]
+        self.state.assign(ops.stack([count, step + 1, *counters, *schedule]))
 
     def _nonfinite_groups(self, measured, groups):
         """``(group_bad, first_group)``: int32 ``[G]`` flags of groups with NaN/inf, the first.
@@ -229,28 +241,33 @@ class StepMeasurement:
         norms = gradient_norms(full, variables, groups=groups)
         return norms.global_norm, norms.group_norms
 
-    def _count_nonfinite(self, bad, step, nonfinite, first_group=None):
-        first = ops.logical_and(bad, ops.less(self.first_step.value, 0))
+    def _count_nonfinite(self, state, bad, nonfinite, first_group=None):
+        """``[nonfinite_steps, first_step, first_group]`` after this step; pure."""
+        first_step = state[STATE["first_step"]]
+        first = ops.logical_and(bad, ops.less(first_step, 0))
         group = first_nonfinite_group(nonfinite) if first_group is None else first_group
-        group = ops.cast(group, self.first_group.dtype)
-        self.first_group.assign(ops.where(first, group, self.first_group.value))
-        self.first_step.assign(
-            ops.where(first, ops.cast(step, self.first_step.dtype), self.first_step.value)
-        )
-        self.nonfinite_steps.assign_add(ops.cast(bad, self.nonfinite_steps.dtype))
+        dtype = state.dtype
+        return [
+            state[STATE["nonfinite_steps"]] + ops.cast(bad, dtype),
+            ops.where(first, state[STATE["step"]], first_step),
+            ops.where(first, ops.cast(group, dtype), state[STATE["first_group"]]),
+        ]
 
-    def _updated(self, row):
-        """``{name: buffer value}`` with ``row`` in slot ``count mod (capacity + 1)``; pure."""
-        index = ops.mod(self.count.value, self.capacity + 1)
+    def _updated(self, row, count):
+        """``{buffer: value}`` with ``row`` in slot ``count mod (capacity + 1)``; pure."""
+        index = ops.mod(count, self.capacity + 1)
+        parts = {key: [] for key in self.buffers}
+        for name, (key, _, grouped, _) in self.columns.items():
+            value = ops.cast(row[name], self.buffers[key].dtype)
+            parts[key].append(value if grouped else ops.reshape(value, (1,)))
         updated = {}
-        for name, value in row.items():
-            buffer = self.buffers[name]
-            value = ops.expand_dims(ops.cast(value, buffer.dtype), 0)
-            start = [index] if len(buffer.shape) == 1 else [index, ops.zeros_like(index)]
-            updated[name] = ops.slice_update(buffer.value, start, value)
+        for key, values in parts.items():
+            value = ops.expand_dims(ops.concatenate(values), 0)
+            start = [index, ops.zeros_like(index)]
+            updated[key] = ops.slice_update(self.buffers[key].value, start, value)
         return updated
 
-    def _write(self, row):
+    def _write(self, row, count):
         """Write ``row`` into slot ``count mod (capacity + 1)``; the caller advances ``count``."""
-        for name, value in self._updated(row).items():
+        for name, value in self._updated(row, count).items():
             self.buffers[name].assign(value)
