@@ -8,6 +8,7 @@ final weights and the epoch losses to ``OUT.npz``; a failed run exits with
 status 3.
 """
 
+import os
 import sys
 
 import keras
@@ -68,7 +69,13 @@ def main(backup_dir, out, fail_at):
     try:
         weights, losses = run(backup_dir, int(fail_at))
     except Exception:
-        sys.exit(3)
+        # Exit at once, as a job script's failure would: a normal interpreter
+        # exit can deadlock in TensorFlow's teardown of the failed tf.data
+        # iterator (its prefetch thread waits for the GIL; seen once on a
+        # loaded CI machine), and the backup is already written.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(3)
     epochs = sorted(losses)
     np.savez(out, *weights, epochs=np.array(epochs), losses=np.array([losses[e] for e in epochs]))
 

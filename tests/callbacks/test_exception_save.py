@@ -60,7 +60,11 @@ def test_a_data_error_at_random_steps_in_a_child_process(tmp_path):
         env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
         command = [sys.executable, "-m", "tests.callbacks._exception_run"]
         return subprocess.run(
-            [*command, backup_dir, out, str(fail_at)], cwd=ROOT, env=env, capture_output=True
+            [*command, backup_dir, out, str(fail_at)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=300,  # a hang fails the test instead of holding a CI worker
         ).returncode
 
     def read(path):
