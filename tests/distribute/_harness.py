@@ -51,6 +51,20 @@ SKIP = {
     "callbacks.PREEMPTED_EXIT_STATUS": "a constant (the exit status 75), not a component",
     "callbacks.PreemptionSave": "host-side signal handling that stops fit towards a "
     "BackupAndRestore (covered); it writes nothing in the step (tests/callbacks/test_preemption.py)",
+    # Architecture search: host-side drivers and descriptions; each trial is an
+    # ordinary fit (nnkit.search).
+    "search.Choice": "one choice of an architecture space, a value type",
+    "search.stage_choices": "builds a space's choices, a value type",
+    "search.conv1d_space": "an architecture space (builds ordinary Keras models)",
+    "search.residual_mlp_space": "an architecture space (builds ordinary Keras models)",
+    "search.count_flops": "host-side analysis of a built model",
+    "search.evaluations_to_reach": "host-side analysis of a finished search",
+    "search.pareto_front": "host-side analysis of finished trials",
+    "search.make_searcher": "a searcher's ask/tell logic, host-side",
+    "search.simulate": "a search scored by table lookup, no training",
+    "search.search_architectures": "search driver (runs ordinary fits)",
+    "callbacks.ExceptionSave": "host-side: writes a BackupAndRestore backup when fit raises "
+    "(tests/callbacks/test_exception_save.py, one device); under MirroredStrategy not yet tested",
     "distribute.accumulate_gradients": "patches the optimizer's update under the strategy; its "
     "mirrored tests are tests/distribute/test_accumulation.py",
     "distribute.remove_accumulation_patch": "undoes accumulate_gradients "
