@@ -24,6 +24,8 @@ keras-tuner's ``"bayesian"`` and ``"hyperband"`` are the fifth and sixth
 names: they run through keras-tuner's own oracles (``nnkit.search.run``).
 """
 
+import abc
+
 import numpy as np
 
 from nnkit import _validation as v
@@ -34,7 +36,7 @@ _DRAW_BLOCK = 64  # Sobol points come in powers of two (scipy warns otherwise)
 _TRIES = 200
 
 
-class Searcher:
+class Searcher(abc.ABC):
     """Base: seeded generator, the architectures seen, full-budget proposals."""
 
     def __init__(self, space, *, seed=0, max_epochs=1):
@@ -77,11 +79,16 @@ class Searcher:
 
     # -- the interface ----------------------------------------------------------------------
 
+    @abc.abstractmethod
     def ask(self):
-        raise NotImplementedError
+        """The next ``(arch, epochs)`` to train, or ``None`` when the space is exhausted."""
 
     def tell(self, arch, epochs, score):
-        """Learn ``score`` (higher is better) of ``arch`` trained for ``epochs``."""
+        """Learn ``score`` (higher is better) of ``arch`` trained for ``epochs``.
+
+        The base learns nothing (random search); the other searchers override it.
+        """
+        return None
 
 
 class RandomSearch(Searcher):
