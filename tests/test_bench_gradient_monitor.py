@@ -83,3 +83,22 @@ def test_bad_arguments_are_refused(capsys, argv, message):
     with pytest.raises(SystemExit):
         load_bench().parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_run_on_the_jax_backend_times_the_train_functions_directly():
+    # JAX's train function is stateless, (state, iterator) -> (logs, state), and
+    # donates its state: the in-graph part threads it and writes it back.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    argv = [sys.executable, str(BENCH), "--quick", "--repeats", "1", "--models", "mlp"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["environment"]["backend"] == "jax"
+    in_graph = figures["models"]["mlp"]["in_graph"]
+    assert in_graph["baseline_ms"] > 0
+    assert in_graph["default_cadence_ratio"] > 0 and in_graph["every_step_ratio"] > 0
