@@ -287,12 +287,9 @@ def relative_difference(a, b):
     return float(np.max(np.abs(a - b) / np.abs(b)))
 
 
-def memory_row(build, layout_map, args, data):
+def memory_row(build, layout_map, args, batch):
     """``estimate_memory``'s per-device bytes of the train step (nothing allocated)."""
-    x, y = data["train"]
-    estimate = estimate_memory(
-        build, layout_map, (x[0], y[0]), optimizer=optimizer(args), loss=loss_fn()
-    )
+    estimate = estimate_memory(build, layout_map, batch, optimizer=optimizer(args), loss=loss_fn())
     return {
         "parameter_bytes": estimate.parameter_bytes,
         "optimizer_bytes": estimate.optimizer_bytes,
@@ -356,6 +353,7 @@ def main(argv=None):
     start = time.perf_counter()
     devices = keras.distribution.list_devices()[:DEVICES]
     data = load_data(args)
+    batch = (data["train"][0][0], data["train"][1][0])  # one global batch, for the estimates
     build = model_builder(args)
     keras.utils.set_random_seed(args.seed)
     initial = build().get_weights()  # the same initial weights for every strategy
@@ -376,7 +374,7 @@ def main(argv=None):
             mesh=f"{mesh.shape[0]}x{mesh.shape[1]}",
             replicated_fraction=report.replicated_fraction,
             fallbacks=[plan.path for plan in report.fallbacks],
-            memory=memory_row(build, layout_map, args, data),
+            memory=memory_row(build, layout_map, args, batch),
         )
         results[strategy] = result
         print(
