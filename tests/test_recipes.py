@@ -758,6 +758,31 @@ def test_large_model_quick_run_trains_every_strategy_alike():
     assert "largest relative loss difference from DP" in printed
 
 
+def test_large_model_reruns_itself_under_jax(large_model, monkeypatch, capsys):
+    # This process runs the TensorFlow backend: main() runs the file again with JAX and 8 devices.
+    assert keras.backend.backend() != "jax"
+    calls = []
+
+    def run(command, env, check):
+        calls.append((command, env))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(large_model.subprocess, "run", run)
+    assert large_model.main(["--quick", "--seed", "3"]) is None
+    [(command, env)] = calls
+    assert command[0] == sys.executable and command[2:] == ["--quick", "--seed", "3"]
+    assert command[1] == str(RECIPES / "large_model.py")
+    assert env["KERAS_BACKEND"] == "jax"
+    assert "--xla_force_host_platform_device_count=8" in env["XLA_FLAGS"]
+    assert "running again with KERAS_BACKEND=jax" in capsys.readouterr().out
+    monkeypatch.setattr(
+        large_model.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 3)
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        large_model.main(["--quick"])
+    assert exit_info.value.code == 3
+
+
 def test_large_model_corpus_data_and_arguments(large_model, capsys):
     corpus = large_model.docstring_corpus(4096)
     assert corpus.shape == (4096,) and corpus.min() >= 0 and corpus.max() < 256
