@@ -10,8 +10,11 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import keras
 import keras_tuner
@@ -693,5 +696,128 @@ def test_second_order_help_and_bad_arguments(second_order, capsys):
     ):
         with pytest.raises(SystemExit) as exit_info:
             second_order.parse_args(bad)
+        assert exit_info.value.code == 2
+        assert flag in capsys.readouterr().err
+
+
+# -- recipes/large_model.py -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def large_model():
+    return _load_recipe("large_model")
+
+
+@pytest.mark.slow
+def test_large_model_quick_run_trains_every_strategy_alike():
+    # A subprocess: the JAX backend and 8 logical CPU devices must be set before JAX starts.
+    # KERAS_BACKEND=tensorflow here: the script sets the JAX backend itself.
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(ROOT)}
+    env.pop("XLA_FLAGS", None)
+    completed = subprocess.run(
+        [sys.executable, str(RECIPES / "large_model.py"), "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    printed = completed.stdout
+    summary = json.loads(printed.strip().splitlines()[-1])
+    assert summary["backend"] == "jax" and summary["devices"] == 8
+    results = summary["strategies"]
+    assert list(results) == ["dp", "fsdp", "tp", "fsdp_tp"]
+    assert [results[name]["mesh"] for name in results] == ["8x1", "8x1", "1x8", "2x4"]
+    # The printed loss table: every row (steps, then the validation loss) equal across strategies.
+    table = printed.split("training loss")[1].split("per-device memory")[0]
+    rows = [line.split() for line in table.splitlines() if line.strip()[:1].isdigit()]
+    rows.append(next(line.split() for line in table.splitlines() if line.startswith(" valid")))
+    assert len(rows) == 5  # steps 1, 3, 5, 6 (--log-every 2 of 6) and validation
+    for row in rows:
+        values = [float(value) for value in row[1:]]
+        assert len(values) == 4 and values == pytest.approx([values[0]] * 4, rel=1e-5), row
+    dp = results["dp"]
+    for name, result in results.items():
+        assert result["loss"] == pytest.approx(dp["loss"], rel=1e-5), name
+        assert len(result["loss"]) == 6 and all(math.isfinite(v) for v in result["loss"])
+        assert result["valid_bits_per_byte"] == pytest.approx(result["valid_loss"] / math.log(2))
+        assert result["check_layout"].startswith("ok"), result["check_layout"]
+    assert dp["loss"][-1] < dp["loss"][0]  # it learns
+    assert summary["max_relative_loss_difference"] <= 1e-5
+    # The memory table: FSDP holds less per device than DP (state about 1/8, peak below).
+    fsdp = results["fsdp"]["memory"]
+    for key in ("parameter_bytes", "optimizer_bytes", "peak_bytes"):
+        assert fsdp[key] < dp["memory"][key], key
+    assert fsdp["parameter_bytes"] < 0.2 * dp["memory"]["parameter_bytes"]
+    memory = printed.split("per-device memory")[1].split("plan and guard")[0]
+    fsdp_row = next(line for line in memory.splitlines() if line.startswith("fsdp "))
+    dp_row = next(line for line in memory.splitlines() if line.startswith("dp "))
+    assert f"{fsdp['parameter_bytes']:,}" in fsdp_row and "(1.000)" in dp_row
+    assert "check_layout: ok" in printed.split("plan and guard")[1]
+    assert "largest relative loss difference from DP" in printed
+
+
+def test_large_model_reruns_itself_under_jax(large_model, monkeypatch, capsys):
+    # This process runs the TensorFlow backend: main() runs the file again with JAX and 8 devices.
+    assert keras.backend.backend() != "jax"
+    calls = []
+
+    def run(command, env, check):
+        calls.append((command, env))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(large_model.subprocess, "run", run)
+    assert large_model.main(["--quick", "--seed", "3"]) is None
+    [(command, env)] = calls
+    assert command[0] == sys.executable and command[2:] == ["--quick", "--seed", "3"]
+    assert command[1] == str(RECIPES / "large_model.py")
+    assert env["KERAS_BACKEND"] == "jax"
+    assert "--xla_force_host_platform_device_count=8" in env["XLA_FLAGS"]
+    assert "running again with KERAS_BACKEND=jax" in capsys.readouterr().out
+    monkeypatch.setattr(
+        large_model.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 3)
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        large_model.main(["--quick"])
+    assert exit_info.value.code == 3
+
+
+def test_large_model_corpus_data_and_arguments(large_model, capsys):
+    corpus = large_model.docstring_corpus(4096)
+    assert corpus.shape == (4096,) and corpus.min() >= 0 and corpus.max() < 256
+    assert np.array_equal(corpus, large_model.docstring_corpus(4096))  # deterministic
+    text = bytes(corpus.astype("uint8")).decode("utf-8", errors="ignore")
+    assert "\n\n" in text and sum(c.isalpha() for c in text) > 0.5 * len(text)  # prose
+    args = large_model.parse_args(["--quick"])
+    data = large_model.load_data(args)
+    x, y = data["train"]
+    assert x.shape == y.shape == (args.steps, args.batch_size, args.seq)
+    assert np.array_equal(x[:, :, 1:], y[:, :, :-1])  # the next byte is the target
+    assert data["train_bytes"] + data["valid_bytes"] == args.corpus_bytes
+    x_valid, y_valid = data["valid"]
+    assert x_valid.shape == (args.val_batches * args.batch_size, args.seq)
+    assert np.array_equal(
+        x_valid[0],
+        large_model.docstring_corpus(args.corpus_bytes)[
+            data["train_bytes"] : data["train_bytes"] + args.seq
+        ],
+    )  # validation windows come from the last tenth
+    env = large_model.jax_environment({"XLA_FLAGS": "--xla_cpu_foo=1"})
+    assert env["KERAS_BACKEND"] == "jax"
+    assert env["XLA_FLAGS"] == "--xla_cpu_foo=1 --xla_force_host_platform_device_count=8"
+    with pytest.raises(SystemExit) as exit_info:
+        large_model.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    assert "--quick" in capsys.readouterr().out
+    for bad, flag in (
+        (["--width", "30"], "--heads"),
+        (["--batch-size", "12"], "--batch-size"),
+        (["--steps", "0"], "--steps"),
+        (["--learning-rate", "nan"], "--learning-rate"),
+        (["--corpus-bytes", "100"], "--corpus-bytes"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            large_model.parse_args(bad)
         assert exit_info.value.code == 2
         assert flag in capsys.readouterr().err
