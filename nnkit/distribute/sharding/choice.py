@@ -103,28 +103,27 @@ def applies(strategy, batch_size, model_size):
 
 
 def _device_names(devices):
-    if isinstance(devices, int) and not isinstance(devices, bool):
+    if not isinstance(devices, (list, tuple)):
+        count = v.check_int("devices", devices, minimum=1)
         available = keras.distribution.list_devices()
-        if not 1 <= devices <= len(available):
+        if count > len(available):
             raise ValueError(
-                f"`devices` must be between 1 and the {len(available)} devices available "
-                f"({available[:4]}...), or a list of devices. Received: devices={devices}"
+                f"`devices` must be at most the {len(available)} devices available "
+                f"({available[:4]}...), or a list of devices. Received: devices={devices!r}"
             )
-        return list(available[:devices])
-    expected = "a number of devices or a list of JAX devices (or names such as 'cpu:0')"
-    devices = v.check_sequence("devices", devices, expected)
+        return list(available[:count])
     if not devices:
         raise ValueError(f"`devices` must not be empty. Received: devices={devices!r}")
     names = []
-    for i, device in enumerate(devices):
+    for device in devices:
         if isinstance(device, str):
             names.append(device)
         elif hasattr(device, "platform") and hasattr(device, "id"):
             names.append(f"{device.platform}:{device.id}")
         else:
             raise TypeError(
-                f"`devices[{i}]` must be a JAX device or a device name such as 'cpu:0'. "
-                f"Received: devices[{i}]={device!r}"
+                "`devices` must be a number of devices or a list of JAX devices (or names "
+                f"such as 'cpu:0'); item {device!r} is neither. Received: devices={devices!r}"
             )
     return names
 
@@ -228,9 +227,7 @@ def choose_layout(
         Parallelism for Distributed Deep Learning (arXiv:2201.12023).
     """
     _require_jax("choose_layout()")
-    memory_budget = v.check_number(
-        "memory_budget", memory_budget, minimum=0, min_inclusive=False, limit=None
-    )
+    memory_budget = v.check_number("memory_budget", memory_budget, minimum=0, min_inclusive=False)
     names = _device_names(devices)
     strategies = _check_strategies(strategies)
     for name, value in (("batch_axis", batch_axis), ("model_axis", model_axis)):
@@ -285,7 +282,7 @@ def choose_layout(
             f"{smallest.peak_bytes} bytes ({smallest.strategy!r} on mesh "
             f"{smallest.mesh_shape[0]}x{smallest.mesh_shape[1]}). Use more devices, a smaller "
             f"batch or model, or a budget of at least that. Received: memory_budget="
-            f"{memory_budget:.0f}"
+            f"{memory_budget!r}"
         )
     ranked = [dataclasses.replace(r, rank=i + 1) for i, r in enumerate(fitting)]
     best = ranked[0]
