@@ -12,6 +12,18 @@ strategy and mesh, ``nnkit.distribute.plan_layout`` plans the layout and
 - ``peak_relative_to_dp``: the same for XLA's peak (arguments + outputs −
   aliased + temporaries);
 - the replicated fraction of shardable bytes and the fallbacks of each plan;
+- ``communication``: the collective bytes per device per step read from
+  each compiled step (``nnkit.distribute.sharding.collectives``: the buffer
+  of every all-reduce, all-gather, reduce-scatter, all-to-all and
+  collective-permute) for the planner's ``"tp"`` layout against three
+  written here by variable paths: Megatron-LM's (column/row pairs, heads on
+  the model axis, the column-parallel biases split too, vocabulary-parallel
+  embedding and head), the "largest axis" heuristic (each variable of two or
+  more dimensions split on the model axis along its largest dimension that
+  divides, the first on a tie) and keras-hub's Llama-style map (q/k/v split
+  on the contracted hidden dimension, the other mesh axis on the data axis);
+- ``choice``: ``choose_layout``'s table under a budget of
+  ``--budget-fraction`` (default 0.35) of data parallelism's peak;
 - the seconds to plan (on shapes only) and estimate each, the parameter
   count and the host's peak resident memory (nothing of the model's size is
   allocated: try ``--width 8192 --ff 32768 --vocab 32768`` for 2.2B
@@ -46,14 +58,21 @@ def parse_args(argv=None):
     parser.add_argument("--vocab", type=int, default=256, help="vocabulary size")
     parser.add_argument("--batch", type=int, default=16, help="global batch")
     parser.add_argument("--seq", type=int, default=32, help="sequence length")
+    parser.add_argument(
+        "--budget-fraction", type=float, default=0.35,
+        help="choose_layout's memory budget, as a fraction of data parallelism's peak",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     sizes = (args.width, args.heads, args.ff, args.vocab, args.batch, args.seq)
     if min(sizes) < 1:
         parser.error("every size must be >= 1")
+    if not 0 < args.budget_fraction <= 1:
+        parser.error("--budget-fraction must be in (0, 1]")
     if args.width % args.heads:
         parser.error("--width must be divisible by --heads")
     if args.quick:
         args.width, args.heads, args.ff, args.vocab, args.batch, args.seq = 32, 8, 64, 64, 16, 8
+        args.budget_fraction = 0.75  # a small model's peak is mostly temporaries
     return args
 
 
@@ -77,6 +96,105 @@ def _build(args):
         return keras.Model(ids, keras.layers.Dense(args.vocab, name="head")(x), name="gpt")
 
     return build
+
+
+def _hand_layouts(args, mesh):
+    """The comparison layouts, written by variable paths: ``{name: LayoutMap}``."""
+    import keras
+
+    model_axis, data_axis = "model", "batch"
+    megatron, llama = keras.distribution.LayoutMap(mesh), keras.distribution.LayoutMap(mesh)
+    for i in range(2):
+        block = f"block_{i}"
+        for name in ("query", "key", "value"):
+            megatron[f"{block}_attention/{name}/kernel"] = (None, model_axis, None)  # heads
+            megatron[f"{block}_attention/{name}/bias"] = (model_axis, None)
+            llama[f"{block}_attention/{name}/kernel"] = (model_axis, data_axis, None)  # hidden
+        megatron[f"{block}_attention/attention_output/kernel"] = (model_axis, None, None)
+        llama[f"{block}_attention/attention_output/kernel"] = (model_axis, None, data_axis)
+        megatron[f"{block}_ff_1/kernel"] = (None, model_axis)  # column-parallel
+        megatron[f"{block}_ff_1/bias"] = (model_axis,)
+        megatron[f"{block}_ff_2/kernel"] = (model_axis, None)  # row-parallel
+        llama[f"{block}_ff_1/kernel"] = (data_axis, model_axis)
+        llama[f"{block}_ff_2/kernel"] = (model_axis, data_axis)
+    megatron["embedding/embeddings"] = (model_axis, None)  # vocabulary-parallel
+    megatron["head/kernel"] = (None, model_axis)
+    megatron["head/bias"] = (model_axis,)
+    llama["embedding/embeddings"] = (model_axis, data_axis)
+    llama["head/kernel"] = (data_axis, model_axis)  # keras-hub's reverse embeddings
+    return {"megatron": megatron, "llama_style": llama}
+
+
+def _largest_axis(model, mesh, model_axis="model"):
+    """keras-hub#2806's heuristic: each matrix split along its largest dimension that divides."""
+    import keras
+
+    parts = dict(zip(mesh.axis_names, mesh.shape, strict=True))[model_axis]
+    layout_map = keras.distribution.LayoutMap(mesh)
+    for variable in model.variables:
+        shape = tuple(variable.shape)
+        dims = [d for d in range(len(shape)) if shape[d] % parts == 0]
+        if len(shape) >= 2 and dims:
+            dim = max(dims, key=lambda d: (shape[d], -d))
+            layout_map[variable.path] = tuple(
+                model_axis if d == dim else None for d in range(len(shape))
+            )
+    return layout_map
+
+
+def communication(args, build, batch, loss):
+    """Collective bytes per device per step of each layout, and choose_layout's table."""
+    from nnkit._keras import aot
+    from nnkit.distribute import choose_layout, device_mesh, estimate_memory, plan_layout
+    from nnkit.distribute.sharding.collectives import collective_bytes
+    from nnkit.distribute.sharding.memory import compile_step
+
+    def moved(layout_map):
+        compiled, _, _ = compile_step(
+            build, layout_map, batch, optimizer="adam", loss=loss, batch_axis="batch"
+        )
+        return sum(collective_bytes(compiled.as_text()).values())
+
+    rows = {}
+    for model_size in (8, 4):
+        mesh = device_mesh(model_size)
+        shape = f"{mesh.shape[0]}x{mesh.shape[1]}"
+        layout_map, report = plan_layout(build, mesh, "tp")
+        rows[f"planner tp {shape}"] = {"bytes": moved(layout_map)}
+        rows[f"planner tp {shape}"]["replicated_fraction"] = report.replicated_fraction
+        for name, hand in _hand_layouts(args, mesh).items():
+            rows[f"{name} {shape}"] = {"bytes": moved(hand)}
+        largest = _largest_axis(aot.shapes_only(build), mesh)
+        rows[f"largest_axis {shape}"] = {"bytes": moved(largest)}
+        for name in ("megatron", "largest_axis", "llama_style"):
+            rows[f"planner tp {shape}"][f"relative_to_{name}"] = (
+                rows[f"planner tp {shape}"]["bytes"] / rows[f"{name} {shape}"]["bytes"]
+            )
+    dp_peak = estimate_memory(
+        build, plan_layout(build, device_mesh(1), "dp")[0], batch, optimizer="adam", loss=loss
+    ).peak_bytes
+    budget = args.budget_fraction * dp_peak
+    choice = choose_layout(build, DEVICES, budget, batch, optimizer="adam", loss=loss)
+    table = [
+        {
+            "strategy": row.strategy,
+            "mesh": f"{row.mesh_shape[0]}x{row.mesh_shape[1]}",
+            "peak_bytes": row.peak_bytes,
+            "state_bytes": row.state_bytes,
+            "collective_bytes": row.collective_bytes,
+            "fits": row.fits,
+            "rank": row.rank,
+            "dropped": row.dropped,
+        }
+        for row in choice.table
+    ]
+    return rows, {
+        "budget_bytes": budget,
+        "budget_fraction_of_dp_peak": args.budget_fraction,
+        "strategy": choice.strategy,
+        "mesh": f"{choice.mesh_shape[0]}x{choice.mesh_shape[1]}",
+        "table": table,
+    }
 
 
 def measure(args):
@@ -107,7 +225,10 @@ def measure(args):
     for row in rows.values():
         row["state_relative_to_dp"] = row["state_bytes"] / dp["state_bytes"]
         row["peak_relative_to_dp"] = row["peak_bytes"] / dp["peak_bytes"]
+    collectives, choice = communication(args, build, (tokens, tokens), loss)
     return {
+        "communication": collectives,
+        "choice": choice,
         "parameters": report.bytes // 4,
         "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "backend": keras.backend.backend(),
@@ -142,6 +263,20 @@ def main(argv=None):
             f"{name:<12} state {row['state_relative_to_dp']:.3f} x DP, "
             f"peak {row['peak_relative_to_dp']:.3f} x DP, "
             f"replicated {row['replicated_fraction']:.3f}"
+        )
+    for name, row in figures["communication"].items():
+        relative = ", ".join(
+            f"{k[len('relative_to_') :]} {v:.3f}" for k, v in row.items() if k.startswith("rel")
+        )
+        print(f"{name:<20} collective {row['bytes']:>10} B per device per step  {relative}")
+    choice = figures["choice"]
+    print(
+        f"choose_layout under {choice['budget_bytes']:.0f} B: {choice['strategy']} {choice['mesh']}"
+    )
+    for row in choice["table"]:
+        print(
+            f"  {row['rank'] or '-':>2} {row['strategy']:<8} {row['mesh']:<4} peak "
+            f"{row['peak_bytes']:>10} collective {row['collective_bytes']:>10} {row['dropped']}"
         )
     print(json.dumps(figures))
     return figures

@@ -204,6 +204,7 @@ RESULT_TYPES = {
     "distribute.LayoutReport": "returned by distribute.plan_layout()",
     "distribute.VariablePlan": "returned inside plan_layout()'s LayoutReport",
     "distribute.MemoryEstimate": "returned by distribute.estimate_memory()",
+    "distribute.LayoutChoice": "returned by distribute.choose_layout()",
     "initializers.LSUVLayerResult": "returned inside lsuv()'s report",
     "initializers.LSUVReport": "returned by lsuv()",
     "tuning.SensitivityReport": "returned by sensitivity_report()",
@@ -227,6 +228,7 @@ BACKEND_ONLY = {
     "distribute.plan_layout": "jax",
     "distribute.check_layout": "jax",
     "distribute.estimate_memory": "jax",
+    "distribute.choose_layout": "jax",
 }
 
 
@@ -612,6 +614,14 @@ def _placed(ctx):
     return {"model": model, "layout_map": layout_map}
 
 
+def _named_build():
+    """The baseline model under a fixed name: every build has the same variable paths."""
+    import keras
+
+    layers = [keras.Input((4,)), keras.layers.Dense(1, name="head")]
+    return keras.Sequential(layers, name="net")
+
+
 def _keras_sgd(c):
     import keras
 
@@ -635,6 +645,10 @@ BASELINES.update({
                                              "batch": (c.x(), c.y()), "optimizer": "adam",
                                              "loss": "mse", "batch_axis": "batch"},
     "distribute.check_layout": lambda c: {**_placed(c), "max_replicated": 0.02},
+    "distribute.choose_layout": lambda c: {"build_fn": _named_build, "devices": 1, "memory_budget": 2**30,
+                                           "batch": (c.x(), c.y()), "optimizer": "adam",
+                                           "loss": "mse", "strategies": ["dp"],
+                                           "batch_axis": "batch", "model_axis": "model"},
 })  # fmt: skip
 
 

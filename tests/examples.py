@@ -240,7 +240,7 @@ ABSTRACT |= {"initializers.LSUVReport", "initializers.LSUVLayerResult"}
 ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
 ABSTRACT |= {"diagnostics.VariableGroups"}
 ABSTRACT |= {"distribute.ReadinessReport", "distribute.LayoutReport", "distribute.VariablePlan"}
-ABSTRACT |= {"distribute.MemoryEstimate"}
+ABSTRACT |= {"distribute.MemoryEstimate", "distribute.LayoutChoice"}
 ABSTRACT |= {"tuning.SensitivityReport", "tuning.LRFinderResult"}
 ABSTRACT |= {"meta.MetaLearner", "meta.TaskSampler"}
 # A space holds its build function and a table its rows: not JSON, not Keras-saved components.

@@ -29,10 +29,12 @@ from nnkit.distribute.model_parallelism import (
     verify_layout,
 )
 from nnkit.distribute.sharding import (
+    LayoutChoice,
     LayoutReport,
     MemoryEstimate,
     VariablePlan,
     check_layout,
+    choose_layout,
     estimate_memory,
     plan_layout,
 )
@@ -47,6 +49,7 @@ from nnkit.distribute.multi_worker import (
 from nnkit.distribute.workers import is_chief, remove_worker_directory, worker_directory
 
 __all__ = [
+    "LayoutChoice",
     "LayoutReport",
     "MemoryEstimate",
     "ReadinessReport",
@@ -54,6 +57,7 @@ __all__ = [
     "accumulate_gradients",
     "check",
     "check_layout",
+    "choose_layout",
     "choose_strategy",
     "clip_after_aggregation",
     "device_mesh",

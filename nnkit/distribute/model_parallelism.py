@@ -148,12 +148,14 @@ def _mlp_kernel_shapes(input_dim, widths, *, residual, output_units):
 
 
 def _kernel_axes(path, shape, model_axis, parts):
-    """Shard the columns (output units) if they divide evenly, else the rows."""
+    """``plan_layout``'s ``Dense`` rule, never paired: the columns if they divide, else the rows."""
+    from nnkit.distribute.sharding import rules  # (the sharding package imports this module)
+
+    kernel = keras.KerasTensor(shape)
+    axes, _, _ = rules._matmul(kernel, [1], [0], parts, model_axis, rules.Pairing(), "Dense")
+    if any(axes):
+        return axes
     rows, columns = shape
-    if columns % parts == 0:
-        return (None, model_axis)
-    if rows % parts == 0:
-        return (model_axis, None)
     raise ValueError(
         f"Kernel {path!r} of shape {shape} has `min_size` or more entries but neither "
         f"dimension divides evenly over the {parts} devices of the model axis "
@@ -174,6 +176,13 @@ def mlp_layout_map(
     min_size=DEFAULT_MIN_SIZE,
 ):
     """A ``LayoutMap`` that shards the large kernels of ``nnkit.models.mlp`` over a model axis.
+
+    A special case of ``plan_layout(model, mesh, "tp")``, kept for its
+    arguments (the ``mlp`` call's, no model needed, any backend) and its
+    ``min_size``: each large kernel gets the planner's ``Dense`` rule on its
+    own, never paired. For a built model prefer ``plan_layout``, whose
+    Megatron pairing splits the second kernel of each pair by rows and so
+    needs one all-reduce per pair instead of one per kernel.
 
     Use it with ``model_parallel`` when an MLP's parameters (and their
     optimizer slots) do not fit on one device. Every kernel with at least

@@ -109,6 +109,8 @@ SKIP = {
     "distribute.VariablePlan": "plan_layout's result, not a component",
     "distribute.estimate_memory": "JAX-backend ahead-of-time compile, not tf.distribute",
     "distribute.MemoryEstimate": "estimate_memory's result, not a component",
+    "distribute.choose_layout": "JAX-backend ahead-of-time compiles, not tf.distribute",
+    "distribute.LayoutChoice": "choose_layout's result, not a component",
     # Hyperparameter search: drivers around ordinary fits of nnkit.models.mlp models
     # (covered); MedianStopping, a callback, is covered by kind.
     "tuning.MLPHyperModel": "keras-tuner HyperModel building nnkit.models.mlp (covered)",

@@ -100,6 +100,27 @@ def test_columns_are_sharded_where_they_divide_else_rows():
     assert layout_map["dense_block_0/dense/kernel"].device_mesh is mesh
 
 
+def test_each_kernel_gets_the_planners_dense_rule_unpaired():
+    """mlp_layout_map is plan_layout's "tp" Dense rule applied to each kernel on its own."""
+    from nnkit.distribute.sharding.planning import plan
+
+    mesh, sizes = device_mesh(4, devices=DEVICES), {"batch": 1, "model": 4}
+    for input_dim, width in [(6, 8), (8, 6)]:  # columns; 6 columns over 4: rows
+        model = mlp(input_dim, [width], output_units=None)
+        planned = {p.path: p.axes for p in plan(model, sizes, "tp").variables}
+        layout_map = mlp_layout_map(mesh, input_dim, [width], output_units=None, min_size=1)
+        assert (
+            layout_map["dense_block_0/dense/kernel"].axes == planned["dense_block_0/dense/kernel"]
+        )
+    # Two kernels: the planner pairs them (column, then row: one all-reduce per pair);
+    # mlp_layout_map keeps its documented columns-first rule for each.
+    model = mlp(6, [8, 16], output_units=None)
+    planned = {p.path: p.axes for p in plan(model, sizes, "tp").variables}
+    assert planned["dense_block_1/dense/kernel"] == ("model", None)
+    layout_map = mlp_layout_map(mesh, 6, [8, 16], output_units=None, min_size=1)
+    assert layout_map["dense_block_1/dense/kernel"].axes == (None, "model")
+
+
 def test_a_partial_key_matches_nothing():
     """The trap the helper avoids: LayoutMap keys must match the whole path."""
     layout_map = keras.distribution.LayoutMap(device_mesh(devices=DEVICES))

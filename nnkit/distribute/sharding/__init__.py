@@ -8,21 +8,26 @@ answer). One concept per module:
 - ``rules.py``: the tensor-parallel rules by layer type (Megatron pairing);
 - ``planning.py``: ``plan_layout`` for the strategies dp, fsdp, tp, fsdp_tp;
 - ``guards.py``: ``check_layout`` on any ``LayoutMap``;
-- ``memory.py``: ``estimate_memory``, per-device bytes before launch.
+- ``memory.py``: ``estimate_memory``, per-device bytes before launch;
+- ``collectives.py``: the bytes a compiled step's collectives move per device;
+- ``choice.py``: ``choose_layout``, the mesh and strategy under a memory budget.
 
 The public names are exported from ``nnkit.distribute``.
 """
 
+from nnkit.distribute.sharding.choice import LayoutChoice, choose_layout
 from nnkit.distribute.sharding.guards import check_layout
 from nnkit.distribute.sharding.memory import MemoryEstimate, estimate_memory
 from nnkit.distribute.sharding.planning import plan_layout
 from nnkit.distribute.sharding.report import LayoutReport, VariablePlan
 
 __all__ = [
+    "LayoutChoice",
     "LayoutReport",
     "MemoryEstimate",
     "VariablePlan",
     "check_layout",
+    "choose_layout",
     "estimate_memory",
     "plan_layout",
 ]

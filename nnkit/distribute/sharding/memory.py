@@ -142,6 +142,14 @@ def estimate_memory(
     2696
     """
     _require_jax("estimate_memory()")
+    compiled, parameters, optimizer_bytes = compile_step(
+        build_fn, layout_map, batch, optimizer=optimizer, loss=loss, batch_axis=batch_axis
+    )
+    return MemoryEstimate.from_compiled(compiled, parameters, optimizer_bytes)
+
+
+def check_step_arguments(build_fn, layout_map, batch, optimizer, loss):
+    """Validate ``estimate_memory``'s arguments; return ``(layout_map, batch)``."""
     if not callable(build_fn):
         raise TypeError(
             f"`build_fn` must be a function returning a keras.Model. Received: build_fn={build_fn!r}"
@@ -150,24 +158,11 @@ def estimate_memory(
         "layout_map", layout_map, keras.distribution.LayoutMap, "a keras.distribution.LayoutMap"
     )
     batch = _check_batch(batch)
-    from nnkit.distribute.model_parallelism import model_parallel
-
-    distribution = model_parallel(layout_map, batch_axis=batch_axis)
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        optimizer = keras.optimizers.serialize(optimizer)
-    elif not isinstance(optimizer, str):
+    if not isinstance(optimizer, (keras.optimizers.Optimizer, str)):
         raise TypeError(
             "`optimizer` must be a Keras optimizer or its name, such as 'adam'. "
             f"Received: optimizer={optimizer!r}"
         )
-    with distribution.scope():
-        try:
-            optimizer = keras.optimizers.get(optimizer)
-        except ValueError as error:
-            raise ValueError(
-                f"`optimizer` must be a Keras optimizer or its name. Received: "
-                f"optimizer={optimizer!r} ({error})"
-            ) from None
     if isinstance(loss, str):
         try:
             keras.losses.get(loss)
@@ -179,6 +174,29 @@ def estimate_memory(
         raise TypeError(
             f"`loss` must be a Keras loss, a function or a loss name. Received: loss={loss!r}"
         )
+    return layout_map, batch
+
+
+def compile_step(build_fn, layout_map, batch, *, optimizer, loss, batch_axis):
+    """``(compiled train step, parameter bytes, optimizer bytes)`` per device, on shapes only.
+
+    The ahead-of-time compile behind ``estimate_memory``; ``choose_layout``
+    reads both the memory and the collectives (``collectives.py``) from it.
+    """
+    layout_map, batch = check_step_arguments(build_fn, layout_map, batch, optimizer, loss)
+    from nnkit.distribute.model_parallelism import model_parallel
+
+    distribution = model_parallel(layout_map, batch_axis=batch_axis)
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        optimizer = keras.optimizers.serialize(optimizer)
+    with distribution.scope():
+        try:
+            optimizer = keras.optimizers.get(optimizer)
+        except ValueError as error:
+            raise ValueError(
+                f"`optimizer` must be a Keras optimizer or its name. Received: "
+                f"optimizer={optimizer!r} ({error})"
+            ) from None
 
     def checked_build():
         model = build_fn()
@@ -200,4 +218,4 @@ def estimate_memory(
     )
     compiled = aot.compile_train_step(model, state, data, distribution)
     parameters = sum(shard_bytes(s) for s in state[0] + state[1])
-    return MemoryEstimate.from_compiled(compiled, parameters, sum(shard_bytes(s) for s in state[2]))
+    return compiled, parameters, sum(shard_bytes(s) for s in state[2])
