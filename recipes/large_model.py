@@ -17,7 +17,11 @@ checked against the others:
   everything by design, is checked with ``max_replicated=1``);
 * ``nnkit.distribute.estimate_memory``: per-device parameter, optimizer,
   temporary and peak bytes of each strategy's train step, from an
-  ahead-of-time compile that allocates nothing.
+  ahead-of-time compile that allocates nothing;
+* ``nnkit.distribute.choose_layout``: the planner's choice under a per-device
+  budget (``--memory-budget``, a fraction of data parallelism's estimated
+  peak): every mesh and strategy over the budget dropped, the rest ranked by
+  the bytes their compiled step's collectives move.
 
 The model is a decoder-only transformer (GPT-2's pre-norm block): token and
 learned position embeddings, ``--blocks`` blocks of causal self-attention
@@ -93,6 +97,7 @@ import numpy as np  # noqa: E402
 
 from nnkit.distribute import (  # noqa: E402
     check_layout,
+    choose_layout,
     device_mesh,
     estimate_memory,
     model_parallel,
@@ -127,6 +132,12 @@ def parse_args(argv=None):
     parser.add_argument("--log-every", type=int, default=50, help="print the loss every N steps")
     parser.add_argument("--seed", type=int, default=0, help="initial weights and batches")
     parser.add_argument(
+        "--memory-budget",
+        type=float,
+        default=0.9,
+        help="per-device budget for choose_layout, as a fraction of DP's estimated peak",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a tiny model and a few steps (under a minute)"
     )
     args = parser.parse_args(argv)
@@ -153,6 +164,8 @@ def parse_args(argv=None):
         parser.error(f"--batch-size must be divisible by {DEVICES}, got {args.batch_size}")
     if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
         parser.error(f"--learning-rate must be > 0, got {args.learning_rate}")
+    if not (math.isfinite(args.memory_budget) and args.memory_budget > 0):
+        parser.error(f"--memory-budget must be > 0, got {args.memory_budget}")
     needed = 10 * (args.seq + 1) * (args.val_batches * args.batch_size + 1)
     if args.corpus_bytes < needed:
         parser.error(
@@ -394,6 +407,10 @@ def main(argv=None):
     print_tables(args, results)
     largest = max(differences.values())
     print(f"\nlargest relative loss difference from DP over all steps: {largest:.2e}")
+    budget = args.memory_budget * dp["memory"]["peak_bytes"]
+    choice = choose_layout(build, devices, budget, batch, optimizer=optimizer(args), loss=loss_fn())
+    print(f"\nchoose_layout under {args.memory_budget:g} x DP's peak ({budget:,.0f} bytes):")
+    print(choice)
     summary = {
         "backend": keras.backend.backend(),
         "devices": len(devices),
@@ -402,6 +419,11 @@ def main(argv=None):
         "parameters": parameters,
         "strategies": results,
         "max_relative_loss_difference": largest,
+        "choice": {
+            "memory_budget_bytes": budget,
+            "strategy": choice.strategy,
+            "mesh_shape": list(choice.mesh_shape),
+        },
         "wall_seconds": round(time.perf_counter() - start, 3),
         "args": vars(args),
     }

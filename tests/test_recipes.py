@@ -756,6 +756,11 @@ def test_large_model_quick_run_trains_every_strategy_alike():
     assert f"{fsdp['parameter_bytes']:,}" in fsdp_row and "(1.000)" in dp_row
     assert "check_layout: ok" in printed.split("plan and guard")[1]
     assert "largest relative loss difference from DP" in printed
+    # The planner's choice under 0.9 x DP's peak: a layout that fits, never DP itself.
+    choice = summary["choice"]
+    assert choice["memory_budget_bytes"] == pytest.approx(0.9 * dp["memory"]["peak_bytes"])
+    assert choice["strategy"] != "dp" and math.prod(choice["mesh_shape"]) == 8
+    assert "choose_layout under 0.9 x DP's peak" in printed
 
 
 def test_large_model_reruns_itself_under_jax(large_model, monkeypatch, capsys):
