@@ -10,7 +10,8 @@ machinery for real training rather than copying it.
 """
 
 from nnkit.search.benchmark import TabularBenchmark
-from nnkit.search.cost import count_flops, pareto_front
+from nnkit.search.cost import count_flops, measure_cost, pareto_front
+from nnkit.search.latency import measure_latency
 from nnkit.search.searchers import make_searcher
 from nnkit.search.simulate import evaluations_to_reach, simulate
 from nnkit.search.space import ArchitectureSpace, Choice, stage_choices
@@ -25,6 +26,8 @@ __all__ = [
     "count_flops",
     "evaluations_to_reach",
     "make_searcher",
+    "measure_cost",
+    "measure_latency",
     "pareto_front",
     "residual_mlp_space",
     "search_architectures",
