@@ -71,7 +71,9 @@ class ParetoEvolution(RegularizedEvolution):
     def select_parent(self, picks):
         accuracy = [score for _, score in self.population]
         costs = [self.cost_of(arch) for arch, _ in self.population]
-        ranks = pareto_ranks(np.nan_to_num(accuracy, neginf=-1e300), costs)
+        # A member the table lacks scores -inf at infinite cost: the worst rank.
+        accuracy = np.nan_to_num(accuracy, neginf=-1e300).tolist()
+        ranks = pareto_ranks(accuracy, np.nan_to_num(costs, posinf=1e300))
         best = min(picks, key=lambda i: (ranks[int(i)], -accuracy[int(i)]))
         return self.population[int(best)][0]
 

@@ -19,6 +19,8 @@ from nnkit.search.searchers import SEARCHERS, make_searcher
 
 KERAS_TUNER_SEARCHERS = ("bayesian", "hyperband")
 _LIMIT_ARGUMENTS = ("max_params", "max_flops", "max_latency_ms")
+# The cost of an architecture a table still being built lacks: worse than any.
+_UNKNOWN_COST = {"params": np.inf, "flops": np.inf, "latency_ms": np.inf}
 ALL_SEARCHERS = SEARCHERS + KERAS_TUNER_SEARCHERS
 
 
@@ -174,7 +176,7 @@ def simulate(benchmark, searcher="random", *, budget=100, seed=0, **options):
         benchmark.space,
         seed=seed,
         max_epochs=benchmark.epochs,
-        cost_fn=benchmark.cost,
+        cost_fn=lambda arch: benchmark.cost(arch) if arch in benchmark else _UNKNOWN_COST,
         **options,
         **{f"max_{key}": value for key, value in limits.items()},
     )
@@ -184,7 +186,9 @@ def simulate(benchmark, searcher="random", *, budget=100, seed=0, **options):
             break
         arch, epochs = proposal
         engine.tell(arch, epochs, record.evaluate(arch, epochs))
-    record.history.rejected = list(getattr(engine, "rejected", []))
+    # An architecture the table lacks was "rejected" at infinite cost: it is not recorded.
+    rejected = getattr(engine, "rejected", [])
+    record.history.rejected = [entry for entry in rejected if entry["arch"] in benchmark]
     return record.history
 
 
