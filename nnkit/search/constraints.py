@@ -26,12 +26,14 @@ DEFAULT_MAX_REJECTIONS = 1000
 
 
 def check_limits(*, max_params=None, max_flops=None, max_latency_ms=None):
-    """``{cost: limit}`` of the limits that are set (validated: positive numbers or ``None``)."""
-    given = {"params": max_params, "flops": max_flops, "latency_ms": max_latency_ms}
+    """``{cost: limit}`` of the limits that are set (positive ints; a positive number of ms)."""
     limits = {}
-    for cost, limit in given.items():
-        if limit is not None:
-            limits[cost] = v.check_positive_number(LIMITS[cost], limit)
+    if max_params is not None:
+        limits["params"] = v.check_positive_int("max_params", max_params)
+    if max_flops is not None:
+        limits["flops"] = v.check_positive_int("max_flops", max_flops)
+    if max_latency_ms is not None:
+        limits["latency_ms"] = v.check_positive_number("max_latency_ms", max_latency_ms)
     return limits
 
 

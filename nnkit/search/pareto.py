@@ -110,6 +110,7 @@ def plot_pareto(accuracy, cost, path, *, cost_name="params", labels=None, title=
     front = pareto_front(accuracy, cost)
     path = pathlib.Path(v.check_path("path", path))
     cost_name = v.check_str("cost_name", cost_name)
+    title = None if title is None else v.check_str("title", title)
     accuracy = np.asarray(accuracy, dtype="float64")
     cost = np.asarray(cost, dtype="float64")
     if labels is not None:
@@ -138,7 +139,7 @@ def plot_pareto(accuracy, cost, path, *, cost_name="params", labels=None, title=
     axes.set_xlabel(cost_name)
     axes.set_ylabel("accuracy")
     if title is not None:
-        axes.set_title(str(title))
+        axes.set_title(title)
     axes.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -157,3 +157,28 @@ def test_real_search_never_trains_an_architecture_over_the_limit(tmp_path):
     assert len(rejected) == 4 and all(r["cost"]["params"] > limit for r in rejected)
     assert len(tuner.oracle.searcher.rejected) == len(rejected)
     keras.backend.clear_session()
+
+
+@pytest.mark.slow
+def test_a_keras_tuner_oracle_never_trains_an_architecture_over_the_limit(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    space = residual_mlp_space(
+        stages=(1,), depths=(1,), widths=(4, 64), activations=("relu",),
+        normalizations=("none",), dropouts=(0.0,),
+    )  # fmt: skip
+    limit = 6 * 64 + 64 + 64 * 2 + 2  # as above: only the residual 64-wide ones are over
+    search_architectures(
+        space, x, y, validation_data=(x, y), directory=tmp_path, searcher="bayesian",
+        max_trials=6, epochs=1, seed=0, max_params=limit,
+    )  # fmt: skip
+    trials = [json.loads(p.read_text()) for p in (tmp_path / "trials").glob("*/trial.json")]
+    for trial in trials:
+        hp = trial["hyperparameters"]
+        over = hp["skip"] == "residual" and hp["stage_0_width"] == 64
+        assert (trial["executions"] == []) == over  # never trained when over the limit
+    rejected_path = tmp_path / "rejected.json"
+    rejected = json.loads(rejected_path.read_text()) if rejected_path.exists() else []
+    assert all(r["cost"]["params"] > limit for r in rejected)
+    keras.backend.clear_session()
