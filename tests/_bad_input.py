@@ -190,6 +190,8 @@ _valid("distribute.choose_strategy", "devices", "None", "None: no devices (docum
 _valid("distribute.input_pipeline", "drop_remainder", "True", "drop_remainder is a bool or None")
 _valid("distribute.input_pipeline", "prefetch", "1", "an integer prefetch buffer size")
 _valid("distribute.input_pipeline", "cache", "str", "a file name caches to disk, as Dataset.cache")
+_valid("search.make_searcher search.search_architectures", "max_latency_ms", "1.5",
+       "a latency limit in ms may be fractional")  # fmt: skip
 
 RESULT_TYPES = {
     "callbacks.Decision": "returned by a callback's decide(); read, not constructed",
@@ -685,6 +687,10 @@ def _search_build(arch, input_shape, num_classes):
     return None
 
 
+def _search_cost(arch):
+    return {"params": 1, "flops": 1, "latency_ms": 0.1}
+
+
 BASELINES.update({
     "search.Choice": lambda c: {"name": "width", "values": [4, 8]},
     "search.ArchitectureSpace": lambda c: {"choices": list(_search_space(c).choices),
@@ -696,8 +702,15 @@ BASELINES.update({
     "search.conv1d_space": lambda c: {},
     "search.count_flops": lambda c: {"model": c.model()},
     "search.pareto_front": lambda c: {"accuracy": [0.9, 0.8], "cost": [2.0, 1.0]},
+    "search.conv2d_space": lambda c: {},
+    "search.measure_cost": lambda c: {"model": c.model(), "latency": True, "batch_size": 4},
+    "search.measure_latency": lambda c: {"model": c.model(), "batch_size": 4, "repeats": 2,
+                                         "warmup": 1, "clock": None},
+    "search.plot_pareto": lambda c: {"accuracy": [0.9, 0.8], "cost": [2.0, 1.0],
+                                     "path": c.directory("pareto") + "/front.png",
+                                     "cost_name": "params", "labels": None, "title": None},
     "search.make_searcher": lambda c: {"searcher": "random", "space": _search_space(c), "seed": 0,
-                                       "max_epochs": 2},
+                                       "max_epochs": 2, "cost_fn": _search_cost},
     "search.simulate": lambda c: {"benchmark": _search_table(c), "searcher": "random",
                                   "budget": 2.0, "seed": 0},
     "search.evaluations_to_reach": lambda c: {"history": [{"epochs": 2, "mean": 0.5, "spent": 1.0}],

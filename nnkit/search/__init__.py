@@ -10,11 +10,13 @@ machinery for real training rather than copying it.
 """
 
 from nnkit.search.benchmark import TabularBenchmark
-from nnkit.search.cost import count_flops, pareto_front
+from nnkit.search.cost import count_flops, measure_cost, pareto_front
+from nnkit.search.latency import measure_latency
+from nnkit.search.pareto import plot_pareto
 from nnkit.search.searchers import make_searcher
 from nnkit.search.simulate import evaluations_to_reach, simulate
 from nnkit.search.space import ArchitectureSpace, Choice, stage_choices
-from nnkit.search.spaces import conv1d_space, residual_mlp_space
+from nnkit.search.spaces import conv1d_space, conv2d_space, residual_mlp_space
 from nnkit.search.training import search_architectures
 
 __all__ = [
@@ -22,10 +24,14 @@ __all__ = [
     "Choice",
     "TabularBenchmark",
     "conv1d_space",
+    "conv2d_space",
     "count_flops",
     "evaluations_to_reach",
     "make_searcher",
+    "measure_cost",
+    "measure_latency",
     "pareto_front",
+    "plot_pareto",
     "residual_mlp_space",
     "search_architectures",
     "simulate",

@@ -107,6 +107,11 @@ class TabularBenchmark:
         self.seconds_per_epoch = np.asarray(
             [row.get("seconds_per_epoch", 1.0) for row in rows], dtype="float64"
         )
+        # Costs known before training: parameters, and FLOPs / latency when the rows have them.
+        self.costs = [
+            {name: row[name] for name in ("params", "flops", "latency_ms") if name in row}
+            for row in rows
+        ]
         self.means = self.curves[:, :, -1].mean(axis=1)
         self.best_mean = float(self.means.max())
 
@@ -135,6 +140,10 @@ class TabularBenchmark:
     def mean(self, arch):
         """The seed-mean validation accuracy at the full budget (the searcher's target)."""
         return float(self.means[self.index(arch)])
+
+    def cost(self, arch):
+        """The row's costs of ``arch`` (``params``; ``flops``, ``latency_ms`` where recorded)."""
+        return dict(self.costs[self.index(arch)])
 
     def query(self, arch, budget, rng):
         """``(accuracy, seconds)`` of one training of ``arch`` for ``budget`` epochs."""

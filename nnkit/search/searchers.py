@@ -20,8 +20,15 @@ An architecture is never proposed twice at the same budget.
   rung is promoted (retrained for the next rung's epochs), else a new one
   starts on the lowest rung.
 
-keras-tuner's ``"bayesian"`` and ``"hyperband"`` are the fifth and sixth
-names: they run through keras-tuner's own oracles (``nnkit.search.run``).
+- ``"pareto_evolution"``: regularized evolution whose tournament is won by
+  the lowest Pareto rank of (accuracy, ``cost``) in the population
+  (NSGA-II's non-dominated sorting; ``nnkit.search.pareto``).
+
+keras-tuner's ``"bayesian"`` and ``"hyperband"`` are the other two names:
+they run through keras-tuner's own oracles (``simulate``,
+``search_architectures``). Cost limits (``max_params``, ``max_flops``,
+``max_latency_ms``) wrap any searcher in a ``ConstrainedSearcher``
+(``nnkit.search.constraints``).
 """
 
 import abc
@@ -31,7 +38,7 @@ import numpy as np
 from nnkit import _validation as v
 from nnkit.search.space import ArchitectureSpace
 
-SEARCHERS = ("random", "evolution", "local", "asha")
+SEARCHERS = ("random", "evolution", "local", "asha", "pareto_evolution")
 _DRAW_BLOCK = 64  # Sobol points come in powers of two (scipy warns otherwise)
 _TRIES = 200
 
@@ -113,12 +120,16 @@ class RegularizedEvolution(Searcher):
         if len(self.population) < self.population_size:
             return self.propose(self.fresh())
         picks = self.rng.choice(len(self.population), size=self.tournament, replace=False)
-        parent = max((self.population[int(i)] for i in picks), key=lambda item: item[1])[0]
+        parent = self.select_parent(picks)
         for _ in range(_TRIES):
             child = self.space.mutate(parent, self.rng)
             if self.space.key(child) not in self.seen:
                 return self.propose(child)
         return self.propose(self.fresh())
+
+    def select_parent(self, picks):
+        """The tournament's winner among the population indices ``picks`` (the best score)."""
+        return max((self.population[int(i)] for i in picks), key=lambda item: item[1])[0]
 
     def tell(self, arch, epochs, score):
         self.population.append((arch, float(score)))
@@ -212,15 +223,37 @@ _CLASSES = {
 }
 
 
-def make_searcher(searcher, space, *, seed=0, max_epochs=1, **options):
+def make_searcher(
+    searcher,
+    space,
+    *,
+    seed=0,
+    max_epochs=1,
+    cost_fn=None,
+    cost="params",
+    max_params=None,
+    max_flops=None,
+    max_latency_ms=None,
+    **options,
+):
     """The ask/tell searcher called ``name`` over ``space``, seeded.
 
     Args:
-        searcher: ``"random"`` (Sobol), ``"evolution"``, ``"local"`` or ``"asha"``.
-            Required.
+        searcher: ``"random"`` (Sobol), ``"evolution"``, ``"local"``,
+            ``"asha"`` or ``"pareto_evolution"``. Required.
         space: An `ArchitectureSpace`. Required.
         seed: The searcher's seed. Defaults to ``0``.
         max_epochs: The full budget in epochs (ASHA's top rung). Defaults to ``1``.
+        cost_fn: ``cost_fn(arch) -> {"params": ..., "flops": ...,
+            "latency_ms": ...}``, called once per architecture (cached);
+            needed by the limits and by ``"pareto_evolution"``. Defaults to
+            ``None``.
+        cost: The cost ``"pareto_evolution"`` trades accuracy against:
+            ``"params"``, ``"flops"`` or ``"latency_ms"``. Defaults to ``"params"``.
+        max_params: Reject architectures with more parameters (never
+            proposed; listed in the searcher's ``rejected``). Defaults to ``None``.
+        max_flops: Reject architectures with more FLOPs. Defaults to ``None``.
+        max_latency_ms: Reject architectures slower than this. Defaults to ``None``.
         **options: ``population``/``tournament`` (evolution, defaults 20 and
             5), ``min_epochs``/``eta`` (ASHA, defaults 1 and 3).
 
@@ -240,5 +273,43 @@ def make_searcher(searcher, space, *, seed=0, max_epochs=1, **options):
         raise TypeError(
             f"`space` must be a nnkit.search.ArchitectureSpace. Received: space={space!r}"
         )
+    from nnkit.search import constraints
+
     name = v.check_one_of("searcher", searcher, SEARCHERS)
-    return _CLASSES[name](space, seed=seed, max_epochs=max_epochs, **options)
+    cost = v.check_one_of("cost", cost, tuple(constraints.LIMITS))
+    limits = constraints.check_limits(
+        max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms
+    )
+    if cost_fn is not None and not callable(cost_fn):
+        raise TypeError(f"`cost_fn` must be callable or None. Received: cost_fn={cost_fn!r}")
+    if cost_fn is None and (limits or name == "pareto_evolution"):
+        raise ValueError(
+            "Cost limits and searcher='pareto_evolution' need `cost_fn` (arch -> cost dict); "
+            "simulate() and search_architectures() pass their own. Received: cost_fn=None"
+        )
+    if cost_fn is not None:
+        cost_fn = _cached(cost_fn, space)
+    if name == "pareto_evolution":
+        from nnkit.search.pareto import ParetoEvolution
+
+        engine = ParetoEvolution(
+            space, seed=seed, max_epochs=max_epochs, cost_fn=cost_fn, cost=cost, **options
+        )
+    else:
+        engine = _CLASSES[name](space, seed=seed, max_epochs=max_epochs, **options)
+    if limits:
+        engine = constraints.ConstrainedSearcher(engine, limits, cost_fn)
+    return engine
+
+
+def _cached(cost_fn, space):
+    """``cost_fn`` called once per architecture."""
+    costs = {}
+
+    def cached(arch):
+        key = space.key(arch)
+        if key not in costs:
+            costs[key] = dict(cost_fn(arch))
+        return costs[key]
+
+    return cached

@@ -18,16 +18,37 @@ from nnkit import _validation as v
 from nnkit.search.searchers import SEARCHERS, make_searcher
 
 KERAS_TUNER_SEARCHERS = ("bayesian", "hyperband")
+_LIMIT_ARGUMENTS = ("max_params", "max_flops", "max_latency_ms")
+# The cost of an architecture a table still being built lacks: worse than any.
+_UNKNOWN_COST = {"params": np.inf, "flops": np.inf, "latency_ms": np.inf}
 ALL_SEARCHERS = SEARCHERS + KERAS_TUNER_SEARCHERS
 
 
+class _History(list):
+    """The evaluations in order; ``rejected`` lists the architectures over a cost limit."""
+
+    rejected = ()
+
+
 class _Record:
-    def __init__(self, benchmark, budget, rng):
+    def __init__(self, benchmark, budget, rng, limits=None):
         self.benchmark = benchmark
         self.budget = budget
         self.rng = rng
-        self.history = []
+        self.history = _History()
+        self.history.rejected = []
+        self.limits = limits or {}
         self.spent = 0.0
+
+    def reject(self, arch):
+        """The reason ``arch`` is over a limit (recorded), else ``None``."""
+        from nnkit.search.constraints import violation
+
+        cost = self.benchmark.cost(arch)
+        reason = violation(cost, self.limits) if self.limits else None
+        if reason is not None:
+            self.history.rejected.append({"arch": arch, "reason": reason, "cost": cost})
+        return reason
 
     @property
     def done(self):
@@ -47,6 +68,7 @@ class _Record:
                 "seconds": seconds,
                 "spent": self.spent,
                 "mean": self.benchmark.mean(arch),
+                "cost": self.benchmark.cost(arch),
             }
         )
         return score
@@ -65,6 +87,8 @@ class _TableTuner(keras_tuner.Tuner):
         arch = self.record.benchmark.space.from_values(values)
         if self.record.done or arch not in self.record.benchmark:
             return {"score": 0.0}  # past the budget, or not in the table: not recorded
+        if self.record.reject(arch) is not None:
+            return {"score": 0.0}  # over a cost limit: never trained, the worst score
         return {"score": self.record.evaluate(arch, epochs)}
 
 
@@ -102,17 +126,24 @@ def simulate(benchmark, searcher="random", *, budget=100, seed=0, **options):
     Args:
         benchmark: A `TabularBenchmark`. Required.
         searcher: One of ``"random"``, ``"evolution"``, ``"local"``, ``"asha"``,
-            ``"bayesian"``, ``"hyperband"``. Defaults to ``"random"``.
+            ``"pareto_evolution"``, ``"bayesian"``, ``"hyperband"``.
+            Defaults to ``"random"``.
         budget: Full trainings to spend, a number ``> 0``. Defaults to ``100``.
         seed: The run's seed (the searcher's and the table's draws of a seed
             per query). Defaults to ``0``.
-        **options: The searcher's own arguments (``population``, ``eta``, ...).
+        **options: The searcher's own arguments (``population``, ``eta``, ...),
+            ``cost`` (``"pareto_evolution"``'s cost) and the limits
+            ``max_params``, ``max_flops``, ``max_latency_ms`` (read from the
+            table's rows; an architecture over a limit costs nothing and is
+            listed in the result's ``rejected``).
 
     Returns:
         The list of evaluations in order, dicts with ``arch``, ``epochs``,
         ``score`` (the drawn seed's accuracy), ``seconds`` (simulated),
-        ``spent`` (full trainings so far) and ``mean`` (the table's seed mean
-        at the full budget).
+        ``spent`` (full trainings so far), ``mean`` (the table's seed mean
+        at the full budget) and ``cost`` (the row's ``params``, and
+        ``flops``/``latency_ms`` where recorded). Its attribute ``rejected``
+        lists ``{"arch", "reason", "cost"}`` of the architectures over a limit.
 
     Example:
     >>> from nnkit.search import ArchitectureSpace, Choice, TabularBenchmark, simulate
@@ -133,17 +164,31 @@ def simulate(benchmark, searcher="random", *, budget=100, seed=0, **options):
     name = v.check_one_of("searcher", searcher, ALL_SEARCHERS)
     budget = v.check_positive_number("budget", budget)
     seed = v.check_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
-    record = _Record(benchmark, budget, np.random.default_rng([seed, 1]))
+    from nnkit.search.constraints import check_limits
+
+    limits = check_limits(**{key: options.pop(key, None) for key in _LIMIT_ARGUMENTS})
+    record = _Record(benchmark, budget, np.random.default_rng([seed, 1]), limits)
     if name in KERAS_TUNER_SEARCHERS:
         _keras_tuner_search(name, record, seed)
         return record.history
-    engine = make_searcher(name, benchmark.space, seed=seed, max_epochs=benchmark.epochs, **options)
+    engine = make_searcher(
+        name,
+        benchmark.space,
+        seed=seed,
+        max_epochs=benchmark.epochs,
+        cost_fn=lambda arch: benchmark.cost(arch) if arch in benchmark else _UNKNOWN_COST,
+        **options,
+        **{f"max_{key}": value for key, value in limits.items()},
+    )
     while not record.done:
         proposal = engine.ask()
         if proposal is None:
             break
         arch, epochs = proposal
         engine.tell(arch, epochs, record.evaluate(arch, epochs))
+    # An architecture the table lacks was "rejected" at infinite cost: it is not recorded.
+    rejected = getattr(engine, "rejected", [])
+    record.history.rejected = [entry for entry in rejected if entry["arch"] in benchmark]
     return record.history
 
 

@@ -1,4 +1,4 @@
-"""Two ready spaces over nnkit's blocks: a staged residual MLP and a small Conv1D network.
+"""Ready spaces over nnkit's blocks: a staged residual MLP and small Conv1D and Conv2D networks.
 
 Both are `ArchitectureSpace`s built from `stage_choices` and plain `Choice`s:
 the staged depth is a choice, each stage's width (and kernel) is conditional
@@ -211,3 +211,93 @@ def conv1d_space(
         Choice("head", head),
     ]
     return ArchitectureSpace(choices, build=build_conv1d, name="conv1d")
+
+
+def build_conv2d(arch, input_shape, num_classes):
+    """The Conv2D network of ``arch`` (a `conv2d_space` architecture), uncompiled."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Reshape((*input_shape, 1))(inputs) if len(input_shape) == 2 else inputs
+    for i in range(arch["stages"]):
+        channels = arch[_key(i, "channels")]
+        kernel = arch[_key(i, "kernel")]
+        stride = 2 if arch["downsample"] == "stride" else 1
+        h = keras.layers.Conv2D(
+            channels, kernel, strides=stride, padding="same", activation="relu"
+        )(x)
+        if arch["residual"]:
+            h = keras.layers.Conv2D(channels, kernel, padding="same")(h)
+            shortcut = x
+            if stride > 1:
+                shortcut = keras.layers.AveragePooling2D(2, padding="same")(shortcut)
+            if shortcut.shape[-1] != channels:
+                shortcut = keras.layers.Conv2D(channels, 1, use_bias=False)(shortcut)
+            h = keras.layers.Activation("relu")(keras.layers.Add()([h, shortcut]))
+        if arch["downsample"] == "max":
+            h = keras.layers.MaxPooling2D(2, padding="same")(h)
+        x = h
+    if arch["head"] == "avg":
+        x = keras.layers.GlobalAveragePooling2D()(x)
+    elif arch["head"] == "max":
+        x = keras.layers.GlobalMaxPooling2D()(x)
+    else:
+        x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(num_classes)(x)
+    return keras.Model(inputs, outputs)
+
+
+def conv2d_space(
+    *,
+    stages=(1, 2),
+    channels=(8, 16, 32),
+    kernels=(3, 5),
+    downsample=("max", "stride", "none"),
+    residual=(False, True),
+    head=("avg", "flatten"),
+):
+    """A small staged Conv2D space for little images such as the 8×8 digits (logits out).
+
+    Choices: ``stages``; per stage ``stage_{i}_channels`` and
+    ``stage_{i}_kernel`` (square); ``downsample`` (``"max"``: a 2×2 max-pool
+    after each stage, ``"stride"``: the stage's first convolution has stride
+    2, ``"none"``: full resolution throughout); ``residual`` (a second
+    convolution and a shortcut, 1×1-projected when the channels change,
+    average-pooled when strided); ``head`` (``"avg"``/``"max"`` global
+    pooling or ``"flatten"``), then one ``Dense`` to the logits. An input of
+    rank 2 (``(8, 8)``) gets a channel axis. The built model has ``stages``
+    (``2·stages`` when residual) convolutions besides projections.
+
+    Args:
+        stages: Options for the number of stages (two halvings take 8×8 to
+            2×2). Defaults to ``(1, 2)``.
+        channels: Options for a stage's channels. Defaults to ``(8, 16, 32)``.
+        kernels: Options for a stage's kernel size. Defaults to ``(3, 5)``.
+        downsample: ``"max"``, ``"stride"`` and/or ``"none"``.
+            Defaults to ``("max", "stride", "none")``.
+        residual: ``False`` and/or ``True``. Defaults to ``(False, True)``.
+        head: ``"avg"``, ``"max"``, ``"flatten"``. Defaults to ``("avg", "flatten")``.
+
+    Returns:
+        An `ArchitectureSpace` named ``"conv2d"``.
+
+    Example:
+    >>> from nnkit.search import conv2d_space
+    >>> space = conv2d_space()
+    >>> space.size  # (6 + 36) stage patterns x 3 downsample x 2 residual x 2 head
+    504
+    >>> model = space.build(space.architectures()[0], (8, 8), 10)
+    >>> tuple(model.output_shape)
+    (None, 10)
+    """
+    stages = _options("stages", stages, kind=int)
+    channels = _options("channels", channels, kind=int)
+    kernels = _options("kernels", kernels, kind=int)
+    downsample = _options("downsample", downsample, allowed=("max", "stride", "none"))
+    residual = _options("residual", residual, kind=bool)
+    head = _options("head", head, allowed=("avg", "max", "flatten"))
+    choices = stage_choices(stages, {"channels": channels, "kernel": kernels})
+    choices += [
+        Choice("downsample", downsample),
+        Choice("residual", residual),
+        Choice("head", head),
+    ]
+    return ArchitectureSpace(choices, build=build_conv2d, name="conv2d")

@@ -15,6 +15,7 @@ an uninterrupted run (the searcher's generator restarts).
 """
 
 import json
+import pathlib
 
 import keras
 import keras_tuner
@@ -22,7 +23,8 @@ import numpy as np
 
 from nnkit import _io
 from nnkit import _validation as v
-from nnkit.search.cost import count_flops
+from nnkit.search.constraints import check_limits, violation
+from nnkit.search.cost import measure_cost
 from nnkit.search.searchers import SEARCHERS, make_searcher
 from nnkit.search.simulate import ALL_SEARCHERS
 from nnkit.search.space import ArchitectureSpace
@@ -81,27 +83,53 @@ class _Tuner(RecordingMixin, keras_tuner.Tuner):
     """keras-tuner's ``Tuner`` with nnkit's study directory; trains ``tuner/epochs`` epochs.
 
     Each trial's cost goes to ``trials/<id>/cost.json``: the architecture, its
-    parameters, its analytic FLOPs per example and the epochs it trained.
+    parameters, FLOPs per example (and their source), measured latency and the
+    epochs it trained. Architectures over a cost limit are listed with their
+    reason in ``rejected.json``.
     """
 
     def on_trial_end(self, trial):
         space = self.hypermodel.space
         values = trial.hyperparameters.values
         arch = space.from_values(values)
-        model = space.build(arch, self.hypermodel.input_shape, self.hypermodel.num_classes)
         cost = {
             "architecture": arch,
-            "params": int(model.count_params()),
-            "flops": count_flops(model),
+            **self.hypermodel.cost(arch),
             "epochs": int(values.get(_EPOCHS, 0)) or None,
         }
         path = study_format.trial_dir(self.study_dir, trial.trial_id) / "cost.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         _io.atomic_write(path, json.dumps(cost, sort_keys=True))
+        self.write_rejected()
         super().on_trial_end(trial)
+
+    def write_rejected(self):
+        """Merge the rejected architectures into ``rejected.json`` (one entry per architecture)."""
+        searcher = getattr(self.oracle, "searcher", None)
+        found = list(getattr(searcher, "rejected", [])) + self.hypermodel.rejected
+        if not found:
+            return
+        path = pathlib.Path(self.study_dir) / "rejected.json"
+        known = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+        keys = {json.dumps(entry["arch"], sort_keys=True) for entry in known}
+        for entry in found:
+            if json.dumps(entry["arch"], sort_keys=True) not in keys:
+                keys.add(json.dumps(entry["arch"], sort_keys=True))
+                known.append(entry)
+        _io.atomic_write(path, json.dumps(known, sort_keys=True))
 
     def run_trial(self, trial, *args, **kwargs):
         values = trial.hyperparameters.values
+        limits = self.hypermodel.limits
+        if limits and not isinstance(self.oracle, SearcherOracle):
+            # keras-tuner's own oracles cannot be asked again: never trained, worst score.
+            arch = self.hypermodel.space.from_values(values)
+            reason = violation(self.hypermodel.cost(arch), limits)
+            if reason is not None:
+                self.hypermodel.rejected.append(
+                    {"arch": arch, "reason": reason, "cost": self.hypermodel.cost(arch)}
+                )
+                return {self.oracle.objective.name: 0.0}
         if _EPOCHS in values:
             # From scratch (no weights carried between rungs, as on the table).
             kwargs["epochs"] = values[_EPOCHS]
@@ -109,12 +137,23 @@ class _Tuner(RecordingMixin, keras_tuner.Tuner):
 
 
 class _HyperModel(keras_tuner.HyperModel):
-    def __init__(self, space, input_shape, num_classes, learning_rate):
+    def __init__(self, space, input_shape, num_classes, learning_rate, limits=None):
         super().__init__(name=space.name)
         self.space = space
         self.input_shape = input_shape
         self.num_classes = num_classes
         self.learning_rate = learning_rate
+        self.limits = dict(limits or {})
+        self.costs = {}
+        self.rejected = []  # keras-tuner oracles' proposals over a limit
+
+    def cost(self, arch):
+        """Parameters, FLOPs and latency of ``arch``'s untrained model (measured once)."""
+        key = self.space.key(arch)
+        if key not in self.costs:
+            model = self.space.build(arch, self.input_shape, self.num_classes)
+            self.costs[key] = measure_cost(model)
+        return dict(self.costs[key])
 
     def build(self, hp):
         arch = self.space.sample(hp)
@@ -138,6 +177,10 @@ def search_architectures(
     max_trials=20,
     epochs=10,
     seed=0,
+    cost="params",
+    max_params=None,
+    max_flops=None,
+    max_latency_ms=None,
 ):
     """Search ``space`` by training each proposal (classification, integer labels).
 
@@ -146,8 +189,13 @@ def search_architectures(
     proposed epochs (``epochs`` for the full-budget searchers, a rung of ASHA
     or of Hyperband otherwise) and scores it by ``val_accuracy`` (best epoch).
     The study directory is ``nnkit.tuning``'s (``trials.csv``, per-trial
-    curves and seeds) plus ``trials/<id>/cost.json`` (parameters, analytic
-    FLOPs, epochs); run again with the same ``directory`` to resume.
+    curves and seeds) plus ``trials/<id>/cost.json`` (parameters, FLOPs and
+    ``flops_source``, latency in ms with its spread, measured on the untrained
+    model before training; epochs); run again with the same ``directory`` to
+    resume. An architecture over ``max_params`` / ``max_flops`` /
+    ``max_latency_ms`` is never trained: it is listed with its reason in
+    ``rejected.json`` and the searcher is asked again (keras-tuner's oracles
+    get accuracy 0 for it instead).
 
     Args:
         space: An `ArchitectureSpace`. Required.
@@ -160,6 +208,12 @@ def search_architectures(
         max_trials: Trainings to run, an int ``>= 1``. Defaults to ``20``.
         epochs: The full budget in epochs, an int ``>= 1``. Defaults to ``10``.
         seed: Seed of the searcher and of every trial. Defaults to ``0``.
+        cost: The cost ``"pareto_evolution"`` trades accuracy against:
+            ``"params"``, ``"flops"`` or ``"latency_ms"``. Defaults to ``"params"``.
+        max_params: Parameter limit, or ``None``. Defaults to ``None``.
+        max_flops: FLOPs-per-example limit, or ``None``. Defaults to ``None``.
+        max_latency_ms: Latency limit (median ms per batch of 32), or ``None``.
+            Defaults to ``None``.
 
     Returns:
         The keras-tuner tuner after the search (``tuner.study_dir``,
@@ -202,8 +256,10 @@ def search_architectures(
             "`y` must hold one non-negative integer class label per example of `x`. "
             f"Received: y={y!r}"
         )
+    cost = v.check_one_of("cost", cost, ("params", "flops", "latency_ms"))
+    limits = check_limits(max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms)
     classes = int(np.max(y)) + 1
-    hypermodel = _HyperModel(space, x.shape[1:], classes, 3e-3)
+    hypermodel = _HyperModel(space, x.shape[1:], classes, 3e-3, limits)
     objective = keras_tuner.Objective("val_accuracy", "max")
     common = {
         "objective": objective,
@@ -212,7 +268,16 @@ def search_architectures(
         "seed": seed + 1,  # keras-tuner reads seed=0 as "no seed"
     }
     if name in SEARCHERS:
-        oracle = SearcherOracle(make_searcher(name, space, seed=seed, max_epochs=epochs), **common)
+        engine = make_searcher(
+            name,
+            space,
+            seed=seed,
+            max_epochs=epochs,
+            cost_fn=hypermodel.cost,
+            cost=cost,
+            **{f"max_{key}": value for key, value in limits.items()},
+        )
+        oracle = SearcherOracle(engine, **common)
     elif name == "bayesian":
         oracle = keras_tuner.oracles.BayesianOptimizationOracle(**common)
     else:
@@ -229,5 +294,6 @@ def search_architectures(
         sweep_seed=seed,
     )
     tuner.search(x, y, validation_data=validation_data, epochs=epochs, verbose=0)
+    tuner.write_rejected()
     tuner.finish_study()
     return tuner

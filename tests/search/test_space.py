@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from nnkit.layers import DenseBlock, ResidualBlock
-from nnkit.search import ArchitectureSpace, Choice, conv1d_space, residual_mlp_space, stage_choices
+from nnkit.search import (
+    ArchitectureSpace,
+    Choice,
+    conv1d_space,
+    conv2d_space,
+    residual_mlp_space,
+    stage_choices,
+)
 
 
 def _none(arch, shape, classes):
@@ -146,3 +153,37 @@ def test_choice_round_trips_through_keras_serialization():
     choice = Choice("stage_1_width", [8, 16], parent="stages", parent_values=[2, 3])
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(choice))
     assert restored == choice and restored.parent_values == (2, 3)
+
+
+def test_the_conv2d_space_size_is_the_closed_form():
+    # Σ_{s=1,2} (3 channels × 2 kernels)^s stage patterns × 3 downsample × 2 residual × 2 head
+    assert conv2d_space().size == (6 + 36) * 3 * 2 * 2
+    assert conv2d_space(kernels=(3,), downsample=("max",)).size == (3 + 9) * 2 * 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 5])
+def test_the_built_conv2d_net_has_the_sampled_stages(seed):
+    space = conv2d_space(channels=(4, 8))
+    arch = space.random(np.random.default_rng(seed))
+    model = space.build(arch, (8, 8), 10)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    main = [layer for layer in convs if layer.kernel_size != (1, 1)]
+    assert len(main) == arch["stages"] * (2 if arch["residual"] else 1)
+    for i, layer in enumerate(main[:: 2 if arch["residual"] else 1]):
+        assert layer.filters == arch[f"stage_{i}_channels"]
+        assert layer.kernel_size == (arch[f"stage_{i}_kernel"],) * 2
+    # each "max" or "stride" stage halves the 8×8 input: 8 / 2^stages at the head
+    side = 8 // 2 ** arch["stages"] if arch["downsample"] != "none" else 8
+    heads = (keras.layers.GlobalAveragePooling2D, keras.layers.Flatten)
+    head = next(layer for layer in model.layers if isinstance(layer, heads))
+    assert tuple(head.input.shape[1:3]) == (side, side)
+    assert model.output_shape == (None, 10)
+    keras.backend.clear_session()
+
+
+def test_every_stage_pattern_of_conv2d_builds_on_the_digits_shape():
+    space = conv2d_space(channels=(4,), kernels=(3,))
+    for arch in space.architectures():
+        model = space.build(arch, (8, 8, 1), 10)
+        assert model.output_shape == (None, 10)
+        keras.backend.clear_session()
