@@ -12,6 +12,11 @@ strategy and mesh, ``nnkit.distribute.plan_layout`` plans the layout and
 - ``peak_relative_to_dp``: the same for XLA's peak (arguments + outputs −
   aliased + temporaries);
 - the replicated fraction of shardable bytes and the fallbacks of each plan;
+- ``sequence_parallel``: XLA's temporary (and peak) bytes per device with
+  the sequence split on a 4-way axis (``sequence_axis="model"``) relative to
+  splitting the batch only, same plan and 2 x 4 mesh, for ``--batch``
+  sequences of ``--sp-seq`` tokens (default 512: long inputs, where
+  activations dominate);
 - the seconds to plan (on shapes only) and estimate each, the parameter
   count and the host's peak resident memory (nothing of the model's size is
   allocated: try ``--width 8192 --ff 32768 --vocab 32768`` for 2.2B
@@ -46,14 +51,18 @@ def parse_args(argv=None):
     parser.add_argument("--vocab", type=int, default=256, help="vocabulary size")
     parser.add_argument("--batch", type=int, default=16, help="global batch")
     parser.add_argument("--seq", type=int, default=32, help="sequence length")
+    parser.add_argument(
+        "--sp-seq", type=int, default=512, help="sequence length of the sequence-parallel figure"
+    )
     args = parser.parse_args(argv)
-    sizes = (args.width, args.heads, args.ff, args.vocab, args.batch, args.seq)
+    sizes = (args.width, args.heads, args.ff, args.vocab, args.batch, args.seq, args.sp_seq)
     if min(sizes) < 1:
         parser.error("every size must be >= 1")
     if args.width % args.heads:
         parser.error("--width must be divisible by --heads")
     if args.quick:
         args.width, args.heads, args.ff, args.vocab, args.batch, args.seq = 32, 8, 64, 64, 16, 8
+        args.sp_seq = 16
     return args
 
 
@@ -77,6 +86,44 @@ def _build(args):
         return keras.Model(ids, keras.layers.Dense(args.vocab, name="head")(x), name="gpt")
 
     return build
+
+
+def sequence_parallel(args):
+    """Temporary bytes with the sequence split on a 4-way axis, relative to the batch only.
+
+    The same weights' plan and mesh (2 x 4), the same global batch of
+    ``--batch`` sequences of ``--sp-seq`` tokens: batch-only splits the
+    inputs over the 2-way batch axis (the 4-way model axis then holds whole
+    sequences); sequence parallelism also splits inputs and layer outputs
+    along the sequence over the 4-way axis (``sequence_axis="model"``).
+    """
+    import argparse
+
+    import keras
+    import numpy as np
+
+    from nnkit.distribute import device_mesh, estimate_memory, plan_layout
+
+    build = _build(argparse.Namespace(**{**vars(args), "seq": args.sp_seq}))
+    tokens = np.zeros((args.batch, args.sp_seq), "int32")
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    mesh = device_mesh(4)
+    rows = {"sequence": args.sp_seq, "batch": args.batch, "mesh": list(mesh.shape)}
+    for strategy in ("fsdp", "fsdp_tp"):
+        estimates = {}
+        for axis in (None, "model"):
+            layout_map, _ = plan_layout(build, mesh, strategy, sequence_axis=axis)
+            estimates[axis] = estimate_memory(
+                build, layout_map, (tokens, tokens), loss=loss, sequence_axis=axis
+            )
+        batch_only, split = estimates[None], estimates["model"]
+        rows[f"{strategy} 2x4"] = {
+            "temporary_bytes_batch_only": batch_only.temporary_bytes,
+            "temporary_bytes_sequence_parallel": split.temporary_bytes,
+            "temporary_relative": split.temporary_bytes / batch_only.temporary_bytes,
+            "peak_relative": split.peak_bytes / batch_only.peak_bytes,
+        }
+    return rows
 
 
 def measure(args):
@@ -114,6 +161,7 @@ def measure(args):
         "devices": len(keras.distribution.list_devices()),
         "model": {k: getattr(args, k) for k in ("width", "heads", "ff", "vocab", "batch", "seq")},
         "strategies": rows,
+        "sequence_parallel": sequence_parallel(args),
     }
 
 
@@ -143,6 +191,10 @@ def main(argv=None):
             f"peak {row['peak_relative_to_dp']:.3f} x DP, "
             f"replicated {row['replicated_fraction']:.3f}"
         )
+    for name, row in figures["sequence_parallel"].items():
+        if isinstance(row, dict):
+            print(f"{name:<12} sequence-parallel temporaries {row['temporary_relative']:.3f} x "
+                  "batch-only")  # fmt: skip
     print(json.dumps(figures))
     return figures
 

@@ -133,6 +133,86 @@ for strategy, model_axis in STRATEGIES.items():
         }
     result[strategy] = entry
 
+# Sequence parallelism: inputs on (batch, model), layer outputs' sequence on the model axis.
+sequence = {}
+for strategy in ("fsdp", "fsdp_tp"):
+    mesh = device_mesh(4)
+    layout_map, report = plan_layout(build(), mesh, strategy, sequence_axis="model")
+    distribution = model_parallel(layout_map, sequence_axis="model")
+    entry = {
+        "activations": {key: list(axes) for key, axes in report.activations},
+        "data_layouts": {str(shape): list(distribution.get_data_layout(shape).axes)
+                         for shape in [(BATCH, SEQ), (BATCH, SEQ, D), (BATCH,), (BATCH, 3)]},
+    }  # fmt: skip
+    for name in OPTIMIZERS:
+        with distribution.scope():
+            model = build()
+            check_layout(model, layout_map)
+            losses, weights = train(model, name)
+        entry[name] = {
+            "loss": losses,
+            "unsharded_loss": unsharded[name][0],
+            "weight_difference": max(
+                float(np.max(np.abs(a - b)))
+                for a, b in zip(weights, unsharded[name][1], strict=True)
+            ),
+        }
+    sequence[strategy] = entry
+result["sequence"] = sequence
+
+# Gradient accumulation (Adam, 2 mini-batches per update) under FSDP: 4 updates.
+ACCUMULATE = 2
+bx, by = x, y  # 64 rows: 8 mini-batches of 8, or 4 batches of 16
+
+
+def accumulate(model, steps):
+    model.set_weights(initial)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3, gradient_accumulation_steps=steps),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    size = BATCH // steps
+    losses = [
+        float(model.train_on_batch(bx[i * size : (i + 1) * size], by[i * size : (i + 1) * size]))
+        for i in range(len(bx) // size)
+    ]
+    return losses, [np.asarray(w) for w in model.get_weights()], int(model.optimizer.iterations)
+
+
+layout_map, _ = plan_layout(build(), device_mesh(1), "fsdp")
+with model_parallel(layout_map).scope():
+    model = build()
+    check_layout(model, layout_map)
+    sharded = accumulate(model, ACCUMULATE)
+    accumulator_specs = {
+        v.path: spec(v) for v in model.optimizer.variables if "accumulator" in v.path
+    }
+plain = accumulate(build(), ACCUMULATE)
+model = build()  # one batch twice as large, no accumulation
+model.set_weights(initial)
+model.compile(
+    optimizer=keras.optimizers.Adam(1e-3),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+)
+large_losses = [float(model.train_on_batch(bx[i * BATCH : (i + 1) * BATCH],
+                                           by[i * BATCH : (i + 1) * BATCH])) for i in range(STEPS)]  # fmt: skip
+large_weights = [np.asarray(w) for w in model.get_weights()]
+result["accumulation"] = {
+    "loss": sharded[0],
+    "unsharded_loss": plain[0],
+    "updates": sharded[2],
+    "large_batch_loss": large_losses,
+    "difference_to_unsharded": max(
+        float(np.max(np.abs(a - b))) for a, b in zip(sharded[1], plain[1], strict=True)
+    ),
+    "difference_to_large_batch": max(
+        float(np.max(np.abs(a - b))) for a, b in zip(sharded[1], large_weights, strict=True)
+    ),
+    "moved": max(float(np.max(np.abs(a - b))) for a, b in zip(sharded[1], initial, strict=True)),
+    "accumulator_specs": accumulator_specs,
+    "weight_specs": {p: list(layout.axes) for p, layout in layout_map.items()},
+}
+
 # The guards, on layouts that Keras accepts without a word.
 errors = {}
 mesh = device_mesh(8)
