@@ -84,3 +84,32 @@ def test_two_processes_train_one_sharded_model_to_the_single_process_loss(runs):
         np.testing.assert_allclose(worker["losses"], single["losses"], rtol=1e-5)
     assert workers[0]["mesh"] == workers[1]["mesh"]  # one global mesh of both processes' devices
     assert single["losses"][-1] < single["losses"][0]  # it trained
+
+
+CONFIGURATION_ERRORS = """
+import json, keras
+errors = []
+for kw in [
+    dict(job_addresses="127.0.0.1:1234,127.0.0.1:1235", num_processes=3, process_id=0),
+    dict(job_addresses="127.0.0.1:1234", num_processes=2, process_id=2),
+]:
+    try:
+        keras.distribution.initialize(**kw)
+        errors.append(None)
+    except ValueError as error:
+        errors.append(str(error))
+print(json.dumps(errors))
+"""
+
+
+@pytest.mark.slow
+def test_a_wrong_process_count_or_id_fails_at_once_with_a_clear_message():
+    pytest.importorskip("jax")
+    completed = subprocess.run(
+        [sys.executable, "-c", CONFIGURATION_ERRORS], cwd=ROOT, env=_env(4),
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    addresses, process_id = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert "has 2 jobs, but num_processes is 3" in addresses
+    assert "process_id < num_processes. Got process_id=2, num_processes=2" in process_id
