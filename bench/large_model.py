@@ -24,6 +24,11 @@ strategy and mesh, ``nnkit.distribute.plan_layout`` plans the layout and
   on the contracted hidden dimension, the other mesh axis on the data axis);
 - ``choice``: ``choose_layout``'s table under a budget of
   ``--budget-fraction`` (default 0.35) of data parallelism's peak;
+- ``sequence_parallel``: XLA's temporary (and peak) bytes per device with
+  the sequence split on a 4-way axis (``sequence_axis="model"``) relative to
+  splitting the batch only, same plan and 2 x 4 mesh, for ``--batch``
+  sequences of ``--sp-seq`` tokens (default 512: long inputs, where
+  activations dominate);
 - the seconds to plan (on shapes only) and estimate each, the parameter
   count and the host's peak resident memory (nothing of the model's size is
   allocated: try ``--width 8192 --ff 32768 --vocab 32768`` for 2.2B
@@ -62,8 +67,11 @@ def parse_args(argv=None):
         "--budget-fraction", type=float, default=0.35,
         help="choose_layout's memory budget, as a fraction of data parallelism's peak",
     )  # fmt: skip
+    parser.add_argument(
+        "--sp-seq", type=int, default=512, help="sequence length of the sequence-parallel figure"
+    )
     args = parser.parse_args(argv)
-    sizes = (args.width, args.heads, args.ff, args.vocab, args.batch, args.seq)
+    sizes = (args.width, args.heads, args.ff, args.vocab, args.batch, args.seq, args.sp_seq)
     if min(sizes) < 1:
         parser.error("every size must be >= 1")
     if not 0 < args.budget_fraction <= 1:
@@ -73,6 +81,7 @@ def parse_args(argv=None):
     if args.quick:
         args.width, args.heads, args.ff, args.vocab, args.batch, args.seq = 32, 8, 64, 64, 16, 8
         args.budget_fraction = 0.75  # a small model's peak is mostly temporaries
+        args.sp_seq = 16
     return args
 
 
@@ -197,6 +206,44 @@ def communication(args, build, batch, loss):
     }
 
 
+def sequence_parallel(args):
+    """Temporary bytes with the sequence split on a 4-way axis, relative to the batch only.
+
+    The same weights' plan and mesh (2 x 4), the same global batch of
+    ``--batch`` sequences of ``--sp-seq`` tokens: batch-only splits the
+    inputs over the 2-way batch axis (the 4-way model axis then holds whole
+    sequences); sequence parallelism also splits inputs and layer outputs
+    along the sequence over the 4-way axis (``sequence_axis="model"``).
+    """
+    import argparse
+
+    import keras
+    import numpy as np
+
+    from nnkit.distribute import device_mesh, estimate_memory, plan_layout
+
+    build = _build(argparse.Namespace(**{**vars(args), "seq": args.sp_seq}))
+    tokens = np.zeros((args.batch, args.sp_seq), "int32")
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    mesh = device_mesh(4)
+    rows = {"sequence": args.sp_seq, "batch": args.batch, "mesh": list(mesh.shape)}
+    for strategy in ("fsdp", "fsdp_tp"):
+        estimates = {}
+        for axis in (None, "model"):
+            layout_map, _ = plan_layout(build, mesh, strategy, sequence_axis=axis)
+            estimates[axis] = estimate_memory(
+                build, layout_map, (tokens, tokens), loss=loss, sequence_axis=axis
+            )
+        batch_only, split = estimates[None], estimates["model"]
+        rows[f"{strategy} 2x4"] = {
+            "temporary_bytes_batch_only": batch_only.temporary_bytes,
+            "temporary_bytes_sequence_parallel": split.temporary_bytes,
+            "temporary_relative": split.temporary_bytes / batch_only.temporary_bytes,
+            "peak_relative": split.peak_bytes / batch_only.peak_bytes,
+        }
+    return rows
+
+
 def measure(args):
     """The figures, in this process (JAX backend, 8 devices already set)."""
     import keras
@@ -235,6 +282,7 @@ def measure(args):
         "devices": len(keras.distribution.list_devices()),
         "model": {k: getattr(args, k) for k in ("width", "heads", "ff", "vocab", "batch", "seq")},
         "strategies": rows,
+        "sequence_parallel": sequence_parallel(args),
     }
 
 
@@ -278,6 +326,10 @@ def main(argv=None):
             f"  {row['rank'] or '-':>2} {row['strategy']:<8} {row['mesh']:<4} peak "
             f"{row['peak_bytes']:>10} collective {row['collective_bytes']:>10} {row['dropped']}"
         )
+    for name, row in figures["sequence_parallel"].items():
+        if isinstance(row, dict):
+            print(f"{name:<12} sequence-parallel temporaries {row['temporary_relative']:.3f} x "
+                  "batch-only")  # fmt: skip
     print(json.dumps(figures))
     return figures
 

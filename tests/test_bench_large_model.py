@@ -43,6 +43,14 @@ def test_quick_run_ends_with_one_json_object(capsys):
         assert rows[name]["state_relative_to_dp"] == pytest.approx(state(parts) / state(1))
         assert rows[name]["replicated_fraction"] == 0.0
     assert rows["fsdp 8x1"]["state_relative_to_dp"] < 0.15  # the figures: <= 0.14
+    sequence = figures["sequence_parallel"]
+    assert (sequence["sequence"], sequence["batch"], sequence["mesh"]) == (16, 16, [2, 4])
+    for name in ("fsdp 2x4", "fsdp_tp 2x4"):
+        row = sequence[name]
+        assert row["temporary_relative"] == pytest.approx(
+            row["temporary_bytes_sequence_parallel"] / row["temporary_bytes_batch_only"]
+        )
+        assert row["temporary_bytes_batch_only"] > 0 and row["peak_relative"] > 0
     # at d=256 (vectors a smaller share), FSDP x TP <= 0.15, TP 1x8 <= 0.16, TP 2x4 <= 0.27
 
     # Collective bytes: the planner's "tp" layout against the hand-written ones.

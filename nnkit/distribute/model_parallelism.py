@@ -49,6 +49,17 @@ def _check_axis(name, value, mesh):
     return value
 
 
+def _check_sequence_axis(sequence_axis, batch_axis, mesh):
+    _check_axis("sequence_axis", sequence_axis, mesh)
+    if sequence_axis == batch_axis:
+        raise ValueError(
+            "`sequence_axis` must differ from `batch_axis` (the sequence is split over another "
+            f"mesh axis than the batch). Received: sequence_axis={sequence_axis!r}, "
+            f"batch_axis={batch_axis!r}"
+        )
+    return sequence_axis
+
+
 def device_mesh(model_parallelism=None, *, devices=None, batch_axis="batch", model_axis="model"):
     """A two-axis device mesh ``(batch, model)`` for model parallelism.
 
@@ -252,28 +263,36 @@ def mlp_layout_map(
     return layout_map
 
 
-def model_parallel(layout_map, *, batch_axis="batch"):
+def model_parallel(layout_map, *, batch_axis="batch", sequence_axis=None):
     """A ``keras.distribution.ModelParallel`` for ``layout_map``, on the JAX backend only.
 
     Build, compile and train the model inside ``distribution.scope()`` (or
     after ``keras.distribution.set_distribution(distribution)``): variables
     take their layout when they are created, and ``fit`` splits each global
-    batch over ``batch_axis``. ``batch_size`` stays the global batch.
+    batch over ``batch_axis``. ``batch_size`` stays the global batch. With
+    ``sequence_axis`` (sequence parallelism, for a layout map from
+    ``plan_layout(..., sequence_axis=...)``) every input of two or more
+    dimensions whose dimension 1 divides by that axis is split along it too.
 
     Args:
         layout_map: A ``keras.distribution.LayoutMap`` (e.g. from
             ``mlp_layout_map``). Required.
         batch_axis: The mesh axis that splits the batch.
             Defaults to ``"batch"``.
+        sequence_axis: A mesh axis (not ``batch_axis``) that splits the
+            inputs' dimension 1 (the sequence), or ``None``.
+            Defaults to ``None``.
 
     Returns:
-        A ``keras.distribution.ModelParallel``.
+        A ``keras.distribution.ModelParallel`` (with ``sequence_axis``, a
+        subclass whose ``get_data_layout`` also splits the sequence).
 
     Raises:
         ValueError: If the Keras backend is not JAX (``keras.distribution``
             would be silently ignored).
         TypeError: If ``layout_map`` is not a ``LayoutMap``.
-        ValueError: If ``batch_axis`` is not an axis of the layout map's mesh.
+        ValueError: If ``batch_axis`` or ``sequence_axis`` is not an axis of
+            the layout map's mesh, or they are equal.
 
     Example:
     >>> from nnkit.distribute import device_mesh, mlp_layout_map, model_parallel
@@ -292,6 +311,13 @@ def model_parallel(layout_map, *, batch_axis="batch"):
         "layout_map", layout_map, keras.distribution.LayoutMap, "a keras.distribution.LayoutMap"
     )
     _check_axis("batch_axis", batch_axis, layout_map.device_mesh)
+    if sequence_axis is not None:
+        from nnkit.distribute.sharding.sequence import SequenceParallel
+
+        _check_sequence_axis(sequence_axis, batch_axis, layout_map.device_mesh)
+        return SequenceParallel(
+            layout_map=layout_map, batch_dim_name=batch_axis, sequence_axis=sequence_axis
+        )
     return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name=batch_axis)
 
 

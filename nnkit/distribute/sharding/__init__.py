@@ -7,6 +7,8 @@ answer). One concept per module:
 - ``report.py``: what a layout does to each variable (axes, bytes, why);
 - ``rules.py``: the tensor-parallel rules by layer type (Megatron pairing);
 - ``planning.py``: ``plan_layout`` for the strategies dp, fsdp, tp, fsdp_tp;
+- ``sequence.py``: sequence parallelism (inputs and layer outputs split on
+  the sequence, ``sequence_axis``);
 - ``guards.py``: ``check_layout`` on any ``LayoutMap``;
 - ``memory.py``: ``estimate_memory``, per-device bytes before launch;
 - ``collectives.py``: the bytes a compiled step's collectives move per device;

@@ -7,7 +7,8 @@ built outside the distribution's scope is replicated without a word. Both
 show up only as memory that does not shrink. ``check_layout`` fails loudly
 instead, naming the keys or variables, on three conditions:
 
-1. every key matches at least one variable path of the model;
+1. every key matches at least one variable path of the model, or (a key
+   for an activation, ``"<layer path>/output"``) the output of a layer;
 2. every variable is placed on the mesh as the layout map says (a variable
    no key matches: replicated);
 3. at most ``max_replicated`` of the shardable bytes (variables of two or
@@ -20,6 +21,7 @@ import re
 import keras
 
 from nnkit import _validation as v
+from nnkit._keras.layers import walk
 from nnkit.distribute.model_parallelism import _require_jax
 from nnkit.distribute.sharding.report import dtype_bytes, is_shardable
 
@@ -52,7 +54,8 @@ def check_layout(model, layout_map, *, max_replicated=DEFAULT_MAX_REPLICATED):
     or written by hand. It raises where Keras stays silent: a key that
     matches no variable, a variable not placed as its key says (a model
     built outside the scope), or more than ``max_replicated`` of the
-    shardable bytes replicated, where shardable means two or more dimensions,
+    shardable bytes replicated (keys ``"<layer path>/output"``, activation
+    layouts, must match a layer), where shardable means two or more dimensions,
     one divisible by a mesh axis of size > 1, and the fraction is
     ``replicated shardable bytes / shardable bytes``.
 
@@ -69,7 +72,8 @@ def check_layout(model, layout_map, *, max_replicated=DEFAULT_MAX_REPLICATED):
 
     Raises:
         ValueError: If the Keras backend is not JAX, ``max_replicated`` is
-            outside ``[0, 1]``, a key matches no variable, a variable is not
+            outside ``[0, 1]``, a key matches no variable (nor layer
+            output), a variable is not
             placed as the layout map says, or too many shardable bytes are
             replicated (the message names the keys or variables).
         TypeError: If an argument has the wrong type.
@@ -99,7 +103,10 @@ def check_layout(model, layout_map, *, max_replicated=DEFAULT_MAX_REPLICATED):
     max_replicated = v.check_number("max_replicated", max_replicated, minimum=0, maximum=1)
     variables = list(model.variables)
     paths = [variable.path for variable in variables]
-    unmatched = [key for key in layout_map if not any(re.fullmatch(key, p) for p in paths)]
+    outputs = [f"{layer.path}/output" for layer in walk(model) if layer.path]
+    unmatched = [
+        key for key in layout_map if not any(re.fullmatch(key, p) for p in paths + outputs)
+    ]
     if unmatched:
         raise ValueError(
             f"{len(unmatched)} key{'s' if len(unmatched) > 1 else ''} of the layout map "

@@ -91,7 +91,14 @@ def _check_batch(batch):
 
 
 def estimate_memory(
-    build_fn, layout_map, batch, *, optimizer="adam", loss="mse", batch_axis="batch"
+    build_fn,
+    layout_map,
+    batch,
+    *,
+    optimizer="adam",
+    loss="mse",
+    batch_axis="batch",
+    sequence_axis=None,
 ):
     """Estimate the per-device memory of a sharded training step without allocating the model.
 
@@ -115,14 +122,17 @@ def estimate_memory(
             its config, never built. Defaults to ``"adam"``.
         loss: The loss, as for ``model.compile``. Defaults to ``"mse"``.
         batch_axis: The mesh axis that splits the batch. Defaults to ``"batch"``.
+        sequence_axis: The mesh axis that splits the inputs' sequence
+            (dimension 1) under sequence parallelism (``model_parallel``'s),
+            or ``None``. Defaults to ``None``.
 
     Returns:
         A ``MemoryEstimate``: per-device parameter, optimizer-state,
         argument, output, aliased, temporary and peak bytes.
 
     Raises:
-        ValueError: If the Keras backend is not JAX or ``batch_axis`` is not
-            an axis of the layout map's mesh.
+        ValueError: If the Keras backend is not JAX, or ``batch_axis`` or
+            ``sequence_axis`` is not an axis of the layout map's mesh.
         TypeError: If ``build_fn`` is not callable or does not return a
             ``keras.Model``, or another argument has the wrong type.
 
@@ -143,7 +153,13 @@ def estimate_memory(
     """
     _require_jax("estimate_memory()")
     compiled, parameters, optimizer_bytes = compile_step(
-        build_fn, layout_map, batch, optimizer=optimizer, loss=loss, batch_axis=batch_axis
+        build_fn,
+        layout_map,
+        batch,
+        optimizer=optimizer,
+        loss=loss,
+        batch_axis=batch_axis,
+        sequence_axis=sequence_axis,
     )
     return MemoryEstimate.from_compiled(compiled, parameters, optimizer_bytes)
 
@@ -177,7 +193,7 @@ def check_step_arguments(build_fn, layout_map, batch, optimizer, loss):
     return layout_map, batch
 
 
-def compile_step(build_fn, layout_map, batch, *, optimizer, loss, batch_axis):
+def compile_step(build_fn, layout_map, batch, *, optimizer, loss, batch_axis, sequence_axis=None):
     """``(compiled train step, parameter bytes, optimizer bytes)`` per device, on shapes only.
 
     The ahead-of-time compile behind ``estimate_memory``; ``choose_layout``
@@ -186,7 +202,7 @@ def compile_step(build_fn, layout_map, batch, *, optimizer, loss, batch_axis):
     layout_map, batch = check_step_arguments(build_fn, layout_map, batch, optimizer, loss)
     from nnkit.distribute.model_parallelism import model_parallel
 
-    distribution = model_parallel(layout_map, batch_axis=batch_axis)
+    distribution = model_parallel(layout_map, batch_axis=batch_axis, sequence_axis=sequence_axis)
     if isinstance(optimizer, keras.optimizers.Optimizer):
         optimizer = keras.optimizers.serialize(optimizer)
     with distribution.scope():

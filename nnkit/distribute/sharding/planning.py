@@ -18,6 +18,10 @@ their weight's layout (Keras copies it), so they shrink with the weights.
 The keys are the variables' escaped paths, full-match regular expressions as
 ``LayoutMap`` requires since Keras 3.14, one per variable not replicated;
 check the result on the built model with ``check_layout``.
+
+With ``sequence_axis`` the plan also splits activations along the sequence
+(``sequence.py``): keys ``"<layer path>/output"`` for the layer outputs, and
+``model_parallel(layout_map, sequence_axis=...)`` splits the inputs.
 """
 
 import re
@@ -27,8 +31,13 @@ import keras
 from nnkit import _validation as v
 from nnkit._keras import aot
 from nnkit._keras.layers import walk
-from nnkit.distribute.model_parallelism import _check_axis, _check_mesh, _require_jax
-from nnkit.distribute.sharding import rules
+from nnkit.distribute.model_parallelism import (
+    _check_axis,
+    _check_mesh,
+    _check_sequence_axis,
+    _require_jax,
+)
+from nnkit.distribute.sharding import rules, sequence
 from nnkit.distribute.sharding.report import (
     LayoutReport,
     VariablePlan,
@@ -48,7 +57,9 @@ def _add_data_axis(shape, axes, axis, parts):
     return tuple(axis if d == dim else a for d, a in enumerate(axes)), True
 
 
-def plan(model, axis_sizes, strategy, *, batch_axis="batch", model_axis="model"):
+def plan(
+    model, axis_sizes, strategy, *, batch_axis="batch", model_axis="model", sequence_axis=None
+):
     """The ``LayoutReport`` of ``strategy`` for ``model`` on a mesh of ``axis_sizes`` (any backend)."""
     variables = list(model.variables)
     placed = {id(variable): None for variable in variables}
@@ -96,10 +107,28 @@ def plan(model, axis_sizes, strategy, *, batch_axis="batch", model_axis="model")
                 fallback=fallback,
             )
         )
-    return LayoutReport(strategy=strategy, axis_sizes=dict(axis_sizes), variables=tuple(plans))
+    activations = ()
+    if sequence_axis is not None:
+        placed = sequence.activation_layouts(
+            model,
+            axis_sizes,
+            {p.path: p for p in plans},
+            batch_axis=batch_axis,
+            sequence_axis=sequence_axis,
+            tp_axis=model_axis if strategy in ("tp", "fsdp_tp") else None,
+        )
+        activations = tuple((key, axes) for key, (axes, _) in placed.items())
+    return LayoutReport(
+        strategy=strategy,
+        axis_sizes=dict(axis_sizes),
+        variables=tuple(plans),
+        activations=activations,
+    )
 
 
-def plan_layout(model, mesh, strategy, *, batch_axis="batch", model_axis="model"):
+def plan_layout(
+    model, mesh, strategy, *, batch_axis="batch", model_axis="model", sequence_axis=None
+):
     """Plan a ``keras.distribution.LayoutMap`` for any built Keras model (JAX backend).
 
     Use it to train a model whose parameters and optimizer state do not fit
@@ -118,6 +147,15 @@ def plan_layout(model, mesh, strategy, *, batch_axis="batch", model_axis="model"
     nothing), then build it again (same layer names) inside
     ``model_parallel(layout_map).scope()`` and confirm with ``check_layout``.
 
+    For long inputs, ``sequence_axis`` adds sequence parallelism: the
+    outputs of the layers (of three or more dimensions, sequence divisible)
+    are split on it along dimension 1, except those the tensor-parallel
+    rules already split on it (column-parallel layers when it is the model
+    axis). Pass the same ``sequence_axis`` to ``model_parallel`` (and
+    ``estimate_memory``), which splits the inputs' dimension 1 too. Per
+    device, an activation with a sequence holds ``1 / (B·S)`` of it instead
+    of ``1 / B``.
+
     Args:
         model: A built ``keras.Model`` (its variables exist), or a function
             with no arguments returning one, which is then built on shapes
@@ -130,17 +168,24 @@ def plan_layout(model, mesh, strategy, *, batch_axis="batch", model_axis="model"
             Defaults to ``"batch"``.
         model_axis: The mesh's model axis (``"tp"``, ``"fsdp_tp"``).
             Defaults to ``"model"``.
+        sequence_axis: A mesh axis (other than ``batch_axis``) to split
+            activations along the sequence (dimension 1), usually the model
+            axis (Megatron-LM's sequence parallelism), or ``None`` for none.
+            Defaults to ``None``.
 
     Returns:
         ``(layout_map, report)``: a ``keras.distribution.LayoutMap`` with one
-        full-match key per variable not replicated, and a ``LayoutReport``
-        (per variable its axes, bytes, bytes per device and reason; the
-        replicated fraction; the fallbacks).
+        full-match key per variable not replicated (and, with
+        ``sequence_axis``, one ``"<layer path>/output"`` key per activation
+        split), and a ``LayoutReport`` (per variable its axes, bytes, bytes
+        per device and reason; the replicated fraction; the fallbacks; the
+        activations).
 
     Raises:
         ValueError: If the Keras backend is not JAX, the model has no
-            variables (not built), ``strategy`` is unknown or an axis the
-            strategy needs is not in the mesh.
+            variables (not built), ``strategy`` is unknown, an axis the
+            strategy needs is not in the mesh, or ``sequence_axis`` is not
+            in the mesh or equals ``batch_axis``.
         TypeError: If an argument has the wrong type.
 
     Example:
@@ -156,12 +201,17 @@ def plan_layout(model, mesh, strategy, *, batch_axis="batch", model_axis="model"
     ['Dense column-parallel', 'Dense row-parallel']
     >>> round(report.bytes_per_device / report.bytes, 3)  # biases replicated  # doctest: +SKIP
     0.278
+    >>> layout_map, report = plan_layout(model, mesh, "tp", sequence_axis="model")  # doctest: +SKIP
+    >>> report.activations  # no sequence dimension in (batch, 16): nothing  # doctest: +SKIP
+    ()
 
     References:
         Shoeybi et al., 2019, Megatron-LM: Training Multi-Billion Parameter
         Language Models Using Model Parallelism (arXiv:1909.08053).
         Rajbhandari et al., 2020, ZeRO: Memory Optimizations Toward Training
         Trillion Parameter Models (arXiv:1910.02054).
+        Korthikanti et al., 2022, Reducing Activation Recomputation in Large
+        Transformer Models (arXiv:2205.05198).
     """
     _require_jax("plan_layout()")
     build_fn = model if callable(model) and not isinstance(model, keras.Model) else None
@@ -176,6 +226,8 @@ def plan_layout(model, mesh, strategy, *, batch_axis="batch", model_axis="model"
         v.check_str(name, names[name])
     for name in needs:
         _check_axis(name, names[name], mesh)
+    if sequence_axis is not None:
+        _check_sequence_axis(sequence_axis, batch_axis, mesh)
     if build_fn is not None:  # validated the rest first: building may be costly
         model = aot.shapes_only(build_fn)
         v.check_instance("model", model, keras.Model, "a keras.Model or a function returning one")
@@ -185,9 +237,18 @@ def plan_layout(model, mesh, strategy, *, batch_axis="batch", model_axis="model"
             f"Input). Received: model={model.name!r}"
         )
     axis_sizes = dict(zip(mesh.axis_names, mesh.shape, strict=True))
-    report = plan(model, axis_sizes, strategy, batch_axis=batch_axis, model_axis=model_axis)
+    report = plan(
+        model,
+        axis_sizes,
+        strategy,
+        batch_axis=batch_axis,
+        model_axis=model_axis,
+        sequence_axis=sequence_axis,
+    )
     layout_map = keras.distribution.LayoutMap(mesh)
     for entry in report.variables:
         if not entry.replicated:
             layout_map[re.escape(entry.path)] = entry.axes
+    for key, axes in report.activations:
+        layout_map[key] = axes
     return layout_map, report

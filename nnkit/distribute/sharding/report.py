@@ -77,11 +77,15 @@ class LayoutReport:
         strategy: The strategy planned (``"dp"``, ``"fsdp"``, ``"tp"``, ``"fsdp_tp"``).
         axis_sizes: ``{mesh axis name: size}``.
         variables: A tuple of ``VariablePlan``, in the model's variable order.
+        activations: A tuple of ``(layout map key, axes)`` of the layer
+            outputs split on the sequence (``sequence_axis``; empty
+            without sequence parallelism).
     """
 
     strategy: str
     axis_sizes: dict
     variables: tuple
+    activations: tuple = ()
 
     @property
     def bytes(self):
@@ -127,4 +131,6 @@ class LayoutReport:
                 f"{plan.path:<{width}}  {str(plan.shape):<16} {str(plan.axes):<24} "
                 f"{plan.bytes_per_device:>10.0f} B  {plan.reason}{mark}"
             )
+        for key, axes in self.activations:
+            lines.append(f"{key:<{width}}  {'':<16} {str(axes):<24} sequence-parallel activation")
         return "\n".join(lines)

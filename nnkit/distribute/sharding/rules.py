@@ -84,7 +84,7 @@ def _product(shape, dims):
     return result
 
 
-def _einsum_dims(equation, kernel_rank):
+def einsum_dims(equation, kernel_rank):
     """(output dims, contracted dims) of an ``EinsumDense`` kernel, from its equation."""
     inputs, output = equation.replace("...", "").split("->")
     data, kernel = inputs.split(",")
@@ -135,7 +135,7 @@ def tensor_parallel(layer, parts, axis, pairing):
         return {**placed, **_replicated(others, "bias: replicated")}
     if isinstance(layer, keras.layers.EinsumDense):
         kernel = layer.kernel
-        outputs, contracted = _einsum_dims(layer.equation, len(kernel.shape))
+        outputs, contracted = einsum_dims(layer.equation, len(kernel.shape))
         axes, reason, fallback = _matmul(
             kernel, outputs, contracted, parts, axis, pairing, "EinsumDense"
         )

@@ -9,9 +9,11 @@ import importlib
 import io
 import json
 
+import _jax_model
 import jax
 import keras
 import numpy as np
+from _jax_model import BATCH, OPTIMIZERS, build
 
 from nnkit._keras import aot
 from nnkit.distribute import (
@@ -23,45 +25,12 @@ from nnkit.distribute import (
 )
 
 STRATEGIES = {"dp": 1, "fsdp": 1, "tp": 8, "fsdp_tp": 4}  # strategy -> model axis size
-D, HEADS, FF, VOCAB, SEQ, BATCH, STEPS = 32, 8, 64, 64, 8, 16, 4
-
-
-def build():
-    """A 2-block transformer (every layer named, so two builds have the same paths)."""
-
-    def block(x, i):
-        a = keras.layers.MultiHeadAttention(HEADS, D // HEADS, name=f"block_{i}_attention")(x, x)
-        x = keras.layers.LayerNormalization(name=f"block_{i}_norm_1")(x + a)
-        h = keras.layers.Dense(FF, activation="relu", name=f"block_{i}_ff_1")(x)
-        h = keras.layers.Dense(D, name=f"block_{i}_ff_2")(h)
-        return keras.layers.LayerNormalization(name=f"block_{i}_norm_2")(x + h)
-
-    ids = keras.Input((SEQ,), dtype="int32")
-    x = keras.layers.Embedding(VOCAB, D, name="embedding")(ids)
-    for i in range(2):
-        x = block(x, i)
-    return keras.Model(ids, keras.layers.Dense(VOCAB, name="head")(x), name="tiny")
-
-
-OPTIMIZERS = {"sgd": lambda: keras.optimizers.SGD(0.1), "adam": lambda: keras.optimizers.Adam(1e-3)}
-rng = np.random.default_rng(0)
-tokens = rng.integers(0, VOCAB, size=(BATCH * STEPS, SEQ + 1)).astype("int32")
-x, y = tokens[:, :-1], tokens[:, 1:]
-keras.utils.set_random_seed(0)
-initial = build().get_weights()
+x, y = _jax_model.data()
+initial = _jax_model.initial_weights()
 
 
 def train(model, optimizer):
-    model.set_weights(initial)
-    model.compile(
-        optimizer=OPTIMIZERS[optimizer](),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    losses = [
-        float(model.train_on_batch(x[i * BATCH : (i + 1) * BATCH], y[i * BATCH : (i + 1) * BATCH]))
-        for i in range(STEPS)
-    ]
-    return losses, [np.asarray(w) for w in model.get_weights()]
+    return _jax_model.train(model, OPTIMIZERS[optimizer](), initial, x, y)
 
 
 def spec(variable):
@@ -157,8 +126,7 @@ for name, call in {
 result["errors"] = errors
 
 # A fallback: 6 heads and a vocabulary of 60 do not split over 8 devices.
-HEADS, VOCAB, D = 6, 60, 48
-_, report = plan_layout(build(), device_mesh(8), "tp")
+_, report = plan_layout(build(d=48, heads=6, vocab=60), device_mesh(8), "tp")
 result["fallback"] = {p.path: {"axes": list(p.axes), "reason": p.reason} for p in report.fallbacks}
 result["fallback_fraction"] = report.replicated_fraction
 

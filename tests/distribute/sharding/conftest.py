@@ -1,4 +1,10 @@
-# _jax_script.py is a script run in a JAX subprocess by test_sharded_training.py
-# (8 logical devices): importing it here, for its doctests, would run it on
-# this process's backend.
-collect_ignore = ["_jax_script.py", "_choice_script.py"]
+# The _*.py scripts run in JAX subprocesses (8 logical devices, or one process of
+# a multi-process job) started by the test files; importing them here, for their
+# doctests, would run them on this process's backend.
+collect_ignore = [
+    "_choice_script.py",
+    "_jax_model.py",
+    "_jax_script.py",
+    "_jax_sequence_script.py",
+    "_multi_process_script.py",
+]

@@ -137,3 +137,30 @@ def test_plan_layout_refuses_other_backends():
     mesh = device_mesh(1, devices=["cpu:0"])
     with pytest.raises(ValueError, match="JAX backend"):
         plan_layout(model, mesh, "fsdp")
+
+
+def test_sequence_parallel_splits_outputs_with_a_divisible_sequence():
+    model = _sequential(
+        keras.layers.Dense(64, name="up"),
+        keras.layers.Dense(16, name="down"),
+        keras.layers.LayerNormalization(name="norm"),
+        shape=(8, 16),
+    )
+    sizes = {"batch": 2, "model": 4}
+    # Without tensor parallelism every (batch, seq, features) output goes on the sequence.
+    report = plan(model, sizes, "fsdp", sequence_axis="model")
+    seq = ("batch", "model", None)
+    assert dict(report.activations) == {f"net/{n}/output": seq for n in ("up", "down", "norm")}
+    # Megatron: the column-parallel output (up: features on the model axis) keeps its split.
+    report = plan(model, sizes, "fsdp_tp", sequence_axis="model")
+    assert dict(report.activations) == {"net/down/output": seq, "net/norm/output": seq}
+    # A batch axis of size 1 is left off; a sequence of 6 does not divide by 4.
+    assert dict(plan(model, {"batch": 1, "model": 4}, "dp", sequence_axis="model").activations)[
+        "net/up/output"
+    ] == (None, "model", None)
+    odd = _sequential(keras.layers.Dense(8, name="up"), shape=(6, 16))
+    assert plan(odd, sizes, "dp", sequence_axis="model").activations == ()
+    flat = _sequential(keras.layers.Dense(8, name="up"))  # (batch, features): no sequence
+    assert plan(flat, sizes, "dp", sequence_axis="model").activations == ()
+    assert plan(model, sizes, "fsdp").activations == ()
+    assert "net/down/output" in str(report)
