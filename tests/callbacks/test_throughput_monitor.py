@@ -10,8 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from nnkit.callbacks import ThroughputMonitor
-from nnkit.callbacks import _device_facts
+from nnkit.callbacks import ThroughputMonitor, _device_facts
 from nnkit.callbacks.throughput_monitor import sequence_length, throughput_figures
 
 SAMPLES, BATCH = 32, 8
