@@ -227,6 +227,7 @@ BACKEND_ONLY = {
     "distribute.plan_layout": "jax",
     "distribute.check_layout": "jax",
     "distribute.estimate_memory": "jax",
+    "distribute.Remat": "jax",
 }
 
 
@@ -637,6 +638,7 @@ BASELINES.update({
                                              "batch": (c.x(), c.y()), "optimizer": "adam",
                                              "loss": "mse", "batch_axis": "batch"},
     "distribute.check_layout": lambda c: {**_placed(c), "max_replicated": 0.02},
+    "distribute.Remat": lambda c: {"layer": c.model(), "policy": "save_names", "names": ["a"]},
 })  # fmt: skip
 
 

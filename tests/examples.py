@@ -244,6 +244,9 @@ ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
 ABSTRACT |= {"diagnostics.VariableGroups"}
 ABSTRACT |= {"distribute.ReadinessReport", "distribute.LayoutReport", "distribute.VariablePlan"}
 ABSTRACT |= {"distribute.MemoryEstimate"}
+# JAX only (jax.checkpoint), refused on TensorFlow, the suite's backend: its construction,
+# get_config and round trip run on JAX in tests/distribute/sharding/test_remat.py.
+ABSTRACT |= {"distribute.Remat"}
 ABSTRACT |= {"tuning.SensitivityReport", "tuning.LRFinderResult"}
 ABSTRACT |= {"meta.MetaLearner", "meta.TaskSampler"}
 # A space holds its build function and a table its rows: not JSON, not Keras-saved components.

@@ -31,6 +31,7 @@ from nnkit.distribute.model_parallelism import (
 from nnkit.distribute.sharding import (
     LayoutReport,
     MemoryEstimate,
+    Remat,
     VariablePlan,
     check_layout,
     estimate_memory,
@@ -50,6 +51,7 @@ __all__ = [
     "LayoutReport",
     "MemoryEstimate",
     "ReadinessReport",
+    "Remat",
     "VariablePlan",
     "accumulate_gradients",
     "check",

@@ -114,6 +114,8 @@ SKIP = {
     "distribute.VariablePlan": "plan_layout's result, not a component",
     "distribute.estimate_memory": "JAX-backend ahead-of-time compile, not tf.distribute",
     "distribute.MemoryEstimate": "estimate_memory's result, not a component",
+    "distribute.Remat": "JAX-backend rematerialization (jax.checkpoint), refused on TensorFlow; "
+    "tests/distribute/sharding/test_remat.py",
     # Hyperparameter search: drivers around ordinary fits of nnkit.models.mlp models
     # (covered); MedianStopping, a callback, is covered by kind.
     "tuning.MLPHyperModel": "keras-tuner HyperModel building nnkit.models.mlp (covered)",

@@ -8,7 +8,8 @@ answer). One concept per module:
 - ``rules.py``: the tensor-parallel rules by layer type (Megatron pairing);
 - ``planning.py``: ``plan_layout`` for the strategies dp, fsdp, tp, fsdp_tp;
 - ``guards.py``: ``check_layout`` on any ``LayoutMap``;
-- ``memory.py``: ``estimate_memory``, per-device bytes before launch.
+- ``memory.py``: ``estimate_memory``, per-device bytes before launch;
+- ``remat.py``: ``Remat``, block-level rematerialization with a named policy.
 
 The public names are exported from ``nnkit.distribute``.
 """
@@ -16,11 +17,13 @@ The public names are exported from ``nnkit.distribute``.
 from nnkit.distribute.sharding.guards import check_layout
 from nnkit.distribute.sharding.memory import MemoryEstimate, estimate_memory
 from nnkit.distribute.sharding.planning import plan_layout
+from nnkit.distribute.sharding.remat import Remat
 from nnkit.distribute.sharding.report import LayoutReport, VariablePlan
 
 __all__ = [
     "LayoutReport",
     "MemoryEstimate",
+    "Remat",
     "VariablePlan",
     "check_layout",
     "estimate_memory",
