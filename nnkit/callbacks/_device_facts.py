@@ -80,8 +80,11 @@ def _jax_devices():
     import jax
 
     distribution = keras.distribution.distribution()
-    if distribution is not None:
-        return list(distribution.device_mesh.devices.flatten())
+    if distribution is not None:  # the mesh lists devices as strings, "gpu:0"
+        named = {f"{d.platform}:{d.id}": d for d in jax.devices()}
+        used = [named.get(str(name).lower()) for name in distribution.device_mesh.devices.flatten()]
+        if used and all(d is not None for d in used):
+            return used
     return [jax.local_devices()[0]]
 
 

@@ -184,16 +184,26 @@ JAX_SCRIPT = textwrap.dedent(
     monitor = ThroughputMonitor(16, peak_flops=1e12)
     x, y = np.ones((64, 64), "float32"), np.zeros((64, 32), "float32")
     history = model.fit(x, y, batch_size=16, epochs=2, callbacks=[monitor], verbose=0)
-    print(json.dumps({"flops": monitor.flops_per_step, "source": monitor.flops_source,
-                      "mfu": history.history["mfu"], "fps": history.history["flops_per_second"],
-                      "peak": monitor.figures["peak_memory_bytes"]}))
+    out = {"flops": monitor.flops_per_step, "source": monitor.flops_source,
+           "mfu": history.history["mfu"], "fps": history.history["flops_per_second"],
+           "peak": monitor.figures["peak_memory_bytes"]}
+    keras.distribution.set_distribution(keras.distribution.DataParallel())  # 8 devices
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, use_bias=False),
+                              keras.layers.Dense(32, use_bias=False)])
+    model.compile("sgd", loss="mse")
+    monitor = ThroughputMonitor(16, peak_flops=1e12)
+    history = model.fit(x, y, batch_size=16, epochs=1, callbacks=[monitor], verbose=0)
+    out["parallel"] = {"flops": monitor.flops_per_step, "mfu": history.history["mfu"],
+                       "fps": history.history["flops_per_second"]}
+    print(json.dumps(out))
     """
 )
 
 
 @pytest.mark.slow
 def test_compiled_flops_on_jax():
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-c", JAX_SCRIPT], capture_output=True, text=True, env=env, timeout=300
     )
@@ -205,3 +215,7 @@ def test_compiled_flops_on_jax():
     assert abs(out["flops"] - closed) <= 2 * 16 * 32
     assert out["mfu"] == pytest.approx([f / 1e12 for f in out["fps"]])
     assert out["peak"] is None  # CPU
+    # Under data parallelism over 8 devices: the whole step's count, against 8 devices' peak.
+    parallel = out["parallel"]
+    assert parallel["flops"] == out["flops"]
+    assert parallel["mfu"] == pytest.approx([f / (8 * 1e12) for f in parallel["fps"]])
