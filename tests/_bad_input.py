@@ -231,6 +231,7 @@ BACKEND_ONLY = {
     "distribute.check_layout": "jax",
     "distribute.estimate_memory": "jax",
     "distribute.choose_layout": "jax",
+    "distribute.Remat": "jax",
 }
 
 
@@ -441,6 +442,8 @@ BASELINES = {
                                                       "batch_norm_data": None, "batch_size": 8},
     "callbacks.TimeLimit": lambda c: {"max_duration": 3600.0, "safety_factor": 1.25, "boundary": "epoch",
                                       "verbose": 0},
+    "callbacks.ThroughputMonitor": lambda c: {"batch_size": 8, "tokens_per_sample": 4, "window": 3,
+                                              "flops_per_step": 1e6, "peak_flops": 1e12},
     "callbacks.ExceptionSave": lambda c: {"verbose": 0},
     "callbacks.PreemptionSave": lambda c: {"signals": ["SIGTERM"], "grace_period": 30.0,
                                            "exit_status": 75, "verbose": 0},
@@ -651,6 +654,7 @@ BASELINES.update({
                                            "batch": (c.x(), c.y()), "optimizer": "adam",
                                            "loss": "mse", "strategies": ["dp"],
                                            "batch_axis": "batch", "model_axis": "model"},
+    "distribute.Remat": lambda c: {"layer": c.model(), "policy": "save_names", "names": ["a"]},
 })  # fmt: skip
 
 

@@ -88,6 +88,9 @@ EXAMPLES = {
         keep_best=1,
     ),
     "callbacks.TimeLimit": lambda: C.TimeLimit("02:00:00", 1.5, boundary="batch"),
+    "callbacks.ThroughputMonitor": lambda: C.ThroughputMonitor(
+        16, tokens_per_sample=4, window=3, flops_per_step=1e6, peak_flops=1e12
+    ),
     "callbacks.ExceptionSave": lambda: C.ExceptionSave(verbose=0),
     "callbacks.PreemptionSave": lambda: C.PreemptionSave(
         ["SIGTERM", "SIGUSR1"], grace_period=30, exit_status=99, verbose=0
@@ -241,6 +244,9 @@ ABSTRACT |= {"diagnostics.GradientNorms", "diagnostics.GradientReport"}
 ABSTRACT |= {"diagnostics.VariableGroups"}
 ABSTRACT |= {"distribute.ReadinessReport", "distribute.LayoutReport", "distribute.VariablePlan"}
 ABSTRACT |= {"distribute.MemoryEstimate", "distribute.LayoutChoice"}
+# JAX only (jax.checkpoint), refused on TensorFlow, the suite's backend: its construction,
+# get_config and round trip run on JAX in tests/distribute/sharding/test_remat.py.
+ABSTRACT |= {"distribute.Remat"}
 ABSTRACT |= {"tuning.SensitivityReport", "tuning.LRFinderResult"}
 ABSTRACT |= {"meta.MetaLearner", "meta.TaskSampler"}
 # A space holds its build function and a table its rows: not JSON, not Keras-saved components.

@@ -14,6 +14,7 @@ from nnkit.callbacks.monitor import Decision, MonitorCallback, Reason
 from nnkit.callbacks.preemption import PREEMPTED_EXIT_STATUS, Preempted, PreemptionSave
 from nnkit.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
 from nnkit.callbacks.stochastic_weight_averaging import StochasticWeightAveraging
+from nnkit.callbacks.throughput_monitor import ThroughputMonitor
 from nnkit.callbacks.time_limit import TimeLimit
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "StatefulCallback",
     "StochasticWeightAveraging",
     "StopReason",
+    "ThroughputMonitor",
     "TimeLimit",
     "recompute_batch_norm",
 ]

@@ -420,6 +420,27 @@ def median_check(run, result):
     assert result.record.epochs[-1] == 1
 
 
+def throughput_factory(run):
+    from nnkit.callbacks import ThroughputMonitor
+
+    return ThroughputMonitor(R.BATCH, flops_per_step=1000, peak_flops=1e9)
+
+
+def throughput_check(run, result):
+    """A pure observer: it logged its figures, and the same run without it ends on the same
+    weights (the run is trained again without it)."""
+    monitor = result.callbacks["ThroughputMonitor"]
+    assert monitor.figures["samples_per_second"] > 0, monitor.figures
+    assert monitor.figures["mfu"] > 0, monitor.figures
+    saved = run.callbacks
+    run.callbacks = [(name, make) for name, make in saved if name != "ThroughputMonitor"]
+    try:
+        plain = run.fit_once(strategy=run.strategy() if run.strategy is not None else None)
+    finally:
+        run.callbacks = saved
+    close(result.final, plain.final, "weights without ThroughputMonitor", rtol=1e-6, atol=0)
+
+
 # -- model parts -------------------------------------------------------------------------
 
 

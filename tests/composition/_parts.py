@@ -68,6 +68,9 @@ PARTS = [
     Part("LearningRateMonitor", "callback",
          C.callback("LearningRateMonitor", C.rate_monitor_factory), C.rate_monitor_check,
          "its samples are the optimizer's rate at every step"),
+    Part("ThroughputMonitor", "callback", C.callback("ThroughputMonitor", C.throughput_factory),
+         C.throughput_check, "a pure observer: logs its figures; without it the run ends on the "
+         "same weights"),
     Part("BackupAndRestore", "callback", C.backup_attach, C.backup_check,
          "a run killed as epoch 1 begins, then resumed, ends on the uninterrupted run's weights"),
     Part("ExceptionSave", "callback", C.exception_attach, C.backup_check,

@@ -45,6 +45,11 @@ CALLBACK_EPOCHS = 5  # EarlyStopping(start_from_epoch=1, patience=3) stops in th
 #: from it, such as ``stopped_epoch``, are still compared).
 WALL_CLOCK_STATE = {
     "TimeLimit": ("elapsed", "longest_batch", "longest_epoch", "longest_tail"),
+    "ThroughputMonitor": ("epochs",),
+}
+#: Epoch-log keys measured with the wall clock, left out of the comparison likewise.
+WALL_CLOCK_LOGS = {
+    "ThroughputMonitor": ("samples_per_second", "tokens_per_second", "flops_per_second", "mfu"),
 }
 
 SKIP = {
@@ -115,6 +120,8 @@ SKIP = {
     "distribute.MemoryEstimate": "estimate_memory's result, not a component",
     "distribute.choose_layout": "JAX-backend ahead-of-time compiles, not tf.distribute",
     "distribute.LayoutChoice": "choose_layout's result, not a component",
+    "distribute.Remat": "JAX-backend rematerialization (jax.checkpoint), refused on TensorFlow; "
+    "tests/distribute/sharding/test_remat.py",
     # Hyperparameter search: drivers around ordinary fits of nnkit.models.mlp models
     # (covered); MedianStopping, a callback, is covered by kind.
     "tuning.MLPHyperModel": "keras-tuner HyperModel building nnkit.models.mlp (covered)",
@@ -693,8 +700,10 @@ def train(component, strategy, tmp_path, *, stochastic=False, shards=1):
         history = model.fit(**fit, batch_size=GLOBAL_BATCH, shuffle=False, verbose=0).history
     values.update(_named("weights", model.weights))
     values.update(_named("optimizer", model.optimizer.variables))
+    timed = WALL_CLOCK_LOGS.get(type(obj).__name__, ())
     for key, series in history.items():
-        values[f"history/{_stable(key)}"] = np.asarray(series, "float64")
+        if key.removesuffix("_window") not in timed:
+            values[f"history/{_stable(key)}"] = np.asarray(series, "float64")
     state = {}
     if hasattr(obj, "get_state"):
         state = obj.get_state()

@@ -13,6 +13,7 @@ answer). One concept per module:
 - ``memory.py``: ``estimate_memory``, per-device bytes before launch;
 - ``collectives.py``: the bytes a compiled step's collectives move per device;
 - ``choice.py``: ``choose_layout``, the mesh and strategy under a memory budget.
+- ``remat.py``: ``Remat``, block-level rematerialization with a named policy.
 
 The public names are exported from ``nnkit.distribute``.
 """
@@ -21,12 +22,14 @@ from nnkit.distribute.sharding.choice import LayoutChoice, choose_layout
 from nnkit.distribute.sharding.guards import check_layout
 from nnkit.distribute.sharding.memory import MemoryEstimate, estimate_memory
 from nnkit.distribute.sharding.planning import plan_layout
+from nnkit.distribute.sharding.remat import Remat
 from nnkit.distribute.sharding.report import LayoutReport, VariablePlan
 
 __all__ = [
     "LayoutChoice",
     "LayoutReport",
     "MemoryEstimate",
+    "Remat",
     "VariablePlan",
     "check_layout",
     "choose_layout",

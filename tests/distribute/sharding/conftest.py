@@ -7,4 +7,5 @@ collect_ignore = [
     "_jax_script.py",
     "_jax_sequence_script.py",
     "_multi_process_script.py",
+    "_remat_script.py",
 ]
