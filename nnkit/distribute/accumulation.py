@@ -42,7 +42,9 @@ def accumulate_gradients(optimizer, steps=None):
     Args:
         optimizer: A Keras optimizer, not yet built (its accumulators are
             made when it is built), or built with the same ``steps``.
-            ``nnkit.optimizers.KFAC`` is refused. Required.
+            ``nnkit.optimizers.KFAC`` accumulates its factors with the
+            gradients (fixed learning rate and empirical Fisher only).
+            Required.
         steps: ``N``, an int ``>= 2``, or ``None`` to keep the optimizer's
             ``gradient_accumulation_steps``. Defaults to ``None``.
 
@@ -55,7 +57,8 @@ def accumulate_gradients(optimizer, steps=None):
             not an int.
         ValueError: If ``steps < 2``, if ``steps`` is ``None`` and the
             optimizer does not accumulate, if the optimizer is built with
-            another number, if it is a ``LossScaleOptimizer`` or K-FAC, or if
+            another number, if it is a ``LossScaleOptimizer`` or a K-FAC
+            with the adaptive step or the sampled Fisher, or if
             ``clip_after_aggregation`` is applied (not needed: the patched
             step clips the accumulated, all-reduced gradient).
 
@@ -81,14 +84,6 @@ def accumulate_gradients(optimizer, steps=None):
             "gradient_accumulation_steps to the inner optimizer and run without a "
             f"strategy, or without loss scaling. Received: optimizer={optimizer!r}"
         )
-    from nnkit.optimizers import KFAC
-
-    if isinstance(optimizer, KFAC):
-        raise ValueError(
-            "KFAC does not accumulate gradients (its curvature statistics are captured per "
-            "step, not accumulated with them): raise the batch size instead. "
-            f"Received: optimizer={optimizer!r}"
-        )
     current = optimizer.gradient_accumulation_steps
     if steps is None:
         if not current:
@@ -98,6 +93,10 @@ def accumulate_gradients(optimizer, steps=None):
             )
         steps = current
     steps = v.check_int("steps", steps, minimum=2)
+    from nnkit.optimizers import KFAC, _kfac_accumulation
+
+    if isinstance(optimizer, KFAC):
+        _kfac_accumulation.check(optimizer, steps)
     if optimizer.built and current != steps:
         raise ValueError(
             f"The optimizer is built with gradient_accumulation_steps={current}; its "

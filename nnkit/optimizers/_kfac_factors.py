@@ -24,6 +24,7 @@ import numpy as np
 from keras import ops
 
 from nnkit.distribute import replicas
+from nnkit.optimizers import _kfac_accumulation as accumulation
 from nnkit.optimizers import _kfac_math as kmath
 from nnkit.optimizers._base import every, state_name
 
@@ -62,8 +63,14 @@ class FactorState:
             entry["curvature"] = [
                 add(f"{prefix}_curvature_{i}", shape) for i, shape in enumerate(shapes)
             ]
+            sums = []
+            if self.optimizer.gradient_accumulation_steps:
+                # The cycle's statistics so far (_kfac_accumulation).
+                entry["a_sum"] = add(f"{prefix}_a_statistic_sum", block.a_shape)
+                entry["g_sum"] = add(f"{prefix}_g_statistic_sum", block.g_shape)
+                sums = [entry["a_sum"], entry["g_sum"]]
             self.entries[id(block)] = entry
-            created += [entry["a"], entry["g"], *entry["curvature"]]
+            created += [entry["a"], entry["g"], *entry["curvature"], *sums]
         self._take_pending(created)
 
     def _take_pending(self, created):
@@ -83,7 +90,7 @@ class FactorState:
         for value, variable in zip(pending, created, strict=True):
             variable.assign(value)
 
-    def update(self, blocks, received, *, count, loss_scale, damping, sampled=None):
+    def update(self, blocks, received, *, count, loss_scale, damping, sampled=None, update=None):
         """Fold this step's statistics into the factors; refresh the curvature on the cadence.
 
         ``received``: ``{id(variable): gradient}``, the channels' gradients
@@ -91,8 +98,11 @@ class FactorState:
         variable). ``sampled``: ``None``, or ``(due, {id(block): Ĝ})``, the
         sampled Fisher's statistics of the blocks it covers, folded in only
         where ``due`` (every ``sample_every`` steps, with the decay
-        ``β^sample_every`` and its own bias correction). Returns
-        ``{id(block): curvature tensors}`` for this step.
+        ``β^sample_every`` and its own bias correction). ``update``: ``None``,
+        or under gradient accumulation whether this micro-batch ends the
+        cycle (a boolean tensor): the statistics are summed over the cycle
+        and their mean folded in at its end only (``_kfac_accumulation``).
+        Returns ``{id(block): curvature tensors}`` for this step.
         """
         optimizer = self.optimizer
         due, fresh = sampled if sampled is not None else (None, {})
@@ -123,8 +133,14 @@ class FactorState:
                 g_stat = g_stat * float(count * count)
                 if loss_scale is not None:
                     g_stat = g_stat / ops.square(loss_scale)
+            if update is not None:
+                a_stat = accumulation.mean_of_cycle(optimizer, entry["a_sum"], a_stat, update)
+                g_stat = accumulation.mean_of_cycle(optimizer, entry["g_sum"], g_stat, update)
             a = decay * ops.convert_to_tensor(entry["a"]) + (1.0 - decay) * a_stat
             g = decay * ops.convert_to_tensor(entry["g"]) + (1.0 - decay) * g_stat
+            if update is not None:
+                a = accumulation.keep_unless(update, a, entry["a"])
+                g = accumulation.keep_unless(update, g, entry["g"])
             optimizer.assign(entry["a"], a)
             optimizer.assign(entry["g"], g)
 
@@ -158,7 +174,11 @@ class FactorState:
             return flat(result)
 
         due = every(updates + 1, optimizer.refresh_every)
+        if update is not None:
+            due = ops.logical_and(update, due)
         packed = optimizer.periodic(due, refresh, keep, refresh=True)
+        if update is not None:  # (a forced refresh computes between updates too)
+            packed = ops.where(update, packed, keep())
         values, start = [], 0
         for shape in shapes:
             size = int(np.prod(shape))
@@ -171,7 +191,8 @@ class FactorState:
             for variable, value in zip(entry["curvature"], taken, strict=True):
                 optimizer.assign(variable, value)
             result[id(block)] = taken
-        optimizer.assign(self.counter, updates + 1)
+        step = 1 if update is None else ops.cast(update, "int32")
+        optimizer.assign(self.counter, updates + step)
         return result
 
     def directions(self, blocks, grads, variables, curvature, *, damping):

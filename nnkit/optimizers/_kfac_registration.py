@@ -27,6 +27,7 @@ class Registration:
         self.fallback = []
         self.batch_patches = []  # the model's call/compute_loss recorders (_kfac_batch)
         self.momenta = {}  # id(model variable) -> momentum variable
+        self.gradient_sums = {}  # id(model variable) -> the accumulation cycle's gradient sum
         self.loss_scale = None  # the LossScaleOptimizer's scale, read where it is current
 
     def channel_ids(self):

@@ -18,6 +18,7 @@ from nnkit._validation import (
     check_positive_number,
 )
 from nnkit.distribute import replicas
+from nnkit.optimizers import _kfac_accumulation as accumulation
 from nnkit.optimizers import _kfac_capture as capture
 from nnkit.optimizers import _kfac_math as kmath
 from nnkit.optimizers._base import SecondOrderOptimizer, state_name
@@ -26,7 +27,6 @@ from nnkit.optimizers._kfac_registration import Registration
 from nnkit.optimizers._kfac_step import BatchWork, step_options
 
 _UNSUPPORTED = {
-    "gradient_accumulation_steps": "accumulate by raising the batch size instead",
     "loss_scale_factor": "mixed_float16 wraps the optimizer in keras.optimizers."
     "LossScaleOptimizer, which KFAC supports",
 }
@@ -135,14 +135,17 @@ class KFAC(SecondOrderOptimizer):
             Defaults to ``None``.
         name: The optimizer's name. Defaults to ``"kfac"``.
         **kwargs: Keras's optimizer arguments (``weight_decay``, ``clipnorm``,
-            ``use_ema``, ...), except ``gradient_accumulation_steps`` and
+            ``use_ema``, ``gradient_accumulation_steps``: the factors
+            accumulate with the gradients, with a fixed learning rate and
+            the empirical Fisher only, see ``docs/kfac.md``), except
             ``loss_scale_factor``; and, for one release with a
             ``DeprecationWarning``, the old names ``factor_decay`` and
             ``inverse_every`` (see ``docs/naming.md``).
 
     Raises:
         ValueError: For an out-of-range or unknown argument, both ``kl_clip``
-            and ``max_update_norm`` (or either with the adaptive step), an unsupported Keras argument, a model that
+            and ``max_update_norm`` (or either with the adaptive step), an unsupported Keras argument,
+            ``gradient_accumulation_steps`` with the adaptive step or the sampled Fisher, a model that
             is not built, or an ``output_fisher`` the model's last layer cannot take;
             at the first ``apply`` (the first ``fit`` step), when no model is
             registered or the variables are not the registered model's, and
@@ -237,6 +240,7 @@ class KFAC(SecondOrderOptimizer):
         self.sample_every = check_positive_int("sample_every", sample_every)
         self.loss = loss
         self.output_fisher = check_one_of("output_fisher", output_fisher, kmath.OUTPUT_FISHERS)
+        accumulation.check(self)
         self._kfac = Registration()
         self._factors = FactorState(self)
         self._batch_work = BatchWork(self)
@@ -314,6 +318,7 @@ class KFAC(SecondOrderOptimizer):
         and adds only what is missing, so the optimizer's variables keep one
         order whichever came first, ``register`` or ``build``.
         """
+        accumulation.check(self)  # accumulate_gradients sets the steps after __init__
         super().build(variables)
         state = self._kfac
         channels = state.channel_ids()
@@ -323,6 +328,10 @@ class KFAC(SecondOrderOptimizer):
             state.momenta[id(variable)] = self.add_state(
                 f"kfac_momentum_{state_name(variable)}", variable.shape
             )
+            if self.gradient_accumulation_steps:  # the cycle's gradient so far
+                state.gradient_sums[id(variable)] = self.add_state(
+                    f"kfac_gradient_sum_{state_name(variable)}", variable.shape
+                )
         self._batch_work.create()
         self._factors.create(state.blocks)
 
@@ -371,6 +380,13 @@ class KFAC(SecondOrderOptimizer):
         reduced = replicas.all_reduce([grads[i] for i in present], "sum")
         for i, g in zip(present, reduced, strict=True):
             grads[i] = g
+        update = None
+        if self.gradient_accumulation_steps:
+            update = accumulation.is_update(self)
+            for i in present:
+                total = state.gradient_sums[id(variables[i])]
+                mean = accumulation.mean_of_cycle(self, total, grads[i], update)
+                grads[i] = ops.cast(mean, grads[i].dtype)
         batch = family = values = sampled = None
         if extra:
             purpose = "adaptive step" if self.adaptive else "sampled Fisher"
@@ -395,6 +411,7 @@ class KFAC(SecondOrderOptimizer):
                 loss_scale=state.outer_loss_scale(self) if loss_scale is None else loss_scale,
                 damping=source,
                 sampled=sampled,
+                update=update,
             )
         directions = self._factors.directions(state.blocks, grads, variables, curvature,
                                               damping=damping)  # fmt: skip
@@ -421,6 +438,9 @@ class KFAC(SecondOrderOptimizer):
             else ops.cast(d if factor is None else ops.cast(d, "float32") * factor, v.dtype)
             for d, v in zip(directions, variables, strict=True)
         ]
+        if update is not None:
+            steps = self.gradient_accumulation_steps
+            handed = [h if h is None else accumulation.handed(update, h, steps) for h in handed]
         return super().apply(handed, variables)
 
     def update_step(self, gradient, variable, learning_rate):

@@ -8,6 +8,7 @@ final weights and the epoch losses to ``OUT.npz``; a failed run exits with
 status 3.
 """
 
+import contextlib
 import os
 import sys
 
@@ -39,20 +40,24 @@ class Flaky(keras.utils.PyDataset):
         return self.x[index], self.y[index]
 
 
-def run(backup_dir, fail_at=-1, accumulation=None):
-    """Train; return ``(final weights, {epoch: loss})`` (raises what the data raises)."""
+def run(backup_dir, fail_at=-1, accumulation=None, strategy=None):
+    """Train; return ``(final weights, {epoch: loss})`` (raises what the data raises).
+
+    ``strategy``: a ``tf.distribute`` strategy to build and compile under, or ``None``.
+    """
     keras.backend.clear_session()  # the same variable paths as a fresh process (seed generators)
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((4,)),
-            keras.layers.Dense(16, "relu"),
-            keras.layers.Dropout(0.2),
-            keras.layers.Dense(1),
-        ]
-    )
-    optimizer = keras.optimizers.Adam(0.01, gradient_accumulation_steps=accumulation)
-    model.compile(optimizer, loss="mse", metrics=["mae"])
+    with contextlib.nullcontext() if strategy is None else strategy.scope():
+        model = keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(16, "relu"),
+                keras.layers.Dropout(0.2),
+                keras.layers.Dense(1),
+            ]
+        )
+        optimizer = keras.optimizers.Adam(0.01, gradient_accumulation_steps=accumulation)
+        model.compile(optimizer, loss="mse", metrics=["mae"])
     callbacks = [
         BackupAndRestore(backup_dir),
         ExceptionSave(verbose=0),

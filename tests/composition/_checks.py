@@ -550,3 +550,20 @@ def accumulation_check(run, result):
             _, grads = R.gradient(result.initial, x, y)
             want = [w - rate * g for w, g in zip(result.initial, grads, strict=True)]
             close(after, want, "first update vs the 16-row batch's", rtol=1e-4, atol=1e-6)
+    if run.has("KFAC"):
+        kfac_accumulation_check(result, updates)
+
+
+def kfac_accumulation_check(result, updates):
+    """K-FAC's factors accumulate with the gradients: one factor update per update, and the
+    first layer's ``A`` (its inputs are the data, the same 16 rows every epoch) is
+    ``(1 − β^U)·mean(x̃ x̃ᵀ)`` over the 16 rows after ``U`` updates, as with one batch of 16."""
+    optimizer = result.optimizer
+    (counter,) = [v for v in optimizer.variables if v.name.endswith("kfac_factor_updates")]
+    assert int(to_numpy(counter)) == updates, (int(to_numpy(counter)), updates)
+    x, _ = R.data()
+    rows = np.concatenate([x.astype("float64"), np.ones((len(x), 1))], axis=1)
+    beta = optimizer.statistics_decay
+    want = (1.0 - beta**updates) * rows.T @ rows / len(rows)
+    first = next(v for v in optimizer.variables if v.name.endswith("_a_factor"))
+    close([to_numpy(first)], [want], "the first layer's A vs the 16 rows'", rtol=1e-4, atol=1e-6)

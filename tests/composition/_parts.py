@@ -51,7 +51,9 @@ PARTS = [
          "the 16 rows. Its neighbours' checks count updates: a schedule (the rate, one-cycle's "
          "μ, the rate monitor's samples) is read at each update's last micro-batch (update j at "
          "j·N + N − 1; with one-cycle the second update is checked too), and SAM's first update "
-         "averages the micro-batches' g', one ε each at the same w (m-sharpness, m = N)"),
+         "averages the micro-batches' g', one ε each at the same w (m-sharpness, m = N); "
+         "K-FAC's factors accumulate with the gradients: one factor update per update, the first "
+         "layer's A after U updates is (1 − β^U)·mean(x̃ x̃ᵀ) over the 16 rows"),
     Part("GradientNormMonitor", "callback", C.callback("GradientNormMonitor", C.monitor_factory),
          C.monitor_check, "one group per parameter; with a known first gradient, the first "
          "norm equals its norm (under SAM: at w + ε)"),
@@ -166,16 +168,13 @@ REFUSED = {
         "GradientNormMonitor cannot measure the gradients of KFAC",
         "as for KFAC with a fixed rate.",
     ),
-    key(("KFAC", "accumulate_gradients")): (
-        ValueError,
-        "KFAC does not accumulate gradients",
-        "its curvature statistics are captured per step, not accumulated with the gradients "
-        "(issue 26 asks for it; not built): raise the batch size instead.",
-    ),
     key(("KFAC(adaptive)", "accumulate_gradients")): (
         ValueError,
-        "KFAC does not accumulate gradients",
-        "as for KFAC with a fixed rate.",
+        "only with a fixed learning rate and the empirical",
+        "the adaptive step's quadratic model needs the whole batch's curvature along the "
+        "update, known only after the last micro-batch, and the sampled Fisher draws its "
+        "targets per step: use KFAC with a fixed rate and fisher='empirical' (its factors "
+        "accumulate with the gradients), or raise the batch size.",
     ),
     key(("MixUp", "MAML")): (
         ValueError,
@@ -208,6 +207,7 @@ TRIPLES = [
     ("KFAC", "GradientNormMonitor", "MirroredStrategy"),
     ("KFAC(adaptive)", "GradientNormMonitor", "MirroredStrategy"),
     ("CosineAnnealing", "LearningRateMonitor", "accumulate_gradients"),
+    ("KFAC", "accumulate_gradients", "MirroredStrategy"),
 ]
 
 

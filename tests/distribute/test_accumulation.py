@@ -112,8 +112,8 @@ def test_refusals_and_arguments():
         ).gradient_accumulation_steps
         == 3
     )
-    with pytest.raises(ValueError, match="KFAC does not accumulate"):
-        accumulate_gradients(nnkit_optimizers.KFAC(0.01), 2)
+    with pytest.raises(ValueError, match="only with a fixed learning rate and the empirical"):
+        accumulate_gradients(nnkit_optimizers.KFAC(), 2)  # the adaptive step
     built = keras.optimizers.SGD()
     built.build([keras.Variable(np.ones(2, "float32"))])
     with pytest.raises(ValueError, match="built with gradient_accumulation_steps=None"):
