@@ -35,6 +35,7 @@ from nnkit.distribute.sharding import (
     check_layout,
     estimate_memory,
     plan_layout,
+    shard_optimizer_state,
 )
 
 # -- multi-worker --
@@ -71,6 +72,7 @@ __all__ = [
     "remove_clip_after_aggregation",
     "remove_multi_worker_fit_fix",
     "remove_worker_directory",
+    "shard_optimizer_state",
     "scale_learning_rate",
     "strategy",
     "synchronize_batch_norm",
