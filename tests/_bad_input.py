@@ -227,6 +227,7 @@ BACKEND_ONLY = {
     "distribute.plan_layout": "jax",
     "distribute.check_layout": "jax",
     "distribute.estimate_memory": "jax",
+    "distribute.shard_optimizer_state": "jax",
 }
 
 
@@ -635,6 +636,8 @@ BASELINES.update({
                                              "batch": (c.x(), c.y()), "optimizer": "adam",
                                              "loss": "mse", "batch_axis": "batch"},
     "distribute.check_layout": lambda c: {**_placed(c), "max_replicated": 0.02},
+    "distribute.shard_optimizer_state": lambda c: {"optimizer": _keras_sgd(c),
+                                                   "layout_map": _layout(c)},
 })  # fmt: skip
 
 

@@ -109,6 +109,7 @@ SKIP = {
     "distribute.VariablePlan": "plan_layout's result, not a component",
     "distribute.estimate_memory": "JAX-backend ahead-of-time compile, not tf.distribute",
     "distribute.MemoryEstimate": "estimate_memory's result, not a component",
+    "distribute.shard_optimizer_state": "JAX-backend ZeRO-1 (keras.distribution), not tf.distribute",
     # Hyperparameter search: drivers around ordinary fits of nnkit.models.mlp models
     # (covered); MedianStopping, a callback, is covered by kind.
     "tuning.MLPHyperModel": "keras-tuner HyperModel building nnkit.models.mlp (covered)",

@@ -141,6 +141,10 @@ def shard_optimizer_state(optimizer, layout_map):
     return optimizer
 
 
+#: nnkit's Kronecker-factor state: ``<weight>_<side>_<kind>_<i>_<j>`` (Shampoo, SOAP).
+_FACTOR = re.compile(r"_(left|right)_(statistic|root|basis)_\d+_\d+$")
+
+
 def _mangled(path):
     return re.sub(r"\W", "_", path)
 
@@ -167,7 +171,7 @@ def state_plans(optimizer, weights, axis_sizes, zero1_axis=None):
             reason = "scalar: replicated"
         elif owner is None:
             reason = "no weight of its own: " + ("split" if any(axes) else "replicated")
-        elif shape == tuple(owner.shape):
+        elif shape == tuple(owner.shape) and not _FACTOR.search(variable.path):
             reason = f"follows its weight {owner.path}"
         else:
             reason = _factor_reason(owner, shape, axes)

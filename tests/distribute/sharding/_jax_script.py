@@ -20,9 +20,10 @@ from nnkit.distribute import (
     estimate_memory,
     model_parallel,
     plan_layout,
+    shard_optimizer_state,
 )
 
-STRATEGIES = {"dp": 1, "fsdp": 1, "tp": 8, "fsdp_tp": 4}  # strategy -> model axis size
+STRATEGIES = {"dp": 1, "zero1": 1, "fsdp": 1, "tp": 8, "fsdp_tp": 4}  # strategy -> model axis size
 D, HEADS, FF, VOCAB, SEQ, BATCH, STEPS = 32, 8, 64, 64, 8, 16, 4
 
 
@@ -51,10 +52,13 @@ keras.utils.set_random_seed(0)
 initial = build().get_weights()
 
 
-def train(model, optimizer):
+def train(model, optimizer, layout_map=None):
     model.set_weights(initial)
+    optimizer = OPTIMIZERS[optimizer]()
+    if layout_map is not None:
+        optimizer = shard_optimizer_state(optimizer, layout_map)
     model.compile(
-        optimizer=OPTIMIZERS[optimizer](),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     losses = [
@@ -77,7 +81,7 @@ for strategy, model_axis in STRATEGIES.items():
     entry = {
         "mesh": list(mesh.shape),
         "keys": {key: list(layout.axes) for key, layout in layout_map.items()},
-        "report": {p.path: {"axes": list(p.axes), "bytes": p.bytes, "per_device": p.bytes_per_device,
+        "report": {p.path: {"axes": list(p.axes), "shape": list(p.shape), "bytes": p.bytes, "per_device": p.bytes_per_device,
                             "reason": p.reason} for p in report.variables},
         "replicated_fraction": report.replicated_fraction,
         "fallbacks": [p.path for p in report.fallbacks],
@@ -90,7 +94,7 @@ for strategy, model_axis in STRATEGIES.items():
             placed = check_layout(
                 model, layout_map, max_replicated=1.0 if strategy == "dp" else 0.02
             )
-            losses, weights = train(model, name)
+            losses, weights = train(model, name, layout_map)
         base_losses, base_weights = unsharded[name]
         entry[name] = {
             "placed": {path: list(axes) for path, axes in placed.items()},
@@ -106,7 +110,7 @@ for strategy, model_axis in STRATEGIES.items():
                 float(np.max(np.abs(a - b))) for a, b in zip(weights, initial, strict=True)
             ),
         }
-    if strategy in ("dp", "fsdp_tp"):  # the estimate against the real compile, Adam
+    if strategy in ("dp", "zero1", "fsdp_tp"):  # the estimate against the real compile, Adam
         batch = (x[:BATCH], y[:BATCH])
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         estimate = estimate_memory(
@@ -146,13 +150,14 @@ for name, call in {
     "outside_scope": lambda: check_layout(build(), plan_layout(build(), mesh, "tp")[0]),
     "replicated": lambda: check_layout(model, keras.distribution.LayoutMap(mesh)),
     "strategy": lambda: plan_layout(model, mesh, "zero3"),
+    "shard_optimizer_state": lambda: shard_optimizer_state("adam", trap),
     "axis": lambda: plan_layout(model, device_mesh(8, model_axis="heads"), "tp"),
     "max_replicated": lambda: check_layout(model, trap, max_replicated=1.5),
 }.items():
     try:
         call()
         errors[name] = None
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
         errors[name] = str(error)
 result["errors"] = errors
 
@@ -165,7 +170,7 @@ result["fallback_fraction"] = report.replicated_fraction
 # The modules' doctests, with their JAX-only lines switched on.
 runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
 out = io.StringIO()
-for module_name in ("planning", "guards", "memory"):
+for module_name in ("planning", "guards", "memory", "optimizer_state"):
     module = importlib.import_module(f"nnkit.distribute.sharding.{module_name}")
     for test in doctest.DocTestFinder().find(module):
         for example in test.examples:
