@@ -43,7 +43,7 @@ def run():
     }
     completed = subprocess.run(
         [sys.executable, str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=600,
+        timeout=1200,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
