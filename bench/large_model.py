@@ -29,6 +29,9 @@ strategy and mesh, ``nnkit.distribute.plan_layout`` plans the layout and
   splitting the batch only, same plan and 2 x 4 mesh, for ``--batch``
   sequences of ``--sp-seq`` tokens (default 512: long inputs, where
   activations dominate);
+- ``second_order_fsdp``: nnkit's ``Shampoo`` and ``SOAP`` optimizer-state
+  bytes per device under FSDP (8 × 1) divided by the ideal, 1/8 of their
+  state under data parallelism (``relative_to_ideal``; 1 is ideal);
 - the seconds to plan (on shapes only) and estimate each, the parameter
   count and the host's peak resident memory (nothing of the model's size is
   allocated: try ``--width 8192 --ff 32768 --vocab 32768`` for 2.2B
@@ -51,7 +54,9 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEVICES = 8
 #: (strategy, model axis size): the meshes are (8 // size, size) over (batch, model).
-SETTINGS = [("dp", 1), ("fsdp", 1), ("tp", 8), ("tp", 4), ("fsdp_tp", 4)]
+SETTINGS = [("dp", 1), ("zero1", 1), ("fsdp", 1), ("tp", 8), ("tp", 4), ("fsdp_tp", 4)]
+#: nnkit's second-order optimizers whose state under FSDP is compared with 1/8 of it.
+SECOND_ORDER = ("Shampoo", "SOAP")
 
 
 def parse_args(argv=None):
@@ -273,9 +278,11 @@ def measure(args):
         row["state_relative_to_dp"] = row["state_bytes"] / dp["state_bytes"]
         row["peak_relative_to_dp"] = row["peak_bytes"] / dp["peak_bytes"]
     collectives, choice = communication(args, build, (tokens, tokens), loss)
+    second_order = second_order_fsdp(build, (tokens, tokens), loss)
     return {
         "communication": collectives,
         "choice": choice,
+        "second_order_fsdp": second_order,
         "parameters": report.bytes // 4,
         "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "backend": keras.backend.backend(),
@@ -284,6 +291,27 @@ def measure(args):
         "strategies": rows,
         "sequence_parallel": sequence_parallel(args),
     }
+
+
+def second_order_fsdp(build, batch, loss):
+    """Shampoo's and SOAP's optimizer bytes per device under FSDP against 1/8 of DP's."""
+    import nnkit.optimizers
+    from nnkit.distribute import device_mesh, estimate_memory, plan_layout
+
+    rows = {}
+    for name in SECOND_ORDER:
+        optimizer = getattr(nnkit.optimizers, name)(1e-3)
+        state = {}
+        for strategy in ("dp", "fsdp"):
+            layout_map, _ = plan_layout(build, device_mesh(1), strategy)
+            estimate = estimate_memory(build, layout_map, batch, optimizer=optimizer, loss=loss)
+            state[strategy] = estimate.optimizer_bytes
+        rows[name] = {
+            "dp_optimizer_bytes": state["dp"],
+            "fsdp_optimizer_bytes": state["fsdp"],
+            "relative_to_ideal": state["fsdp"] / (state["dp"] / DEVICES),
+        }
+    return rows
 
 
 def main(argv=None):
@@ -330,6 +358,8 @@ def main(argv=None):
         if isinstance(row, dict):
             print(f"{name:<12} sequence-parallel temporaries {row['temporary_relative']:.3f} x "
                   "batch-only")  # fmt: skip
+    for name, row in figures["second_order_fsdp"].items():
+        print(f"{name} under FSDP: optimizer state {row['relative_to_ideal']:.3f} x the ideal 1/8")
     print(json.dumps(figures))
     return figures
 

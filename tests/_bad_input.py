@@ -232,6 +232,7 @@ BACKEND_ONLY = {
     "distribute.estimate_memory": "jax",
     "distribute.choose_layout": "jax",
     "distribute.Remat": "jax",
+    "distribute.shard_optimizer_state": "jax",
 }
 
 
@@ -655,6 +656,8 @@ BASELINES.update({
                                            "loss": "mse", "strategies": ["dp"],
                                            "batch_axis": "batch", "model_axis": "model"},
     "distribute.Remat": lambda c: {"layer": c.model(), "policy": "save_names", "names": ["a"]},
+    "distribute.shard_optimizer_state": lambda c: {"optimizer": _keras_sgd(c),
+                                                   "layout_map": _layout(c)},
 })  # fmt: skip
 
 

@@ -24,7 +24,7 @@ def test_quick_run_ends_with_one_json_object(capsys):
     assert json.loads(last_line) == figures
     assert figures["backend"] == "jax" and figures["devices"] == 8
     rows = figures["strategies"]
-    assert set(rows) == {"dp 8x1", "fsdp 8x1", "tp 1x8", "tp 2x4", "fsdp_tp 2x4"}
+    assert set(rows) == {"dp 8x1", "zero1 8x1", "fsdp 8x1", "tp 1x8", "tp 2x4", "fsdp_tp 2x4"}
     assert rows["dp 8x1"]["state_relative_to_dp"] == 1.0
     assert figures["parameters"] == 21248  # planned from the building function, on shapes
     assert figures["host_peak_rss_bytes"] > 0
@@ -51,6 +51,16 @@ def test_quick_run_ends_with_one_json_object(capsys):
             row["temporary_bytes_sequence_parallel"] / row["temporary_bytes_batch_only"]
         )
         assert row["temporary_bytes_batch_only"] > 0 and row["peak_relative"] > 0
+    # ZeRO-1: the weights whole, Adam's slots split 8 ways (every dimension here,
+    # vectors included, has a size divisible by 8).
+    params = 4 * (split + whole)
+    zero1 = (params + 2 * params / 8 + 8) / state(1)
+    assert rows["zero1 8x1"]["state_relative_to_dp"] == pytest.approx(zero1)
+    assert rows["zero1 8x1"]["state_relative_to_dp"] <= 0.45  # the goal
+    for name in ("Shampoo", "SOAP"):  # within 1.5x of 1/8 of their state (the goal)
+        row = figures["second_order_fsdp"][name]
+        assert row["fsdp_optimizer_bytes"] < row["dp_optimizer_bytes"] / 4
+        assert 1.0 <= row["relative_to_ideal"] <= 1.5
     # at d=256 (vectors a smaller share), FSDP x TP <= 0.15, TP 1x8 <= 0.16, TP 2x4 <= 0.27
 
     # Collective bytes: the planner's "tp" layout against the hand-written ones.

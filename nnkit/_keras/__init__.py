@@ -31,6 +31,7 @@ Assumptions, by module (``ASSUMPTIONS`` below is the same table):
   ``tuner-is-worker``, ``tuner-failure-limit-message``.
 - ``trainer``: ``loss-tracker``, ``symbolic-build``.
 - ``aot``: ``stateless-build``, ``slot-layout``, ``jax-train-step``.
+- ``optimizer_state``: ``optimizer-state-layout``, ``optimizer-build-hook``.
 - ``control_flow``: ``tf-cond-lowering``.
 
 ``docs/keras-internals.md`` explains each for contributors: what is patched,
@@ -261,6 +262,17 @@ ASSUMPTIONS = {
         "on JAX, model.train_step(state, data) is pure in state = (trainable, non_trainable, "
         "optimizer.variables, metrics_variables) values; Keras jits it with donate_argnums=0 "
         "and out_shardings=(None, state shardings)",
+    ),
+    "optimizer-state-layout": (
+        "optimizer_state",
+        "on JAX, variable._layout holds a variable's TensorLayout and variable._value its array; "
+        "assign keeps that layout, and the JAX train function takes each optimizer variable's "
+        "value.sharding as its out_sharding",
+    ),
+    "optimizer-build-hook": (
+        "optimizer_state",
+        "fit and train_on_batch build the optimizer through optimizer.build(variables), looked "
+        "up on the instance, before making the train function",
     ),
     "symbolic-build": (
         "trainer",

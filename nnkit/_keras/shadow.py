@@ -41,6 +41,9 @@ ORDER = (
     "gradient_accumulation",
     # The train-function variants of nnkit.\_keras.train_function.
     "train_function",
+    # nnkit.distribute.shard_optimizer_state: places the optimizer's variables
+    # (ZeRO-1) once `build` has made them (no other part patches `build`).
+    "optimizer_state",
     # nnkit.callbacks.ExceptionSave: the hook methods of fit's CallbackList
     # (no other part patches them): it saves when one raises, and skips the
     # batch hooks of the steps a resumed run skips.

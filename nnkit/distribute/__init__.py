@@ -38,6 +38,7 @@ from nnkit.distribute.sharding import (
     choose_layout,
     estimate_memory,
     plan_layout,
+    shard_optimizer_state,
 )
 
 # -- multi-worker --
@@ -78,6 +79,7 @@ __all__ = [
     "remove_multi_worker_fit_fix",
     "remove_worker_directory",
     "scale_learning_rate",
+    "shard_optimizer_state",
     "strategy",
     "synchronize_batch_norm",
     "verify_layout",

@@ -54,19 +54,22 @@ class SecondOrderOptimizer(keras.optimizers.Optimizer):
         )
         self._forced_refresh = None
 
-    def add_state(self, name, shape, initializer="zeros", *, dtype="float32"):
+    def add_state(self, name, shape, initializer="zeros", *, dtype="float32", layout=None):
         """A float32 optimizer variable of ``shape``, named ``nnkit_optimizer_<name>``.
 
         Its aggregation is ``"only_first_replica"``: under ``tf.distribute`` it
         is written only in the update of each replica's copy, from the
         all-reduced gradients, so every replica holds the same value.
         ``dtype="int32"`` is for counters; state that holds numbers is float32.
+        ``layout`` (a ``keras.distribution.TensorLayout`` or ``None``) places it
+        under ``keras.distribution`` (``nnkit.optimizers._state_layout``).
         """
         return self.add_variable(
             shape=tuple(shape),
             initializer=initializer,
             dtype=dtype,
             aggregation="only_first_replica",
+            layout=layout,
             name=f"nnkit_optimizer_{name}",
         )
 

@@ -15,6 +15,7 @@ from keras import ops
 from nnkit import _validation as v
 from nnkit._deprecation import renamed
 from nnkit.optimizers import _kronecker as kron
+from nnkit.optimizers import _state_layout
 from nnkit.optimizers._base import SecondOrderOptimizer, every, state_name
 
 
@@ -84,9 +85,17 @@ class FactoredOptimizer(SecondOrderOptimizer):
         for i, j in plan.blocks:
             rows, cols = plan.block_shape(i, j)
             if plan.left:
-                left[i, j] = self.add_state(f"{name}_left_statistic_{i}_{j}", (rows, rows))
+                left[i, j] = self.add_state(
+                    f"{name}_left_statistic_{i}_{j}",
+                    (rows, rows),
+                    layout=_state_layout.factor_layout(variable, "left", rows),
+                )
             if plan.right:
-                right[i, j] = self.add_state(f"{name}_right_statistic_{i}_{j}", (cols, cols))
+                right[i, j] = self.add_state(
+                    f"{name}_right_statistic_{i}_{j}",
+                    (cols, cols),
+                    layout=_state_layout.factor_layout(variable, "right", cols),
+                )
         return Factors(plan, left, right)
 
     def factors_of(self, variable):

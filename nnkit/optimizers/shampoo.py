@@ -6,6 +6,7 @@ from keras import ops
 from nnkit import _validation as v
 from nnkit._deprecation import renamed
 from nnkit.optimizers import _kronecker as kron
+from nnkit.optimizers import _state_layout
 from nnkit.optimizers._base import check_beta, state_name
 from nnkit.optimizers._factored import FactoredOptimizer, frobenius
 
@@ -172,10 +173,11 @@ class Shampoo(FactoredOptimizer):
         self._moments, self._roots = [], []
         for variable, factors in zip(var_list, self._factors, strict=True):
             name = state_name(variable)
-            first = self.add_state(f"{name}_momentum", variable.shape)
+            layout = _state_layout.weight_layout(variable)
+            first = self.add_state(f"{name}_momentum", variable.shape, layout=layout)
             second = None
             if self.graft != "sgd":
-                second = self.add_state(f"{name}_velocity", variable.shape)
+                second = self.add_state(f"{name}_velocity", variable.shape, layout=layout)
             self._moments.append(_Moments(first, second))
             roots = None
             if factors is not None:
@@ -186,6 +188,7 @@ class Shampoo(FactoredOptimizer):
                             f"{name}_{side}_root_{key[0]}_{key[1]}",
                             statistic.shape,
                             initializer="identity",
+                            layout=_state_layout.factor_layout(variable, side, statistic.shape[0]),
                         )
             self._roots.append(roots)
 

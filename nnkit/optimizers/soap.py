@@ -5,6 +5,7 @@ from keras import ops
 
 from nnkit import _validation as v
 from nnkit.optimizers import _kronecker as kron
+from nnkit.optimizers import _state_layout
 from nnkit.optimizers._base import check_beta, state_name
 from nnkit.optimizers._factored import FactoredOptimizer
 
@@ -153,8 +154,9 @@ class SOAP(FactoredOptimizer):
         self._states = []
         for variable, factors in zip(var_list, self._factors, strict=True):
             name = state_name(variable)
-            first = self.add_state(f"{name}_momentum", variable.shape)
-            second = self.add_state(f"{name}_velocity", variable.shape)
+            layout = _state_layout.weight_layout(variable)
+            first = self.add_state(f"{name}_momentum", variable.shape, layout=layout)
+            second = self.add_state(f"{name}_velocity", variable.shape, layout=layout)
             bases = None
             if factors is not None:
                 bases = {}
@@ -164,6 +166,7 @@ class SOAP(FactoredOptimizer):
                             f"{name}_{side}_basis_{key[0]}_{key[1]}",
                             statistic.shape,
                             initializer="identity",
+                            layout=_state_layout.factor_layout(variable, side, statistic.shape[0]),
                         )
             self._states.append(_State(first, second, bases))
 

@@ -1113,3 +1113,81 @@ def test_jax_train_step():
     assert out["abstract"] == out["real"]
     assert out["state_lengths"] == [2, 0, 6, 2]  # kernel, bias; Adam: 2 + 4 slots; loss mean
     assert out["step_loss"] >= 0
+
+
+# -- optimizer_state (JAX backend, in a subprocess) --------------------------------------
+
+OPTIMIZER_STATE = """
+import json
+import keras
+import numpy as np
+from nnkit._keras import optimizer_state, shadow
+
+mesh = keras.distribution.DeviceMesh((2,), ("batch",), devices=["cpu:0", "cpu:1"])
+distribution = keras.distribution.DataParallel(device_mesh=mesh)
+split = keras.distribution.TensorLayout(("batch", None), mesh)
+calls = []
+with distribution.scope():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="up")], name="net")
+    optimizer = keras.optimizers.Adam(0.1)
+    model.compile(optimizer=optimizer, loss="mse")
+
+    def place(built):
+        calls.append(len(built.variables))
+        kernel_slots = [v for v in built.variables if tuple(v.shape) == (4, 6)]
+        for variable in kernel_slots:
+            optimizer_state.place(variable, split)
+
+    optimizer_state.after_build(optimizer, place)
+    patched = shadow.owners(optimizer, "build")
+    x, y = np.ones((8, 4), "float32"), np.zeros((8, 6), "float32")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+slots = [v for v in optimizer.variables if tuple(v.shape) == (4, 6)]
+out = {
+    "calls": calls,
+    "patched": patched,
+    "after": shadow.owners(optimizer, "build"),
+    "layouts": [list(optimizer_state.layout(v).axes) for v in slots],
+    "specs": [list(v.value.sharding.spec) for v in slots],
+    "kernel_spec": list(model.trainable_variables[0].value.sharding.spec),
+    "moved": float(np.max(np.abs(np.asarray(slots[0].value)))),
+}
+print(json.dumps(out))
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def _optimizer_state_run():
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", OPTIMIZER_STATE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@probe("optimizer-build-hook")
+def test_optimizer_build_hook():
+    out = _optimizer_state_run()
+    assert out["patched"] == ["optimizer_state"]
+    assert out["calls"] == [6]  # once, by fit, after Adam made its 2 + 4 variables
+    assert out["after"] == []  # the patch removed itself
+
+
+@pytest.mark.slow
+@probe("optimizer-state-layout")
+def test_optimizer_state_layout():
+    out = _optimizer_state_run()
+    # Re-placed after build, and still so after two epochs of fit (state sync, assign).
+    assert out["layouts"] == [["batch", None], ["batch", None]]
+    assert out["specs"] == [["batch", None], ["batch", None]]
+    assert out["kernel_spec"] in ([], [None, None])  # the weight stays replicated
+    assert out["moved"] > 0  # the slots were updated by the train step

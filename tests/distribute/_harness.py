@@ -125,6 +125,7 @@ SKIP = {
     "distribute.LayoutChoice": "choose_layout's result, not a component",
     "distribute.Remat": "JAX-backend rematerialization (jax.checkpoint), refused on TensorFlow; "
     "tests/distribute/sharding/test_remat.py",
+    "distribute.shard_optimizer_state": "JAX-backend ZeRO-1 (keras.distribution), not tf.distribute",
     # Hyperparameter search: drivers around ordinary fits of nnkit.models.mlp models
     # (covered); MedianStopping, a callback, is covered by kind.
     "tuning.MLPHyperModel": "keras-tuner HyperModel building nnkit.models.mlp (covered)",

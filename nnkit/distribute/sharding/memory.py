@@ -22,6 +22,7 @@ import keras
 from nnkit import _validation as v
 from nnkit._keras import aot
 from nnkit.distribute.model_parallelism import _require_jax
+from nnkit.distribute.sharding import optimizer_state
 from nnkit.distribute.sharding.report import dtype_bytes
 
 
@@ -115,7 +116,8 @@ def estimate_memory(
             ``keras.Model``; called once, inside the distribution's scope
             and a ``keras.StatelessScope``. Required.
         layout_map: A ``keras.distribution.LayoutMap`` (an empty one is data
-            parallelism over its mesh). Required.
+            parallelism over its mesh; ``plan_layout``'s ``"zero1"`` map also
+            splits the optimizer state over the data axis). Required.
         batch: ``(x, y)``, one global batch as objects with a ``shape`` and a
             ``dtype`` (numpy arrays, ``jax.ShapeDtypeStruct``). Required.
         optimizer: A Keras optimizer or its name; an instance is copied from
@@ -224,6 +226,9 @@ def compile_step(build_fn, layout_map, batch, *, optimizer, loss, batch_axis, se
         return model
 
     model = aot.abstract_model(checked_build, distribution, optimizer, loss)
+    axis = optimizer_state.optimizer_axis(layout_map)
+    if axis is not None:  # ZeRO-1: the state split over the data axis
+        optimizer_state.place_zero1(model.optimizer, layout_map.device_mesh, axis)
     state = tuple(
         [_struct(x.shape, x.dtype, aot.variable_sharding(x)) for x in group]
         for group in aot.state_groups(model)

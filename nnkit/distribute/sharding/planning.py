@@ -5,6 +5,9 @@ model axis (``model_axis``, size ``M``):
 
 - ``"dp"``: every variable replicated; each device holds all
   ``P`` parameter bytes (and all optimizer state).
+- ``"zero1"``: the weights replicated as in ``"dp"``, the optimizer state
+  split over the data axis (ZeRO-1, ``optimizer_state.py``): ``P + S / B``
+  per device for ``S`` optimizer-state bytes.
 - ``"fsdp"``: every variable of two or more dimensions split on the data
   axis along its largest dimension divisible by ``B``: about ``P / B`` per
   device; XLA gathers each weight where it is used (ZeRO-3 / FSDP).
@@ -14,7 +17,9 @@ model axis (``model_axis``, size ``M``):
   a remaining dimension: about ``P / (B·M)`` per device.
 
 Vectors (biases, normalization scales) stay replicated. Optimizer slots take
-their weight's layout (Keras copies it), so they shrink with the weights.
+their weight's layout (Keras copies it), so they shrink with the weights,
+except under ``"zero1"``, whose layout map carries the data axis for
+``shard_optimizer_state`` and ``estimate_memory``.
 The keys are the variables' escaped paths, full-match regular expressions as
 ``LayoutMap`` requires since Keras 3.14, one per variable not replicated;
 check the result on the built model with ``check_layout``.
@@ -24,6 +29,7 @@ With ``sequence_axis`` the plan also splits activations along the sequence
 ``model_parallel(layout_map, sequence_axis=...)`` splits the inputs.
 """
 
+import dataclasses
 import re
 
 import keras
@@ -37,7 +43,7 @@ from nnkit.distribute.model_parallelism import (
     _check_sequence_axis,
     _require_jax,
 )
-from nnkit.distribute.sharding import rules, sequence
+from nnkit.distribute.sharding import optimizer_state, rules, sequence
 from nnkit.distribute.sharding.report import (
     LayoutReport,
     VariablePlan,
@@ -45,7 +51,7 @@ from nnkit.distribute.sharding.report import (
     shard_count,
 )
 
-STRATEGIES = ("dp", "fsdp", "tp", "fsdp_tp")
+STRATEGIES = ("dp", "zero1", "fsdp", "tp", "fsdp_tp")
 
 
 def _add_data_axis(shape, axes, axis, parts):
@@ -77,6 +83,9 @@ def plan(
         decided = placed[id(variable)]
         if strategy == "dp":
             decided = ((None,) * len(shape), "data parallel: replicated", False)
+        elif strategy == "zero1":
+            note = f"ZeRO-1: replicated (its optimizer state split on {batch_axis!r})"
+            decided = ((None,) * len(shape), note, False)
         elif len(shape) < 2:
             decided = ((None,) * len(shape), "vector (bias, scale, counter): replicated", False)
         elif decided is None and strategy in ("tp", "fsdp_tp"):
@@ -127,7 +136,14 @@ def plan(
 
 
 def plan_layout(
-    model, mesh, strategy, *, batch_axis="batch", model_axis="model", sequence_axis=None
+    model,
+    mesh,
+    strategy,
+    *,
+    batch_axis="batch",
+    model_axis="model",
+    sequence_axis=None,
+    optimizer=None,
 ):
     """Plan a ``keras.distribution.LayoutMap`` for any built Keras model (JAX backend).
 
@@ -147,6 +163,15 @@ def plan_layout(
     nothing), then build it again (same layer names) inside
     ``model_parallel(layout_map).scope()`` and confirm with ``check_layout``.
 
+    ``"zero1"`` (ZeRO-1) keeps every weight whole and splits the optimizer
+    state over the data axis: a ``LayoutMap`` cannot say so, so the map it
+    returns carries the axis; hand the optimizer to
+    ``shard_optimizer_state(optimizer, layout_map)`` and pass the map to
+    ``estimate_memory``. Given an ``optimizer``, the report also lists where
+    each of its variables goes and why (``report.optimizer_state``): under
+    the other strategies each follows its weight, and nnkit's ``Shampoo``
+    and ``SOAP`` split their Kronecker factors on their weight's mesh axes.
+
     For long inputs, ``sequence_axis`` adds sequence parallelism: the
     outputs of the layers (of three or more dimensions, sequence divisible)
     are split on it along dimension 1, except those the tensor-parallel
@@ -163,15 +188,19 @@ def plan_layout(
             Required.
         mesh: A ``keras.distribution.DeviceMesh`` (e.g. from ``device_mesh``).
             Required.
-        strategy: ``"dp"``, ``"fsdp"``, ``"tp"`` or ``"fsdp_tp"``. Required.
-        batch_axis: The mesh's data axis (``"dp"``, ``"fsdp"``, ``"fsdp_tp"``).
-            Defaults to ``"batch"``.
+        strategy: ``"dp"``, ``"zero1"``, ``"fsdp"``, ``"tp"`` or
+            ``"fsdp_tp"``. Required.
+        batch_axis: The mesh's data axis (``"dp"``, ``"zero1"``, ``"fsdp"``,
+            ``"fsdp_tp"``). Defaults to ``"batch"``.
         model_axis: The mesh's model axis (``"tp"``, ``"fsdp_tp"``).
             Defaults to ``"model"``.
         sequence_axis: A mesh axis (other than ``batch_axis``) to split
             activations along the sequence (dimension 1), usually the model
             axis (Megatron-LM's sequence parallelism), or ``None`` for none.
             Defaults to ``None``.
+        optimizer: A Keras optimizer (or its name) whose variables the report
+            places, built on shapes only; ``None`` for none. Defaults to
+            ``None``.
 
     Returns:
         ``(layout_map, report)``: a ``keras.distribution.LayoutMap`` with one
@@ -179,7 +208,8 @@ def plan_layout(
         ``sequence_axis``, one ``"<layer path>/output"`` key per activation
         split), and a ``LayoutReport`` (per variable its axes, bytes, bytes
         per device and reason; the replicated fraction; the fallbacks; the
-        activations).
+        activations; with ``optimizer``, the same for its variables in
+        ``report.optimizer_state``).
 
     Raises:
         ValueError: If the Keras backend is not JAX, the model has no
@@ -219,7 +249,8 @@ def plan_layout(
         v.check_instance("model", model, keras.Model, "a keras.Model or a function returning one")
     mesh = _check_mesh("mesh", mesh)
     strategy = v.check_one_of("strategy", strategy, STRATEGIES)
-    needs = {"dp": ("batch_axis",), "fsdp": ("batch_axis",), "tp": ("model_axis",)}
+    needs = {"dp": ("batch_axis",), "zero1": ("batch_axis",), "fsdp": ("batch_axis",)}
+    needs["tp"] = ("model_axis",)
     needs = needs.get(strategy, ("batch_axis", "model_axis"))
     names = {"batch_axis": batch_axis, "model_axis": model_axis}
     for name in ("batch_axis", "model_axis"):
@@ -228,6 +259,12 @@ def plan_layout(
         _check_axis(name, names[name], mesh)
     if sequence_axis is not None:
         _check_sequence_axis(sequence_axis, batch_axis, mesh)
+    if optimizer is not None and not isinstance(optimizer, (str, keras.optimizers.Optimizer)):
+        raise TypeError(
+            "`optimizer` must be a Keras optimizer, its name or None. "
+            f"Received: optimizer={optimizer!r}"
+        )
+    source = build_fn
     if build_fn is not None:  # validated the rest first: building may be costly
         model = aot.shapes_only(build_fn)
         v.check_instance("model", model, keras.Model, "a keras.Model or a function returning one")
@@ -245,10 +282,40 @@ def plan_layout(
         model_axis=model_axis,
         sequence_axis=sequence_axis,
     )
-    layout_map = keras.distribution.LayoutMap(mesh)
+    if strategy == "zero1":
+        layout_map = optimizer_state._OptimizerStateLayoutMap(mesh, batch_axis)
+    else:
+        layout_map = keras.distribution.LayoutMap(mesh)
     for entry in report.variables:
         if not entry.replicated:
             layout_map[re.escape(entry.path)] = entry.axes
     for key, axes in report.activations:
         layout_map[key] = axes
+    if optimizer is not None:
+        if source is None:
+            built = model
+
+            def source():
+                return keras.models.clone_model(built)
+
+        plans = _optimizer_plans(source, layout_map, optimizer, axis_sizes, batch_axis)
+        report = dataclasses.replace(report, optimizer_state=plans)
     return layout_map, report
+
+
+def _optimizer_plans(build_fn, layout_map, optimizer, axis_sizes, batch_axis):
+    """The ``VariablePlan`` of every variable of ``optimizer`` built on shapes for the model."""
+    from nnkit.distribute.model_parallelism import model_parallel
+
+    distribution = model_parallel(layout_map, batch_axis=batch_axis)
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        optimizer = keras.optimizers.serialize(optimizer)
+    with distribution.scope():
+        optimizer = keras.optimizers.get(optimizer)
+    model = aot.abstract_model(build_fn, distribution, optimizer, "mse")
+    axis = optimizer_state.optimizer_axis(layout_map)
+    if axis is not None:
+        optimizer_state.place_zero1(model.optimizer, layout_map.device_mesh, axis)
+    return optimizer_state.state_plans(
+        model.optimizer, model.trainable_variables, axis_sizes, zero1_axis=axis
+    )

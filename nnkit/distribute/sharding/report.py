@@ -74,18 +74,27 @@ class LayoutReport:
     (one line per variable) or check a figure such as ``replicated_fraction``.
 
     Attributes:
-        strategy: The strategy planned (``"dp"``, ``"fsdp"``, ``"tp"``, ``"fsdp_tp"``).
+        strategy: The strategy planned (``"dp"``, ``"zero1"``, ``"fsdp"``, ``"tp"``,
+            ``"fsdp_tp"``).
         axis_sizes: ``{mesh axis name: size}``.
         variables: A tuple of ``VariablePlan``, in the model's variable order.
         activations: A tuple of ``(layout map key, axes)`` of the layer
             outputs split on the sequence (``sequence_axis``; empty
             without sequence parallelism).
+        optimizer_state: A tuple of ``VariablePlan`` of the optimizer's
+            variables when ``plan_layout`` was given one (else empty).
     """
 
     strategy: str
     axis_sizes: dict
     variables: tuple
     activations: tuple = ()
+    optimizer_state: tuple = ()
+
+    @property
+    def optimizer_bytes_per_device(self):
+        """Bytes of the optimizer's variables on each device (0 without ``optimizer_state``)."""
+        return sum(plan.bytes_per_device for plan in self.optimizer_state)
 
     @property
     def bytes(self):
@@ -94,7 +103,7 @@ class LayoutReport:
 
     @property
     def bytes_per_device(self):
-        """Bytes of the model's variables on each device (optimizer slots follow their weights)."""
+        """Bytes of the model's variables on each device."""
         return sum(plan.bytes_per_device for plan in self.variables)
 
     @property
@@ -133,4 +142,12 @@ class LayoutReport:
             )
         for key, axes in self.activations:
             lines.append(f"{key:<{width}}  {'':<16} {str(axes):<24} sequence-parallel activation")
+        if self.optimizer_state:
+            lines.append(f"optimizer state: {self.optimizer_bytes_per_device:.0f} bytes per device")
+            for plan in self.optimizer_state:
+                mark = " (fallback)" if plan.fallback else ""
+                lines.append(
+                    f"{plan.path}  {str(plan.shape)} {str(plan.axes)} "
+                    f"{plan.bytes_per_device:.0f} B  {plan.reason}{mark}"
+                )
         return "\n".join(lines)

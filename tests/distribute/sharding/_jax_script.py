@@ -22,15 +22,19 @@ from nnkit.distribute import (
     estimate_memory,
     model_parallel,
     plan_layout,
+    shard_optimizer_state,
 )
 
-STRATEGIES = {"dp": 1, "fsdp": 1, "tp": 8, "fsdp_tp": 4}  # strategy -> model axis size
+STRATEGIES = {"dp": 1, "zero1": 1, "fsdp": 1, "tp": 8, "fsdp_tp": 4}  # strategy -> model axis size
 x, y = _jax_model.data()
 initial = _jax_model.initial_weights()
 
 
-def train(model, optimizer):
-    return _jax_model.train(model, OPTIMIZERS[optimizer](), initial, x, y)
+def train(model, optimizer, layout_map=None):
+    optimizer = OPTIMIZERS[optimizer]()
+    if layout_map is not None:
+        optimizer = shard_optimizer_state(optimizer, layout_map)
+    return _jax_model.train(model, optimizer, initial, x, y)
 
 
 def spec(variable):
@@ -46,7 +50,7 @@ for strategy, model_axis in STRATEGIES.items():
     entry = {
         "mesh": list(mesh.shape),
         "keys": {key: list(layout.axes) for key, layout in layout_map.items()},
-        "report": {p.path: {"axes": list(p.axes), "bytes": p.bytes, "per_device": p.bytes_per_device,
+        "report": {p.path: {"axes": list(p.axes), "shape": list(p.shape), "bytes": p.bytes, "per_device": p.bytes_per_device,
                             "reason": p.reason} for p in report.variables},
         "replicated_fraction": report.replicated_fraction,
         "fallbacks": [p.path for p in report.fallbacks],
@@ -59,7 +63,7 @@ for strategy, model_axis in STRATEGIES.items():
             placed = check_layout(
                 model, layout_map, max_replicated=1.0 if strategy == "dp" else 0.02
             )
-            losses, weights = train(model, name)
+            losses, weights = train(model, name, layout_map)
         base_losses, base_weights = unsharded[name]
         entry[name] = {
             "placed": {path: list(axes) for path, axes in placed.items()},
@@ -75,7 +79,7 @@ for strategy, model_axis in STRATEGIES.items():
                 float(np.max(np.abs(a - b))) for a, b in zip(weights, initial, strict=True)
             ),
         }
-    if strategy in ("dp", "fsdp_tp"):  # the estimate against the real compile, Adam
+    if strategy in ("dp", "zero1", "fsdp_tp"):  # the estimate against the real compile, Adam
         batch = (x[:BATCH], y[:BATCH])
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         estimate = estimate_memory(
@@ -115,13 +119,14 @@ for name, call in {
     "outside_scope": lambda: check_layout(build(), plan_layout(build(), mesh, "tp")[0]),
     "replicated": lambda: check_layout(model, keras.distribution.LayoutMap(mesh)),
     "strategy": lambda: plan_layout(model, mesh, "zero3"),
+    "shard_optimizer_state": lambda: shard_optimizer_state("adam", trap),
     "axis": lambda: plan_layout(model, device_mesh(8, model_axis="heads"), "tp"),
     "max_replicated": lambda: check_layout(model, trap, max_replicated=1.5),
 }.items():
     try:
         call()
         errors[name] = None
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
         errors[name] = str(error)
 result["errors"] = errors
 
@@ -133,7 +138,7 @@ result["fallback_fraction"] = report.replicated_fraction
 # The modules' doctests, with their JAX-only lines switched on.
 runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
 out = io.StringIO()
-for module_name in ("planning", "guards", "memory"):
+for module_name in ("planning", "guards", "memory", "optimizer_state"):
     module = importlib.import_module(f"nnkit.distribute.sharding.{module_name}")
     for test in doctest.DocTestFinder().find(module):
         for example in test.examples:

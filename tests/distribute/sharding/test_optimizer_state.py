@@ -1,0 +1,106 @@
+"""Optimizer state under ZeRO-1 and FSDP: nnkit's Shampoo and SOAP on 8 JAX devices.
+
+One subprocess (``KERAS_BACKEND=jax``, 8 logical CPU devices) trains a
+3-layer MLP (8 → 16 → 16 → 8) for 4 steps with Shampoo and with SOAP,
+unsharded and under ``"dp"``, ``"fsdp"`` and ``"zero1"``, from the same
+initial weights; the tests compare the runs and check where each optimizer
+variable went (Keras's own optimizers under ZeRO-1 are tested with the
+transformer in test_sharded_training.py).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+SCRIPT = pathlib.Path(__file__).with_name("_jax_optimizer_state.py")
+LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-4  # Shampoo and SOAP are Adam-like: Adam's tolerance
+IN, H, OUT = 8, 16, 8
+
+
+@pytest.fixture(scope="module")
+def run():
+    pytest.importorskip("jax")
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": str(ROOT),
+    }
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def _floats():
+    """Float32 entries of each optimizer's state: (moments, factors), from the layer sizes."""
+    weights = IN * H + H + H * H + H + H * OUT + OUT
+    # Per kernel: a statistic and a root (Shampoo) or basis (SOAP) for each side.
+    factors = 2 * ((IN**2 + H**2) + (H**2 + H**2) + (H**2 + OUT**2))
+    vectors = H + H + OUT
+    return 2 * weights, factors, 2 * vectors  # two moments each (momentum, velocity)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["shampoo", "soap"])
+@pytest.mark.parametrize("strategy", ["dp", "fsdp", "zero1"])
+def test_sharded_state_trains_as_the_unsharded_run(run, optimizer, strategy):
+    entry = run[optimizer][strategy]
+    np.testing.assert_allclose(entry["loss"], entry["unsharded_loss"], rtol=LOSS_RTOL)
+    assert entry["weight_difference"] <= WEIGHT_ATOL, entry["weight_difference"]
+    assert entry["moved"] > 100 * WEIGHT_ATOL  # it trained (and was preconditioned)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["shampoo", "soap"])
+def test_state_per_device_follows_the_layout(run, optimizer):
+    moments, factors, vector_moments = _floats()
+    counters = 8  # the step counter and the learning rate, 4 bytes each, whole
+    entries = run[optimizer]
+    assert entries["dp"]["state_bytes"] == 4 * (moments + factors) + counters
+    # FSDP: kernels and every factor (8 x 8 or 16 x 16) split 8 ways, bias moments whole.
+    fsdp = 4 * ((moments - vector_moments + factors) / 8 + vector_moments) + counters
+    assert entries["fsdp"]["state_bytes"] == fsdp
+    # ZeRO-1: everything but the two counters split 8 ways.
+    assert entries["zero1"]["state_bytes"] == 4 * (moments + factors) / 8 + counters
+    for strategy, entry in entries.items():
+        assert entry["planned_bytes"] == entry["state_bytes"], strategy
+        assert {p: r["axes"] for p, r in entry["planned"].items()} == entry["specs"] or all(
+            entry["specs"][p] in (r["axes"], []) for p, r in entry["planned"].items()
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["shampoo", "soap"])
+def test_factors_split_on_their_weights_axis_and_say_why(run, optimizer):
+    fsdp = run[optimizer]["fsdp"]
+    factor = "basis" if optimizer == "soap" else "root"
+    for kernel in ("ff_1_kernel", "ff_2_kernel", "head_kernel"):
+        for side in ("left", "right"):
+            for kind in ("statistic", factor):
+                path = f"nnkit_optimizer_{kernel}_{side}_{kind}_0_0"
+                assert fsdp["specs"][path] == ["batch", None], path
+                assert (
+                    "gathered whole where it is eigendecomposed" in fsdp["planned"][path]["reason"]
+                )
+        assert fsdp["specs"][f"nnkit_optimizer_{kernel}_momentum"] in (
+            [None, "batch"],
+            ["batch", None],
+        )
+    assert fsdp["specs"]["nnkit_optimizer_ff_1_kernel_momentum"] == [None, "batch"]  # (8, 16)
+    assert fsdp["planned"]["nnkit_optimizer_ff_1_kernel_momentum"]["reason"] == (
+        "follows its weight ff_1/kernel"
+    )
+    zero1 = run[optimizer]["zero1"]
+    assert zero1["specs"]["nnkit_optimizer_head_bias_momentum"] == ["batch"]
+    assert zero1["planned"]["iteration"]["reason"] == "scalar: replicated"
