@@ -4,6 +4,7 @@
 collect_ignore = [
     "_choice_script.py",
     "_jax_model.py",
+    "_jax_optimizer_state.py",
     "_jax_script.py",
     "_jax_sequence_script.py",
     "_multi_process_script.py",
