@@ -22,16 +22,18 @@ ALL_SEARCHERS = SEARCHERS + KERAS_TUNER_SEARCHERS
 
 
 class _Record:
-    def __init__(self, benchmark, budget, rng):
+    def __init__(self, benchmark, budget, rng, stop_at=None):
         self.benchmark = benchmark
         self.budget = budget
         self.rng = rng
+        self.stop_at = stop_at
+        self.reached = False
         self.history = []
         self.spent = 0.0
 
     @property
     def done(self):
-        return self.spent >= self.budget - 1e-9
+        return self.reached or self.spent >= self.budget - 1e-9
 
     def evaluate(self, arch, epochs):
         if arch not in self.benchmark:
@@ -49,6 +51,12 @@ class _Record:
                 "mean": self.benchmark.mean(arch),
             }
         )
+        if (
+            self.stop_at is not None
+            and epochs >= self.benchmark.epochs
+            and self.history[-1]["mean"] >= self.stop_at - 1e-12
+        ):
+            self.reached = True
         return score
 
 
@@ -65,7 +73,10 @@ class _TableTuner(keras_tuner.Tuner):
         arch = self.record.benchmark.space.from_values(values)
         if self.record.done or arch not in self.record.benchmark:
             return {"score": 0.0}  # past the budget, or not in the table: not recorded
-        return {"score": self.record.evaluate(arch, epochs)}
+        score = self.record.evaluate(arch, epochs)
+        if self.record.done:
+            self.oracle.max_trials = len(self.oracle.trials)  # no further trial
+        return {"score": score}
 
 
 def _keras_tuner_search(name, record, seed):
@@ -96,7 +107,7 @@ def _keras_tuner_search(name, record, seed):
         tuner.search(verbose=0)
 
 
-def simulate(benchmark, searcher="random", *, budget=100, seed=0, **options):
+def simulate(benchmark, searcher="random", *, budget=100, seed=0, stop_at=None, **options):
     """Run ``searcher`` on a tabular benchmark until ``budget`` full trainings are spent.
 
     Args:
@@ -106,6 +117,11 @@ def simulate(benchmark, searcher="random", *, budget=100, seed=0, **options):
         budget: Full trainings to spend, a number ``> 0``. Defaults to ``100``.
         seed: The run's seed (the searcher's and the table's draws of a seed
             per query). Defaults to ``0``.
+        stop_at: A table mean accuracy: stop as soon as an architecture
+            whose mean reaches it was trained at the full budget (the
+            history up to there is the same as without it; `evaluations_to_reach`
+            with that target reads the same figure). ``None`` spends the
+            whole budget. Defaults to ``None``.
         **options: The searcher's own arguments (``population``, ``eta``, ...).
 
     Returns:
@@ -133,7 +149,9 @@ def simulate(benchmark, searcher="random", *, budget=100, seed=0, **options):
     name = v.check_one_of("searcher", searcher, ALL_SEARCHERS)
     budget = v.check_positive_number("budget", budget)
     seed = v.check_int("seed", seed, minimum=0, limit=v.SEED_LIMIT)
-    record = _Record(benchmark, budget, np.random.default_rng([seed, 1]))
+    if stop_at is not None:
+        stop_at = v.check_number("stop_at", stop_at)
+    record = _Record(benchmark, budget, np.random.default_rng([seed, 1]), stop_at)
     if name in KERAS_TUNER_SEARCHERS:
         _keras_tuner_search(name, record, seed)
         return record.history

@@ -9,9 +9,11 @@ searchers' ``(architecture, epochs)`` proposals reach keras-tuner as
 ``SearcherOracle.populate_space`` values, the epochs under ``tuner/epochs``
 as Hyperband's do.
 
-On resume the searcher is rebuilt from the completed trials (each is marked
-seen and told); the search goes on from there, but it is not bit-identical to
-an uninterrupted run (the searcher's generator restarts).
+On resume the searcher replays the journal of its asks and tells kept in
+the oracle's state (``SearcherOracle``), so its state, generator included,
+is the one it had when the search was killed; keras-tuner retries the trials
+that were running. (A study written before the journal existed is rebuilt
+from its completed trials instead, not bit-identically.)
 """
 
 import json
@@ -22,6 +24,7 @@ import numpy as np
 
 from nnkit import _io
 from nnkit import _validation as v
+from nnkit.search.asynchronous import replay
 from nnkit.search.cost import count_flops
 from nnkit.search.searchers import SEARCHERS, make_searcher
 from nnkit.search.simulate import ALL_SEARCHERS
@@ -33,12 +36,23 @@ _EPOCHS = "tuner/epochs"
 
 
 class SearcherOracle(keras_tuner.Oracle):
-    """A keras-tuner oracle that asks an nnkit searcher (ask/tell) for each trial."""
+    """A keras-tuner oracle that asks an nnkit searcher (ask/tell) for each trial.
+
+    Its asks and tells are journaled in the oracle's state (saved by
+    keras-tuner after each trial starts and ends), so a resumed search replays
+    them into the fresh searcher (``nnkit.search.asynchronous.replay``): the
+    searcher's state is the one it had, and a trial that was running when
+    the search was killed (keras-tuner retries it) is told when it ends. In
+    keras-tuner's distributed mode the chief's oracle serializes the workers'
+    asks and tells. A trial stopped early (``MedianStopping``) is told with
+    the epochs it ran (read from its metrics).
+    """
 
     def __init__(self, searcher, **kwargs):
         super().__init__(**kwargs)
         self.searcher = searcher
         self.pending = {}
+        self.events = []
 
     def populate_space(self, trial_id):
         proposal = self.searcher.ask()
@@ -46,6 +60,7 @@ class SearcherOracle(keras_tuner.Oracle):
             return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED, "values": None}
         arch, epochs = proposal
         self.pending[trial_id] = (arch, epochs)
+        self.events.append({"ask": trial_id, "arch": arch, "epochs": int(epochs)})
         return {
             "status": keras_tuner.engine.trial.TrialStatus.RUNNING,
             "values": {**arch, _EPOCHS: int(epochs)},
@@ -57,17 +72,55 @@ class SearcherOracle(keras_tuner.Oracle):
             return -np.inf
         return float(score) if self.objective.direction == "max" else -float(score)
 
+    def _epochs_run(self, trial):
+        name = getattr(self.objective, "name", None)
+        if name is None or not trial.metrics.exists(name):
+            return None
+        steps = [observation.step for observation in trial.metrics.get_history(name)]
+        return int(max(steps)) + 1 if steps else None
+
+    def _tell(self, trial):
+        arch, epochs = self.pending.pop(trial.trial_id, (None, None))
+        if arch is None:
+            return
+        epochs_run = self._epochs_run(trial)
+        event = {"tell": trial.trial_id, "score": self._score(trial)}
+        if epochs_run is not None and epochs_run < epochs:
+            event["epochs_run"] = epochs_run
+        self.searcher.tell(arch, epochs, event["score"], epochs_run=event.get("epochs_run"))
+        self.events.append(event)
+
+    @keras_tuner.synchronized  # the tell too, under the lock of the workers' asks
     def end_trial(self, trial):
         result = super().end_trial(trial)
-        arch, epochs = self.pending.pop(trial.trial_id, (None, None))
-        if arch is not None:
-            self.searcher.tell(arch, epochs, self._score(trial))
+        ended = self.trials[trial.trial_id]
+        if ended.status != keras_tuner.engine.trial.TrialStatus.INVALID:  # else retried
+            self._tell(ended)
+            self.save()
         return result
+
+    def get_state(self):
+        state = super().get_state()
+        state["nnkit_searcher_events"] = list(self.events)
+        return state
 
     def set_state(self, state):
         super().set_state(state)
         space = self.searcher.space
-        for trial_id in self.start_order:
+        events = state.get("nnkit_searcher_events")
+        if events is not None:
+            asked, pending = replay(self.searcher, events)
+            self.events = list(events)
+            self.pending = {trial_id: asked[trial_id] for trial_id in pending}
+            for trial_id in pending:  # ended after its last save: tell it now
+                trial = self.trials.get(trial_id)
+                if (
+                    trial is not None
+                    and trial.status == keras_tuner.engine.trial.TrialStatus.COMPLETED
+                ):
+                    self._tell(trial)
+            return
+        for trial_id in self.start_order:  # a study from before the journal
             trial = self.trials[trial_id]
             if trial.status != keras_tuner.engine.trial.TrialStatus.COMPLETED:
                 continue
