@@ -16,7 +16,9 @@ that were running. (A study written before the journal existed is rebuilt
 from its completed trials instead, not bit-identically.)
 """
 
+import copy
 import json
+import pathlib
 
 import keras
 import keras_tuner
@@ -31,8 +33,10 @@ from nnkit.search.simulate import ALL_SEARCHERS
 from nnkit.search.space import ArchitectureSpace
 from nnkit.tuning import _study_format as study_format
 from nnkit.tuning._recording import RecordingMixin
+from nnkit.tuning.median_stopping import MedianStopping
 
 _EPOCHS = "tuner/epochs"
+_EPOCHS_RUN = "search/epochs_run"
 
 
 class SearcherOracle(keras_tuner.Oracle):
@@ -45,7 +49,8 @@ class SearcherOracle(keras_tuner.Oracle):
     the search was killed (keras-tuner retries it) is told when it ends. In
     keras-tuner's distributed mode the chief's oracle serializes the workers'
     asks and tells. A trial stopped early (``MedianStopping``) is told with
-    the epochs it ran (read from its metrics).
+    the epochs it ran (the tuner reports them as the metric
+    ``search/epochs_run``).
     """
 
     def __init__(self, searcher, **kwargs):
@@ -73,11 +78,9 @@ class SearcherOracle(keras_tuner.Oracle):
         return float(score) if self.objective.direction == "max" else -float(score)
 
     def _epochs_run(self, trial):
-        name = getattr(self.objective, "name", None)
-        if name is None or not trial.metrics.exists(name):
+        if not trial.metrics.exists(_EPOCHS_RUN):
             return None
-        steps = [observation.step for observation in trial.metrics.get_history(name)]
-        return int(max(steps)) + 1 if steps else None
+        return int(trial.metrics.get_last_value(_EPOCHS_RUN))
 
     def _tell(self, trial):
         arch, epochs = self.pending.pop(trial.trial_id, (None, None))
@@ -153,6 +156,14 @@ class _Tuner(RecordingMixin, keras_tuner.Tuner):
         _io.atomic_write(path, json.dumps(cost, sort_keys=True))
         super().on_trial_end(trial)
 
+    def around_execution(self, trial, callbacks, fit):
+        history = super().around_execution(trial, callbacks, fit)
+        if isinstance(history, keras.callbacks.History) and history.epoch:
+            # The epochs it ran (fewer when stopped early) reach the oracle, also
+            # the chief's of a distributed search, as one more reported metric.
+            history.history[_EPOCHS_RUN] = [len(history.epoch)] * len(history.epoch)
+        return history
+
     def run_trial(self, trial, *args, **kwargs):
         values = trial.hyperparameters.values
         if _EPOCHS in values:
@@ -180,6 +191,16 @@ class _HyperModel(keras_tuner.HyperModel):
         return model
 
 
+def _callbacks(callbacks, directory):
+    callbacks = list(v.check_sequence("callbacks", callbacks or [], "a list of Keras callbacks"))
+    for i, callback in enumerate(callbacks):
+        v.check_instance(f"callbacks[{i}]", callback, keras.callbacks.Callback, "a Keras callback")
+        if isinstance(callback, MedianStopping) and callback.directory is None:
+            callbacks[i] = copy.deepcopy(callback)
+            callbacks[i].directory = str(pathlib.Path(directory) / "tuner" / "median_stopping")
+    return callbacks
+
+
 def search_architectures(
     space,
     x,
@@ -191,6 +212,7 @@ def search_architectures(
     max_trials=20,
     epochs=10,
     seed=0,
+    callbacks=None,
 ):
     """Search ``space`` by training each proposal (classification, integer labels).
 
@@ -213,6 +235,12 @@ def search_architectures(
         max_trials: Trainings to run, an int ``>= 1``. Defaults to ``20``.
         epochs: The full budget in epochs, an int ``>= 1``. Defaults to ``10``.
         seed: Seed of the searcher and of every trial. Defaults to ``0``.
+        callbacks: Keras callbacks for every trial, e.g.
+            ``nnkit.tuning.MedianStopping("val_accuracy", mode="max")`` (its
+            ``directory`` defaults to ``<directory>/tuner/median_stopping``,
+            shared by the workers of a distributed search); a trial it stops
+            is told to the searcher with the epochs it ran (ASHA records it at
+            the rung it reached). Defaults to ``None``.
 
     Returns:
         The keras-tuner tuner after the search (``tuner.study_dir``,
@@ -255,6 +283,7 @@ def search_architectures(
             "`y` must hold one non-negative integer class label per example of `x`. "
             f"Received: y={y!r}"
         )
+    callbacks = _callbacks(callbacks, directory)
     classes = int(np.max(y)) + 1
     hypermodel = _HyperModel(space, x.shape[1:], classes, 3e-3)
     objective = keras_tuner.Objective("val_accuracy", "max")
@@ -281,6 +310,8 @@ def search_architectures(
         tuner_kind=name if name in ("bayesian", "hyperband") else "custom",
         sweep_seed=seed,
     )
-    tuner.search(x, y, validation_data=validation_data, epochs=epochs, verbose=0)
+    tuner.search(
+        x, y, validation_data=validation_data, epochs=epochs, verbose=0, callbacks=callbacks
+    )
     tuner.finish_study()
     return tuner

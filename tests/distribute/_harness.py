@@ -63,6 +63,7 @@ SKIP = {
     "search.make_searcher": "a searcher's ask/tell logic, host-side",
     "search.simulate": "a search scored by table lookup, no training",
     "search.search_architectures": "search driver (runs ordinary fits)",
+    "search.AsyncSearch": "a searcher shared by workers, host-side (a lock and a journal)",
     "callbacks.ExceptionSave": "host-side: writes a BackupAndRestore backup when fit raises "
     "(tests/callbacks/test_exception_save.py, one device); under MirroredStrategy not yet tested",
     "distribute.accumulate_gradients": "patches the optimizer's update under the strategy; its "

@@ -258,10 +258,8 @@ def test_keras_tuner_oracle_with_concurrent_workers_and_a_stopped_trial(tmp_path
             values = trial.hyperparameters.values
             arch, epochs = {"w": values["w"]}, values["tuner/epochs"]
             run = 1 if trial.trial_id == "05" and epochs > 1 else epochs
-            for step in range(run):
-                oracle.update_trial(
-                    trial.trial_id, {"val_accuracy": _score(arch, step + 1)}, step=step
-                )
+            oracle.update_trial(trial.trial_id, {"val_accuracy": _score(arch, run)}, step=run - 1)
+            oracle.update_trial(trial.trial_id, {"search/epochs_run": run})
             ended = copy.deepcopy(trial)  # what a worker sends back (a copy, as over gRPC)
             ended.status = "COMPLETED"
             oracle.end_trial(ended)
@@ -276,6 +274,8 @@ def test_keras_tuner_oracle_with_concurrent_workers_and_a_stopped_trial(tmp_path
     assert sorted(told) == sorted(oracle.trials) and len(told) == len(set(told)) == 40
     tells = [e for e in oracle.events if "tell" in e]
     assert len(tells) == 40
+    stopped = [e for e in tells if e["tell"] == "05"]
+    assert len(stopped) == 1 and stopped[0].get("epochs_run", 1) == 1
     events = [
         {**e, "ask": int(e["ask"])} if "ask" in e else {**e, "tell": int(e["tell"])}
         for e in oracle.events
