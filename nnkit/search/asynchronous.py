@@ -117,6 +117,10 @@ class AsyncSearch:
     (0, 1)
     >>> search.tell(1, 0.5); search.tell(0, 0.7); sorted(search.scores)
     [0, 1]
+
+    References:
+        Li et al., "A System for Massively Parallel Hyperparameter Tuning"
+        (ASHA), MLSys 2020.
     """
 
     def __init__(self, searcher, journal=None):
