@@ -242,35 +242,34 @@ def _oracle(searcher):
 
 
 def test_keras_tuner_oracle_with_concurrent_workers_and_a_stopped_trial(tmp_path):
-    # keras-tuner's own create_trial/update_trial/end_trial from four threads (the
-    # chief's oracle of a distributed sweep does the same); trial 5 is "stopped by
+    # keras-tuner's own create_trial/update_trial/end_trial with four trials
+    # running at once (the chief's oracle of a distributed sweep sees the same),
+    # interleaved in one thread so that the test is deterministic (an error
+    # inside keras-tuner's lock in a thread leaves the lock held); trial 5 is "stopped by
     # MedianStopping" after 1 of its epochs.
     oracle = _oracle(_asha())
     _Tuner(oracle=oracle, directory=str(tmp_path), project_name="p")  # gives it a directory
-    lock = threading.Lock()
-    told = []
+    told, running = [], []
 
-    def worker(name):
-        while True:
-            trial = oracle.create_trial(name)
-            if trial.status != "RUNNING":
-                return
-            values = trial.hyperparameters.values
-            arch, epochs = {"w": values["w"]}, values["tuner/epochs"]
-            run = 1 if trial.trial_id == "05" and epochs > 1 else epochs
-            oracle.update_trial(trial.trial_id, {"val_accuracy": _score(arch, run)}, step=run - 1)
-            oracle.update_trial(trial.trial_id, {"search/epochs_run": run})
-            ended = copy.deepcopy(trial)  # what a worker sends back (a copy, as over gRPC)
-            ended.status = "COMPLETED"
-            oracle.end_trial(ended)
-            with lock:
-                told.append(trial.trial_id)
+    def start(name):
+        trial = oracle.create_trial(name)
+        if trial.status == "RUNNING":
+            running.append((name, trial))
 
-    threads = [threading.Thread(target=worker, args=(f"tuner{i}",)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for i in range(4):
+        start(f"tuner{i}")
+    while running:
+        name, trial = running.pop(0)
+        values = trial.hyperparameters.values
+        arch, epochs = {"w": values["w"]}, values["tuner/epochs"]
+        run = 1 if trial.trial_id == "05" and epochs > 1 else epochs
+        metrics = {"val_accuracy": _score(arch, run), "search/epochs_run": run}
+        oracle.update_trial(trial.trial_id, metrics, step=run - 1)
+        ended = copy.deepcopy(trial)  # what a worker sends back (a copy, as over gRPC)
+        ended.status = "COMPLETED"
+        oracle.end_trial(ended)
+        told.append(trial.trial_id)
+        start(name)
     assert sorted(told) == sorted(oracle.trials) and len(told) == len(set(told)) == 40
     tells = [e for e in oracle.events if "tell" in e]
     assert len(tells) == 40
