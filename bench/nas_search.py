@@ -15,10 +15,22 @@ the run's generator. The figure per run is the full trainings spent (a run
 of ``e`` of ``E`` epochs costs ``e/E``) until an architecture whose seed-mean
 accuracy is within ``--tolerance`` (0.001 = 0.1 pp) of the best was trained
 at the full budget, and the simulated seconds spent by then (the table's
-seconds per epoch). Runs that never get there count as ``inf`` (the median is
-then ``inf`` when more than half miss). keras-tuner's Bayesian optimization
-fits a Gaussian process per trial: it gets fewer runs by default
-(``--bayesian-runs``), and its figure says so.
+seconds per epoch). A run stops once it got there (``simulate(stop_at=)``;
+the figures are the same). Runs that never get there count as ``inf`` (the
+median is then ``inf`` when more than half miss).
+
+keras-tuner's Bayesian optimization is slow here: after its 30 random points
+(3 per hyperparameter) each trial fits a Gaussian process and maximizes the
+acquisition with 50 L-BFGS-B restarts on numerical gradients, each step a
+scikit-learn ``predict`` (about 15 s per trial on a loaded 2-core machine; a
+profile put half of it in scikit-learn's input checks, which the bench turns
+off with ``sklearn.set_config(assume_finite=True,
+skip_parameter_validation=True)``). So it gets fewer runs
+(``--bayesian-runs``) and a budget capped at ``--bayesian-budget`` full
+trainings (100); a run that misses within the cap counts as ``inf``, and its
+median is exact only when more than half of its runs reached the target.
+``--first-seed`` lets several processes share the runs of one searcher
+(each prints one ``run`` line per run).
 
 When the table is not complete, the figures are for the architectures it
 holds (``"complete": false`` in the JSON) and are no evidence about the space.
@@ -74,14 +86,21 @@ def _summary(values):
     }
 
 
-def score(table, searcher, *, runs, budget, tolerance):
+def score(table, searcher, *, runs, budget, tolerance, first_seed=0):
     target = table.best_mean - tolerance
     evaluations, seconds = [], []
-    for seed in range(runs):
-        history = simulate(table, searcher, budget=budget, seed=seed)
+    for seed in range(first_seed, first_seed + runs):
+        # stop_at: a run ends once it reached the target; the figures are the same.
+        history = simulate(table, searcher, budget=budget, seed=seed, stop_at=target)
         evaluations.append(evaluations_to_reach(history, target, table.epochs))
         seconds.append(_seconds_to_reach(history, target, table.epochs))
-    return {"runs": runs, "evaluations": _summary(evaluations), "seconds": _summary(seconds)}
+        print("run", json.dumps([searcher, seed, evaluations[-1], seconds[-1]]), flush=True)
+    return {
+        "runs": runs,
+        "budget": budget,
+        "evaluations": _summary(evaluations),
+        "seconds": _summary(seconds),
+    }
 
 
 def _ratio(value, baseline):
@@ -95,6 +114,10 @@ def main(argv=None):
     parser.add_argument("--table", default=str(DEFAULT_OUT))
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--bayesian-runs", type=int, default=10)
+    parser.add_argument(
+        "--bayesian-budget", type=float, default=100.0, help="its cap in full trainings"
+    )
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--searchers", default=",".join(ALL))
     parser.add_argument("--tolerance", type=float, default=0.001)
     parser.add_argument("--budget", type=float, default=0.0, help="0: the table's size")
@@ -105,8 +128,16 @@ def main(argv=None):
     start = time.perf_counter()
     results = {}
     for name in args.searchers.split(","):
-        runs = min(args.runs, args.bayesian_runs) if name == "bayesian" else args.runs
-        results[name] = score(table, name, runs=runs, budget=budget, tolerance=args.tolerance)
+        runs, cap = args.runs, budget
+        if name == "bayesian":
+            runs, cap = min(args.runs, args.bayesian_runs), min(budget, args.bayesian_budget)
+            # scikit-learn's input checks are half of keras-tuner's acquisition time here.
+            import sklearn
+
+            sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
+        results[name] = score(
+            table, name, runs=runs, budget=cap, tolerance=args.tolerance, first_seed=args.first_seed
+        )
         print(name, json.dumps(results[name]), flush=True)
     base = results.get("random")
     for result in results.values() if base is not None else ():

@@ -28,6 +28,7 @@ printed is a JSON summary.
 import argparse
 import json
 import pathlib
+import time
 
 import keras
 import numpy as np
@@ -99,7 +100,9 @@ def main(argv=None):
     (x, y), validation, _ = data
     space = conv1d_space()
     results, points = {}, []
+    start = time.perf_counter()
     for name in dict.fromkeys(["random", args.searcher]):
+        searched = time.perf_counter()
         tuner = search_architectures(
             space,
             x,
@@ -111,6 +114,7 @@ def main(argv=None):
             epochs=args.epochs,
             seed=0,
         )
+        search_seconds = time.perf_counter() - searched
         trials = [t for t in tuner.oracle.trials.values() if t.score is not None]
         for trial in trials:
             arch = space.from_values(trial.hyperparameters.values)
@@ -122,6 +126,8 @@ def main(argv=None):
         results[name] = {
             "pick": pick,
             "search_val_accuracy": round(float(best.score), 4),
+            "trials_scored": len(trials),
+            "search_seconds": round(search_seconds, 1),
             **retrain(space, pick, data, epochs=args.retrain_epochs, seeds=range(args.seeds)),
         }
         print(name, json.dumps(results[name]), flush=True)
@@ -160,6 +166,7 @@ def main(argv=None):
         "paper_baselines": PAPER_BASELINES,
         "pareto_front": front_rows,
         "quick": args.quick,
+        "seconds": round(time.perf_counter() - start, 1),
     }
     print(json.dumps(summary))
     return summary

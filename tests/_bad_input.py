@@ -690,6 +690,12 @@ def _search_table(c):
     return TabularBenchmark(rows, space)
 
 
+def _search_searcher(c):
+    from nnkit.search import make_searcher
+
+    return make_searcher("asha", _search_space(c), seed=0, max_epochs=3)
+
+
 def _search_build(arch, input_shape, num_classes):
     return None
 
@@ -722,6 +728,7 @@ BASELINES.update({
                                   "budget": 2.0, "seed": 0},
     "search.evaluations_to_reach": lambda c: {"history": [{"epochs": 2, "mean": 0.5, "spent": 1.0}],
                                               "target": 0.5, "full_epochs": 2},
+    "search.AsyncSearch": lambda c: {"searcher": _search_searcher(c), "journal": None},
     "search.search_architectures": lambda c: {"space": _search_space(c), "x": c.x(),
                                               "y": np.zeros(len(c.x()), "int32"),
                                               "validation_data": (c.x(8), np.zeros(8, "int32")),

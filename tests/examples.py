@@ -251,6 +251,8 @@ ABSTRACT |= {"tuning.SensitivityReport", "tuning.LRFinderResult"}
 ABSTRACT |= {"meta.MetaLearner", "meta.TaskSampler"}
 # A space holds its build function and a table its rows: not JSON, not Keras-saved components.
 ABSTRACT |= {"search.ArchitectureSpace", "search.TabularBenchmark"}
+# A shared searcher holds a searcher, a lock and a journal: a driver, not a Keras component.
+ABSTRACT |= {"search.AsyncSearch"}
 # Task samplers hold arrays and callables (not JSON): data sources, not Keras-saved components.
 ABSTRACT |= {"meta.FewShotClassification", "meta.RegressionFamily", "meta.TaskBatches"}
 

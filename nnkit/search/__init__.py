@@ -9,6 +9,7 @@ by lookup, with no training at all. It reuses ``nnkit.tuning``'s keras-tuner
 machinery for real training rather than copying it.
 """
 
+from nnkit.search.asynchronous import AsyncSearch
 from nnkit.search.benchmark import TabularBenchmark
 from nnkit.search.cost import count_flops, measure_cost, pareto_front
 from nnkit.search.latency import measure_latency
@@ -21,6 +22,7 @@ from nnkit.search.training import search_architectures
 
 __all__ = [
     "ArchitectureSpace",
+    "AsyncSearch",
     "Choice",
     "TabularBenchmark",
     "conv1d_space",

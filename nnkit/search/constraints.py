@@ -110,5 +110,7 @@ class ConstrainedSearcher:
             self.rejected.append({"arch": arch, "reason": reason, "cost": cost})
         raise self._nothing_feasible(f"{self.max_rejections} proposals in a row were rejected")
 
-    def tell(self, arch, epochs, score):
-        return self.searcher.tell(arch, epochs, score)
+    def tell(self, arch, epochs, score, epochs_run=None):
+        if epochs_run is None:
+            return self.searcher.tell(arch, epochs, score)
+        return self.searcher.tell(arch, epochs, score, epochs_run=epochs_run)

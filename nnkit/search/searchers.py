@@ -18,7 +18,12 @@ An architecture is never proposed twice at the same budget.
 - ``"asha"``: asynchronous successive halving (Li et al. 2020) on epochs:
   rungs ``max_epochs / eta^k``; an architecture in the top ``1/eta`` of its
   rung is promoted (retrained for the next rung's epochs), else a new one
-  starts on the lowest rung.
+  starts on the lowest rung. Asynchronous: ``ask`` promotes as soon as a
+  rung's *completed* results allow it (never waits for a full rung), so
+  several workers can ask before earlier trials are told. A trial stopped
+  early (``tell(..., epochs_run=e)``, e.g. by ``MedianStopping``) is
+  recorded at the highest rung it reached (``rungs[k] <= e``), not promoted
+  from there again, and kept in ``stopped`` when it reached none.
 
 - ``"pareto_evolution"``: regularized evolution whose tournament is won by
   the lowest Pareto rank of (accuracy, ``cost``) in the population
@@ -90,10 +95,12 @@ class Searcher(abc.ABC):
     def ask(self):
         """The next ``(arch, epochs)`` to train, or ``None`` when the space is exhausted."""
 
-    def tell(self, arch, epochs, score):
+    def tell(self, arch, epochs, score, epochs_run=None):
         """Learn ``score`` (higher is better) of ``arch`` trained for ``epochs``.
 
-        The base learns nothing (random search); the other searchers override it.
+        ``epochs_run`` (the epochs a trial stopped early got, ``None`` when it
+        ran all ``epochs``) matters to ASHA only. The base learns nothing
+        (random search); the other searchers override it.
         """
         return None
 
@@ -131,7 +138,7 @@ class RegularizedEvolution(Searcher):
         """The tournament's winner among the population indices ``picks`` (the best score)."""
         return max((self.population[int(i)] for i in picks), key=lambda item: item[1])[0]
 
-    def tell(self, arch, epochs, score):
+    def tell(self, arch, epochs, score, epochs_run=None):
         self.population.append((arch, float(score)))
         if len(self.population) > self.population_size:
             self.population.pop(0)
@@ -180,7 +187,7 @@ class LocalSearch(Searcher):
                     return self.propose(arch)
             self._step()
 
-    def tell(self, arch, epochs, score):
+    def tell(self, arch, epochs, score, epochs_run=None):
         self.scores[self.space.key(arch)] = float(score)
         if self.current is None:
             self.current = (arch, float(score))
@@ -200,6 +207,7 @@ class SuccessiveHalving(Searcher):
         self.rungs = rungs[::-1]  # epochs per rung, lowest first
         self.results = [[] for _ in self.rungs]  # (score, key, arch) per rung
         self.promoted = [set() for _ in self.rungs]
+        self.stopped = []  # (score, key, arch) of trials stopped below the lowest rung
 
     def ask(self):
         for k in range(len(self.rungs) - 2, -1, -1):
@@ -210,9 +218,33 @@ class SuccessiveHalving(Searcher):
                     return arch, self.rungs[k + 1]
         return self.propose(self.fresh(quasi=True), self.rungs[0])
 
-    def tell(self, arch, epochs, score):
+    def rung_reached(self, epochs_run):
+        """Index of the highest rung with ``rungs[k] <= epochs_run``, ``None`` below the lowest."""
+        reached = [k for k, rung in enumerate(self.rungs) if rung <= epochs_run]
+        return reached[-1] if reached else None
+
+    def tell(self, arch, epochs, score, epochs_run=None):
+        """Record ``score`` at ``epochs``' rung, or at the rung reached when stopped early.
+
+        ``epochs_run < epochs`` (a trial stopped early, e.g. by ``MedianStopping``):
+        the result counts at the highest rung ``k`` with ``rungs[k] <= epochs_run``
+        unless ``arch`` already has a result there (a promoted trial keeps the
+        result of the rung it was promoted from); below the lowest rung it goes
+        to ``stopped`` and is never promoted.
+        """
+        key = self.space.key(arch)
         k = self.rungs.index(epochs) if epochs in self.rungs else 0
-        self.results[k].append((float(score), self.space.key(arch), arch))
+        if epochs_run is not None and epochs_run < epochs:
+            k = self.rung_reached(epochs_run)
+            if k is None:
+                self.stopped.append((float(score), key, arch))
+                return
+            if any(item[1] == key for item in self.results[k]):
+                return
+            self.promoted[k].add(key)  # stopped: it does not climb from here
+        elif k > 0:
+            self.promoted[k - 1].add(key)  # it got here by promotion (also when rebuilt)
+        self.results[k].append((float(score), key, arch))
 
 
 _CLASSES = {

@@ -31,10 +31,12 @@ class _History(list):
 
 
 class _Record:
-    def __init__(self, benchmark, budget, rng, limits=None):
+    def __init__(self, benchmark, budget, rng, limits=None, stop_at=None):
         self.benchmark = benchmark
         self.budget = budget
         self.rng = rng
+        self.stop_at = stop_at
+        self.reached = False
         self.history = _History()
         self.history.rejected = []
         self.limits = limits or {}
@@ -52,7 +54,7 @@ class _Record:
 
     @property
     def done(self):
-        return self.spent >= self.budget - 1e-9
+        return self.reached or self.spent >= self.budget - 1e-9
 
     def evaluate(self, arch, epochs):
         if arch not in self.benchmark:
@@ -71,6 +73,12 @@ class _Record:
                 "cost": self.benchmark.cost(arch),
             }
         )
+        if (
+            self.stop_at is not None
+            and epochs >= self.benchmark.epochs
+            and self.history[-1]["mean"] >= self.stop_at - 1e-12
+        ):
+            self.reached = True
         return score
 
 
@@ -89,7 +97,10 @@ class _TableTuner(keras_tuner.Tuner):
             return {"score": 0.0}  # past the budget, or not in the table: not recorded
         if self.record.reject(arch) is not None:
             return {"score": 0.0}  # over a cost limit: never trained, the worst score
-        return {"score": self.record.evaluate(arch, epochs)}
+        score = self.record.evaluate(arch, epochs)
+        if self.record.done:
+            self.oracle.max_trials = len(self.oracle.trials)  # no further trial
+        return {"score": score}
 
 
 def _keras_tuner_search(name, record, seed):
@@ -120,7 +131,7 @@ def _keras_tuner_search(name, record, seed):
         tuner.search(verbose=0)
 
 
-def simulate(benchmark, searcher="random", *, budget=100, seed=0, **options):
+def simulate(benchmark, searcher="random", *, budget=100, seed=0, stop_at=None, **options):
     """Run ``searcher`` on a tabular benchmark until ``budget`` full trainings are spent.
 
     Args:
@@ -131,6 +142,11 @@ def simulate(benchmark, searcher="random", *, budget=100, seed=0, **options):
         budget: Full trainings to spend, a number ``> 0``. Defaults to ``100``.
         seed: The run's seed (the searcher's and the table's draws of a seed
             per query). Defaults to ``0``.
+        stop_at: A table mean accuracy: stop as soon as an architecture
+            whose mean reaches it was trained at the full budget (the
+            history up to there is the same as without it; `evaluations_to_reach`
+            with that target reads the same figure). ``None`` spends the
+            whole budget. Defaults to ``None``.
         **options: The searcher's own arguments (``population``, ``eta``, ...),
             ``cost`` (``"pareto_evolution"``'s cost) and the limits
             ``max_params``, ``max_flops``, ``max_latency_ms`` (read from the
@@ -167,7 +183,9 @@ def simulate(benchmark, searcher="random", *, budget=100, seed=0, **options):
     from nnkit.search.constraints import check_limits
 
     limits = check_limits(**{key: options.pop(key, None) for key in _LIMIT_ARGUMENTS})
-    record = _Record(benchmark, budget, np.random.default_rng([seed, 1]), limits)
+    if stop_at is not None:
+        stop_at = v.check_number("stop_at", stop_at)
+    record = _Record(benchmark, budget, np.random.default_rng([seed, 1]), limits, stop_at)
     if name in KERAS_TUNER_SEARCHERS:
         _keras_tuner_search(name, record, seed)
         return record.history

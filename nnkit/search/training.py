@@ -9,11 +9,14 @@ searchers' ``(architecture, epochs)`` proposals reach keras-tuner as
 ``SearcherOracle.populate_space`` values, the epochs under ``tuner/epochs``
 as Hyperband's do.
 
-On resume the searcher is rebuilt from the completed trials (each is marked
-seen and told); the search goes on from there, but it is not bit-identical to
-an uninterrupted run (the searcher's generator restarts).
+On resume the searcher replays the journal of its asks and tells kept in
+the oracle's state (``SearcherOracle``), so its state, generator included,
+is the one it had when the search was killed; keras-tuner retries the trials
+that were running. (A study written before the journal existed is rebuilt
+from its completed trials instead, not bit-identically.)
 """
 
+import copy
 import json
 import pathlib
 
@@ -23,6 +26,7 @@ import numpy as np
 
 from nnkit import _io
 from nnkit import _validation as v
+from nnkit.search.asynchronous import replay
 from nnkit.search.constraints import check_limits, violation
 from nnkit.search.cost import measure_cost
 from nnkit.search.searchers import SEARCHERS, make_searcher
@@ -30,17 +34,31 @@ from nnkit.search.simulate import ALL_SEARCHERS
 from nnkit.search.space import ArchitectureSpace
 from nnkit.tuning import _study_format as study_format
 from nnkit.tuning._recording import RecordingMixin
+from nnkit.tuning.median_stopping import MedianStopping
 
 _EPOCHS = "tuner/epochs"
+_EPOCHS_RUN = "search/epochs_run"
 
 
 class SearcherOracle(keras_tuner.Oracle):
-    """A keras-tuner oracle that asks an nnkit searcher (ask/tell) for each trial."""
+    """A keras-tuner oracle that asks an nnkit searcher (ask/tell) for each trial.
+
+    Its asks and tells are journaled in the oracle's state (saved by
+    keras-tuner after each trial starts and ends), so a resumed search replays
+    them into the fresh searcher (``nnkit.search.asynchronous.replay``): the
+    searcher's state is the one it had, and a trial that was running when
+    the search was killed (keras-tuner retries it) is told when it ends. In
+    keras-tuner's distributed mode the chief's oracle serializes the workers'
+    asks and tells. A trial stopped early (``MedianStopping``) is told with
+    the epochs it ran (the tuner reports them as the metric
+    ``search/epochs_run``).
+    """
 
     def __init__(self, searcher, **kwargs):
         super().__init__(**kwargs)
         self.searcher = searcher
         self.pending = {}
+        self.events = []
 
     def populate_space(self, trial_id):
         proposal = self.searcher.ask()
@@ -48,6 +66,7 @@ class SearcherOracle(keras_tuner.Oracle):
             return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED, "values": None}
         arch, epochs = proposal
         self.pending[trial_id] = (arch, epochs)
+        self.events.append({"ask": trial_id, "arch": arch, "epochs": int(epochs)})
         return {
             "status": keras_tuner.engine.trial.TrialStatus.RUNNING,
             "values": {**arch, _EPOCHS: int(epochs)},
@@ -59,17 +78,53 @@ class SearcherOracle(keras_tuner.Oracle):
             return -np.inf
         return float(score) if self.objective.direction == "max" else -float(score)
 
+    def _epochs_run(self, trial):
+        if not trial.metrics.exists(_EPOCHS_RUN):
+            return None
+        return int(trial.metrics.get_last_value(_EPOCHS_RUN))
+
+    def _tell(self, trial):
+        arch, epochs = self.pending.pop(trial.trial_id, (None, None))
+        if arch is None:
+            return
+        epochs_run = self._epochs_run(trial)
+        event = {"tell": trial.trial_id, "score": self._score(trial)}
+        if epochs_run is not None and epochs_run < epochs:
+            event["epochs_run"] = epochs_run
+        self.searcher.tell(arch, epochs, event["score"], epochs_run=event.get("epochs_run"))
+        self.events.append(event)
+
+    @keras_tuner.synchronized  # the tell too, under the lock of the workers' asks
     def end_trial(self, trial):
         result = super().end_trial(trial)
-        arch, epochs = self.pending.pop(trial.trial_id, (None, None))
-        if arch is not None:
-            self.searcher.tell(arch, epochs, self._score(trial))
+        ended = self.trials[trial.trial_id]
+        if ended.status != keras_tuner.engine.trial.TrialStatus.INVALID:  # else retried
+            self._tell(ended)
+            self.save()
         return result
+
+    def get_state(self):
+        state = super().get_state()
+        state["nnkit_searcher_events"] = list(self.events)
+        return state
 
     def set_state(self, state):
         super().set_state(state)
         space = self.searcher.space
-        for trial_id in self.start_order:
+        events = state.get("nnkit_searcher_events")
+        if events is not None:
+            asked, pending = replay(self.searcher, events)
+            self.events = list(events)
+            self.pending = {trial_id: asked[trial_id] for trial_id in pending}
+            for trial_id in pending:  # ended after its last save: tell it now
+                trial = self.trials.get(trial_id)
+                if (
+                    trial is not None
+                    and trial.status == keras_tuner.engine.trial.TrialStatus.COMPLETED
+                ):
+                    self._tell(trial)
+            return
+        for trial_id in self.start_order:  # a study from before the journal
             trial = self.trials[trial_id]
             if trial.status != keras_tuner.engine.trial.TrialStatus.COMPLETED:
                 continue
@@ -117,6 +172,14 @@ class _Tuner(RecordingMixin, keras_tuner.Tuner):
                 keys.add(json.dumps(entry["arch"], sort_keys=True))
                 known.append(entry)
         _io.atomic_write(path, json.dumps(known, sort_keys=True))
+
+    def around_execution(self, trial, callbacks, fit):
+        history = super().around_execution(trial, callbacks, fit)
+        if isinstance(history, keras.callbacks.History) and history.epoch:
+            # The epochs it ran (fewer when stopped early) reach the oracle, also
+            # the chief's of a distributed search, as one more reported metric.
+            history.history[_EPOCHS_RUN] = [len(history.epoch)] * len(history.epoch)
+        return history
 
     def run_trial(self, trial, *args, **kwargs):
         values = trial.hyperparameters.values
@@ -166,6 +229,16 @@ class _HyperModel(keras_tuner.HyperModel):
         return model
 
 
+def _callbacks(callbacks, directory):
+    callbacks = list(v.check_sequence("callbacks", callbacks or [], "a list of Keras callbacks"))
+    for i, callback in enumerate(callbacks):
+        v.check_instance(f"callbacks[{i}]", callback, keras.callbacks.Callback, "a Keras callback")
+        if isinstance(callback, MedianStopping) and callback.directory is None:
+            callbacks[i] = copy.deepcopy(callback)
+            callbacks[i].directory = str(pathlib.Path(directory) / "tuner" / "median_stopping")
+    return callbacks
+
+
 def search_architectures(
     space,
     x,
@@ -181,6 +254,7 @@ def search_architectures(
     max_params=None,
     max_flops=None,
     max_latency_ms=None,
+    callbacks=None,
 ):
     """Search ``space`` by training each proposal (classification, integer labels).
 
@@ -214,6 +288,12 @@ def search_architectures(
         max_flops: FLOPs-per-example limit, or ``None``. Defaults to ``None``.
         max_latency_ms: Latency limit (median ms per batch of 32), or ``None``.
             Defaults to ``None``.
+        callbacks: Keras callbacks for every trial, e.g.
+            ``nnkit.tuning.MedianStopping("val_accuracy", mode="max")`` (its
+            ``directory`` defaults to ``<directory>/tuner/median_stopping``,
+            shared by the workers of a distributed search); a trial it stops
+            is told to the searcher with the epochs it ran (ASHA records it at
+            the rung it reached). Defaults to ``None``.
 
     Returns:
         The keras-tuner tuner after the search (``tuner.study_dir``,
@@ -258,6 +338,7 @@ def search_architectures(
         )
     cost = v.check_one_of("cost", cost, ("params", "flops", "latency_ms"))
     limits = check_limits(max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms)
+    callbacks = _callbacks(callbacks, directory)
     classes = int(np.max(y)) + 1
     hypermodel = _HyperModel(space, x.shape[1:], classes, 3e-3, limits)
     objective = keras_tuner.Objective("val_accuracy", "max")
@@ -293,7 +374,9 @@ def search_architectures(
         tuner_kind=name if name in ("bayesian", "hyperband") else "custom",
         sweep_seed=seed,
     )
-    tuner.search(x, y, validation_data=validation_data, epochs=epochs, verbose=0)
+    tuner.search(
+        x, y, validation_data=validation_data, epochs=epochs, verbose=0, callbacks=callbacks
+    )
     tuner.write_rejected()
     tuner.finish_study()
     return tuner

@@ -77,6 +77,7 @@ SKIP = {
     "search.make_searcher": "a searcher's ask/tell logic, host-side",
     "search.simulate": "a search scored by table lookup, no training",
     "search.search_architectures": "search driver (runs ordinary fits)",
+    "search.AsyncSearch": "a searcher shared by workers, host-side (a lock and a journal)",
     "distribute.accumulate_gradients": "patches the optimizer's update under the strategy; its "
     "mirrored tests are tests/distribute/test_accumulation.py",
     "distribute.remove_accumulation_patch": "undoes accumulate_gradients "

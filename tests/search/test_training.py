@@ -58,3 +58,40 @@ def test_asha_trains_its_rungs_and_the_search_resumes(tmp_path):
     )
     assert len(again.oracle.trials) == 6
     assert len(_rows(tmp_path)) == 6
+
+
+@pytest.mark.slow
+def test_asha_with_median_stopping_records_a_stopped_trial_at_the_rung_it_reached(tmp_path):
+    from nnkit.tuning import MedianStopping
+
+    x, y = _data()
+    space = conv1d_space(stages=(1, 2), channels=(4,), kernels=(3,), head=("avg",))
+    # A finished reference run that no trial can beat: every trial past its
+    # warm-up epoch is stopped.
+    folder = tmp_path / "tuner" / "median_stopping"
+    folder.mkdir(parents=True)
+    reference = {"monitor": "val_accuracy", "epochs": [0, 1, 2], "values": [1.0, 1.0, 1.0]}
+    (folder / "reference.json").write_text(json.dumps(reference))
+    rule = MedianStopping("val_accuracy", min_trials=1, warmup_epochs=1, mode="max")
+    tuner = search_architectures(
+        space,
+        x,
+        y,
+        validation_data=(x, y),
+        directory=tmp_path,
+        searcher="asha",
+        max_trials=4,
+        epochs=3,
+        seed=0,
+        callbacks=[rule],
+    )
+    rows = _rows(tmp_path)
+    # three 1-epoch runs (within the warm-up), then the promoted one, stopped
+    # after 2 of its 3 epochs: rung 1 (1 epoch) is the highest it reached,
+    # where it already is, so rung 3 stays empty.
+    assert [row["status"] for row in rows] == ["completed"] * 3 + ["stopped"]
+    assert int(rows[3]["epochs_run"]) == 2, (rows, tuner.oracle.events)
+    tells = [event for event in tuner.oracle.events if "tell" in event]
+    assert tells[-1]["epochs_run"] == 2 and all("epochs_run" not in e for e in tells[:3])
+    assert tuner.oracle.searcher.results[1] == []
+    assert len(tuner.oracle.searcher.results[0]) == 3
