@@ -118,4 +118,53 @@ for strategy in ("dp", "fsdp"):
         "state_bytes": sum(shard_bytes(v.value) for v in variables),
     }
 result["kfac"] = entry
+
+
+def build_layers():
+    """Every K-FAC layer kind: a diagonal A (Embedding), a rank-3 kernel (Conv1D), a
+    diagonal G (LayerNormalization), an EinsumDense, and an A that divides (no bias)."""
+    x = keras.Input((8,), dtype="int32")
+    h = keras.layers.Embedding(32, 16, name="emb")(x)
+    h = keras.layers.Conv1D(16, 3, padding="same", name="conv")(h)
+    h = keras.layers.LayerNormalization(name="ln")(h)
+    h = keras.layers.EinsumDense("btd,de->bte", (None, 16), bias_axes="e", name="ein")(h)
+    return keras.Model(x, keras.layers.Dense(8, use_bias=False, name="out")(h), name="layers")
+
+
+tokens = rng.integers(0, 32, size=(16, 8)).astype("int32")
+targets = rng.normal(size=(16, 8, 8)).astype("float32")
+keras.utils.set_random_seed(0)
+layers_initial = build_layers().get_weights()
+
+
+def train_layers(damping_type, layout_map=None):
+    model = build_layers()
+    model.set_weights(layers_initial)
+    optimizer = KFAC(0.05, model=model, refresh_every=1, damping_type=damping_type)
+    model.compile(optimizer=optimizer, loss="mse")
+    losses = [float(model.train_on_batch(tokens, targets)) for _ in range(STEPS)]
+    weights = [np.asarray(w) for layer in model.layers[1:] for w in layer.trainable_weights]
+    if layout_map is None:
+        return losses, weights, None
+    specs = {
+        v.path.split("/", 1)[1]: [a for a in v.value.sharding.spec] for v in optimizer.variables
+    }
+    return losses, weights, specs
+
+
+entry = {}
+for damping_type in ("pi", "eigen"):
+    base_losses, base_weights, _ = train_layers(damping_type)
+    layout_map, _ = plan_layout(build_layers, device_mesh(1), "fsdp")
+    with model_parallel(layout_map).scope():
+        losses, weights, specs = train_layers(damping_type, layout_map)
+    entry[damping_type] = {
+        "loss": losses,
+        "unsharded_loss": base_losses,
+        "weight_difference": max(
+            float(np.max(np.abs(a - b))) for a, b in zip(weights, base_weights, strict=True)
+        ),
+        "specs": specs,
+    }
+result["kfac_layers"] = entry
 print(json.dumps(result))

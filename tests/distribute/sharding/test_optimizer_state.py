@@ -4,7 +4,8 @@ One subprocess (``KERAS_BACKEND=jax``, 8 logical CPU devices) trains a
 3-layer MLP (8 → 16 → 16 → 8) for 4 steps with Shampoo and with SOAP,
 unsharded and under ``"dp"``, ``"fsdp"`` and ``"zero1"``, and with KFAC
 (fixed rate) unsharded and under ``"dp"`` and ``"fsdp"``, from the same
-initial weights; the tests compare the runs and check where each optimizer
+initial weights (and KFAC on a model of every layer kind it factors, under
+``"fsdp"``); the tests compare the runs and check where each optimizer
 variable went (Keras's own optimizers under ZeRO-1 are tested with the
 transformer in test_sharded_training.py).
 """
@@ -138,3 +139,28 @@ def test_kfac_state_per_device_follows_the_layout(run):
             assert specs[f"nnkit_optimizer_kfac_{layer}_curvature_{i}"] == split, (layer, side)
         assert "batch" in specs[f"nnkit_optimizer_kfac_momentum_{layer}_kernel"]
     assert all(axis is None for spec in entries["dp"]["specs"].values() for axis in spec)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damping_type", ["pi", "eigen"])
+def test_kfac_factors_of_every_layer_kind_under_fsdp(run, damping_type):
+    entry = run["kfac_layers"][damping_type]
+    np.testing.assert_allclose(entry["loss"], entry["unsharded_loss"], rtol=LOSS_RTOL)
+    assert entry["weight_difference"] <= WEIGHT_ATOL, entry["weight_difference"]
+    specs = {p.removeprefix("nnkit_optimizer_kfac_"): s for p, s in entry["specs"].items()}
+    assert specs["emb_a_factor"] == ["batch"]  # the tokens' frequencies (32,), like the rows
+    assert specs["emb_g_factor"] == ["batch", None]
+    assert specs["conv_a_factor"] == [None, None]  # 3 * 16 + 1 = 49: whole, deliberately
+    assert specs["conv_g_factor"] == ["batch", None]
+    assert specs["ein_g_factor"] == ["batch", None]
+    assert specs["out_a_factor"] == ["batch", None]  # no bias: 16 divides
+    assert specs["out_g_factor"] == ["batch", None]
+    # The curvature: an inverse or eigenbasis like its factor, eigenvalues whole.
+    if damping_type == "pi":
+        assert specs["out_curvature_0"] == specs["out_a_factor"]
+        assert specs["emb_curvature_0"] == ["batch"]
+    else:
+        assert specs["out_curvature_0"] == ["batch", None]
+        assert specs["out_curvature_1"] == [None]
+        assert specs["out_curvature_2"] == ["batch", None]
+        assert specs["emb_curvature_0"] == ["batch"]  # a diagonal A's eigenvalues are A's
