@@ -2,7 +2,7 @@
 
 nnkit's Shampoo and SOAP on a 3-layer MLP, unsharded and under FSDP and
 ZeRO-1, and KFAC (registered with the model it trains, so built per run)
-unsharded and under DP and FSDP: losses, weights and where each optimizer
+unsharded and under DP, FSDP and ZeRO-1: losses, weights and where each optimizer
 variable is placed. Prints one JSON object on its last line.
 """
 
@@ -100,7 +100,7 @@ def kfac(model):
 
 base_losses, base_weights = train(build(), kfac)
 entry = {}
-for strategy in ("dp", "fsdp"):
+for strategy in ("dp", "fsdp", "zero1"):
     layout_map, _ = plan_layout(build, device_mesh(1), strategy)
     with model_parallel(layout_map).scope():
         model = build()

@@ -3,7 +3,7 @@
 One subprocess (``KERAS_BACKEND=jax``, 8 logical CPU devices) trains a
 3-layer MLP (8 → 16 → 16 → 8) for 4 steps with Shampoo and with SOAP,
 unsharded and under ``"dp"``, ``"fsdp"`` and ``"zero1"``, and with KFAC
-(fixed rate) unsharded and under ``"dp"`` and ``"fsdp"``, from the same
+(fixed rate) unsharded and under ``"dp"``, ``"fsdp"`` and ``"zero1"``, from the same
 initial weights (and KFAC on a model of every layer kind it factors, under
 ``"fsdp"``); the tests compare the runs and check where each optimizer
 variable went (Keras's own optimizers under ZeRO-1 are tested with the
@@ -109,7 +109,7 @@ def test_factors_split_on_their_weights_axis_and_say_why(run, optimizer):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["dp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["dp", "fsdp", "zero1"])
 def test_kfac_sharded_state_trains_as_the_unsharded_run(run, strategy):
     entry = run["kfac"][strategy]
     np.testing.assert_allclose(entry["loss"], entry["unsharded_loss"], rtol=LOSS_RTOL)
@@ -131,6 +131,10 @@ def test_kfac_state_per_device_follows_the_layout(run):
     fsdp = 4 * (kernels / 8 + biases + a_floats + g_floats / 8) + counters
     assert entries["fsdp"]["state_bytes"] == fsdp
     assert fsdp < 0.55 * entries["dp"]["state_bytes"]
+    # ZeRO-1: every variable on its largest dimension divisible by 8: all the momenta
+    # (biases included) and the G factors split, the A factors (9, 17) whole.
+    zero1 = 4 * ((kernels + biases) / 8 + a_floats + g_floats / 8) + counters
+    assert entries["zero1"]["state_bytes"] == zero1
     specs = entries["fsdp"]["specs"]
     for layer in ("ff_1", "ff_2", "head"):
         for i, side in enumerate(("a", "g")):
