@@ -26,6 +26,7 @@ from keras import ops
 from nnkit.distribute import replicas
 from nnkit.optimizers import _kfac_accumulation as accumulation
 from nnkit.optimizers import _kfac_math as kmath
+from nnkit.optimizers import _state_layout
 from nnkit.optimizers._base import every, state_name
 
 
@@ -49,25 +50,29 @@ class FactorState:
         created = [self.counter] if not self.entries else []
         for block in missing:
             prefix = f"kfac_{state_name(block.name)}"
+            a_layout, g_layout = _layout(block, "left"), _layout(block, "right")
             entry = {
-                "a": add(f"{prefix}_a_factor", block.a_shape),
-                "g": add(f"{prefix}_g_factor", block.g_shape),
+                "a": add(f"{prefix}_a_factor", block.a_shape, layout=a_layout),
+                "g": add(f"{prefix}_g_factor", block.g_shape, layout=g_layout),
             }
+            damping = self.optimizer.damping_type
             shapes = kmath.curvature_shapes(
                 block.input_dim,
                 block.output_dim,
-                self.optimizer.damping_type,
+                damping,
                 diagonal_input=block.diagonal_input,
                 diagonal_output=block.diagonal_output,
             )
+            layouts = _curvature_layouts(block, shapes, damping, a_layout, g_layout)
             entry["curvature"] = [
-                add(f"{prefix}_curvature_{i}", shape) for i, shape in enumerate(shapes)
+                add(f"{prefix}_curvature_{i}", shape, layout=layout)
+                for i, (shape, layout) in enumerate(zip(shapes, layouts, strict=True))
             ]
             sums = []
             if self.optimizer.gradient_accumulation_steps:
                 # The cycle's statistics so far (_kfac_accumulation).
-                entry["a_sum"] = add(f"{prefix}_a_statistic_sum", block.a_shape)
-                entry["g_sum"] = add(f"{prefix}_g_statistic_sum", block.g_shape)
+                entry["a_sum"] = add(f"{prefix}_a_statistic_sum", block.a_shape, layout=a_layout)
+                entry["g_sum"] = add(f"{prefix}_g_statistic_sum", block.g_shape, layout=g_layout)
                 sums = [entry["a_sum"], entry["g_sum"]]
             self.entries[id(block)] = entry
             created += [entry["a"], entry["g"], *entry["curvature"], *sums]
@@ -214,3 +219,31 @@ class FactorState:
             if b is not None:
                 directions[b] = bias
         return directions
+
+
+def _layout(block, side):
+    """Where ``block``'s ``A`` (``"left"``) or ``G`` (``"right"``) factor goes under
+    ``keras.distribution`` (JAX): split like its kernel's input or output side
+    (``_state_layout.block_layout``), or whole where its size divides by no axis
+    of the kernel (``d_in + 1`` with a bias often does not); ``None`` without one.
+    A normalization's ``[γ, β]`` row (``diagonal_output``) follows its scale ``γ``.
+    """
+    shape = block.a_shape if side == "left" else block.g_shape
+    order = None if block.diagonal_output else block.kernel_order
+    axes = 1 if block.diagonal_output else block.output_axes
+    return _state_layout.block_layout(
+        block.kernel, side, shape, kernel_order=order, output_axes=axes
+    )
+
+
+def _curvature_layouts(block, shapes, damping_type, a_layout, g_layout):
+    """The layouts of ``block``'s curvature tensors (``_kfac_math.curvature_shapes``: ``A``'s
+    part first, one tensor or, for the eigenbasis of a matrix, two): those shaped like
+    their side's factor (inverses, eigenbases, a diagonal's inverse) take its layout;
+    the eigenvalue vectors of a matrix factor stay whole (``n`` floats)."""
+    a_count = 2 if damping_type == "eigen" and not block.diagonal_input else 1
+    layouts = []
+    for i, shape in enumerate(shapes):
+        factor, layout = (block.a_shape, a_layout) if i < a_count else (block.g_shape, g_layout)
+        layouts.append(layout if tuple(shape) == tuple(factor) else None)
+    return layouts

@@ -21,6 +21,7 @@ from nnkit.distribute import replicas
 from nnkit.optimizers import _kfac_accumulation as accumulation
 from nnkit.optimizers import _kfac_capture as capture
 from nnkit.optimizers import _kfac_math as kmath
+from nnkit.optimizers import _state_layout
 from nnkit.optimizers._base import SecondOrderOptimizer, state_name
 from nnkit.optimizers._kfac_factors import FactorState
 from nnkit.optimizers._kfac_registration import Registration
@@ -325,12 +326,13 @@ class KFAC(SecondOrderOptimizer):
         for variable in variables:
             if id(variable) in channels or id(variable) in state.momenta:
                 continue
+            layout = _state_layout.weight_layout(variable)  # keras.distribution (JAX)
             state.momenta[id(variable)] = self.add_state(
-                f"kfac_momentum_{state_name(variable)}", variable.shape
+                f"kfac_momentum_{state_name(variable)}", variable.shape, layout=layout
             )
             if self.gradient_accumulation_steps:  # the cycle's gradient so far
                 state.gradient_sums[id(variable)] = self.add_state(
-                    f"kfac_gradient_sum_{state_name(variable)}", variable.shape
+                    f"kfac_gradient_sum_{state_name(variable)}", variable.shape, layout=layout
                 )
         self._batch_work.create()
         self._factors.create(state.blocks)

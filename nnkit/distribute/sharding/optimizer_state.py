@@ -2,9 +2,9 @@
 
 Under ``"dp"``, ``"fsdp"``, ``"tp"`` and ``"fsdp_tp"`` every optimizer
 variable follows its weight: Keras makes each slot with its weight's layout,
-and nnkit's ``Shampoo`` and ``SOAP`` place their moments like the weight and
-their Kronecker factors by ``nnkit.optimizers``' factor rule (a factor
-``n × n`` split on the mesh axes its weight is split on).
+and nnkit's ``Shampoo``, ``SOAP`` and ``KFAC`` place their moments like the
+weight and their Kronecker factors by ``nnkit.optimizers``' factor rule (a
+factor ``n × n`` split on the mesh axes its weight is split on).
 
 ``"zero1"`` (ZeRO stage 1, Rajbhandari et al., 2020) keeps the weights whole
 on every device and splits *all* the optimizer state over the data axis of

@@ -1,8 +1,9 @@
 """Run in a subprocess by test_optimizer_state.py: KERAS_BACKEND=jax, 8 logical CPU devices.
 
 nnkit's Shampoo and SOAP on a 3-layer MLP, unsharded and under FSDP and
-ZeRO-1: losses, weights and where each optimizer variable is placed. Prints
-one JSON object on its last line.
+ZeRO-1, and KFAC (registered with the model it trains, so built per run)
+unsharded and under DP, FSDP and ZeRO-1: losses, weights and where each optimizer
+variable is placed. Prints one JSON object on its last line.
 """
 
 import json
@@ -11,7 +12,7 @@ import keras
 import numpy as np
 
 from nnkit.distribute import device_mesh, model_parallel, plan_layout, shard_optimizer_state
-from nnkit.optimizers import SOAP, Shampoo
+from nnkit.optimizers import KFAC, SOAP, Shampoo
 
 IN, H, OUT, BATCH, STEPS = 8, 16, 8, 32, 4
 
@@ -39,7 +40,11 @@ initial = build().get_weights()
 
 
 def train(model, optimizer, layout_map=None):
+    """Four steps from ``initial``; ``optimizer`` may be a function of the model (KFAC's
+    registration adds its statistics channels to the model's weights)."""
     model.set_weights(initial)
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        optimizer = optimizer(model)
     if layout_map is not None:
         optimizer = shard_optimizer_state(optimizer, layout_map)
     model.compile(optimizer=optimizer, loss="mse")
@@ -47,7 +52,7 @@ def train(model, optimizer, layout_map=None):
         float(model.train_on_batch(x[i * BATCH : (i + 1) * BATCH], y[i * BATCH : (i + 1) * BATCH]))
         for i in range(STEPS)
     ]
-    return losses, [np.asarray(w) for w in model.get_weights()]
+    return losses, [np.asarray(w) for layer in model.layers[1:] for w in (layer.kernel, layer.bias)]
 
 
 def shard_bytes(array):
@@ -85,4 +90,81 @@ for name, make in OPTIMIZERS.items():
             "planned_bytes": report.optimizer_bytes_per_device,
         }
     result[name] = entry
+
+
+def kfac(model):
+    # A fixed rate and the curvature refreshed every step (damped inverses: no
+    # eigenvector ambiguity), so the factors act from the first step.
+    return KFAC(0.05, model=model, refresh_every=1)
+
+
+base_losses, base_weights = train(build(), kfac)
+entry = {}
+for strategy in ("dp", "fsdp", "zero1"):
+    layout_map, _ = plan_layout(build, device_mesh(1), strategy)
+    with model_parallel(layout_map).scope():
+        model = build()
+        losses, weights = train(model, kfac, layout_map)
+    variables = model.optimizer.variables
+    entry[strategy] = {
+        "loss": losses,
+        "unsharded_loss": base_losses,
+        "weight_difference": max(
+            float(np.max(np.abs(a - b))) for a, b in zip(weights, base_weights, strict=True)
+        ),
+        "moved": max(float(np.max(np.abs(a - b))) for a, b in zip(weights, initial, strict=True)),
+        "specs": {v.path.split("/", 1)[1]: [a for a in v.value.sharding.spec] for v in variables},
+        "shapes": {v.path.split("/", 1)[1]: list(v.shape) for v in variables},
+        "state_bytes": sum(shard_bytes(v.value) for v in variables),
+    }
+result["kfac"] = entry
+
+
+def build_layers():
+    """Every K-FAC layer kind: a diagonal A (Embedding), a rank-3 kernel (Conv1D), a
+    diagonal G (LayerNormalization), an EinsumDense, and an A that divides (no bias)."""
+    x = keras.Input((8,), dtype="int32")
+    h = keras.layers.Embedding(32, 16, name="emb")(x)
+    h = keras.layers.Conv1D(16, 3, padding="same", name="conv")(h)
+    h = keras.layers.LayerNormalization(name="ln")(h)
+    h = keras.layers.EinsumDense("btd,de->bte", (None, 16), bias_axes="e", name="ein")(h)
+    return keras.Model(x, keras.layers.Dense(8, use_bias=False, name="out")(h), name="layers")
+
+
+tokens = rng.integers(0, 32, size=(16, 8)).astype("int32")
+targets = rng.normal(size=(16, 8, 8)).astype("float32")
+keras.utils.set_random_seed(0)
+layers_initial = build_layers().get_weights()
+
+
+def train_layers(damping_type, layout_map=None):
+    model = build_layers()
+    model.set_weights(layers_initial)
+    optimizer = KFAC(0.05, model=model, refresh_every=1, damping_type=damping_type)
+    model.compile(optimizer=optimizer, loss="mse")
+    losses = [float(model.train_on_batch(tokens, targets)) for _ in range(STEPS)]
+    weights = [np.asarray(w) for layer in model.layers[1:] for w in layer.trainable_weights]
+    if layout_map is None:
+        return losses, weights, None
+    specs = {
+        v.path.split("/", 1)[1]: [a for a in v.value.sharding.spec] for v in optimizer.variables
+    }
+    return losses, weights, specs
+
+
+entry = {}
+for damping_type in ("pi", "eigen"):
+    base_losses, base_weights, _ = train_layers(damping_type)
+    layout_map, _ = plan_layout(build_layers, device_mesh(1), "fsdp")
+    with model_parallel(layout_map).scope():
+        losses, weights, specs = train_layers(damping_type, layout_map)
+    entry[damping_type] = {
+        "loss": losses,
+        "unsharded_loss": base_losses,
+        "weight_difference": max(
+            float(np.max(np.abs(a - b))) for a, b in zip(weights, base_weights, strict=True)
+        ),
+        "specs": specs,
+    }
+result["kfac_layers"] = entry
 print(json.dumps(result))
