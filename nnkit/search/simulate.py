@@ -142,7 +142,7 @@ def simulate(benchmark, searcher="random", *, budget=100, seed=0, stop_at=None, 
         budget: Full trainings to spend, a number ``> 0``. Defaults to ``100``.
         seed: The run's seed (the searcher's and the table's draws of a seed
             per query). Defaults to ``0``.
-        stop_at: A table mean accuracy: stop as soon as an architecture
+        stop_at: A table mean accuracy in ``[0, 1]``: stop as soon as an architecture
             whose mean reaches it was trained at the full budget (the
             history up to there is the same as without it; `evaluations_to_reach`
             with that target reads the same figure). ``None`` spends the
@@ -184,7 +184,7 @@ def simulate(benchmark, searcher="random", *, budget=100, seed=0, stop_at=None, 
 
     limits = check_limits(**{key: options.pop(key, None) for key in _LIMIT_ARGUMENTS})
     if stop_at is not None:
-        stop_at = v.check_number("stop_at", stop_at)
+        stop_at = v.check_number("stop_at", stop_at, minimum=0.0, maximum=1.0)
     record = _Record(benchmark, budget, np.random.default_rng([seed, 1]), limits, stop_at)
     if name in KERAS_TUNER_SEARCHERS:
         _keras_tuner_search(name, record, seed)
