@@ -6,18 +6,10 @@ starts, so one subprocess (``_choice_script.py``) compiles the steps, runs
 ``choose_layout`` and the module's doctests, and prints JSON checked below.
 """
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import pytest
 
 from nnkit.distribute.sharding.collectives import COLLECTIVES, collective_bytes, shape_bytes
-
-ROOT = pathlib.Path(__file__).resolve().parents[3]
-SCRIPT = pathlib.Path(__file__).with_name("_choice_script.py")
+from tests.distribute.sharding._subprocess import run_jax_script
 
 HLO = """
 ENTRY %main (p0: f32[8,16], p1: bf16[4]) -> f32[] {
@@ -58,21 +50,7 @@ def test_collective_bytes_counts_each_collectives_whole_buffer():
 
 @pytest.fixture(scope="module")
 def run():
-    pytest.importorskip("jax")
-    env = {
-        **os.environ,
-        "KERAS_BACKEND": "jax",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": str(ROOT),
-    }
-    completed = subprocess.run(
-        [sys.executable, str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_jax_script("_choice_script.py", timeout=600)
 
 
 @pytest.mark.slow

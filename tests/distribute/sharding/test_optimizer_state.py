@@ -10,38 +10,18 @@ variable went (Keras's own optimizers under ZeRO-1 are tested with the
 transformer in test_sharded_training.py).
 """
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
-SCRIPT = pathlib.Path(__file__).with_name("_jax_optimizer_state.py")
+from tests.distribute.sharding._subprocess import run_jax_script
+
 LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-4  # Shampoo and SOAP are Adam-like: Adam's tolerance
 IN, H, OUT = 8, 16, 8
 
 
 @pytest.fixture(scope="module")
 def run():
-    pytest.importorskip("jax")
-    env = {
-        **os.environ,
-        "KERAS_BACKEND": "jax",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": str(ROOT),
-    }
-    completed = subprocess.run(
-        [sys.executable, str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=900,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_jax_script("_jax_optimizer_state.py", timeout=900)
 
 
 def _floats():

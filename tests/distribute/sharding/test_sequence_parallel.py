@@ -8,38 +8,18 @@ FSDP x TP plans; SGD and Adam, 4 steps), and with Adam's
 ``gradient_accumulation_steps=2`` under FSDP over 8 devices (4 updates).
 """
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
-SCRIPT = pathlib.Path(__file__).with_name("_jax_sequence_script.py")
+from tests.distribute.sharding._subprocess import run_jax_script
+
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = {"sgd": 1e-5, "adam": 1e-4}
 
 
 @pytest.fixture(scope="module")
 def run():
-    pytest.importorskip("jax")
-    env = {
-        **os.environ,
-        "KERAS_BACKEND": "jax",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": str(ROOT),
-    }
-    completed = subprocess.run(
-        [sys.executable, str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=900,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result = run_jax_script("_jax_sequence_script.py", timeout=900)
     assert result["devices"] == 8
     return result
 

@@ -9,18 +9,13 @@ modules' doctests (their JAX-only lines included), and prints JSON that the
 tests below check.
 """
 
-import json
-import os
-import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
-SCRIPT = pathlib.Path(__file__).with_name("_jax_script.py")
+from tests.distribute.sharding._subprocess import run_jax_script
+
 STRATEGIES = {"dp": [8, 1], "zero1": [8, 1], "fsdp": [8, 1], "tp": [1, 8], "fsdp_tp": [2, 4]}
 # Sharded against unsharded: the same computation with partial sums added in
 # another order. Weights are O(1) (largest |w| about 1, the norms' gammas).
@@ -32,21 +27,7 @@ D, FF, VOCAB, HEADS = 32, 64, 64, 8
 
 @pytest.fixture(scope="module")
 def run():
-    pytest.importorskip("jax")
-    env = {
-        **os.environ,
-        "KERAS_BACKEND": "jax",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_PLATFORMS": "cpu",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": str(ROOT),
-    }
-    completed = subprocess.run(
-        [sys.executable, str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=1200,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_jax_script("_jax_script.py", timeout=1200)
 
 
 def _bytes():
