@@ -130,36 +130,46 @@ def residual_mlp_space(
     return ArchitectureSpace(choices, build=build_residual_mlp, name="residual_mlp")
 
 
-def build_conv1d(arch, input_shape, num_classes):
-    """The Conv1D network of ``arch`` (a `conv1d_space` architecture), uncompiled."""
+def _build_staged_conv(arch, input_shape, num_classes, rank):
+    """The staged convolutional network of ``arch`` in ``rank`` spatial dimensions, uncompiled."""
+    layers = keras.layers
+    conv, average, maximum, global_average, global_max = {
+        1: (layers.Conv1D, layers.AveragePooling1D, layers.MaxPooling1D,
+            layers.GlobalAveragePooling1D, layers.GlobalMaxPooling1D),
+        2: (layers.Conv2D, layers.AveragePooling2D, layers.MaxPooling2D,
+            layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D),
+    }[rank]  # fmt: skip
     inputs = keras.Input(input_shape)
-    x = keras.layers.Reshape((*input_shape, 1))(inputs) if len(input_shape) == 1 else inputs
+    x = layers.Reshape((*input_shape, 1))(inputs) if len(input_shape) == rank else inputs
     for i in range(arch["stages"]):
         channels = arch[_key(i, "channels")]
         kernel = arch[_key(i, "kernel")]
         stride = 2 if arch["downsample"] == "stride" else 1
-        h = keras.layers.Conv1D(
-            channels, kernel, strides=stride, padding="same", activation="relu"
-        )(x)
+        h = conv(channels, kernel, strides=stride, padding="same", activation="relu")(x)
         if arch["residual"]:
-            h = keras.layers.Conv1D(channels, kernel, padding="same")(h)
+            h = conv(channels, kernel, padding="same")(h)
             shortcut = x
             if stride > 1:
-                shortcut = keras.layers.AveragePooling1D(2, padding="same")(shortcut)
+                shortcut = average(2, padding="same")(shortcut)
             if shortcut.shape[-1] != channels:
-                shortcut = keras.layers.Conv1D(channels, 1, use_bias=False)(shortcut)
-            h = keras.layers.Activation("relu")(keras.layers.Add()([h, shortcut]))
+                shortcut = conv(channels, 1, use_bias=False)(shortcut)
+            h = layers.Activation("relu")(layers.Add()([h, shortcut]))
         if arch["downsample"] == "max":
-            h = keras.layers.MaxPooling1D(2, padding="same")(h)
+            h = maximum(2, padding="same")(h)
         x = h
     if arch["head"] == "avg":
-        x = keras.layers.GlobalAveragePooling1D()(x)
+        x = global_average()(x)
     elif arch["head"] == "max":
-        x = keras.layers.GlobalMaxPooling1D()(x)
+        x = global_max()(x)
     else:
-        x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(num_classes)(x)
+        x = layers.Flatten()(x)
+    outputs = layers.Dense(num_classes)(x)
     return keras.Model(inputs, outputs)
+
+
+def build_conv1d(arch, input_shape, num_classes):
+    """The Conv1D network of ``arch`` (a `conv1d_space` architecture), uncompiled."""
+    return _build_staged_conv(arch, input_shape, num_classes, rank=1)
 
 
 def conv1d_space(
@@ -215,34 +225,7 @@ def conv1d_space(
 
 def build_conv2d(arch, input_shape, num_classes):
     """The Conv2D network of ``arch`` (a `conv2d_space` architecture), uncompiled."""
-    inputs = keras.Input(input_shape)
-    x = keras.layers.Reshape((*input_shape, 1))(inputs) if len(input_shape) == 2 else inputs
-    for i in range(arch["stages"]):
-        channels = arch[_key(i, "channels")]
-        kernel = arch[_key(i, "kernel")]
-        stride = 2 if arch["downsample"] == "stride" else 1
-        h = keras.layers.Conv2D(
-            channels, kernel, strides=stride, padding="same", activation="relu"
-        )(x)
-        if arch["residual"]:
-            h = keras.layers.Conv2D(channels, kernel, padding="same")(h)
-            shortcut = x
-            if stride > 1:
-                shortcut = keras.layers.AveragePooling2D(2, padding="same")(shortcut)
-            if shortcut.shape[-1] != channels:
-                shortcut = keras.layers.Conv2D(channels, 1, use_bias=False)(shortcut)
-            h = keras.layers.Activation("relu")(keras.layers.Add()([h, shortcut]))
-        if arch["downsample"] == "max":
-            h = keras.layers.MaxPooling2D(2, padding="same")(h)
-        x = h
-    if arch["head"] == "avg":
-        x = keras.layers.GlobalAveragePooling2D()(x)
-    elif arch["head"] == "max":
-        x = keras.layers.GlobalMaxPooling2D()(x)
-    else:
-        x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(num_classes)(x)
-    return keras.Model(inputs, outputs)
+    return _build_staged_conv(arch, input_shape, num_classes, rank=2)
 
 
 def conv2d_space(
