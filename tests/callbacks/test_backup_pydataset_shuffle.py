@@ -16,6 +16,10 @@ import pytest
 from nnkit.callbacks import BackupAndRestore
 
 BATCHES, EPOCHS = 6, 4
+#: Keras 3.16 (keras-next) orders a PyDataset's epoch with ``random.Random(epoch)``,
+#: the epoch counted by the data adapter from 0 in every ``fit``: a resumed run
+#: replays the first epochs' orders, so only the epoch-seeded dataset stays exact.
+SHUFFLE_BY_ADAPTER_EPOCH = tuple(int(n) for n in keras.version().split(".")[:2]) >= (3, 16)
 
 
 class Interrupted(Exception):
@@ -83,7 +87,19 @@ def _run(backup_dir, extra=(), *, keras_shuffle=False):
     return model.get_weights(), dict(zip(history.epoch, history.history["loss"], strict=True))
 
 
-@pytest.mark.parametrize("keras_shuffle", [True, False], ids=["fit-shuffle", "epoch-seeded"])
+FIT_SHUFFLE = pytest.param(
+    True,
+    id="fit-shuffle",
+    marks=pytest.mark.xfail(
+        SHUFFLE_BY_ADAPTER_EPOCH,
+        reason="Keras >= 3.16 shuffles a PyDataset by random.Random(the adapter's epoch), "
+        "which restarts at 0 in a resumed fit",
+        strict=True,
+    ),
+)
+
+
+@pytest.mark.parametrize("keras_shuffle", [FIT_SHUFFLE, pytest.param(False, id="epoch-seeded")])
 def test_a_shuffled_pydataset_resumes_exactly_at_an_epoch_boundary(keras_shuffle, tmp_path):
     want_weights, want_losses = _run(str(tmp_path / "want"), keras_shuffle=keras_shuffle)
     with pytest.raises(Interrupted):
