@@ -103,6 +103,26 @@ class SearcherOracle(keras_tuner.Oracle):
             self.save()
         return result
 
+    def _budget(self, trial):
+        if trial.status != keras_tuner.engine.trial.TrialStatus.COMPLETED:
+            return -1
+        epochs = trial.hyperparameters.values.get(_EPOCHS, self.searcher.max_epochs)
+        return self.searcher.budget(int(epochs), self._epochs_run(trial))
+
+    def get_best_trials(self, num_trials=1):
+        """The best trials at the highest budget first, by score within a budget.
+
+        keras-tuner ranks every completed trial by score alone, so ASHA's
+        best would often be a lucky one-epoch result of its lowest rung. Here
+        a trial ranks by the budget its result counts at (the epochs trained;
+        ASHA's rung, for a trial stopped early the rung it reached), then by
+        keras-tuner's score order: the best architecture reported is the best
+        one trained at the top rung reached. Full-budget searchers are ranked
+        as keras-tuner ranks them.
+        """
+        ranked = super().get_best_trials(len(self.trials))  # by score, completed first
+        return sorted(ranked, key=lambda trial: -self._budget(trial))[:num_trials]
+
     def get_state(self):
         state = super().get_state()
         state["nnkit_searcher_events"] = list(self.events)
