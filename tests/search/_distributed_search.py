@@ -48,7 +48,7 @@ def main(directory, median=False):
 
     (x, y), validation = data()
     callbacks = (
-        [MedianStopping("val_accuracy", min_trials=2, warmup_epochs=1, mode="max")]
+        [MedianStopping("val_accuracy", min_trials=2, warmup_epochs=0, mode="max")]
         if median
         else None
     )
