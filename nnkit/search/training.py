@@ -204,14 +204,17 @@ class _Tuner(RecordingMixin, keras_tuner.Tuner):
     def run_trial(self, trial, *args, **kwargs):
         values = trial.hyperparameters.values
         limits = self.hypermodel.limits
-        if limits and not isinstance(self.oracle, SearcherOracle):
-            # keras-tuner's own oracles cannot be asked again: never trained, worst score.
+        if limits and self.tuner_kind in ("bayesian", "hyperband"):
+            # keras-tuner's own oracles cannot be asked again: never trained, worst
+            # score, recorded as infeasible. (The kind, not the oracle's class: a
+            # distributed worker's oracle is keras-tuner's client of the chief's.)
             arch = self.hypermodel.space.from_values(values)
             reason = violation(self.hypermodel.cost(arch), limits)
             if reason is not None:
                 self.hypermodel.rejected.append(
                     {"arch": arch, "reason": reason, "cost": self.hypermodel.cost(arch)}
                 )
+                self.mark_infeasible(f"Never trained: {reason}.")
                 return {self.oracle.objective.name: 0.0}
         if _EPOCHS in values:
             # From scratch (no weights carried between rungs, as on the table).
@@ -289,7 +292,7 @@ def search_architectures(
     resume. An architecture over ``max_params`` / ``max_flops`` /
     ``max_latency_ms`` is never trained: it is listed with its reason in
     ``rejected.json`` and the searcher is asked again (keras-tuner's oracles
-    get accuracy 0 for it instead).
+    get accuracy 0 for it instead; ``trials.csv`` shows it as ``infeasible``).
 
     Args:
         space: An `ArchitectureSpace`. Required.
