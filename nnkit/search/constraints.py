@@ -15,7 +15,8 @@ ValueError says the constraints leave (almost) nothing of the space.
 keras-tuner's own oracles (``"bayesian"``, ``"hyperband"``) cannot be asked
 again for one trial: their infeasible proposals are not trained either, are
 recorded in ``rejected`` and get the worst score (accuracy 0), so the
-oracle learns to avoid them.
+oracle learns to avoid them; ``trials.csv`` shows them with status
+``infeasible`` and the reason, without an objective.
 """
 
 from nnkit import _validation as v

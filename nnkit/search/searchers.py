@@ -104,6 +104,16 @@ class Searcher(abc.ABC):
         """
         return None
 
+    def budget(self, epochs, epochs_run=None):
+        """The epochs at which a result of ``arch`` trained for ``epochs`` counts.
+
+        Results are compared only at the same budget: the best architecture
+        is the best at the highest budget reached (``SearcherOracle``). Here
+        the budget asked, ``epochs`` (every proposal of a full-budget searcher
+        has the same); ASHA counts a trial stopped early at the rung it reached.
+        """
+        return int(epochs)
+
 
 class RandomSearch(Searcher):
     """Quasi-random search: scrambled Sobol points, one coordinate per choice."""
@@ -222,6 +232,13 @@ class SuccessiveHalving(Searcher):
         """Index of the highest rung with ``rungs[k] <= epochs_run``, ``None`` below the lowest."""
         reached = [k for k, rung in enumerate(self.rungs) if rung <= epochs_run]
         return reached[-1] if reached else None
+
+    def budget(self, epochs, epochs_run=None):
+        """The epochs of the rung the result counts at (see `tell`); ``0`` below the lowest."""
+        k = self.rungs.index(epochs) if epochs in self.rungs else 0
+        if epochs_run is not None and epochs_run < epochs:
+            k = self.rung_reached(epochs_run)
+        return 0 if k is None else self.rungs[k]
 
     def tell(self, arch, epochs, score, epochs_run=None):
         """Record ``score`` at ``epochs``' rung, or at the rung reached when stopped early.

@@ -103,6 +103,26 @@ class SearcherOracle(keras_tuner.Oracle):
             self.save()
         return result
 
+    def _budget(self, trial):
+        if trial.status != keras_tuner.engine.trial.TrialStatus.COMPLETED:
+            return -1
+        epochs = trial.hyperparameters.values.get(_EPOCHS, self.searcher.max_epochs)
+        return self.searcher.budget(int(epochs), self._epochs_run(trial))
+
+    def get_best_trials(self, num_trials=1):
+        """The best trials at the highest budget first, by score within a budget.
+
+        keras-tuner ranks every completed trial by score alone, so ASHA's
+        best would often be a lucky one-epoch result of its lowest rung. Here
+        a trial ranks by the budget its result counts at (the epochs trained;
+        ASHA's rung, for a trial stopped early the rung it reached), then by
+        keras-tuner's score order: the best architecture reported is the best
+        one trained at the top rung reached. Full-budget searchers are ranked
+        as keras-tuner ranks them.
+        """
+        ranked = super().get_best_trials(len(self.trials))  # by score, completed first
+        return sorted(ranked, key=lambda trial: -self._budget(trial))[:num_trials]
+
     def get_state(self):
         state = super().get_state()
         state["nnkit_searcher_events"] = list(self.events)
@@ -184,14 +204,17 @@ class _Tuner(RecordingMixin, keras_tuner.Tuner):
     def run_trial(self, trial, *args, **kwargs):
         values = trial.hyperparameters.values
         limits = self.hypermodel.limits
-        if limits and not isinstance(self.oracle, SearcherOracle):
-            # keras-tuner's own oracles cannot be asked again: never trained, worst score.
+        if limits and self.tuner_kind in ("bayesian", "hyperband"):
+            # keras-tuner's own oracles cannot be asked again: never trained, worst
+            # score, recorded as infeasible. (The kind, not the oracle's class: a
+            # distributed worker's oracle is keras-tuner's client of the chief's.)
             arch = self.hypermodel.space.from_values(values)
             reason = violation(self.hypermodel.cost(arch), limits)
             if reason is not None:
                 self.hypermodel.rejected.append(
                     {"arch": arch, "reason": reason, "cost": self.hypermodel.cost(arch)}
                 )
+                self.mark_infeasible(f"Never trained: {reason}.")
                 return {self.oracle.objective.name: 0.0}
         if _EPOCHS in values:
             # From scratch (no weights carried between rungs, as on the table).
@@ -269,7 +292,7 @@ def search_architectures(
     resume. An architecture over ``max_params`` / ``max_flops`` /
     ``max_latency_ms`` is never trained: it is listed with its reason in
     ``rejected.json`` and the searcher is asked again (keras-tuner's oracles
-    get accuracy 0 for it instead).
+    get accuracy 0 for it instead; ``trials.csv`` shows it as ``infeasible``).
 
     Args:
         space: An `ArchitectureSpace`. Required.

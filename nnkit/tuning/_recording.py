@@ -8,7 +8,9 @@ through ``nnkit.tuning._study``:
 * per execution: the per-epoch logs (``curves.csv``), the seed it ran with,
   its best epoch and the metrics there, its wall time;
 * per trial: status (``completed``, ``stopped`` by the median rule,
-  ``failed`` with a one-line message), the active hyperparameters, the
+  ``failed`` with a one-line message, ``infeasible`` with the reason when
+  the tuner declared it so and never trained it: `mark_infeasible`), the
+  active hyperparameters, the
   objective (mean over executions of the best-epoch value, keras-tuner's
   convention), wall time; then ``trials.csv`` is rebuilt.
 
@@ -179,6 +181,7 @@ class RecordingMixin(TunerHooks):
         self.sweep_seed = sweep_seed
         self._nnkit_runs = []
         self._nnkit_failure = None
+        self._nnkit_infeasible = None
         self._nnkit_start = time.perf_counter()
         super().__init__(*args, **kwargs)
 
@@ -218,7 +221,17 @@ class RecordingMixin(TunerHooks):
         super().on_trial_begin(trial)
         self._nnkit_runs = []
         self._nnkit_failure = None
+        self._nnkit_infeasible = None
         self._nnkit_start = time.perf_counter()
+
+    def mark_infeasible(self, reason):
+        """Record the running trial as ``infeasible`` (never trained), ``reason`` as its message.
+
+        For a tuner that refuses to train a proposal (a constraint such as
+        ``max_params``) but must still end the trial with some score for the
+        oracle: the study records no objective for it, not a failure.
+        """
+        self._nnkit_infeasible = str(reason)
 
     def around_build(self, hp, build):
         with warnings.catch_warnings():
@@ -304,7 +317,9 @@ class RecordingMixin(TunerHooks):
             )
         completed = trial.status == trial_module.TrialStatus.COMPLETED
         values = [e["best"].get(objective.name) for e in executions]
-        if completed and values and all(_finite(x) for x in values):
+        if self._nnkit_infeasible is not None:
+            status, score, message = "infeasible", None, self._nnkit_infeasible
+        elif completed and values and all(_finite(x) for x in values):
             status = "stopped" if any(run.median_stopped for run in runs) else "completed"
             score, message = float(np.mean(values)), ""
         else:

@@ -46,7 +46,8 @@ def _range_text(robust, detail, why):
 def markdown(study, report, rows, mask, threshold, sign, noise_source, values, running):
     lines = [f"# Sensitivity report: `{study.directory.name}`", ""]
     counts = {
-        s: int(np.sum(study.statuses() == s)) for s in ("completed", "stopped", "failed", "invalid")
+        s: int(np.sum(study.statuses() == s))
+        for s in ("completed", "stopped", "failed", "invalid", "infeasible")
     }
     lines += [
         f"- Objective: `{study.objective}` ({'lower' if sign > 0 else 'higher'} is better)",

@@ -34,7 +34,7 @@ import numpy as np
 FORMAT = 1
 HP_TYPES = ("float", "int", "choice", "boolean", "fixed")
 SAMPLINGS = ("linear", "log", "reverse_log")
-STATUSES = ("completed", "failed", "stopped", "invalid")
+STATUSES = ("completed", "failed", "stopped", "invalid", "infeasible")
 DIRECTIONS = ("min", "max")
 TUNERS = ("random", "bayesian", "hyperband", "grid", "custom")
 FIXED_COLUMNS = (

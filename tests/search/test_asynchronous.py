@@ -280,3 +280,40 @@ def test_keras_tuner_oracle_with_concurrent_workers_and_a_stopped_trial(tmp_path
         for e in oracle.events
     ]
     _check_rule(events)
+
+
+def test_budget_is_the_rung_a_result_counts_at():
+    # Rungs 1, 3, 9: a full result counts at its own rung; one stopped after e
+    # epochs at the highest rung <= e, 0 below the lowest; full-budget searchers
+    # count the epochs asked.
+    search = _asha()
+    assert [search.budget(e) for e in (1, 3, 9)] == [1, 3, 9]
+    assert [search.budget(9, epochs_run=e) for e in (0, 1, 2, 3, 8, 9)] == [0, 1, 1, 3, 3, 9]
+    assert make_searcher("evolution", _space(), max_epochs=9).budget(9, epochs_run=4) == 9
+
+
+def test_the_oracles_best_trial_is_the_best_at_the_top_rung_reached(tmp_path):
+    # Scores fall with the epochs here, so every one-epoch result beats every
+    # longer one: keras-tuner's ranking by score alone would report a rung-0
+    # trial. The best reported is the best of the highest budget reached.
+    oracle = _oracle(_asha())
+    _Tuner(oracle=oracle, directory=str(tmp_path), project_name="p")
+    scores = {}
+    for _ in range(20):
+        trial = oracle.create_trial("tuner0")
+        values = trial.hyperparameters.values
+        epochs = values["tuner/epochs"]
+        score = values["w"] / 100 - epochs / 10
+        oracle.update_trial(trial.trial_id, {"val_accuracy": score}, step=epochs - 1)
+        ended = copy.deepcopy(trial)
+        ended.status = "COMPLETED"
+        oracle.end_trial(ended)
+        scores[trial.trial_id] = (epochs, score)
+    top = max(epochs for epochs, _ in scores.values())
+    assert top == 9
+    best = max(score for epochs, score in scores.values() if epochs == top)
+    assert max(score for _, score in scores.values()) > best  # a lower rung scored more
+    (reported,) = oracle.get_best_trials(1)
+    assert scores[reported.trial_id] == (top, best)
+    ranked = [scores[t.trial_id][0] for t in oracle.get_best_trials(20)]
+    assert ranked == sorted(ranked, reverse=True)  # budget first, then score

@@ -1,5 +1,6 @@
 """Cost limits: infeasible architectures are never evaluated, every searcher, closed-form counts."""
 
+import csv
 import json
 
 import keras
@@ -174,10 +175,23 @@ def test_a_keras_tuner_oracle_never_trains_an_architecture_over_the_limit(tmp_pa
         max_trials=6, epochs=1, seed=0, max_params=limit,
     )  # fmt: skip
     trials = [json.loads(p.read_text()) for p in (tmp_path / "trials").glob("*/trial.json")]
+    rows = {
+        r["trial_id"]: r for r in csv.DictReader((tmp_path / "trials.csv").read_text().splitlines())
+    }
+    # The residual 64-wide ones add W2 (64·64 + 64) and the projection (6·64).
+    over_params = limit + 64 * 64 + 64 + 6 * 64
     for trial in trials:
         hp = trial["hyperparameters"]
         over = hp["skip"] == "residual" and hp["stage_0_width"] == 64
         assert (trial["executions"] == []) == over  # never trained when over the limit
+        row = rows[trial["trial_id"]]
+        if over:  # scored 0 for the oracle, recorded as infeasible with its reason
+            assert trial["status"] == row["status"] == "infeasible"
+            assert row["message"] == f"Never trained: params {over_params} > max_params={limit}."
+            assert row["objective"] == ""
+        else:
+            assert row["status"] == "completed"
+    assert any(row["status"] == "infeasible" for row in rows.values())
     rejected_path = tmp_path / "rejected.json"
     rejected = json.loads(rejected_path.read_text()) if rejected_path.exists() else []
     assert all(r["cost"]["params"] > limit for r in rejected)
