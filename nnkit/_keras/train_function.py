@@ -24,8 +24,10 @@ Assumptions (each has a probe in ``tests/_keras/test_probes.py``):
   ops of the step that do not depend on the batch, such as the optimizer's
   ``iterations`` increment, have run: fetching eagerly first avoids that.)
 
-``GradientNormMonitor`` traces one function of its own (``trace``) at its
-first ``fit``, installs it in ``on_train_begin``, puts ``fit``'s own back at
+``GradientNormMonitor`` traces two functions of its own (``trace_variants``:
+a plain and a sampling step; one, ``trace``, under ``steps_per_execution >
+1``) at its first ``fit``, installs them in ``on_train_begin`` behind a
+callable that picks one per call, puts ``fit``'s own back at
 ``on_train_end`` and installs its own again in later fits. Each traced
 function wraps ``train_step`` in a function of its own, because JAX's
 ``jit`` would otherwise share one trace between two functions made from the

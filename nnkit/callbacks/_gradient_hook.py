@@ -7,20 +7,27 @@ every patch off again, which restores the optimizer exactly. All the measuring i
 ``keras.ops`` inside the compiled train step; the host reads the ring buffers
 with ``GradientHook.read``.
 
-Where the cadence is decided: in-graph, in the one train function ``fit``
-calls for every step (no per-batch host work, one trace per model). Every
-step checks each group's gradients for NaN/inf (``Σ g·0``: one
-multiply-and-sum per variable), counts, and updates. The figures of a sample
-(norms, weight norms, update ratios) are measured in a branch placed *after*
-the unconditional update, so the update is never fenced off from the
-backward pass (a branch around or before the update cost 12-17% of a 1 ms
-step on a small MLP). A step samples when ``step % N == 0``, when it is the
-run's first step and no sample exists yet, or when it is the last step of
-an epoch that has none yet; the host writes the last two facts into
-the ``schedule`` slots of the counters once per epoch. On TensorFlow without a strategy the sample
-step writes its ring-buffer row inside that branch; elsewhere (JAX, a
-``tf.distribute`` strategy) the branch is pure and every step writes its row
-into the next free slot, which only a sample step keeps.
+Where the cadence is decided: with one step per call of the train function
+(Keras's default), on the host, which picks a traced plain step or a traced
+sampling step from a step counter it keeps
+(``nnkit.callbacks._gradient_cadence``; ``mode`` ``"plain"`` / ``"sample"``,
+no branch in either). Every step checks each group's gradients for NaN/inf
+(``Σ g·0``: one multiply-and-sum per variable), counts, and updates; a
+sampling step also measures the figures of a sample (norms, weight norms,
+update ratios) after the update and writes its row. A step samples when
+``step % N == 0``, when it is the run's first step and no sample exists yet,
+or when it is the last step of an epoch that has none yet.
+
+With several steps per call (``steps_per_execution > 1``, ``mode="branch"``)
+the cadence is decided in-graph instead, in one traced step: the figures of
+a sample are measured in a branch placed *after* the unconditional update,
+so the update is never fenced off from the backward pass (a branch around or
+before the update cost 12-17% of a 1 ms step on a small MLP), and the host
+writes the last two facts into the ``schedule`` slots of the counters once
+per epoch. On TensorFlow without a strategy the sample step writes its
+ring-buffer row inside that branch; elsewhere (JAX, a ``tf.distribute``
+strategy) the branch is pure and every step writes its row into the next
+free slot, which only a sample step keeps.
 
 JAX and a strategy need every write outside a branch: JAX because its
 train step is stateless (a write inside ``lax.cond`` would leak a tracer); ``tf.distribute`` needs it because a write

@@ -30,6 +30,11 @@ STATE = {
     "schedule": slice(5, 8),
 }
 
+#: How a traced step decides whether it samples (``StepMeasurement.mode``, read at trace time):
+#: ``"branch"`` in-graph from the cadence (one function for every step), ``"plain"`` never
+#: (check and count only), ``"sample"`` always (the host picks which of the two runs).
+MODES = ("branch", "plain", "sample")
+
 #: The row a sampling step measures, in the order ``_sample``'s branch returns it.
 _ROW = ("global_norm", "grad_norms", "nonfinite", "weight_norms", "update_ratios")
 
@@ -44,7 +49,12 @@ def _identity(tf, grad):
 
 
 class StepMeasurement:
-    """Measure the gradients ``apply`` receives and call (or skip) the update; in-graph."""
+    """Measure the gradients ``apply`` receives and call (or skip) the update; in-graph.
+
+    ``mode`` (one of ``MODES``) is read when a step is traced.
+    """
+
+    mode = "branch"
 
     # -- the measurement ------------------------------------------------------
 
@@ -91,6 +101,8 @@ class StepMeasurement:
         if self.strategy is not None:
             original(grads, trainable_variables)  # _capture sees the all-reduced grads
             measured, before = self._reduced(variables)
+        elif self.mode == "plain":
+            before = None  # a plain step measures no weights: no snapshot to wait for
         else:
             before, grads = self._snapshot(variables, grads)
         update = functools.partial(self._update_unless, original, grads, trainable_variables)
@@ -159,6 +171,13 @@ class StepMeasurement:
                 row["clipped_global_norm"], row["clipped_grad_norms"] = values[5], values[6]
             return row
 
+        if self.mode != "branch":
+            # The host chose this function for this step: no branch, no cadence.
+            if self.mode == "sample":
+                self._write(row_of(measure()), count)
+                count = count + 1
+            self._assign_state(state, count, step, counters)
+            return
         sample = self._samples(state)
         if self.backend == "tensorflow" and self.strategy is None:
             # A write in a TensorFlow branch is fine without a strategy: only
@@ -185,6 +204,10 @@ class StepMeasurement:
             for buffer, value in zip(buffers, ops.cond(sample, written, kept), strict=True):
                 buffer.assign(value)
         count = count + ops.cast(sample, count.dtype)
+        self._assign_state(state, count, step, counters)
+
+    def _assign_state(self, state, count, step, counters):
+        """Assign the counters once, at the end of the step (the schedule slots as read)."""
         schedule = [state[k] for k in range(STATE["schedule"].start, STATE["schedule"].stop)]
         self.state.assign(ops.stack([count, step + 1, *counters, *schedule]))
 

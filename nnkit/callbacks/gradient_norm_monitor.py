@@ -10,6 +10,7 @@ from nnkit._backend import require_backend
 from nnkit._deprecation import no_other_arguments, renamed
 from nnkit._keras import shadow, train_function
 from nnkit._messages import say
+from nnkit.callbacks import _gradient_cadence as cadence_lib
 from nnkit.callbacks import _gradient_logs as logs_lib
 from nnkit.callbacks import _gradient_reuse as reuse
 from nnkit.callbacks import _optimizer
@@ -37,19 +38,22 @@ class GradientNormMonitor(StatefulCallback):
     so they equal a one-device run on the same global batch.
 
     How (details in the "Backpropagation health" docs page): it patches the
-    optimizer instance's ``apply`` and traces one train function from it (the
-    patch is removed at ``on_train_end``; the traced function is kept and
-    installed again by later fits of the same model, so a model is traced
-    once, not once per ``fit``). Every step checks each group's gradients for
+    optimizer instance's ``apply`` and traces two train functions from it, a
+    plain step and a sampling step (one function with an in-graph branch
+    under ``steps_per_execution > 1``); the patch is removed at
+    ``on_train_end``, and the traced functions are kept and installed again
+    by later fits of the same model, so a model is traced once, not once per
+    ``fit``. Every step checks each group's gradients for
     NaN/inf and measures, with ``gradient_norms``, the global norm
     ``‖g‖ = √(Σ_i ‖g_i‖²)`` and the group norms ``‖g_k‖``; a *sampling* step,
     every ``sample_every``-th batch (``step % N == 0``, counting from the
     optimizer's raw iteration), the run's first batch and the last batch of an
     epoch the cadence would leave without one, also measures ``‖w_k‖`` before
     the update, the update ratio ``‖Δw_k‖ / ‖w_k‖`` and, when clipping, the
-    clipped norms, and keeps its row. The cadence is decided in-graph (a pure
-    branch after the unconditional update): no Python runs per batch, and the
-    host reads the samples once per epoch. A model whose variables do not
+    clipped norms, and keeps its row. Which of the two steps runs is decided
+    on the host from a step counter it keeps (an integer test in the call
+    ``fit`` already makes; no device read, no branch in the compiled step),
+    and the host reads the samples once per epoch. A model whose variables do not
     exist yet (a subclassed model TensorFlow builds while tracing the first
     step) gets the monitor's variables created there.
 
@@ -121,7 +125,7 @@ class GradientNormMonitor(StatefulCallback):
 
     async_safe = True  # the only batch hook, for "stop", reads one variable
 
-    _not_copied = ("_hook", "_pending", "_summaries", "last_report", "_reuse")
+    _not_copied = ("_hook", "_pending", "_summaries", "last_report", "_reuse", "_cadence")
 
     def __init__(
         self,
@@ -152,6 +156,8 @@ class GradientNormMonitor(StatefulCallback):
         self._pending = None  # the patch that creates the hook at the first trace
         self._start = None  # the hook's initial counters (see _start_counters)
         self._reuse = None  # this fit's nnkit.callbacks._gradient_reuse.Session
+        self._cadence = None  # the host's step choice (one step per call), else None
+        self._mode = "branch"  # the mode of the step being traced (_gradient_step.MODES)
         self._summaries = None
         self.last_report = None
         self._reset_state()
@@ -189,6 +195,8 @@ class GradientNormMonitor(StatefulCallback):
         self._warned = self._reported = self.nonfinite_steps
         if self._attached_model() is not None:  # restored during on_train_begin
             self._start = self._start_counters()
+            if self._cadence is not None:
+                self._cadence.start_epoch(self._start["step"], first_step=-1, last_step=-1)
         if self._hook is not None:  # restored after the hook was created
             self._hook.set_counters(self._start)
 
@@ -227,8 +235,11 @@ class GradientNormMonitor(StatefulCallback):
             self._hook.set_counters(self._start)
             self._hook.begin_run()
             train_function.use(model, entry.function)
+            self._cadence = getattr(entry.function, "cadence", None)
         else:
             self._attach_new(capacity)
+        if self._cadence is not None:
+            self._cadence.start_epoch(self._start["step"], first_step=-1, last_step=-1)
         self._reuse.installed(train_function.current(model))
         if self.log_dir is not None:
             self._summaries = logs_lib.Summaries(self.log_dir)
@@ -252,7 +263,14 @@ class GradientNormMonitor(StatefulCallback):
                 functools.partial(self._deferred_apply, capacity),
                 owner="gradient_monitor",
             )
-        train_function.trace(model)  # traced at its first call, with the patch on
+        # Traced at their first calls, with the patch on.
+        self._cadence = cadence_lib.install(model, self.sample_every, self._set_mode)
+
+    def _set_mode(self, mode):
+        """Called as a step is traced: which of the monitor's steps it is."""
+        self._mode = mode
+        if self._hook is not None:
+            self._hook.mode = mode
 
     def _create_hook(self, capacity, *, patch_apply):
         """The ``GradientHook`` for the model's trainable variables as they are now."""
@@ -267,6 +285,7 @@ class GradientNormMonitor(StatefulCallback):
             capacity=capacity,
             patch_apply=patch_apply,
         )
+        hook.mode = self._mode
         return hook
 
     def _deferred_apply(self, capacity, call_next, grads, trainable_variables=None):
@@ -282,6 +301,11 @@ class GradientNormMonitor(StatefulCallback):
         return first, -1 if steps is None else step + steps - 1
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._cadence is not None:  # the host chooses each step's function
+            step = self._cadence.step
+            first, last = self._schedule(step)
+            self._cadence.start_epoch(step, first_step=first, last_step=last)
+            return
         if self._hook is None:  # created at the first trace, with this epoch's schedule
             return
         first, last = self._schedule(self._hook.current_step())

@@ -1,7 +1,11 @@
-"""One trace per model: ``GradientNormMonitor`` reuses its traced train function across ``fit`` calls.
+"""One trace per model: ``GradientNormMonitor`` reuses its traced train functions across ``fit`` calls.
 
 The count is of calls of the Python ``train_step``, which runs only when a
 train function is traced (``tf.function`` on TensorFlow, ``jax.jit`` on JAX).
+With ``steps_per_execution=1`` the monitor traces two steps, a plain one and
+a sampling one (the host picks one per call), so a model's first monitored
+``fit`` traces twice and later ones not at all; with ``steps_per_execution >
+1`` it traces one step that decides in-graph.
 """
 
 import json
@@ -60,7 +64,7 @@ def test_fit_fit_fit_traces_once():
     monitor = GradientNormMonitor(sample_every=2)
     for _ in range(3):
         model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
-    assert len(TRACES) == 1
+    assert len(TRACES) == 2  # the plain step and the sampling step, once each
     # The reused function still measures, on the cadence of the optimizer's step.
     assert monitor.history["steps"] == [16, 18, 20, 22]
     assert int(model.optimizer.iterations.numpy()) == 24
@@ -73,7 +77,7 @@ def test_the_whole_stack_fresh_callbacks_every_fit_traces_once():
     for _ in range(3):
         stack = _stack()
         model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=stack)
-    assert len(TRACES) == 1
+    assert len(TRACES) == 2
     assert stack[-1].history["steps"] == [16, 18, 20, 22]
 
 
@@ -87,9 +91,9 @@ def test_lr_find_then_fit_traces_the_sweep_and_the_monitored_step_once_each():
     monitor = GradientNormMonitor(sample_every=2)
     for _ in range(2):
         model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[monitor])
-    assert len(TRACES) == swept + 1
+    assert len(TRACES) == swept + 2
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)  # the sweep's step, kept
-    assert len(TRACES) == swept + 1
+    assert len(TRACES) == swept + 2
 
 
 def test_a_change_the_trace_read_traces_again():
@@ -100,11 +104,11 @@ def test_a_change_the_trace_read_traces_again():
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[monitor])
     model.compile(keras.optimizers.SGD(0.01), loss="mse")  # another optimizer
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[monitor])
-    assert len(TRACES) == 2
+    assert len(TRACES) == 4
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[GradientNormMonitor()])
-    assert len(TRACES) == 3  # another cadence: another trace
+    assert len(TRACES) == 6  # another cadence: traced again
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[monitor])
-    assert len(TRACES) == 4  # only the last one is kept
+    assert len(TRACES) == 8  # only the last one is kept
 
 
 _JAX_SCRIPT = textwrap.dedent(
@@ -154,7 +158,7 @@ def test_jax_traces_once_per_model():
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     out = json.loads(line[len("RESULT ") :])
-    assert out == {"lr_find": 1, "fits": 2, "steps": [16, 18, 20, 22]}
+    assert out == {"lr_find": 1, "fits": 3, "steps": [16, 18, 20, 22]}
 
 
 BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
@@ -186,3 +190,47 @@ def test_a_batch_hook_only_for_stop(on_nonfinite, bound):
     assert seen.seen == [bound, bound]  # TensorFlow: the counter check at batch ends
     assert not any(h in monitor.__dict__ for h in BATCH_HOOKS)  # unbound at train end
     assert monitor.nonfinite_steps == 0 and monitor.history["steps"] == [0, 2, 4, 6]
+
+
+def _compiled(steps_per_execution):
+    keras.utils.set_random_seed(0)
+    model = Counted([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)], name="net")
+    model.compile(keras.optimizers.Adam(0.01), loss="mse", steps_per_execution=steps_per_execution)
+    return model
+
+
+def test_host_choice_and_in_graph_branch_record_the_same_samples():
+    """The host's choice (one step per call) and the in-graph cadence (two per call) agree.
+
+    7 steps an epoch (the last batch short), ``sample_every=3``: samples at
+    the cadence's steps 0, 3, 6 and then, in epoch 2 (steps 7-13), 9 and 12;
+    epoch 3 (14-20): 15, 18. Both runs train the same weights on the same
+    batches, so every figure is the same up to float rounding.
+    """
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(52, 4)).astype("float32")
+    y = x @ np.arange(1.0, 5.0, dtype="float32")[:, None]
+    histories, weights = [], []
+    for steps_per_execution in (1, 2):
+        model = _compiled(steps_per_execution)
+        TRACES.clear()
+        monitor = GradientNormMonitor(sample_every=3)
+        model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[monitor])
+        assert len(TRACES) == (2 if steps_per_execution == 1 else 1)
+        histories.append(monitor.history)
+        weights.append(model.get_weights())
+    one, two = histories
+    assert one["steps"] == two["steps"] == [0, 3, 6, 9, 12, 15, 18]
+    for name in ("global_norm", "grad_norms", "weight_norms", "update_ratios"):
+        np.testing.assert_allclose(np.asarray(one[name]), np.asarray(two[name]), rtol=1e-5)
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_an_epoch_without_a_regular_sample_samples_its_last_step():
+    """``sample_every`` longer than an epoch: the host samples the run's first and each epoch's last step."""
+    x, y = _data()  # 4 steps an epoch
+    model = _model()
+    monitor = GradientNormMonitor(sample_every=100)
+    model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[monitor])
+    assert monitor.history["steps"] == [0, 7, 11]  # step 0; epoch 1 had one; epochs 2, 3: last
