@@ -125,6 +125,11 @@ class SupernetModel(keras.Model):
 
     def path_weights(self, arch):
         """The weights of ``arch``'s standalone model, in the order ``space.build`` creates them."""
+        values = {id(w): value for w, value in zip(self.weights, self.get_weights(), strict=True)}
+
+        def _numpy(variable):
+            return values[id(variable)]
+
         found = []
         channels_in = self.in_channels
         for i in range(arch["stages"]):
@@ -133,25 +138,25 @@ class SupernetModel(keras.Model):
             start = (self.kernel - k) // 2
             taps = slice(start, start + k)
             found += [
-                self.conv1[i].numpy()[taps, :channels_in, :c],
-                self.bias1[i].numpy()[:c],
+                _numpy(self.conv1[i])[taps, :channels_in, :c],
+                _numpy(self.bias1[i])[:c],
             ]
             if arch["residual"]:
                 found += [
-                    self.conv2[i].numpy()[taps, :c, :c],
-                    self.bias2[i].numpy()[:c],
+                    _numpy(self.conv2[i])[taps, :c, :c],
+                    _numpy(self.bias2[i])[:c],
                 ]
                 if channels_in != c:
-                    found.append(self.project[i].numpy()[:, :channels_in, :c])
+                    found.append(_numpy(self.project[i])[:, :channels_in, :c])
             channels_in = c
         for depth, head, kernel, bias in self.heads:
             if depth == arch["stages"] and head == arch["head"]:
-                kernel = kernel.numpy()
+                kernel = _numpy(kernel)
                 if head == "flatten":
                     length = halvings(self.length, depth)
                     kernel = kernel.reshape(length, self.width, -1)[:, :channels_in, :]
                     kernel = kernel.reshape(length * channels_in, -1)
                 else:
                     kernel = kernel[:channels_in]
-                found += [kernel, bias.numpy()]
+                found += [kernel, _numpy(bias)]
         return found
