@@ -18,7 +18,9 @@ nothing to re-estimate). Figures:
   ``tau_short``: the same against the table at epoch ``--short`` (3);
 * references from the table alone: ``tau_seeds`` (the mean τ between two
   seeds' 12-epoch accuracies: the ceiling that train-time noise allows) and
-  ``tau_short_vs_full`` (how well epoch 3 ranks epoch 12);
+  ``tau_short_vs_full`` (how well epoch 3 ranks epoch 12) and ``tau_params``
+  (how well the parameter count alone ranks epoch 12: "bigger is better", the
+  proxy a supernet has to beat to be worth its training);
 * ``top_pick_rank``: the table rank (1 = best seed-mean) of the supernet's
   best architecture, and its seed-mean accuracy against the table's best;
   ``top10_overlap``: architectures in both top-10s;
@@ -27,7 +29,9 @@ nothing to re-estimate). Figures:
   "random")`` runs (``--runs``) cut where their simulated seconds (the
   table's seconds per epoch, full 12-epoch trainings) pass
   ``train_seconds``; the median number of trainings, the median table rank
-  and seed-mean accuracy of the pick (the best of its observed scores).
+  and seed-mean accuracy of the pick (the best of its observed scores); and
+  the same for the training plus the scoring seconds (the supernet's whole
+  cost).
 
 The seconds are this machine's, under whatever load it carries; the table's
 seconds per epoch were measured when it was built (see ``bench/nas_table.py``).
@@ -143,6 +147,7 @@ def main(argv=None):
         "short_epoch": short_epoch,
         "tau_seeds": round(float(np.mean(seed_taus)), 4) if seed_taus else None,
         "tau_short_vs_full": tau(short, full),
+        "tau_params": tau(table.params[rows], full),
         "supernet_accuracy": {
             "min": round(float(scores.min()), 4),
             "median": round(float(np.median(scores)), 4),
@@ -159,6 +164,9 @@ def main(argv=None):
         "eval_seconds": round(eval_seconds, 1),
         "random_search_same_seconds": random_search_at(
             table, train_seconds, runs=args.runs, ranks=ranks
+        ),
+        "random_search_train_and_eval_seconds": random_search_at(
+            table, train_seconds + eval_seconds, runs=args.runs, ranks=ranks
         ),
     }
     print(json.dumps(figures))

@@ -42,4 +42,6 @@ def test_a_tiny_run_ends_with_one_json_object(capsys):
     assert 1 <= figures["top_pick_rank"] <= 312
     assert 0 <= figures["top10_overlap"] <= 6
     assert figures["random_search_same_seconds"]["runs"] == 2
+    assert figures["random_search_train_and_eval_seconds"]["runs"] == 2
+    assert -1 <= figures["tau_params"] <= 1
     assert figures["tau_short_vs_full"] is not None and -1 <= figures["tau_short_vs_full"] <= 1
