@@ -22,6 +22,11 @@ import numpy as np
 from keras import ops
 
 
+def stage_key(stage, name):
+    """The architecture key of stage ``stage``'s choice ``name`` (``stage_0_channels``)."""
+    return "stage_" + str(stage) + "_" + name
+
+
 def halvings(length, times):
     """The sequence length after ``times`` downsamplings by 2 with ``"same"`` padding."""
     for _ in range(times):
@@ -57,7 +62,7 @@ class SupernetModel(keras.Model):
             for head in options["head"]:
                 features = width * (halvings(self.length, depth) if head == "flatten" else 1)
                 kernel_w = self.add_weight(
-                    (features, self.num_classes), name=f"head_{depth}_{head}_kernel"
+                    (features, self.num_classes), name=f"head_{depth}_{head}_weights"
                 )
                 bias = self.add_weight(
                     (self.num_classes,), "zeros", name=f"head_{depth}_{head}_bias"
@@ -133,8 +138,8 @@ class SupernetModel(keras.Model):
         found = []
         channels_in = self.in_channels
         for i in range(arch["stages"]):
-            c = arch[f"stage_{i}_channels"]
-            k = arch[f"stage_{i}_kernel"]
+            c = arch[stage_key(i, "channels")]
+            k = arch[stage_key(i, "kernel")]
             start = (self.kernel - k) // 2
             taps = slice(start, start + k)
             found += [

@@ -12,7 +12,7 @@ reports the figure. It is no searcher of `make_searcher` and no default.
 import numpy as np
 
 from nnkit import _validation as v
-from nnkit.search._supernet_model import SupernetModel
+from nnkit.search._supernet_model import SupernetModel, stage_key
 from nnkit.search.space import ArchitectureSpace
 
 _CHOICES = ("stages", "downsample", "residual", "head")
@@ -34,8 +34,8 @@ def _options(space):
             f"staged convolutions). Received: space={space!r}"
         )
     stages = by_name["stages"]
-    channels = sorted({c for i in range(max(stages)) for c in by_name[f"stage_{i}_channels"]})
-    kernels = sorted({k for i in range(max(stages)) for k in by_name[f"stage_{i}_kernel"]})
+    channels = sorted({c for i in range(max(stages)) for c in by_name[stage_key(i, "channels")]})
+    kernels = sorted({k for i in range(max(stages)) for k in by_name[stage_key(i, "kernel")]})
     if any(k % 2 == 0 for k in kernels):
         raise ValueError(
             "The supernet shares one kernel by its centre taps, so every kernel size must be "
@@ -68,9 +68,9 @@ def _codes(options, archs, in_channels):
         channels_in = in_channels
         for i in range(stages):
             if i < arch["stages"]:
-                c = arch[f"stage_{i}_channels"]
+                c = arch[stage_key(i, "channels")]
                 codes["channels"][p, i, :c] = 1.0
-                codes["kernels"][p, i, options["kernels"].index(arch[f"stage_{i}_kernel"])] = 1.0
+                codes["kernels"][p, i, options["kernels"].index(arch[stage_key(i, "kernel")])] = 1.0
                 codes["project"][p, i] = float(channels_in != c)
                 channels_in = c
             else:
@@ -117,8 +117,8 @@ class OneShotSupernet:
     >>> from nnkit.search import OneShotSupernet, conv1d_space
     >>> space = conv1d_space(stages=(1, 2), channels=(4, 8), kernels=(3,))
     >>> supernet = OneShotSupernet(space, (16,), 3)
-    >>> len(supernet.architectures)
-    96
+    >>> len(supernet.architectures)  # (2 + 4) channel patterns x 2 x 2 x 2
+    48
     >>> x = np.zeros((8, 16), "float32"); y = np.zeros(8, "int32")
     >>> 0.0 <= supernet.evaluate(supernet.architectures[0], x, y) <= 1.0
     True
