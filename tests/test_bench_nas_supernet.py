@@ -35,7 +35,9 @@ def test_table_ranks_give_one_to_the_best_and_share_ties():
 
 def test_a_tiny_run_ends_with_one_json_object(capsys):
     bench = load_bench()
-    figures = bench.main(["--epochs", "1", "--limit", "6", "--runs", "2", "--train-rows", "128"])
+    figures = bench.main(
+        ["--epochs", "1", "--limit", "6", "--runs", "2", "--train-rows", "128", "--threads", "0"]
+    )
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last_line) == figures
     assert figures["architectures"] == 6 and figures["steps"] == 2
