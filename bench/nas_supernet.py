@@ -39,6 +39,7 @@ seconds per epoch were measured when it was built (see ``bench/nas_table.py``).
 Usage::
 
     nice -n 19 python bench/nas_supernet.py             # the full run (a few minutes)
+    nice -n 19 python bench/nas_supernet.py --seed 1    # another supernet seed
     python bench/nas_supernet.py --epochs 1 --limit 8   # smoke test
 
 The last line of stdout is one JSON object with every figure.
