@@ -729,6 +729,8 @@ BASELINES.update({
     "search.evaluations_to_reach": lambda c: {"history": [{"epochs": 2, "mean": 0.5, "spent": 1.0}],
                                               "target": 0.5, "full_epochs": 2},
     "search.AsyncSearch": lambda c: {"searcher": _search_searcher(c), "journal": None},
+    "search.OneShotSupernet": lambda c: {"space": _search_space(c), "input_shape": (8,),
+                                         "num_classes": 3, "seed": 0},
     "search.search_architectures": lambda c: {"space": _search_space(c), "x": c.x(),
                                               "y": np.zeros(len(c.x()), "int32"),
                                               "validation_data": (c.x(8), np.zeros(8, "int32")),

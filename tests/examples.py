@@ -253,6 +253,9 @@ ABSTRACT |= {"meta.MetaLearner", "meta.TaskSampler"}
 ABSTRACT |= {"search.ArchitectureSpace", "search.TabularBenchmark"}
 # A shared searcher holds a searcher, a lock and a journal: a driver, not a Keras component.
 ABSTRACT |= {"search.AsyncSearch"}
+# The supernet holds a space (its build function) and a trained Keras model: a plain helper,
+# not JSON-configurable and not saved as a Keras object (no registration, no round trip).
+ABSTRACT |= {"search.OneShotSupernet"}
 # Task samplers hold arrays and callables (not JSON): data sources, not Keras-saved components.
 ABSTRACT |= {"meta.FewShotClassification", "meta.RegressionFamily", "meta.TaskBatches"}
 

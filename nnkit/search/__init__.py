@@ -18,12 +18,14 @@ from nnkit.search.searchers import make_searcher
 from nnkit.search.simulate import evaluations_to_reach, simulate
 from nnkit.search.space import ArchitectureSpace, Choice, stage_choices
 from nnkit.search.spaces import conv1d_space, conv2d_space, residual_mlp_space
+from nnkit.search.supernet import OneShotSupernet
 from nnkit.search.training import search_architectures
 
 __all__ = [
     "ArchitectureSpace",
     "AsyncSearch",
     "Choice",
+    "OneShotSupernet",
     "TabularBenchmark",
     "conv1d_space",
     "conv2d_space",

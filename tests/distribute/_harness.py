@@ -78,6 +78,8 @@ SKIP = {
     "search.simulate": "a search scored by table lookup, no training",
     "search.search_architectures": "search driver (runs ordinary fits)",
     "search.AsyncSearch": "a searcher shared by workers, host-side (a lock and a journal)",
+    "search.OneShotSupernet": "experimental weight-sharing study: one ordinary fit of a "
+    "masked model (tests/search/test_supernet.py)",
     "distribute.accumulate_gradients": "patches the optimizer's update under the strategy; its "
     "mirrored tests are tests/distribute/test_accumulation.py",
     "distribute.remove_accumulation_patch": "undoes accumulate_gradients "
