@@ -13,7 +13,6 @@ from keras import ops
 from nnkit._keras import control_flow
 from nnkit._keras import optimizer as keras_optimizer
 from nnkit.diagnostics import (
-    first_nonfinite_group,
     gradient_norms,
     update_ratios,
     weight_norms,
@@ -29,6 +28,7 @@ STATE = {
     "first_group": 4,
     "schedule": slice(5, 8),
 }
+STATE_SLOTS = 8  # the length of the packed counters
 
 #: How a traced step decides whether it samples (``StepMeasurement.mode``, read at trace time):
 #: ``"branch"`` in-graph from the cadence (one function for every step), ``"plain"`` never
@@ -149,7 +149,6 @@ class StepMeasurement:
         bad = ops.greater(ops.max(group_bad), 0)
         if self.strategy is None:
             update(bad)
-        counters = self._count_nonfinite(state, bad, group_bad, first_group=first_group)
 
         def measure():
             norms = gradient_norms(measured, variables, groups=groups)
@@ -173,10 +172,10 @@ class StepMeasurement:
 
         if self.mode != "branch":
             # The host chose this function for this step: no branch, no cadence.
-            if self.mode == "sample":
+            sampled = self.mode == "sample"
+            if sampled:
                 self._write(row_of(measure()), count)
-                count = count + 1
-            self._assign_state(state, count, step, counters)
+            self.state.assign(self._next_state(state, sampled, bad, first_group))
             return
         sample = self._samples(state)
         if self.backend == "tensorflow" and self.strategy is None:
@@ -203,13 +202,25 @@ class StepMeasurement:
 
             for buffer, value in zip(buffers, ops.cond(sample, written, kept), strict=True):
                 buffer.assign(value)
-        count = count + ops.cast(sample, count.dtype)
-        self._assign_state(state, count, step, counters)
+        self.state.assign(self._next_state(state, sample, bad, first_group))
 
-    def _assign_state(self, state, count, step, counters):
-        """Assign the counters once, at the end of the step (the schedule slots as read)."""
-        schedule = [state[k] for k in range(STATE["schedule"].start, STATE["schedule"].stop)]
-        self.state.assign(ops.stack([count, step + 1, *counters, *schedule]))
+    def _next_state(self, state, sampled, bad, first_group):
+        """The counters after this step: ``state`` (as read) plus one vector (few ops, every step).
+
+        ``count`` + ``sampled``, ``step`` + 1, ``nonfinite_steps`` + ``bad``;
+        at the first bad step ``first_step`` and ``first_group`` go from -1 to
+        the step and the group (+ value + 1); the schedule slots stay.
+        """
+        dtype = state.dtype
+        bad = ops.cast(bad, dtype)
+        first = bad * ops.cast(ops.less(state[STATE["first_step"]], 0), dtype)
+        delta = [ops.zeros((), dtype)] * STATE_SLOTS
+        delta[STATE["count"]] = ops.cast(sampled, dtype)
+        delta[STATE["step"]] = ops.ones((), dtype)
+        delta[STATE["nonfinite_steps"]] = bad
+        delta[STATE["first_step"]] = first * (state[STATE["step"]] + 1)
+        delta[STATE["first_group"]] = first * (ops.cast(first_group, dtype) + 1)
+        return state + ops.stack(delta)
 
     def _nonfinite_groups(self, measured, groups):
         """``(group_bad, first_group)``: int32 ``[G]`` flags of groups with NaN/inf, the first.
@@ -263,18 +274,6 @@ class StepMeasurement:
             full[k] = g
         norms = gradient_norms(full, variables, groups=groups)
         return norms.global_norm, norms.group_norms
-
-    def _count_nonfinite(self, state, bad, nonfinite, first_group=None):
-        """``[nonfinite_steps, first_step, first_group]`` after this step; pure."""
-        first_step = state[STATE["first_step"]]
-        first = ops.logical_and(bad, ops.less(first_step, 0))
-        group = first_nonfinite_group(nonfinite) if first_group is None else first_group
-        dtype = state.dtype
-        return [
-            state[STATE["nonfinite_steps"]] + ops.cast(bad, dtype),
-            ops.where(first, state[STATE["step"]], first_step),
-            ops.where(first, ops.cast(group, dtype), state[STATE["first_group"]]),
-        ]
 
     def _updated(self, row, count):
         """``{buffer: value}`` with ``row`` in slot ``count mod (capacity + 1)``; pure."""
