@@ -51,21 +51,46 @@ class SupernetModel(keras.Model):
         self.conv1, self.bias1, self.conv2, self.bias2, self.project = [], [], [], [], []
         for i in range(stages):
             fan_in = self.in_channels if i == 0 else width
-            self.conv1.append(self.add_weight((kernel, fan_in, width), name=f"stage_{i}_conv1"))
-            self.bias1.append(self.add_weight((width,), "zeros", name=f"stage_{i}_bias1"))
+            self.conv1.append(
+                self.add_weight(
+                    (kernel, fan_in, width), name=f"supernet_stage_{i}_conv1", aggregation="none"
+                )
+            )
+            self.bias1.append(
+                self.add_weight(
+                    (width,), "zeros", name=f"supernet_stage_{i}_bias1", aggregation="none"
+                )
+            )
             if True in options["residual"]:
-                self.conv2.append(self.add_weight((kernel, width, width), name=f"stage_{i}_conv2"))
-                self.bias2.append(self.add_weight((width,), "zeros", name=f"stage_{i}_bias2"))
-                self.project.append(self.add_weight((1, fan_in, width), name=f"stage_{i}_project"))
+                self.conv2.append(
+                    self.add_weight(
+                        (kernel, width, width), name=f"supernet_stage_{i}_conv2", aggregation="none"
+                    )
+                )
+                self.bias2.append(
+                    self.add_weight(
+                        (width,), "zeros", name=f"supernet_stage_{i}_bias2", aggregation="none"
+                    )
+                )
+                self.project.append(
+                    self.add_weight(
+                        (1, fan_in, width), name=f"supernet_stage_{i}_project", aggregation="none"
+                    )
+                )
         self.heads = []
         for depth in options["stages"]:
             for head in options["head"]:
                 features = width * (halvings(self.length, depth) if head == "flatten" else 1)
                 kernel_w = self.add_weight(
-                    (features, self.num_classes), name=f"head_{depth}_{head}_weights"
+                    (features, self.num_classes),
+                    name=f"supernet_head_{depth}_{head}_weights",
+                    aggregation="none",
                 )
                 bias = self.add_weight(
-                    (self.num_classes,), "zeros", name=f"head_{depth}_{head}_bias"
+                    (self.num_classes,),
+                    "zeros",
+                    name=f"supernet_head_{depth}_{head}_bias",
+                    aggregation="none",
                 )
                 self.heads.append((depth, head, kernel_w, bias))
 

@@ -450,11 +450,15 @@ INTENDED_AGGREGATION = {
     # state): never written by the optimizer, which takes their gradients out of the
     # update (the statistics), the same on every replica.
     "kfac_": "only_first_replica",
+    # nnkit.search.OneShotSupernet's shared weights: trainable model weights like
+    # any layer's, written by the optimizer after the all-reduce (cross-replica
+    # context), so the aggregation is never used.
+    "supernet_": "none",
 }
 #: Rows of ``INTENDED_AGGREGATION`` for variables that a plain fit with every
 #: callback does not create (they belong to a kind of model, or to KFAC, which
 #: needs its model: tests/optimizers/test_kfac*.py trains it mirrored).
-MODEL_VARIABLES = ("meta_sgd_rate_", "kfac_")
+MODEL_VARIABLES = ("meta_sgd_rate_", "kfac_", "supernet_")
 
 
 def intended_aggregation(name):
