@@ -138,15 +138,14 @@ class StepMeasurement:
     def _sample(self, measured, update, variables, groups, state, before):
         """Check every step; measure and keep a row where the step samples.
 
-        Every step: NaN/inf per group from ``Σ g·0`` (``_nonfinite_groups``),
+        Every step: NaN/inf from ``Σ g·0`` and the first bad group (``_nonfinite``),
         the counters and the update. The figures of a sample in a pure
         branch after the update; its row is written into the next free slot
         every step (unconditionally), and only a sample step keeps it.
         The counters in ``state`` (read once) are assigned once, at the end.
         """
         step, count = state[STATE["step"]], state[STATE["count"]]
-        group_bad, first_group = self._nonfinite_groups(measured, groups)
-        bad = ops.greater(ops.max(group_bad), 0)
+        bad, first_group = self._nonfinite(measured, groups)
         if self.strategy is None:
             update(bad)
 
@@ -222,24 +221,26 @@ class StepMeasurement:
         delta[STATE["first_group"]] = first * (ops.cast(first_group, dtype) + 1)
         return state + ops.stack(delta)
 
-    def _nonfinite_groups(self, measured, groups):
-        """``(group_bad, first_group)``: int32 ``[G]`` flags of groups with NaN/inf, the first.
+    def _nonfinite(self, measured, groups):
+        """``(bad, first_group)``: whether a gradient has NaN/inf, and the first such group.
 
         Few ops on purpose (this runs on every step): one multiply-and-sum
         per variable (``nonfinite_marker``: it cannot overflow, unlike a sum
-        of squares, which reads a finite gradient above ~1.8e19 as inf), one
-        ``segment_sum`` into groups (a NaN stays in its own group, unlike a
-        one-hot matmul), and an ``argmax`` for the first bad group.
+        of squares, which reads a finite gradient above ~1.8e19 as inf), then
+        one max over the variables' flags weighted by ``G - group`` (an earlier
+        group weighs more), so ``max == 0`` means none and ``G - max`` is the
+        first bad group. No scatter into groups and no argmax: on XLA the
+        flags, the weights and the max are one fused kernel, and on
+        TensorFlow a handful of ops whatever the number of groups.
         """
         kept = [k for k, g in enumerate(measured) if g is not None]
         if not kept:
-            none = ops.zeros((groups.size,), "int32")
-            return none, ops.argmax(none)
+            return ops.zeros((), "bool"), ops.zeros((), "int32")
         markers = ops.stack([nonfinite_marker(measured[k]) for k in kept])
-        segments = np.asarray([groups.index[k] for k in kept], "int32")
-        sums = ops.segment_sum(markers, segments, num_segments=groups.size)
-        group_bad = ops.cast(ops.logical_not(ops.isfinite(sums)), "int32")
-        return group_bad, ops.argmax(group_bad)
+        weights = np.asarray([groups.size - groups.index[k] for k in kept], "int32")
+        flags = ops.cast(ops.logical_not(ops.isfinite(markers)), "int32")
+        worst = ops.max(flags * weights)
+        return ops.greater(worst, 0), groups.size - worst
 
     def _update_unless(self, original, grads, trainable_variables, bad):
         """Call the ``original`` ``apply``; with "skip", not where ``bad``.

@@ -175,6 +175,33 @@ def test_warn_names_the_first_step_and_layer():
     assert "seq/hidden" in monitor.last_report.flagged("nonfinite")
 
 
+class _NaNGate(keras.layers.Layer):
+    """``x + √(w - sg(w))``: the forward pass and the input's gradient as ``x``'s, ``w``'s inf."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(1,), initializer="ones", name="w")
+
+    def call(self, x):
+        return x + keras.ops.sqrt(self.w - keras.ops.stop_gradient(self.w))
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_first_bad_layer_is_the_first_group_with_nan_not_group_zero(jit):
+    """Only the middle layer's gradient is inf: the first bad group is 1, not 0 or the last."""
+    keras.utils.set_random_seed(0)
+    layers = [keras.layers.Dense(4, "tanh", name="hidden"), _NaNGate(name="gate")]
+    model = keras.Sequential([keras.Input((3,)), *layers, keras.layers.Dense(1, name="out")],
+                             name="seq")  # fmt: skip
+    x, y = _data(16)
+    monitor = GradientNormMonitor(sample_every=1, on_nonfinite="skip")
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        _fit(model, monitor, x, y, batch_size=8, epochs=1, jit=jit)
+    assert (monitor.nonfinite_steps, monitor.first_nonfinite_step) == (2, 0)
+    assert monitor.first_nonfinite_layer == "seq/gate"
+    nonfinite = np.asarray(monitor.history["nonfinite"])
+    assert nonfinite.tolist() == [[0, 1, 0], [0, 1, 0]]  # per layer, per sample
+
+
 def test_stop_ends_training_early():
     x, y = _bad_data()
     monitor = GradientNormMonitor(sample_every=1, on_nonfinite="stop")
