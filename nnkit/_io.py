@@ -61,20 +61,12 @@ def atomic_write(path, data, *, encoding="utf-8"):
         with _gfile().GFile(path, "wb") as f:
             f.write(bytes(data))
         return path
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(name):
+        with open(name, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    _fsync_directory(directory)
-    return path
+
+    return _replace(path, write, suffix=".part")
 
 
 def atomic_save(path, save):
@@ -90,13 +82,21 @@ def atomic_save(path, save):
     if is_remote(path):
         save(path)
         return path
-    directory = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
-    suffix = name[name.index(".") :] if "." in name else ""
+    return _replace(path, save, suffix=name[name.index(".") :] if "." in name else "")
+
+
+def _replace(path, write, *, suffix):
+    """``write(temporary_path)`` beside ``path``, fsync, ``os.replace``, fsync the directory.
+
+    Steps 1 to 5 of the module documentation; the temporary file is removed
+    on any failure. Returns ``path``.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=suffix)
     os.close(fd)
     try:
-        save(tmp)
+        write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
