@@ -1,7 +1,6 @@
 """Watch the gradients the optimizer receives, layer by layer, without a per-batch host sync."""
 
 import functools
-import warnings
 
 import keras
 
@@ -15,15 +14,15 @@ from nnkit.callbacks import _gradient_logs as logs_lib
 from nnkit.callbacks import _gradient_reuse as reuse
 from nnkit.callbacks import _optimizer
 from nnkit.callbacks._gradient_hook import ROWS, capacity_for, create_hook, variables_exist
+from nnkit.callbacks._nonfinite_policy import POLICIES, NonfinitePolicy
 from nnkit.callbacks._stateful import StatefulCallback
 from nnkit.diagnostics import DiagnosisRules
 
-_POLICIES = ("warn", "stop", "skip")
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
 
 
 @keras.saving.register_keras_serializable(package="nnkit")
-class GradientNormMonitor(StatefulCallback):
+class GradientNormMonitor(NonfinitePolicy, StatefulCallback):
     """Log per-layer gradient norms, update ratios and NaN/inf gradients during ``fit``.
 
     Use it to see whether every layer learns (vanishing or exploding
@@ -145,7 +144,7 @@ class GradientNormMonitor(StatefulCallback):
         no_other_arguments(kwargs, owner="GradientNormMonitor")
         self.sample_every = v.check_int("sample_every", sample_every, minimum=1)
         self.by = v.check_one_of("by", by, ("layer", "variable"))
-        self.on_nonfinite = v.check_one_of("on_nonfinite", on_nonfinite, _POLICIES)
+        self.on_nonfinite = v.check_one_of("on_nonfinite", on_nonfinite, POLICIES)
         if rules is not None:
             v.check_instance("rules", rules, DiagnosisRules, "a DiagnosisRules or None")
         self.rules = rules
@@ -311,58 +310,6 @@ class GradientNormMonitor(StatefulCallback):
         first, last = self._schedule(self._hook.current_step())
         self._hook.set_schedule(first_step=first, last_step=last)
 
-    def _bind_batch_hooks(self):
-        """Give this instance a batch hook where ``on_nonfinite="stop"`` needs one; else none.
-
-        The class defines no batch hook: by default nothing of the monitor
-        runs in Python per batch (Keras still calls the inherited no-op).
-        "stop" reads a counter every ``sample_every`` batches: TensorFlow in
-        ``on_train_batch_end`` (may run in Keras's callback thread, see
-        ``async_safe``), JAX in ``on_train_batch_begin`` (``_stop_check_jax``).
-        """
-        self._unbind_batch_hooks()
-        if self.on_nonfinite != "stop":
-            return
-        if keras.backend.backend() == "jax":
-            self.on_train_batch_begin = self._stop_check_jax
-        else:
-            self.on_train_batch_end = self._stop_check_tf
-
-    def _unbind_batch_hooks(self):
-        self.__dict__.pop("on_train_batch_begin", None)
-        self.__dict__.pop("on_train_batch_end", None)
-
-    def _stop_check_tf(self, batch, logs=None):
-        """TensorFlow "stop": read the counter every ``sample_every`` batches."""
-        if self._hook is None or (batch + 1) % self.sample_every:
-            return
-        if self._hook.counters()[0] > self._at_begin:
-            self._stop()
-
-    def _stop_check_jax(self, batch, logs=None):
-        """JAX "stop": sync the state and read the counter, in the main thread.
-
-        The counter lives in the stateless step's state, which the next step
-        donates (deletes); syncing it from Keras's callback thread raced with
-        that step. ``on_train_batch_begin`` runs synchronously before the
-        step, and the fit loop re-reads the state after a sync.
-        """
-        if self._hook is None or batch == 0 or batch % self.sample_every:
-            return
-        self.model.jax_state_sync()
-        if self._hook.counters()[0] > self._at_begin:
-            self._stop()
-
-    def _stop(self):
-        """Stop training (``on_nonfinite="stop"``) and say why, once."""
-        self.model.stop_training = True
-        if self.stop_message:
-            return
-        count, first_step, first_group = self._hook.counters()
-        layer = self.layers[first_group] if 0 <= first_group < len(self.layers) else None
-        self.stop_message = logs_lib.stop_message(first_step, layer, count)
-        say(self.stop_message)
-
     def on_epoch_end(self, epoch, logs=None):
         if self._hook is None:
             return
@@ -412,30 +359,6 @@ class GradientNormMonitor(StatefulCallback):
             self.first_nonfinite_step = first_step
             self.first_nonfinite_layer = self.layers[first_group] if first_group >= 0 else None
         return rows
-
-    def _handle_nonfinite(self):
-        new = self.nonfinite_steps - self._reported
-        self._reported = self.nonfinite_steps
-        if new <= 0:
-            return
-        if self.on_nonfinite == "stop":
-            self._stop()
-        elif self.on_nonfinite == "skip":
-            warnings.warn(
-                logs_lib.skip_message(new, self.first_nonfinite_step, self.first_nonfinite_layer),
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        elif self.nonfinite_steps > self._warned:
-            self._warned = self.nonfinite_steps
-            warnings.warn(
-                f"GradientNormMonitor: {self.nonfinite_steps} step(s) with NaN/inf gradients "
-                f"so far; the first at step {self.first_nonfinite_step}, in "
-                f"{self.first_nonfinite_layer!r}. Lower the learning rate, clip gradients or "
-                "check the loss for log(0) and overflow.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
 
     def report(self):
         """Diagnose every sample of the run so far.
