@@ -21,6 +21,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from nnkit._arrays import to_numpy
+
 
 def stage_key(stage, name):
     """The architecture key of stage ``stage``'s choice ``name`` (``stage_0_channels``)."""
@@ -155,7 +157,8 @@ class SupernetModel(keras.Model):
 
     def path_weights(self, arch):
         """The weights of ``arch``'s standalone model, in the order ``space.build`` creates them."""
-        values = {id(w): value for w, value in zip(self.weights, self.get_weights(), strict=True)}
+        # Not ``get_weights``: it warns under numpy 2 (see nnkit._arrays).
+        values = {id(w): to_numpy(w) for w in self.weights}
 
         def _numpy(variable):
             return values[id(variable)]
