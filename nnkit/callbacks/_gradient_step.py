@@ -88,7 +88,7 @@ class StepMeasurement:
         for w in variables:
             grad, value = reduced.get(id(w.value), (None, None))
             grads.append(grad)
-            before.append(ops.convert_to_tensor(w.value) if value is None else value)
+            before.append(self._read(w) if value is None else value)
         return grads, before
 
     def measure(self, original, grads, trainable_variables=None):
@@ -97,7 +97,7 @@ class StepMeasurement:
         if not grads:
             return original(grads, trainable_variables)
         variables, groups, measured = self._received(grads, trainable_variables)
-        state = ops.convert_to_tensor(self.state.value)  # read once, assigned once
+        state = self._read(self.state)  # read once, assigned once
         if self.strategy is not None:
             original(grads, trainable_variables)  # _capture sees the all-reduced grads
             measured, before = self._reduced(variables)
@@ -107,6 +107,19 @@ class StepMeasurement:
             before, grads = self._snapshot(variables, grads)
         update = functools.partial(self._update_unless, original, grads, trainable_variables)
         self._sample(measured, update, variables, groups, state, before)
+
+    def _read(self, variable):
+        """``variable``'s value as a tensor, read once.
+
+        On TensorFlow ``keras.ops.convert_to_tensor`` hands a variable back
+        as it is, and every later use then reads it again (the packed
+        counters were read five times a step); ``tf.convert_to_tensor`` reads it.
+        """
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            return tf.convert_to_tensor(variable.value)
+        return ops.convert_to_tensor(variable.value)
 
     def _samples(self, state):
         """Whether the step samples: the cadence, or the host's ``schedule`` (in-graph, pure)."""
@@ -151,7 +164,7 @@ class StepMeasurement:
 
         def measure():
             norms = gradient_norms(measured, variables, groups=groups)
-            after = [ops.convert_to_tensor(w.value) for w in variables]
+            after = [self._read(w) for w in variables]
             values = [
                 norms.global_norm,
                 norms.group_norms,
@@ -197,7 +210,7 @@ class StepMeasurement:
                 return tuple(updated[name] for name in names)
 
             def kept():
-                return tuple(ops.convert_to_tensor(b.value) for b in buffers)
+                return tuple(self._read(b) for b in buffers)
 
             for buffer, value in zip(buffers, ops.cond(sample, written, kept), strict=True):
                 buffer.assign(value)
