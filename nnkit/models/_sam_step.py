@@ -183,7 +183,7 @@ def _tensorflow_step(model, settings, data):
             for variable, before in zip(state, start, strict=True):
                 variable.assign(ops.where(fraction > 0, variable.value, before))
         grads = tape.gradient(scaled, variables)
-        weights = [ops.convert_to_tensor(w.value) for w in variables]
+        weights = [tf.convert_to_tensor(w.value) for w in variables]  # one read each
         eps = parameter_perturbation(
             variables, grads, weights, settings.rho, settings.adaptive, **settings.scaling()
         )
