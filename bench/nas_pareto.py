@@ -9,7 +9,9 @@ Method: the table of ``bench/nas_table.py`` (``bench/data/nas_mnist1d.jsonl``,
 312 Conv1D architectures on MNIST-1D, seed-mean validation accuracy after 12
 epochs). The cost is the parameter count (``--cost params``, from the table)
 or the analytic FLOPs per example (``--cost flops``: each model is built once,
-``count_flops``). Each run is ``nnkit.search.simulate`` with ``--budget`` full
+``count_flops``), or the measured inference latency of a batch of 32
+(``--cost latency_ms``, from the table: ``bench/nas_latency.py`` records it).
+Each run is ``nnkit.search.simulate`` with ``--budget`` full
 trainings; the figure per run is the hypervolume of the front of the
 architectures it evaluated (their seed-mean accuracies), on the plane
 (log10 cost, accuracy) with the reference point (log10 of the table's largest
@@ -71,7 +73,7 @@ def with_flops(rows, space):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", default=str(DEFAULT_OUT))
-    parser.add_argument("--cost", default="params", choices=("params", "flops"))
+    parser.add_argument("--cost", default="params", choices=("params", "flops", "latency_ms"))
     parser.add_argument("--budget", type=float, default=50)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--searchers", default=",".join(SEARCHERS))
@@ -81,6 +83,11 @@ def main(argv=None):
     rows = read_table_lines(args.table)
     if args.cost == "flops":
         rows = with_flops(rows, space)
+    if args.cost == "latency_ms" and not all("latency_ms" in row for row in rows):
+        raise ValueError(
+            "--cost latency_ms needs a latency in every row of the table; measure them with "
+            f"`python bench/nas_latency.py --table {args.table}`. Received: --table {args.table}"
+        )
     table = TabularBenchmark(rows, space)
     cost = np.asarray([c[args.cost] for c in table.costs], dtype="float64")
     log_cost = np.log10(cost)
@@ -96,7 +103,7 @@ def main(argv=None):
             {
                 "arch": table.archs[i],
                 "accuracy": round(float(table.means[i]), 4),
-                args.cost: int(cost[i]),
+                args.cost: round(float(cost[i]), 4) if args.cost == "latency_ms" else int(cost[i]),
             }
             for i in front
         ],  # fmt: skip

@@ -48,3 +48,32 @@ def test_a_small_table_ends_with_one_json_object(tmp_path, capsys):
     assert figures["searchers"]["random"]["hypervolume_share_median"] == 1.0
     # the front: accuracy 0.5 + 0.01·(i mod 7) rises until i = 6 (params 160)
     assert [row["params"] for row in figures["table_front"]] == [100, 110, 120, 130, 140, 150, 160]
+
+
+def test_the_latency_front_reads_the_table_and_needs_it_in_every_row(tmp_path, capsys):
+    import pytest
+
+    bench = load_bench()
+    archs = bench.table_space().architectures()[:6]
+    rows = [
+        {"arch": a, "val_accuracy": [[0.5 + 0.01 * i] * 3] * 3, "params": 100,
+         "seconds_per_epoch": 1.0, "latency_ms": 0.25 * (i + 1)}
+        for i, a in enumerate(archs)
+    ]  # fmt: skip
+    table = tmp_path / "table.jsonl"
+    table.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["--table", str(table), "--runs", "1", "--budget", "6", "--searchers", "random"]
+    figures = bench.main([*argv, "--cost", "latency_ms"])
+    # accuracy and latency both rise with i: every architecture is on the front
+    assert [row["latency_ms"] for row in figures["table_front"]] == [
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+        1.25,
+        1.5,
+    ]
+    del rows[2]["latency_ms"]
+    table.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(ValueError, match="nas_latency.py"):
+        bench.main([*argv, "--cost", "latency_ms"])
